@@ -1,0 +1,129 @@
+//! The sans-IO checkpoint protocol core (see `SPEC.md` beside this file).
+//!
+//! Everything here is a pure, deterministic state machine: inputs arrive through `handle_*`
+//! (and `on_*` for acknowledgements such as "this write is durable"), outputs are drained as
+//! action values with `poll_action`. Nothing in this module sends a message, reads a clock,
+//! draws a random number, spawns a thread or touches a disk; time and failures are inputs.
+//! That is what lets `weir-protocol-model` drive these exact types through every interleaving,
+//! and it must stay so: `tests/sans_io.rs` rejects forbidden names in these files, and
+//! `.ci/run` builds this module without the `io` feature.
+//!
+//! The parts, each a state machine of its own:
+//! - [`aligner`]: barrier alignment and de-duplication on a subtask's inputs (SPEC §3).
+//! - [`participant`]: the per-subtask checkpoint duties: snapshot, acknowledge only when
+//!   durable, truncate on completion, and for sinks the two-phase commit (SPEC §4, §5).
+//! - [`coordinator`]: trigger, collect acknowledgements, complete durably, abort (SPEC §6).
+//! - [`recovery`]: the global-rollback plan after a crash (SPEC §7).
+#![forbid(unsafe_code)]
+
+pub mod aligner;
+pub mod coordinator;
+pub mod participant;
+pub mod recovery;
+
+use std::fmt;
+
+/// Identifies one checkpoint. Ids start at 1 and increase; 0 never names a checkpoint.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct CheckpointId(pub u64);
+
+impl CheckpointId {
+    /// The id after this one.
+    pub fn next(self) -> CheckpointId {
+        CheckpointId(self.0 + 1)
+    }
+}
+
+impl fmt::Debug for CheckpointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+impl fmt::Display for CheckpointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "checkpoint {}", self.0)
+    }
+}
+
+/// The sequence number of a batch on one channel: 1, 2, 3, ... (0 means "nothing yet").
+pub type Seq = u64;
+
+/// Identifies a participant of the checkpoint protocol (a source, transform or sink subtask)
+/// to the coordinator: an index into the pipeline's participant list.
+pub type ParticipantId = usize;
+
+/// A deliberately broken variant of the protocol. Only `weir-protocol-model` switches these on,
+/// to prove that its checker finds each one (SPEC §9). Without the `mutants` feature
+/// [`Mutations::has`] is a constant `false` and the knobs cost nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mutant {
+    /// Exactly-once alignment does not hold back input after its barrier.
+    NoAlignment,
+    /// A participant acknowledges a checkpoint before its snapshot is durable.
+    AckBeforeDurable,
+    /// A sink commits staged output when it pre-commits, before the checkpoint completes.
+    CommitBeforeComplete,
+    /// A restored subtask forgets the last sequence number it applied on each input.
+    ResetSeqOnRestore,
+}
+
+impl Mutant {
+    /// Every mutant, in a fixed order.
+    pub const ALL: [Mutant; 4] = [
+        Mutant::NoAlignment,
+        Mutant::AckBeforeDurable,
+        Mutant::CommitBeforeComplete,
+        Mutant::ResetSeqOnRestore,
+    ];
+
+    /// The mutant's name on the command line (`weir-model check checkpoint --mutant NAME`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutant::NoAlignment => "no-alignment",
+            Mutant::AckBeforeDurable => "ack-before-durable",
+            Mutant::CommitBeforeComplete => "commit-before-complete",
+            Mutant::ResetSeqOnRestore => "reset-seq-on-restore",
+        }
+    }
+
+    /// The mutant with this command-line name.
+    pub fn from_name(name: &str) -> Option<Mutant> {
+        Mutant::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+/// The set of [`Mutant`]s switched on for one state machine; empty in every product build.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Mutations {
+    #[cfg(feature = "mutants")]
+    bits: u8,
+}
+
+impl Mutations {
+    /// No mutant: the protocol as specified.
+    pub const NONE: Mutations = Mutations {
+        #[cfg(feature = "mutants")]
+        bits: 0,
+    };
+
+    /// These mutations plus `mutant`.
+    #[cfg(feature = "mutants")]
+    pub fn with(self, mutant: Mutant) -> Mutations {
+        Mutations { bits: self.bits | (1 << mutant as u8) }
+    }
+
+    /// Whether `mutant` is switched on.
+    #[inline(always)]
+    pub fn has(self, mutant: Mutant) -> bool {
+        #[cfg(feature = "mutants")]
+        {
+            self.bits & (1 << mutant as u8) != 0
+        }
+        #[cfg(not(feature = "mutants"))]
+        {
+            let _ = mutant;
+            false
+        }
+    }
+}
