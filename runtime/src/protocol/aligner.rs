@@ -164,11 +164,7 @@ impl<B> Aligner<B> {
 
     /// How many batches are held back right now.
     pub fn held_batches(&self) -> usize {
-        self.inputs
-            .iter()
-            .flat_map(|i| &i.held)
-            .filter(|e| matches!(e, Event::Batch { .. }))
-            .count()
+        self.inputs.iter().flat_map(|i| &i.held).filter(|e| matches!(e, Event::Batch { .. })).count()
     }
 
     /// How many duplicate batches were dropped since this aligner was created.
@@ -270,10 +266,7 @@ mod tests {
         a.handle_barrier(1, C1);
         assert_eq!(
             drain(&mut a),
-            vec![
-                AlignerOutput::Snapshot { checkpoint: C1, positions: vec![1, 1] },
-                process(0, 2, "a2"),
-            ]
+            vec![AlignerOutput::Snapshot { checkpoint: C1, positions: vec![1, 1] }, process(0, 2, "a2"),]
         );
         assert_eq!(a.aligning(), None);
     }

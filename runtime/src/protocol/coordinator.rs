@@ -129,12 +129,8 @@ impl Coordinator {
             return;
         }
         self.completed = Some(checkpoint);
-        let subsumed: Vec<_> = self
-            .pending
-            .range(..checkpoint)
-            .filter(|(_, p)| !p.persisting)
-            .map(|(&c, _)| c)
-            .collect();
+        let subsumed: Vec<_> =
+            self.pending.range(..checkpoint).filter(|(_, p)| !p.persisting).map(|(&c, _)| c).collect();
         for c in subsumed {
             self.pending.remove(&c);
             self.out.push_back(CoordinatorAction::NotifyAbort(c));

@@ -128,11 +128,8 @@ pub fn plan_global_rollback(input: &RecoveryInput) -> Result<RestorePlan, Recove
 
 fn plan_sink(sink: &SinkLog, restore_point: Option<CheckpointId>) -> SinkRestore {
     let committed = sink.committed_through;
-    let (staged, discard_staged): (Vec<_>, Vec<_>) = sink
-        .staged
-        .iter()
-        .copied()
-        .partition(|&s| Some(s) <= restore_point && Some(s) > committed);
+    let (staged, discard_staged): (Vec<_>, Vec<_>) =
+        sink.staged.iter().copied().partition(|&s| Some(s) <= restore_point && Some(s) > committed);
     SinkRestore { commit: staged.last().and(restore_point), staged, discard_staged }
 }
 
@@ -153,7 +150,10 @@ mod tests {
         };
         let plan = plan_global_rollback(&input).unwrap();
         assert_eq!(plan.checkpoint, None);
-        assert_eq!(plan.participants[0], ParticipantRestore { from: None, discard_snapshots: vec![C1], sink: None });
+        assert_eq!(
+            plan.participants[0],
+            ParticipantRestore { from: None, discard_snapshots: vec![C1], sink: None }
+        );
     }
 
     // Reference: SPEC §7.2, commit repair and discards.
@@ -170,7 +170,10 @@ mod tests {
         let p = &plan.participants[0];
         assert_eq!(p.from, Some(C2));
         assert_eq!(p.discard_snapshots, vec![C1, C3]);
-        assert_eq!(p.sink, Some(SinkRestore { commit: Some(C2), staged: vec![C2], discard_staged: vec![C1, C3] }));
+        assert_eq!(
+            p.sink,
+            Some(SinkRestore { commit: Some(C2), staged: vec![C2], discard_staged: vec![C1, C3] })
+        );
     }
 
     // Reference: SPEC §7.2, commit is not repeated when it is already durable.
