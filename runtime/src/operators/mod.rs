@@ -1,0 +1,130 @@
+//! The operator API and the built-in operators. Operators are I/O-free: a subtask actor feeds
+//! them batches and carries their output, snapshots and restores them at checkpoints.
+//!
+//! - `filter`: keep the records for which an expression is true.
+//! - `map`: select, rename, drop and compute fields.
+//! - `window`: keyed event-time windows (tumbling, hopping, session) with aggregates.
+//! - `expr`: the expression language of `filter` and `map`.
+//!
+//! [`build`] makes the operator of a `TransformSpec` and finds every type error (unknown
+//! fields, a non-bool condition, `sum` of a string, a bad size) before any data flows, as a
+//! [`BuildError`] naming the config key.
+//!
+//! Event time: an operator that needs a watermark (the window) derives it from its input, per
+//! input channel (largest event time seen minus the bounded out-of-orderness), and takes the
+//! smallest over the inputs that have not ended. Watermarks do not travel as messages.
+
+use crate::batch::{Batch, SchemaRef};
+use crate::pipeline::spec::TransformSpec;
+
+pub mod expr;
+pub mod filter;
+pub mod map;
+#[cfg(test)]
+mod testutil;
+pub mod window;
+
+/// A transform spec that cannot run on its input: an unknown field, a type error, a bad size.
+/// Found by [`build`], before any data flows.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("{message}")]
+pub struct BuildError {
+    /// The config key the problem is about, relative to the transform's table (`"condition"`,
+    /// `"compute.total"`, `"aggregates"`, `"key"`, `"time_field"`, `"size_ms"`, ...), so that
+    /// the config layer can point at its line. A `String` because `compute.NAME` names a
+    /// user's field.
+    pub key: String,
+    /// What is wrong, naming the thing (short, lowercase).
+    pub message: String,
+}
+
+impl BuildError {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> BuildError {
+        BuildError { key: key.into(), message: message.into() }
+    }
+}
+
+/// The operator for transform `spec` of node `node` (the name used in its run-time errors).
+/// `input` is the schema of every input batch and `inputs` the number of input channels of
+/// this subtask (at least 1).
+pub fn build(
+    node: &str,
+    spec: &TransformSpec,
+    input: SchemaRef,
+    inputs: usize,
+) -> Result<Box<dyn Operator>, BuildError> {
+    if inputs == 0 {
+        return Err(BuildError::new("inputs", "a transform needs at least one input"));
+    }
+    Ok(match spec {
+        TransformSpec::Filter { condition } => Box::new(filter::Filter::new(node, condition, input)?),
+        TransformSpec::Map(map) => Box::new(map::Map::new(node, map, input)?),
+        TransformSpec::Window(window) => Box::new(window::Window::new(node, window, input, inputs)?),
+    })
+}
+
+/// The snapshot of an operator without state: its format version alone.
+const STATELESS_SNAPSHOT: [u8; 1] = [1];
+
+fn restore_stateless(operator: &str, snapshot: &[u8]) -> Result<(), OperatorError> {
+    if snapshot == STATELESS_SNAPSHOT {
+        Ok(())
+    } else {
+        Err(OperatorError::Snapshot {
+            operator: operator.to_owned(),
+            message: format!("expected a stateless snapshot (version 1), found {} bytes", snapshot.len()),
+        })
+    }
+}
+
+/// An operator's failure on bad data or a damaged snapshot. One line, naming the problem.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum OperatorError {
+    /// An expression could not be evaluated on a record (for example, division by zero).
+    #[error("{operator}: {message}")]
+    Eval {
+        /// The operator's node name.
+        operator: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A snapshot could not be decoded.
+    #[error("{operator}: snapshot cannot be decoded: {message}")]
+    Snapshot {
+        /// The operator's node name.
+        operator: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// A transform operator: one instance per subtask.
+///
+/// Calls come from one thread at a time, in this order: `restore` (optional, before anything
+/// else), then any number of `process`, `on_input_end` and `snapshot`. Output batches are
+/// pushed onto `out` and must have the schema of `output_schema`; empty batches should not be
+/// pushed. Output must depend only on the input and the restored state (no clock, no
+/// randomness), so that replay after a failure reproduces it.
+pub trait Operator: Send {
+    /// The schema of every output batch.
+    fn output_schema(&self) -> SchemaRef;
+
+    /// Process `batch`, which arrived on input channel `input` (`0..inputs`).
+    fn process(&mut self, input: usize, batch: &Batch, out: &mut Vec<Batch>) -> Result<(), OperatorError>;
+
+    /// Input channel `input` has ended: nothing more will arrive on it. When every input has
+    /// ended, an operator with pending state emits all of it (a window fires every window).
+    fn on_input_end(&mut self, input: usize, out: &mut Vec<Batch>) -> Result<(), OperatorError>;
+
+    /// The operator's state, encoded with postcard (with a format version first), for a
+    /// checkpoint. Must not change the state.
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Replace the state with one produced by `snapshot` (possibly by an earlier run).
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), OperatorError>;
+
+    /// Records dropped because they arrived after the watermark had passed their window.
+    fn late_records(&self) -> u64 {
+        0
+    }
+}

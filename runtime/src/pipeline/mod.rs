@@ -1,0 +1,7 @@
+//! Pipelines: the validated description ([`spec`]) and, with the `io` feature, how one is
+//! built into actors and run.
+
+pub mod spec;
+
+#[cfg(feature = "io")]
+pub mod run;

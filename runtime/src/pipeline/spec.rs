@@ -1,0 +1,252 @@
+//! A pipeline as the runtime builds it: validated, with every name resolved and every path
+//! absolute. The `weir` binary's config layer produces a [`PipelineSpec`] from TOML (and is
+//! where every user mistake is reported); the runtime trusts it.
+
+use std::path::PathBuf;
+
+use crate::batch::{DataType, SchemaRef};
+
+/// A whole pipeline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineSpec {
+    /// Where the LMDB log lives.
+    pub data_dir: PathBuf,
+    /// LMDB map size in bytes.
+    pub map_size: usize,
+    /// Checkpointing.
+    pub checkpoint: CheckpointSpec,
+    /// Every node, sources first, each after all of its inputs (topological order).
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// `[checkpoint]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointSpec {
+    /// Milliseconds between checkpoints; `None` disables periodic checkpoints (the final
+    /// checkpoint at end of input still commits the output).
+    pub interval_ms: Option<u64>,
+    /// Exactly-once (aligned) or at-least-once.
+    pub mode: CheckpointMode,
+    /// A checkpoint not complete after this many milliseconds is aborted.
+    pub timeout_ms: u64,
+}
+
+/// `checkpoint.mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointMode {
+    /// `"exactly_once"`.
+    ExactlyOnce,
+    /// `"at_least_once"`.
+    AtLeastOnce,
+}
+
+/// One node of the pipeline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeSpec {
+    /// Its name (the key under `sources`, `transforms` or `sinks`).
+    pub name: String,
+    /// Names of the nodes it reads from (empty for sources).
+    pub inputs: Vec<String>,
+    /// Number of parallel subtasks.
+    pub parallelism: usize,
+    /// What it is.
+    pub kind: NodeKind,
+}
+
+/// What a node is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeKind {
+    /// A source.
+    Source(SourceSpec),
+    /// A transform.
+    Transform(TransformSpec),
+    /// A sink.
+    Sink(SinkSpec),
+}
+
+/// `sources.NAME`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceSpec {
+    /// `type = "generator"`.
+    Generator(GeneratorSpec),
+    /// `type = "file"`.
+    File(FileSourceSpec),
+}
+
+/// `type = "generator"`, `shape = "sensors"`: the formula of the sensor-window workload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GeneratorSpec {
+    /// Readings to generate.
+    pub records: u64,
+    /// Distinct sensors (default 1000).
+    pub sensors: u64,
+    /// Optional rate limit in readings per second.
+    pub rate: Option<u64>,
+    /// Readings per batch.
+    pub batch_size: usize,
+}
+
+/// `type = "file"` source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileSourceSpec {
+    /// Absolute path.
+    pub path: PathBuf,
+    /// `format`.
+    pub format: FileFormat,
+    /// Declared fields (`schema = { name = "type", ... }`), in declaration order.
+    pub schema: SchemaRef,
+    /// Records per batch.
+    pub batch_size: usize,
+}
+
+/// A file format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileFormat {
+    /// `"json"`: one JSON object per line.
+    JsonLines,
+    /// `"csv"`: comma-separated, no header, fields in schema order.
+    Csv,
+}
+
+/// `transforms.NAME`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TransformSpec {
+    /// `type = "filter"`, `condition = "..."`.
+    Filter {
+        /// The expression.
+        condition: String,
+    },
+    /// `type = "map"`.
+    Map(MapSpec),
+    /// `type = "window"`.
+    Window(WindowSpec),
+}
+
+/// `type = "map"`: applied in this order: `select` (if given, keep only these), `drop`,
+/// `rename`, then `compute` (new or replaced fields from expressions over the input record).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct MapSpec {
+    /// Fields to keep, in this order; `None` keeps all.
+    pub select: Option<Vec<String>>,
+    /// Fields to drop.
+    pub drop: Vec<String>,
+    /// `(old, new)` names.
+    pub rename: Vec<(String, String)>,
+    /// `(name, expression)`, in declaration order.
+    pub compute: Vec<(String, String)>,
+}
+
+/// `type = "window"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WindowSpec {
+    /// Key field (`key`); `None` means one global key.
+    pub key: Option<String>,
+    /// Event-time field (`time_field`), an int of milliseconds.
+    pub time_field: String,
+    /// Window kind and sizes.
+    pub kind: WindowKind,
+    /// Bounded out-of-orderness (`max_out_of_order_ms`).
+    pub max_out_of_order_ms: i64,
+    /// Aggregates, in output order.
+    pub aggregates: Vec<AggregateSpec>,
+}
+
+/// `kind` with its sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowKind {
+    /// `kind = "tumbling"`, `size_ms`.
+    Tumbling {
+        /// Window length.
+        size_ms: i64,
+    },
+    /// `kind = "hopping"`, `size_ms`, `hop_ms`.
+    Hopping {
+        /// Window length.
+        size_ms: i64,
+        /// Distance between window starts.
+        hop_ms: i64,
+    },
+    /// `kind = "session"`, `gap_ms`.
+    Session {
+        /// A gap longer than this closes the session.
+        gap_ms: i64,
+    },
+}
+
+/// One aggregate, e.g. `"sum(value)"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AggregateSpec {
+    /// The function.
+    pub function: AggregateFunction,
+    /// The field it reads (`None` for `count`).
+    pub field: Option<String>,
+}
+
+/// An aggregate function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AggregateFunction {
+    /// `count`: records in the window (int).
+    Count,
+    /// `sum(f)`: float for float fields, int for int fields.
+    Sum,
+    /// `min(f)`.
+    Min,
+    /// `max(f)`.
+    Max,
+    /// `mean(f)`: float.
+    Mean,
+    /// `first(f)`: the value of the first record in arrival order.
+    First,
+    /// `last(f)`: the value of the last record in arrival order.
+    Last,
+}
+
+/// `sinks.NAME`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SinkSpec {
+    /// `type = "file"`: committed output only, exactly once.
+    File {
+        /// Absolute path.
+        path: PathBuf,
+        /// Line format.
+        format: OutputFormat,
+    },
+    /// `type = "stdout"`.
+    Stdout {
+        /// Line format.
+        format: OutputFormat,
+    },
+}
+
+/// How a sink writes records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutputFormat {
+    /// CSV (fields in schema order, no header) or JSON lines.
+    pub encoding: FileFormat,
+    /// Decimals for floats (`float_precision`); `None` writes the shortest exact form.
+    pub float_precision: Option<usize>,
+}
+
+/// The type of `data_type`'s values after an aggregate; used by the config layer's checks.
+pub fn aggregate_output_type(function: AggregateFunction, input: Option<DataType>) -> Option<DataType> {
+    use AggregateFunction::*;
+    match (function, input) {
+        (Count, _) => Some(DataType::Int),
+        (Mean, Some(DataType::Int | DataType::Float)) => Some(DataType::Float),
+        (Sum, Some(t @ (DataType::Int | DataType::Float))) => Some(t),
+        (Min | Max, Some(t @ (DataType::Int | DataType::Float | DataType::Str))) => Some(t),
+        (First | Last, Some(t)) => Some(t),
+        _ => None,
+    }
+}
+
+/// The schema of the `generator` source with `shape = "sensors"`: `sensor` (string), `ts`
+/// (int, event time in ms), `value` (float).
+pub fn sensors_schema() -> SchemaRef {
+    use crate::batch::{Field, Schema};
+    std::sync::Arc::new(Schema::new(vec![
+        Field::new("sensor", DataType::Str),
+        Field::new("ts", DataType::Int),
+        Field::new("value", DataType::Float),
+    ]))
+}
