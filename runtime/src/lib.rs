@@ -54,6 +54,17 @@
 //! sink.handle_checkpoint_complete(CheckpointId(1));
 //! assert_eq!(sink.poll_action(), Some(Action::Commit(CheckpointId(1))));
 //! ```
-#![forbid(unsafe_code)]
+// Unsafe code is denied workspace-wide; the one exception is opening the LMDB environment
+// (`log::Log::open`), and the protocol core forbids it outright.
 
+#[cfg(feature = "io")]
+pub mod actors;
+pub mod batch;
+#[cfg(feature = "io")]
+pub mod connectors;
+#[cfg(feature = "io")]
+pub mod log;
+pub mod operators;
+pub mod pipeline;
 pub mod protocol;
+pub mod sync;

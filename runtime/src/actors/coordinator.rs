@@ -1,0 +1,241 @@
+//! The coordinator actor: the interval timer and checkpoint timeouts feed the protocol
+//! core's [`Coordinator`]; its actions become triggers, completion records and notices.
+//! It also ends the run: after the final checkpoint completed and every sink has made that
+//! checkpoint's output durable, it stops the actor system.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use super::source::{SourceActor, Trigger};
+use super::{Abort, Complete, Fatal};
+use crate::log::{WriteOp, Writer};
+use crate::protocol::coordinator::{Coordinator, CoordinatorAction};
+use crate::protocol::{CheckpointId, ParticipantId};
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{Arc, Mutex};
+
+/// Participant to coordinator: snapshot of `checkpoint` durable.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Ack {
+    /// Who.
+    pub participant: ParticipantId,
+    /// Which checkpoint.
+    pub checkpoint: CheckpointId,
+}
+
+/// Source to coordinator: its input is exhausted.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct SourceFinished(pub usize);
+
+/// Sink to coordinator: output through `checkpoint` is durably committed.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct SinkCommitted {
+    /// The sink.
+    pub participant: ParticipantId,
+    /// Through which checkpoint.
+    pub checkpoint: CheckpointId,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CompletionDurable(CheckpointId);
+
+/// Wiring, sent once before `Start`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Wire {
+    /// The source subtasks, by source index.
+    pub sources: Vec<Addr<SourceActor>>,
+    /// Every participant's notice inboxes, by participant id.
+    pub participants: Vec<(Recipient<Complete>, Recipient<Abort>)>,
+}
+
+/// Start the interval timer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Start;
+
+/// A completed checkpoint, for the run report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointTiming {
+    /// The checkpoint.
+    pub id: u64,
+    /// From trigger to durable completion record.
+    pub duration_ms: u64,
+}
+
+/// What the coordinator shares with the runner and the progress display.
+#[derive(Default)]
+pub struct CoordinatorShared {
+    /// Completed checkpoints in order.
+    pub completed: Mutex<Vec<CheckpointTiming>>,
+    /// The latest completed checkpoint id (0 for none).
+    pub last_completed: AtomicU64,
+    /// Set when the run finished normally.
+    pub finished: AtomicU64,
+}
+
+/// The coordinator of one pipeline run.
+pub struct CoordinatorActor {
+    core: Coordinator,
+    interval: Option<Duration>,
+    timeout: Duration,
+    writer: Writer,
+    sources: Vec<Addr<SourceActor>>,
+    participants: Vec<(Recipient<Complete>, Recipient<Abort>)>,
+    sinks: BTreeMap<ParticipantId, CheckpointId>,
+    triggered_at: BTreeMap<CheckpointId, Instant>,
+    final_checkpoint: Option<CheckpointId>,
+    shared: Arc<CoordinatorShared>,
+    fatal: Arc<Fatal>,
+}
+
+impl CoordinatorActor {
+    /// A coordinator over a restored core; `sinks` are the sink participants.
+    pub fn new(
+        core: Coordinator,
+        interval: Option<Duration>,
+        timeout: Duration,
+        writer: Writer,
+        sinks: &[ParticipantId],
+        shared: Arc<CoordinatorShared>,
+        fatal: Arc<Fatal>,
+    ) -> CoordinatorActor {
+        CoordinatorActor {
+            core,
+            interval,
+            timeout,
+            writer,
+            sources: Vec::new(),
+            participants: Vec::new(),
+            sinks: sinks.iter().map(|&p| (p, CheckpointId::default())).collect(),
+            triggered_at: BTreeMap::new(),
+            final_checkpoint: None,
+            shared,
+            fatal,
+        }
+    }
+
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                CoordinatorAction::Trigger(c) => {
+                    self.triggered_at.insert(c, Instant::now());
+                    for source in &self.sources {
+                        source.do_send(Trigger(c));
+                    }
+                }
+                CoordinatorAction::ArmTimeout(c) => {
+                    ctx.run_later(self.timeout, move |act, ctx| {
+                        act.core.handle_timeout(c);
+                        act.drain(ctx);
+                    });
+                }
+                CoordinatorAction::PersistCompletion(c) => {
+                    let (addr, fatal) = (ctx.address(), self.fatal.clone());
+                    self.writer.submit(
+                        vec![WriteOp::Completion(c)],
+                        Box::new(move |r| match r {
+                            Ok(()) => addr.do_send(CompletionDurable(c)),
+                            Err(e) => fatal.fail(e),
+                        }),
+                    );
+                }
+                CoordinatorAction::NotifyComplete(c) => {
+                    if let Some(at) = self.triggered_at.remove(&c) {
+                        let timing =
+                            CheckpointTiming { id: c.0, duration_ms: at.elapsed().as_millis() as u64 };
+                        self.shared.completed.lock().expect("checkpoint list").push(timing);
+                    }
+                    self.shared.last_completed.store(c.0, Ordering::Relaxed);
+                    tracing::debug!("{c} complete");
+                    for (complete, _) in &self.participants {
+                        complete.do_send(Complete(c));
+                    }
+                }
+                CoordinatorAction::NotifyAbort(c) => {
+                    self.triggered_at.remove(&c);
+                    tracing::warn!("{c} aborted");
+                    for (_, abort) in &self.participants {
+                        abort.do_send(Abort(c));
+                    }
+                }
+                CoordinatorAction::Finished => {
+                    self.final_checkpoint = self.core.completed();
+                    self.stop_if_done();
+                }
+            }
+        }
+    }
+
+    fn stop_if_done(&mut self) {
+        let Some(last) = self.final_checkpoint else { return };
+        if self.sinks.values().all(|&c| c >= last) {
+            self.shared.finished.store(1, Ordering::Relaxed);
+            System::current().stop();
+        }
+    }
+}
+
+impl Actor for CoordinatorActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Wire> for CoordinatorActor {
+    type Result = ();
+    fn handle(&mut self, wire: Wire, _: &mut Context<Self>) {
+        self.sources = wire.sources;
+        self.participants = wire.participants;
+    }
+}
+
+impl Handler<Start> for CoordinatorActor {
+    type Result = ();
+    fn handle(&mut self, _: Start, ctx: &mut Context<Self>) {
+        if let Some(interval) = self.interval {
+            ctx.run_interval(interval, |act, ctx| {
+                act.core.handle_tick();
+                act.drain(ctx);
+            });
+        }
+    }
+}
+
+impl Handler<Ack> for CoordinatorActor {
+    type Result = ();
+    fn handle(&mut self, ack: Ack, ctx: &mut Context<Self>) {
+        self.core.handle_ack(ack.participant, ack.checkpoint);
+        self.drain(ctx);
+    }
+}
+
+impl Handler<SourceFinished> for CoordinatorActor {
+    type Result = ();
+    fn handle(&mut self, SourceFinished(source): SourceFinished, ctx: &mut Context<Self>) {
+        self.core.handle_source_finished(source);
+        self.drain(ctx);
+    }
+}
+
+impl Handler<CompletionDurable> for CoordinatorActor {
+    type Result = ();
+    fn handle(&mut self, CompletionDurable(c): CompletionDurable, ctx: &mut Context<Self>) {
+        self.core.on_completion_durable(c);
+        self.drain(ctx);
+    }
+}
+
+impl Handler<SinkCommitted> for CoordinatorActor {
+    type Result = ();
+    fn handle(&mut self, msg: SinkCommitted, _: &mut Context<Self>) {
+        if let Some(c) = self.sinks.get_mut(&msg.participant) {
+            *c = (*c).max(msg.checkpoint);
+        }
+        self.stop_if_done();
+    }
+}

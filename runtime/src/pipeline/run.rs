@@ -1,0 +1,459 @@
+//! Running a pipeline: recover from the log, build one actor per subtask, wire the channels,
+//! run until the final checkpoint's output is committed, and report.
+//!
+//! Start-up is a global rollback (SPEC §7): the plan from `plan_global_rollback` over what
+//! the log holds says which checkpoint every subtask restores; the discards happen durably
+//! before any actor starts, and a sink whose staged output up to the restore point was not
+//! yet visible commits it first. A fresh data directory simply restores nothing.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use crate::actors::coordinator::{self, CheckpointTiming, CoordinatorActor, CoordinatorShared};
+use crate::actors::source::{self, SourceActor, decode_source_state};
+use crate::actors::task::{self, Body, SinkWriter, TaskActor, TaskState};
+use crate::actors::{Counters, Fatal, OutChannel, OutGroup, Outputs, Partition, SubtaskContext, Upstream};
+use crate::batch::SchemaRef;
+use crate::connectors::SourceReader;
+use crate::connectors::file_source::FileSource;
+use crate::connectors::generator::Generator;
+use crate::log::{Log, LogError, SnapshotRecord, Writer};
+use crate::operators;
+use crate::pipeline::spec::{
+    CheckpointMode, NodeKind, NodeSpec, PipelineSpec, SinkSpec, SourceSpec, TransformSpec,
+};
+use crate::protocol::aligner::AlignmentMode;
+use crate::protocol::coordinator::{Coordinator, CoordinatorConfig};
+use crate::protocol::participant::{SourceTask, Task, TaskConfig};
+use crate::protocol::recovery::{RecoveryError, plan_global_rollback};
+use crate::protocol::{CheckpointId, ParticipantId};
+use crate::sync::Arc;
+use crate::sync::atomic::Ordering;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The log holds no consistent restore point.
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
+    /// A subtask could not be built or restored.
+    #[error("{0}")]
+    Build(String),
+    /// A subtask failed while running.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Records through one node.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct NodeReport {
+    /// The node.
+    pub name: String,
+    /// Records received (sources: 0).
+    pub records_in: u64,
+    /// Records sent (sinks: written).
+    pub records_out: u64,
+}
+
+/// A completed checkpoint.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct CheckpointReport {
+    /// Its id.
+    pub id: u64,
+    /// From trigger to durable completion record.
+    pub duration_ms: u64,
+}
+
+/// What a run did (`weir run --report FILE` writes it as JSON).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RunReport {
+    /// Per node, in pipeline order.
+    pub nodes: Vec<NodeReport>,
+    /// Checkpoints completed in this run.
+    pub checkpoints: Vec<CheckpointReport>,
+    /// Subtask restarts (supervision is not built yet: always empty).
+    pub restarts: Vec<serde_json::Value>,
+    /// The checkpoint this run restored, if it resumed after a stop or crash.
+    pub restored_from: Option<u64>,
+    /// Wall time of the run in milliseconds.
+    pub wall_ms: u64,
+}
+
+/// A live view for progress displays.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// Records read by all sources so far in this run.
+    pub records: u64,
+    /// Since the run started.
+    pub elapsed: Duration,
+    /// The latest completed checkpoint (0 for none).
+    pub last_checkpoint: u64,
+}
+
+/// Called about once a second while the pipeline runs.
+pub type ProgressFn = Box<dyn Fn(Progress) + Send>;
+
+struct Subtask<'a> {
+    node: &'a NodeSpec,
+    index: usize,
+    participant: ParticipantId,
+}
+
+/// A stable description of the topology, stored in the log so that a data directory is
+/// never restored into a different pipeline.
+fn fingerprint(spec: &PipelineSpec) -> String {
+    spec.nodes
+        .iter()
+        .map(|n| {
+            let kind = match &n.kind {
+                NodeKind::Source(_) => "source",
+                NodeKind::Transform(_) => "transform",
+                NodeKind::Sink(_) => "sink",
+            };
+            format!("{}:{kind}:{}<-[{}]", n.name, n.parallelism, n.inputs.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn reader(spec: &SourceSpec) -> Box<dyn SourceReader> {
+    match spec {
+        SourceSpec::Generator(g) => Box::new(Generator::new(g)),
+        SourceSpec::File(f) => Box::new(FileSource::new(f)),
+    }
+}
+
+/// Run `spec` until its sources are exhausted and all output is committed.
+pub fn run(spec: &PipelineSpec, progress: Option<ProgressFn>) -> Result<RunReport, RunError> {
+    let started = Instant::now();
+    let log = Log::open(&spec.data_dir, spec.map_size)?;
+    log.claim(&fingerprint(spec))?;
+
+    // Subtasks get participant ids in pipeline order; sources come first, so a source's
+    // participant id is also its source index at the coordinator.
+    let mut subtasks = Vec::new();
+    let mut first_subtask = Vec::new();
+    for node in &spec.nodes {
+        first_subtask.push(subtasks.len());
+        for index in 0..node.parallelism {
+            subtasks.push(Subtask { node, index, participant: subtasks.len() });
+        }
+    }
+    let node_index =
+        |name: &str| spec.nodes.iter().position(|n| n.name == name).expect("inputs were resolved");
+    let sources = subtasks.iter().filter(|s| matches!(s.node.kind, NodeKind::Source(_))).count();
+    let sinks: Vec<ParticipantId> =
+        subtasks.iter().filter(|s| matches!(s.node.kind, NodeKind::Sink(_))).map(|s| s.participant).collect();
+
+    let input = log.recovery_input(subtasks.len(), &sinks)?;
+    let plan = plan_global_rollback(&input)?;
+    log.apply_discards(&plan)?;
+    let snapshot = |p: ParticipantId| -> Result<Option<SnapshotRecord>, RunError> {
+        match plan.participants[p].from {
+            Some(c) => Ok(Some(log.read_snapshot(p, c)?)),
+            None => Ok(None),
+        }
+    };
+    if let Some(c) = plan.checkpoint {
+        tracing::info!("resuming from {c}");
+    }
+
+    // Output schemas, node by node, and the channel layout: each subtask's inputs in order
+    // (upstream node by upstream node, subtask by subtask) and each subtask's output groups.
+    let mut schemas: Vec<SchemaRef> = Vec::new();
+    let mut inputs_of: Vec<Vec<(ParticipantId, usize)>> = vec![Vec::new(); subtasks.len()]; // (upstream subtask, its channel)
+    let mut outputs_of: Vec<Vec<(ParticipantId, usize)>> = vec![Vec::new(); subtasks.len()]; // (downstream subtask, its input)
+    let mut groups_of: Vec<Vec<(Partition, Vec<usize>)>> = vec![Vec::new(); subtasks.len()];
+    for (n, node) in spec.nodes.iter().enumerate() {
+        let schema = match &node.kind {
+            NodeKind::Source(s) => reader(s).schema(),
+            NodeKind::Sink(_) => schemas[node_index(&node.inputs[0])].clone(),
+            NodeKind::Transform(t) => {
+                let upstream = schemas[node_index(&node.inputs[0])].clone();
+                let inputs = node.inputs.iter().map(|i| spec.nodes[node_index(i)].parallelism).sum();
+                operators::build(&node.name, t, upstream, inputs)
+                    .map_err(|e| RunError::Build(format!("{}: {e}", node.name)))?
+                    .output_schema()
+            }
+        };
+        schemas.push(schema);
+        let key = match &node.kind {
+            NodeKind::Transform(TransformSpec::Window(w)) => w.key.clone(),
+            _ => None,
+        };
+        for up_name in &node.inputs {
+            let u = node_index(up_name);
+            let up = &spec.nodes[u];
+            let forward = key.is_none() && up.parallelism == node.parallelism;
+            let partition = match (&key, node.parallelism) {
+                (_, 1) => Partition::Forward,
+                (Some(k), _) => Partition::Hash(k.clone()),
+                (None, _) if forward => Partition::Forward,
+                (None, _) => Partition::RoundRobin,
+            };
+            for i in 0..up.parallelism {
+                let from = first_subtask[u] + i;
+                let targets: Vec<usize> = if forward || node.parallelism == 1 && up.parallelism == 1 {
+                    vec![i]
+                } else {
+                    (0..node.parallelism).collect()
+                };
+                let mut group = Vec::new();
+                for j in targets {
+                    let to = first_subtask[n] + j;
+                    let channel = outputs_of[from].len();
+                    let input = inputs_of[to].len();
+                    outputs_of[from].push((to, input));
+                    inputs_of[to].push((from, channel));
+                    group.push(channel);
+                }
+                groups_of[from].push((partition.clone(), group));
+            }
+        }
+    }
+
+    let writer = Writer::start(log.clone());
+    let fatal = Arc::new(Fatal::default());
+    let shared = Arc::new(CoordinatorShared::default());
+    let counters: Vec<Arc<Counters>> = subtasks.iter().map(|_| Arc::new(Counters::default())).collect();
+    let context = |s: &Subtask| SubtaskContext {
+        name: if s.node.parallelism > 1 {
+            format!("{}/{}", s.node.name, s.index)
+        } else {
+            s.node.name.clone()
+        },
+        participant: s.participant,
+        writer: writer.clone(),
+        log: log.clone(),
+        counters: counters[s.participant].clone(),
+        fatal: fatal.clone(),
+    };
+    let mode = match spec.checkpoint.mode {
+        CheckpointMode::ExactlyOnce => AlignmentMode::ExactlyOnce,
+        CheckpointMode::AtLeastOnce => AlignmentMode::AtLeastOnce,
+    };
+
+    // Build every actor's state before the system starts: errors here are plain returns.
+    enum Built {
+        Source(Box<SourceActor>),
+        Task(Box<TaskActor>),
+    }
+    let mut built = Vec::new();
+    let mut out_seqs = Vec::new();
+    for s in &subtasks {
+        let restore = &plan.participants[s.participant];
+        let record = snapshot(s.participant)?;
+        out_seqs.push(record.as_ref().map(|r| r.out_seqs.clone()).unwrap_or_default());
+        let n_inputs = inputs_of[s.participant].len();
+        let name = context(s).name;
+        match &s.node.kind {
+            NodeKind::Source(source_spec) => {
+                let mut reader = reader(source_spec);
+                let mut ended = false;
+                if let Some(record) = &record {
+                    let (position, was_ended) = decode_source_state(&record.state)
+                        .ok_or_else(|| RunError::Build(format!("{name}: empty source snapshot")))?;
+                    reader.seek(position).map_err(|e| RunError::Build(format!("{name}: {e}")))?;
+                    ended = was_ended;
+                }
+                let (batch_size, rate) = match source_spec {
+                    SourceSpec::Generator(g) => (g.batch_size, g.rate),
+                    SourceSpec::File(f) => (f.batch_size, None),
+                };
+                let core = SourceTask::restore(restore.from);
+                let actor =
+                    SourceActor::new(context(s), s.participant, reader, core, batch_size, rate, ended);
+                built.push(Built::Source(Box::new(actor)));
+            }
+            kind => {
+                let state: TaskState = match &record {
+                    Some(r) => postcard::from_bytes(&r.state)
+                        .map_err(|e| RunError::Build(format!("{name}: snapshot cannot be decoded: {e}")))?,
+                    None => TaskState { ended: vec![false; n_inputs], operator: Vec::new() },
+                };
+                let positions = record.as_ref().map_or(vec![0; n_inputs], |r| r.positions.clone());
+                if positions.len() != n_inputs || state.ended.len() != n_inputs {
+                    return Err(RunError::Build(format!(
+                        "{name}: snapshot has {} inputs, the pipeline {n_inputs}",
+                        positions.len()
+                    )));
+                }
+                let (body, sink) = match kind {
+                    NodeKind::Transform(t) => {
+                        let upstream = schemas[node_index(&s.node.inputs[0])].clone();
+                        let mut op = operators::build(&s.node.name, t, upstream, n_inputs)
+                            .map_err(|e| RunError::Build(format!("{name}: {e}")))?;
+                        if record.is_some() {
+                            op.restore(&state.operator).map_err(|e| RunError::Build(e.to_string()))?;
+                        }
+                        (Body::Operator(op), false)
+                    }
+                    NodeKind::Sink(sink_spec) => {
+                        let (path, format) = match sink_spec {
+                            SinkSpec::File { path, format } => (Some(path.clone()), *format),
+                            SinkSpec::Stdout { format } => (None, *format),
+                        };
+                        let committed = log.read_commit(s.participant)?.unwrap_or_default();
+                        let writer = SinkWriter::open(format, path, committed)
+                            .map_err(|e| RunError::Build(format!("{name}: {e}")))?;
+                        (Body::Sink(writer), true)
+                    }
+                    NodeKind::Source(_) => unreachable!(),
+                };
+                let config = TaskConfig { inputs: n_inputs, mode, sink, mutations: Default::default() };
+                let core = Task::restore(config, restore, &positions);
+                built.push(Built::Task(Box::new(TaskActor::new(context(s), core, body, state.ended))));
+            }
+        }
+    }
+
+    let coordinator_core =
+        Coordinator::restore(CoordinatorConfig::new(subtasks.len(), sources), plan.checkpoint);
+    let interval = spec.checkpoint.interval_ms.map(Duration::from_millis);
+    let timeout = Duration::from_millis(spec.checkpoint.timeout_ms);
+
+    let system = System::new();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1);
+    // The arbiters (one thread each) live until the system stops.
+    let _arbiters = system.block_on(async {
+        fatal.set_system(System::current());
+        let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
+        let coordinator = CoordinatorActor::new(
+            coordinator_core,
+            interval,
+            timeout,
+            writer.clone(),
+            &sinks,
+            shared.clone(),
+            fatal.clone(),
+        )
+        .start();
+        let mut source_addrs = Vec::new();
+        let mut task_addrs = Vec::new();
+        let mut credit_to: Vec<Recipient<crate::actors::Credit>> = Vec::new();
+        let mut deliver_to: Vec<Option<Recipient<crate::actors::Deliver>>> = Vec::new();
+        let mut notices = Vec::new();
+        for (p, b) in built.into_iter().enumerate() {
+            let arbiter = arbiters[p % threads].handle();
+            match b {
+                Built::Source(actor) => {
+                    let addr = SourceActor::start_in_arbiter(&arbiter, move |_| *actor);
+                    credit_to.push(addr.clone().recipient());
+                    deliver_to.push(None);
+                    notices.push((addr.clone().recipient(), addr.clone().recipient()));
+                    source_addrs.push(addr);
+                    task_addrs.push(None);
+                }
+                Built::Task(actor) => {
+                    let addr = TaskActor::start_in_arbiter(&arbiter, move |_| *actor);
+                    credit_to.push(addr.clone().recipient());
+                    deliver_to.push(Some(addr.clone().recipient()));
+                    notices.push((addr.clone().recipient(), addr.clone().recipient()));
+                    task_addrs.push(Some(addr));
+                }
+            }
+        }
+        let outputs = |p: ParticipantId| {
+            let seqs = &out_seqs[p];
+            let channels = outputs_of[p]
+                .iter()
+                .enumerate()
+                .map(|(ch, &(to, input))| {
+                    let to = deliver_to[to].clone().expect("only tasks receive data");
+                    OutChannel::new(to, input, seqs.get(ch).copied().unwrap_or(0))
+                })
+                .collect();
+            let groups =
+                groups_of[p].iter().map(|(part, chans)| OutGroup::new(part.clone(), chans.clone())).collect();
+            Outputs { channels, groups }
+        };
+        for p in 0..subtasks.len() {
+            if let Some(addr) = &task_addrs[p] {
+                let upstream = inputs_of[p]
+                    .iter()
+                    .map(|&(from, output)| Upstream { to: credit_to[from].clone(), output })
+                    .collect();
+                addr.do_send(task::Wire { outputs: outputs(p), upstream, coordinator: coordinator.clone() });
+            }
+        }
+        for (s, addr) in source_addrs.iter().enumerate() {
+            addr.do_send(source::Wire { outputs: outputs(s), coordinator: coordinator.clone() });
+        }
+        coordinator.do_send(coordinator::Wire { sources: source_addrs.clone(), participants: notices });
+        coordinator.do_send(coordinator::Start);
+        for addr in &source_addrs {
+            addr.do_send(source::Start);
+        }
+        arbiters
+    });
+
+    let stop_progress = Arc::new(AtomicBool::new(false));
+    let progress_thread = progress.map(|show| {
+        let (stop, shared, counters) = (stop_progress.clone(), shared.clone(), counters[..sources].to_vec());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+                if started.elapsed().as_millis() % 1000 < 250 {
+                    show(Progress {
+                        records: counters.iter().map(|c| c.records_out.load(Ordering::Relaxed)).sum(),
+                        elapsed: started.elapsed(),
+                        last_checkpoint: shared.last_completed.load(Ordering::Relaxed),
+                    });
+                }
+            }
+        })
+    });
+    let run_result = system.run();
+    stop_progress.store(true, Ordering::Relaxed);
+    if let Some(t) = progress_thread {
+        let _ = t.join();
+    }
+    if let Some(error) = fatal.take() {
+        return Err(RunError::Failed(error));
+    }
+    run_result.map_err(|e| RunError::Failed(format!("actor system: {e}")))?;
+    if shared.finished.load(Ordering::Relaxed) != 1 {
+        return Err(RunError::Failed("the pipeline stopped before it finished".into()));
+    }
+
+    let nodes = spec
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(n, node)| {
+            let range = first_subtask[n]..first_subtask[n] + node.parallelism;
+            let sum = |f: fn(&Counters) -> u64| counters[range.clone()].iter().map(|c| f(c)).sum();
+            NodeReport {
+                name: node.name.clone(),
+                records_in: sum(|c| c.records_in.load(Ordering::Relaxed)),
+                records_out: sum(|c| c.records_out.load(Ordering::Relaxed)),
+            }
+        })
+        .collect();
+    let checkpoints = shared
+        .completed
+        .lock()
+        .expect("checkpoint list")
+        .iter()
+        .map(|&CheckpointTiming { id, duration_ms }| CheckpointReport { id, duration_ms })
+        .collect();
+    Ok(RunReport {
+        nodes,
+        checkpoints,
+        restarts: Vec::new(),
+        restored_from: plan.checkpoint.map(|c: CheckpointId| c.0),
+        wall_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Whether `dir` holds a log (for messages such as "resuming").
+pub fn has_log(dir: &Path) -> bool {
+    dir.join("data.mdb").exists()
+}
