@@ -1,0 +1,248 @@
+//! The pipeline configuration: TOML in, a validated [`PipelineSpec`] out.
+//!
+//! [`load`] reads a file and [`parse`] its text in four steps, each in its own module:
+//!
+//! 1. `interpolate`: `${VAR}`, `${VAR:-default}` and `$$` are replaced from the environment,
+//!    line by line, so line numbers stay those of the file.
+//! 2. `doc`: the text is parsed into toml's spanned tree, and read through typed accessors
+//!    that know each key's path and line.
+//! 3. `nodes`: every `[sources.*]`, `[transforms.*]` and `[sinks.*]` table is read on its own,
+//!    in file order (this file reads the top-level settings and `[checkpoint]`).
+//! 4. `graph`: inputs are resolved, cycles refused, nodes ordered, and schemas carried from
+//!    the sources through each transform's operator (`operator`, the one call into
+//!    `weir_runtime::operators`).
+//!
+//! Every user mistake is one [`ConfigError`], displayed as one line that names the key and its
+//! line: `config: transforms.windows: unknown key "sise_ms" (line 14), did you mean "size_ms"?`.
+//! Only the first mistake found is reported: tables are read in file order, and within a table
+//! unknown keys come before missing or mistyped values (a misspelt key usually explains both);
+//! wiring, cycles and schemas are checked once every table has been read.
+//!
+//! This module does no I/O besides reading the config file: it neither creates `data_dir` nor
+//! checks that input files exist (they may appear before `weir run`).
+
+mod doc;
+mod graph;
+mod interpolate;
+mod nodes;
+mod operator;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use toml::de::DeTable;
+use weir_runtime::pipeline::spec::{CheckpointMode, CheckpointSpec, PipelineSpec};
+
+use self::doc::{Doc, Table};
+use self::nodes::Section;
+
+const DEFAULT_DATA_DIR: &str = "data";
+const DEFAULT_MAP_SIZE_MB: u64 = 1024;
+const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1000;
+const DEFAULT_CHECKPOINT_TIMEOUT_MS: u64 = 60_000;
+const TOP_LEVEL_KEYS: &[&str] = &["data_dir", "map_size_mb", "checkpoint", "sources", "transforms", "sinks"];
+const CHECKPOINT_KEYS: &[&str] = &["interval_ms", "mode", "timeout_ms"];
+
+/// A mistake in a config; its `Display` is one line starting with `config: `.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    /// The file could not be read.
+    #[error("config: cannot read {}: {}", path.display(), io_reason(source))]
+    Read { path: PathBuf, source: std::io::Error },
+    /// A problem with a line as text: invalid TOML or a bad `${...}`.
+    #[error("config: line {line}: {message}")]
+    Line { line: usize, message: String },
+    /// A problem with a key: `config: PATH: MESSAGE (line N)[, did you mean "HINT"?]`.
+    #[error("config: {}", Keyed { path, message, line: *line, hint: hint.as_deref() })]
+    Key { path: String, message: String, line: usize, hint: Option<String> },
+    /// The nodes named form a cycle (the first one is repeated at the end). The mistake is in
+    /// several lines at once, so the names are the location.
+    #[error("config: cycle: {}", nodes.join(" -> "))]
+    Cycle { nodes: Vec<String> },
+    /// A problem with the pipeline as a whole, which no single line holds.
+    #[error("config: {message}")]
+    Pipeline { message: String },
+}
+
+impl ConfigError {
+    /// A problem with the key at dotted `path` (empty for the document root), on `line`.
+    fn at(path: &str, message: impl Into<String>, line: usize) -> ConfigError {
+        ConfigError::Key { path: path.to_owned(), message: message.into(), line, hint: None }
+    }
+
+    /// Adds `did you mean "hint"?` to a [`ConfigError::Key`].
+    fn with_hint(mut self, new: &str) -> ConfigError {
+        if let ConfigError::Key { hint, .. } = &mut self {
+            *hint = Some(new.to_owned());
+        }
+        self
+    }
+}
+
+/// The text of a [`ConfigError::Key`].
+struct Keyed<'e> {
+    path: &'e str,
+    message: &'e str,
+    line: usize,
+    hint: Option<&'e str>,
+}
+
+impl fmt::Display for Keyed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        write!(f, "{} (line {})", self.message, self.line)?;
+        if let Some(hint) = self.hint {
+            write!(f, ", did you mean \"{hint}\"?")?;
+        }
+        Ok(())
+    }
+}
+
+/// `No such file or directory`, without the ` (os error 2)` that `io::Error` appends.
+fn io_reason(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    match text.find(" (os error ") {
+        Some(end) => text[..end].to_owned(),
+        None => text,
+    }
+}
+
+/// Reads and validates the pipeline config at `path`. Relative paths in it resolve against the
+/// file's folder; `data_dir_override` (from `--data-dir`) replaces `data_dir`.
+pub(crate) fn load(path: &Path, data_dir_override: Option<&Path>) -> Result<PipelineSpec, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let base_dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    parse(&text, base_dir, data_dir_override)
+}
+
+/// Validates config `text` as if read from a file in `base_dir`, taking variables from the
+/// process environment.
+pub(crate) fn parse(
+    text: &str,
+    base_dir: &Path,
+    data_dir_override: Option<&Path>,
+) -> Result<PipelineSpec, ConfigError> {
+    parse_with_env(text, base_dir, data_dir_override, &|name| {
+        std::env::var_os(name).map(|value| value.to_string_lossy().into_owned())
+    })
+}
+
+/// [`parse`] with the environment given as a lookup function.
+fn parse_with_env(
+    text: &str,
+    base_dir: &Path,
+    data_dir_override: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<PipelineSpec, ConfigError> {
+    let text = interpolate::interpolate(text, env)?;
+    let doc = Doc::new(&text);
+    let parsed = DeTable::parse(&text).map_err(|error| ConfigError::Line {
+        line: error.span().map_or(1, |span| doc.line(span.start)),
+        message: format!("invalid TOML: {}", error.message().replace('\n', " ")),
+    })?;
+    let root = Table::root(&doc, parsed.get_ref());
+    root.deny_unknown_keys(TOP_LEVEL_KEYS)?;
+
+    let base_dir = absolute(base_dir)?;
+    let data_dir = match (data_dir_override, root.get("data_dir")) {
+        (Some(dir), item) => {
+            if let Some(item) = item {
+                item.non_empty_str()?;
+            }
+            absolute(dir)?
+        }
+        (None, Some(item)) => nodes::resolve(&base_dir, item.non_empty_str()?),
+        (None, None) => nodes::resolve(&base_dir, DEFAULT_DATA_DIR),
+    };
+    let map_size = match root.get("map_size_mb") {
+        Some(item) => {
+            let mb = item.positive()?;
+            mb.checked_mul(1 << 20)
+                .and_then(|bytes| usize::try_from(bytes).ok())
+                .ok_or_else(|| item.error(format!("{mb} MiB is too large for this machine")))?
+        }
+        None => (DEFAULT_MAP_SIZE_MB << 20) as usize,
+    };
+    let checkpoint = match root.get("checkpoint") {
+        Some(item) => checkpoint(&item.table()?)?,
+        None => checkpoint_defaults(),
+    };
+
+    // Every node of the three sections, in file order, so the first mistake reported is the
+    // first one in the file.
+    let mut entries = Vec::new();
+    for section in Section::ALL {
+        if let Some(item) = root.get(section.key()) {
+            entries.extend(item.table()?.items().into_iter().map(|node| (section, node)));
+        }
+    }
+    entries.sort_by_key(|(_, node)| node.key_line());
+    let mut drafts: Vec<nodes::Draft<'_>> = Vec::with_capacity(entries.len());
+    for (section, item) in entries {
+        if let Some(other) = drafts.iter().find(|d| d.name == item.key()) {
+            return Err(ConfigError::at(
+                &item.path(),
+                format!("the name {:?} is already used by {}", item.key(), other.item.path()),
+                item.key_line(),
+            ));
+        }
+        drafts.push(nodes::read_node(section, item, &base_dir)?);
+    }
+    for section in [Section::Source, Section::Sink] {
+        if !drafts.iter().any(|d| d.section == section) {
+            let message = format!("no {}: add at least one [{}.NAME] table", section.key(), section.key());
+            return Err(ConfigError::Pipeline { message });
+        }
+    }
+
+    let nodes = graph::assemble(drafts)?;
+    Ok(PipelineSpec { data_dir, map_size, checkpoint, nodes })
+}
+
+fn checkpoint_defaults() -> CheckpointSpec {
+    CheckpointSpec {
+        interval_ms: Some(DEFAULT_CHECKPOINT_INTERVAL_MS),
+        mode: CheckpointMode::ExactlyOnce,
+        timeout_ms: DEFAULT_CHECKPOINT_TIMEOUT_MS,
+    }
+}
+
+/// `[checkpoint]`.
+fn checkpoint(table: &Table<'_>) -> Result<CheckpointSpec, ConfigError> {
+    table.deny_unknown_keys(CHECKPOINT_KEYS)?;
+    let defaults = checkpoint_defaults();
+    Ok(CheckpointSpec {
+        interval_ms: match table.get("interval_ms") {
+            Some(item) => Some(item.non_negative()?).filter(|&ms| ms > 0),
+            None => defaults.interval_ms,
+        },
+        mode: match table.get("mode") {
+            Some(item) => item.choice(&[
+                ("exactly_once", CheckpointMode::ExactlyOnce),
+                ("at_least_once", CheckpointMode::AtLeastOnce),
+            ])?,
+            None => defaults.mode,
+        },
+        timeout_ms: match table.get("timeout_ms") {
+            Some(item) => item.positive()?,
+            None => defaults.timeout_ms,
+        },
+    })
+}
+
+/// `path` made absolute against the working directory.
+fn absolute(path: &Path) -> Result<PathBuf, ConfigError> {
+    let path = if path.as_os_str().is_empty() { Path::new(".") } else { path };
+    let absolute = std::path::absolute(path).map_err(|error| ConfigError::Pipeline {
+        message: format!("cannot resolve {}: {}", path.display(), io_reason(&error)),
+    })?;
+    Ok(nodes::resolve(&absolute, ""))
+}

@@ -1,0 +1,445 @@
+//! One node's table (`[sources.NAME]`, `[transforms.NAME]`, `[sinks.NAME]`) read into a
+//! [`Draft`]: its keys checked, its values typed, its paths made absolute. Each table is read on
+//! its own; how nodes connect, and whether their fields exist, is `graph`'s business.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use weir_runtime::batch::{DataType, Field, Schema};
+use weir_runtime::pipeline::spec::{
+    AggregateFunction, AggregateSpec, FileFormat, FileSourceSpec, GeneratorSpec, MapSpec, NodeKind,
+    OutputFormat, SinkSpec, SourceSpec, TransformSpec, WindowKind, WindowSpec,
+};
+
+use super::ConfigError;
+use super::doc::{Item, Located, Table, closest, one_of};
+
+/// The three sections of a pipeline, in the order nodes are listed in a `PipelineSpec`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Section {
+    Source,
+    Transform,
+    Sink,
+}
+
+/// Keys every node may have.
+const NODE_KEYS: &[&str] = &["type", "inputs", "parallelism"];
+
+/// Per section: each `type` and the keys it takes besides [`NODE_KEYS`].
+const SOURCE_TYPES: &[(&str, &[&str])] = &[
+    ("generator", &["shape", "records", "sensors", "rate", "batch_size"]),
+    ("file", &["path", "format", "schema", "batch_size"]),
+];
+const TRANSFORM_TYPES: &[(&str, &[&str])] = &[
+    ("filter", &["condition"]),
+    ("map", &["select", "drop", "rename", "compute"]),
+    (
+        "window",
+        &["key", "time_field", "kind", "size_ms", "hop_ms", "gap_ms", "max_out_of_order_ms", "aggregates"],
+    ),
+];
+const SINK_TYPES: &[(&str, &[&str])] =
+    &[("file", &["path", "format", "float_precision"]), ("stdout", &["format", "float_precision"])];
+
+const DEFAULT_BATCH_SIZE: u64 = 4096;
+const DEFAULT_SENSORS: u64 = 1000;
+/// More decimals than an f64 holds significant digits would only print noise.
+const MAX_FLOAT_PRECISION: u64 = 17;
+
+impl Section {
+    pub(super) const ALL: [Section; 3] = [Section::Source, Section::Transform, Section::Sink];
+
+    /// The top-level key of the section.
+    pub(super) fn key(self) -> &'static str {
+        match self {
+            Section::Source => "sources",
+            Section::Transform => "transforms",
+            Section::Sink => "sinks",
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Section::Source => "source",
+            Section::Transform => "transform",
+            Section::Sink => "sink",
+        }
+    }
+
+    fn types(self) -> &'static [(&'static str, &'static [&'static str])] {
+        match self {
+            Section::Source => SOURCE_TYPES,
+            Section::Transform => TRANSFORM_TYPES,
+            Section::Sink => SINK_TYPES,
+        }
+    }
+}
+
+/// A node as its own table describes it; inputs are names not yet resolved.
+pub(super) struct Draft<'a> {
+    pub(super) name: String,
+    pub(super) section: Section,
+    /// The `NAME = { ... }` entry, for the lines of keys that later checks complain about.
+    pub(super) item: Item<'a>,
+    pub(super) inputs: Vec<Located<String>>,
+    pub(super) parallelism: usize,
+    pub(super) kind: NodeKind,
+}
+
+/// Reads the node `item` (an entry of the `section` table); relative paths resolve against
+/// `base_dir`, which is absolute.
+pub(super) fn read_node<'a>(
+    section: Section,
+    item: Item<'a>,
+    base_dir: &Path,
+) -> Result<Draft<'a>, ConfigError> {
+    let name = item.key();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(ConfigError::at(
+            section.key(),
+            format!("invalid name {name:?}: use letters, digits, \"_\" and \"-\""),
+            item.key_line(),
+        ));
+    }
+    let table = item.table()?;
+    let ty = read_type(section, &table)?;
+
+    let inputs = match (section, table.get("inputs")) {
+        (Section::Source, Some(inputs)) => return Err(inputs.error("a source has no inputs")),
+        (Section::Source, None) => Vec::new(),
+        (_, None) => return Err(table.error("missing required key \"inputs\"")),
+        (_, Some(inputs)) => {
+            let list = inputs.str_list()?;
+            if list.is_empty() {
+                return Err(inputs.error("expected at least one input"));
+            }
+            list
+        }
+    };
+
+    let parallelism = match table.get("parallelism") {
+        None => 1,
+        Some(item) => {
+            let n = to_usize(&item, item.positive()?)?;
+            if section != Section::Transform && n != 1 {
+                return Err(item.error(format!(
+                    "{ty} {}s support only parallelism = 1 for now, found {n}",
+                    section.noun()
+                )));
+            }
+            n
+        }
+    };
+
+    let kind = match (section, ty) {
+        (Section::Source, "generator") => NodeKind::Source(SourceSpec::Generator(generator(&table)?)),
+        (Section::Source, _) => NodeKind::Source(SourceSpec::File(file_source(&table, base_dir)?)),
+        (Section::Transform, "filter") => NodeKind::Transform(TransformSpec::Filter {
+            condition: table.require("condition")?.non_empty_str()?.to_owned(),
+        }),
+        (Section::Transform, "map") => NodeKind::Transform(TransformSpec::Map(map(&table)?)),
+        (Section::Transform, _) => NodeKind::Transform(TransformSpec::Window(window(&table)?)),
+        (Section::Sink, "file") => NodeKind::Sink(SinkSpec::File {
+            path: resolve(base_dir, table.require("path")?.non_empty_str()?),
+            format: output_format(&table, true)?,
+        }),
+        (Section::Sink, _) => NodeKind::Sink(SinkSpec::Stdout { format: output_format(&table, false)? }),
+    };
+
+    Ok(Draft { name: name.to_owned(), section, item, inputs, parallelism, kind })
+}
+
+/// The node's `type`, after checking that every key of the table belongs to it.
+fn read_type(section: Section, table: &Table<'_>) -> Result<&'static str, ConfigError> {
+    let types = section.types();
+    let Some(type_item) = table.get("type") else {
+        // A misspelt `type` is more likely than a forgotten one: name it if it is there.
+        let mut known: Vec<&str> = NODE_KEYS.to_vec();
+        known.extend(types.iter().flat_map(|(_, keys)| keys.iter().copied()));
+        table.deny_unknown_keys(&known)?;
+        return Err(table.error("missing required key \"type\""));
+    };
+    let options: Vec<(&str, usize)> = types.iter().enumerate().map(|(i, (name, _))| (*name, i)).collect();
+    let (ty, own_keys) = types[type_item.choice(&options)?];
+
+    for item in table.items() {
+        let key = item.key();
+        if NODE_KEYS.contains(&key) || own_keys.contains(&key) {
+            continue;
+        }
+        if types.iter().any(|(_, keys)| keys.contains(&key)) {
+            return Err(ConfigError::at(
+                table.path(),
+                format!("key {key:?} does not apply to type = \"{ty}\""),
+                item.key_line(),
+            ));
+        }
+        let known: Vec<&str> = NODE_KEYS.iter().chain(own_keys.iter()).copied().collect();
+        return Err(item.unknown_key(&known));
+    }
+    Ok(ty)
+}
+
+fn generator(table: &Table<'_>) -> Result<GeneratorSpec, ConfigError> {
+    table.require("shape")?.choice(&[("sensors", ())])?;
+    Ok(GeneratorSpec {
+        records: table.require("records")?.positive()?,
+        sensors: optional(table, "sensors", Item::positive)?.unwrap_or(DEFAULT_SENSORS),
+        rate: optional(table, "rate", Item::positive)?,
+        batch_size: batch_size(table)?,
+    })
+}
+
+fn file_source(table: &Table<'_>, base_dir: &Path) -> Result<FileSourceSpec, ConfigError> {
+    let path = resolve(base_dir, table.require("path")?.non_empty_str()?);
+    let format =
+        table.require("format")?.choice(&[("json", FileFormat::JsonLines), ("csv", FileFormat::Csv)])?;
+    let schema_item = table.require("schema")?;
+    let schema_table = schema_item.table()?;
+    let types = [
+        ("bool", DataType::Bool),
+        ("int", DataType::Int),
+        ("float", DataType::Float),
+        ("string", DataType::Str),
+    ];
+    let mut fields = Vec::new();
+    for field in schema_table.items() {
+        if field.key().is_empty() {
+            return Err(ConfigError::at(schema_table.path(), "invalid field name \"\"", field.key_line()));
+        }
+        fields.push(Field::new(field.key(), field.choice(&types)?));
+    }
+    if fields.is_empty() {
+        return Err(schema_item.error("expected at least one field"));
+    }
+    Ok(FileSourceSpec { path, format, schema: Arc::new(Schema::new(fields)), batch_size: batch_size(table)? })
+}
+
+fn batch_size(table: &Table<'_>) -> Result<usize, ConfigError> {
+    match table.get("batch_size") {
+        Some(item) => to_usize(&item, item.positive()?),
+        None => Ok(DEFAULT_BATCH_SIZE as usize),
+    }
+}
+
+fn map(table: &Table<'_>) -> Result<MapSpec, ConfigError> {
+    let select = match table.get("select") {
+        Some(item) => {
+            let fields = item.str_list()?;
+            if fields.is_empty() {
+                return Err(item.error("expected at least one field"));
+            }
+            Some(fields.into_iter().map(|f| f.value).collect())
+        }
+        None => None,
+    };
+    let drop = match table.get("drop") {
+        Some(item) => item.str_list()?.into_iter().map(|f| f.value).collect(),
+        None => Vec::new(),
+    };
+    Ok(MapSpec {
+        select,
+        drop,
+        rename: string_pairs(table, "rename")?,
+        compute: string_pairs(table, "compute")?,
+    })
+}
+
+/// A `key = { a = "x", b = "y" }` table as `(a, x), (b, y)` in the order written.
+fn string_pairs(table: &Table<'_>, key: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let Some(item) = table.get(key) else { return Ok(Vec::new()) };
+    item.table()?
+        .items()
+        .into_iter()
+        .map(|entry| Ok((entry.key().to_owned(), entry.non_empty_str()?.to_owned())))
+        .collect()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Tumbling,
+    Hopping,
+    Session,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Tumbling => "tumbling",
+            Kind::Hopping => "hopping",
+            Kind::Session => "session",
+        }
+    }
+
+    fn takes(self, key: &str) -> bool {
+        match key {
+            "size_ms" => self != Kind::Session,
+            "hop_ms" => self == Kind::Hopping,
+            "gap_ms" => self == Kind::Session,
+            _ => true,
+        }
+    }
+}
+
+fn window(table: &Table<'_>) -> Result<WindowSpec, ConfigError> {
+    let key = optional(table, "key", |item| item.non_empty_str().map(str::to_owned))?;
+    let time_field = table.require("time_field")?.non_empty_str()?.to_owned();
+    let kind = table.require("kind")?.choice(&[
+        ("tumbling", Kind::Tumbling),
+        ("hopping", Kind::Hopping),
+        ("session", Kind::Session),
+    ])?;
+    if let Some(item) = table.items().into_iter().find(|item| !kind.takes(item.key())) {
+        return Err(ConfigError::at(
+            table.path(),
+            format!("key {:?} does not apply to kind = \"{}\"", item.key(), kind.name()),
+            item.key_line(),
+        ));
+    }
+    let millis = |key: &str| -> Result<i64, ConfigError> { Ok(table.require(key)?.positive()? as i64) };
+    let kind = match kind {
+        Kind::Tumbling => WindowKind::Tumbling { size_ms: millis("size_ms")? },
+        Kind::Hopping => WindowKind::Hopping { size_ms: millis("size_ms")?, hop_ms: millis("hop_ms")? },
+        Kind::Session => WindowKind::Session { gap_ms: millis("gap_ms")? },
+    };
+    let max_out_of_order_ms = optional(table, "max_out_of_order_ms", Item::non_negative)?.unwrap_or(0) as i64;
+
+    let list = table.require("aggregates")?;
+    let mut aggregates: Vec<AggregateSpec> = Vec::new();
+    for item in list.array("strings")? {
+        let text = item.non_empty_str()?;
+        let aggregate = aggregate(text).map_err(|(message, hint)| {
+            let error = item.error(message);
+            match hint {
+                Some(hint) => error.with_hint(hint),
+                None => error,
+            }
+        })?;
+        if aggregates.contains(&aggregate) {
+            return Err(item.error(format!("{text:?} is listed twice")));
+        }
+        aggregates.push(aggregate);
+    }
+    if aggregates.is_empty() {
+        return Err(list.error("expected at least one aggregate"));
+    }
+    Ok(WindowSpec { key, time_field, kind, max_out_of_order_ms, aggregates })
+}
+
+const AGGREGATES: [(&str, AggregateFunction); 7] = [
+    ("count", AggregateFunction::Count),
+    ("sum", AggregateFunction::Sum),
+    ("min", AggregateFunction::Min),
+    ("max", AggregateFunction::Max),
+    ("mean", AggregateFunction::Mean),
+    ("first", AggregateFunction::First),
+    ("last", AggregateFunction::Last),
+];
+
+/// `"count"` or `"function(field)"`; the error is a message and a suggested function.
+fn aggregate(text: &str) -> Result<AggregateSpec, (String, Option<&'static str>)> {
+    let text = text.trim();
+    let (name, field) = match text.split_once('(') {
+        None => (text, None),
+        Some((name, rest)) => match rest.strip_suffix(')') {
+            Some(field) if !field.contains(['(', ')']) => (name.trim_end(), Some(field.trim())),
+            _ => {
+                return Err((
+                    format!("expected an aggregate such as \"count\" or \"sum(value)\", found {text:?}"),
+                    None,
+                ));
+            }
+        },
+    };
+    let Some(&(_, function)) = AGGREGATES.iter().find(|(n, _)| *n == name) else {
+        let names: Vec<&str> = AGGREGATES.iter().map(|(n, _)| *n).collect();
+        let message =
+            format!("unknown aggregate function {name:?}, expected {}", one_of(&names).replace('"', ""));
+        return Err((message, closest(name, names)));
+    };
+    let field = match (function, field) {
+        (AggregateFunction::Count, None | Some("")) => None,
+        (AggregateFunction::Count, Some(_)) => {
+            return Err((format!("\"count\" takes no field, found {text:?}"), None));
+        }
+        (_, None | Some("")) => {
+            return Err((format!("\"{name}\" needs a field, as in \"{name}(value)\""), None));
+        }
+        (_, Some(field)) => Some(field.to_owned()),
+    };
+    Ok(AggregateSpec { function, field })
+}
+
+/// `format` and `float_precision` of a sink; stdout defaults to JSON lines, a file must say.
+fn output_format(table: &Table<'_>, format_required: bool) -> Result<OutputFormat, ConfigError> {
+    let formats = [("csv", FileFormat::Csv), ("json", FileFormat::JsonLines)];
+    let encoding = match table.get("format") {
+        Some(item) => item.choice(&formats)?,
+        None if format_required => return Err(table.error("missing required key \"format\"")),
+        None => FileFormat::JsonLines,
+    };
+    let float_precision = match table.get("float_precision") {
+        Some(item) => Some(item.int_between(0, MAX_FLOAT_PRECISION)? as usize),
+        None => None,
+    };
+    Ok(OutputFormat { encoding, float_precision })
+}
+
+/// Reads `key` with `read` if it is there.
+fn optional<'a, T>(
+    table: &Table<'a>,
+    key: &str,
+    read: impl FnOnce(&Item<'a>) -> Result<T, ConfigError>,
+) -> Result<Option<T>, ConfigError> {
+    table.get(key).map(|item| read(&item)).transpose()
+}
+
+fn to_usize(item: &Item<'_>, n: u64) -> Result<usize, ConfigError> {
+    usize::try_from(n).map_err(|_| item.error(format!("{n} is too large for this machine")))
+}
+
+/// `path` made absolute against `base_dir` (absolute itself), without `.` components. `..` is
+/// kept: removing it lexically would be wrong across symbolic links.
+pub(super) fn resolve(base_dir: &Path, path: &str) -> PathBuf {
+    let joined = base_dir.join(path);
+    joined.components().filter(|c| *c != Component::CurDir).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregates_parse() {
+        let sum = aggregate(" sum( value ) ").unwrap();
+        assert_eq!(sum, AggregateSpec { function: AggregateFunction::Sum, field: Some("value".into()) });
+        assert_eq!(
+            aggregate("count").unwrap(),
+            AggregateSpec { function: AggregateFunction::Count, field: None }
+        );
+        assert_eq!(aggregate("count()").unwrap().field, None);
+        assert_eq!(
+            aggregate("avg(value)").unwrap_err(),
+            (
+                "unknown aggregate function \"avg\", expected count, sum, min, max, mean, first or last"
+                    .into(),
+                None
+            )
+        );
+        assert_eq!(aggregate("maxx(value)").unwrap_err().1, Some("max"));
+        assert_eq!(aggregate("sum").unwrap_err().0, "\"sum\" needs a field, as in \"sum(value)\"");
+        assert_eq!(aggregate("count(x)").unwrap_err().0, "\"count\" takes no field, found \"count(x)\"");
+        assert_eq!(
+            aggregate("sum(value").unwrap_err().0,
+            "expected an aggregate such as \"count\" or \"sum(value)\", found \"sum(value\""
+        );
+    }
+
+    #[test]
+    fn paths_resolve_against_the_base() {
+        let base = Path::new("/etc/weir");
+        assert_eq!(resolve(base, "out/./x.csv"), Path::new("/etc/weir/out/x.csv"));
+        assert_eq!(resolve(base, "/var/x"), Path::new("/var/x"));
+        assert_eq!(resolve(base, "../x"), Path::new("/etc/weir/../x"));
+    }
+}

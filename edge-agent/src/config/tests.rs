@@ -1,0 +1,718 @@
+//! Unit tests of the config layer: what a good config becomes, and the exact line each kind of
+//! mistake produces.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use weir_runtime::batch::{DataType, Field, Schema};
+use weir_runtime::pipeline::spec::{
+    AggregateFunction, AggregateSpec, CheckpointMode, CheckpointSpec, FileFormat, FileSourceSpec,
+    GeneratorSpec, MapSpec, NodeKind, NodeSpec, OutputFormat, PipelineSpec, SinkSpec, SourceSpec,
+    TransformSpec, WindowKind, WindowSpec,
+};
+
+use super::parse_with_env;
+
+/// The sensor-window config of DESIGN.md section 8.
+const SENSOR_WINDOW: &str = r#"data_dir = "data"
+
+[checkpoint]
+interval_ms = 1000
+mode = "exactly_once"          # or "at_least_once"
+
+[sources.readings]
+type = "generator"
+shape = "sensors"              # the formula in workloads/sensor-window.md
+records = 2000000
+
+[transforms.windows]
+type = "window"
+inputs = ["readings"]
+key = "sensor"
+time_field = "ts"
+kind = "tumbling"
+size_ms = 1000
+max_out_of_order_ms = 100
+aggregates = ["count", "sum(value)", "min(value)", "max(value)", "mean(value)"]
+
+[sinks.out]
+type = "file"
+inputs = ["windows"]
+path = "out/windows.csv"
+format = "csv"                 # fields in order: key, window_start, aggregates
+float_precision = 3
+"#;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "WEIR_OUT" => Some("/srv/out".to_owned()),
+        "RECORDS" => Some("500".to_owned()),
+        _ => None,
+    }
+}
+
+fn spec(text: &str) -> PipelineSpec {
+    parse_with_env(text, Path::new("/etc/weir"), None, &env).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The error line for `text`.
+fn error(text: &str) -> String {
+    match parse_with_env(text, Path::new("/etc/weir"), None, &env) {
+        Ok(spec) => panic!("expected an error, got {spec:#?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A config with one generator source `readings` and a stdout sink reading from `from`, with
+/// `middle` between them.
+fn with(middle: &str, from: &str) -> String {
+    format!(
+        "[sources.readings]\ntype = \"generator\"\nshape = \"sensors\"\nrecords = 10\n\n{middle}\n\
+         [sinks.out]\ntype = \"stdout\"\ninputs = [\"{from}\"]\n"
+    )
+}
+
+fn agg(function: AggregateFunction, field: &str) -> AggregateSpec {
+    AggregateSpec { function, field: Some(field.to_owned()) }
+}
+
+#[test]
+fn the_sensor_window_config_becomes_its_spec() {
+    let want = PipelineSpec {
+        data_dir: PathBuf::from("/etc/weir/data"),
+        map_size: 1024 << 20,
+        checkpoint: CheckpointSpec {
+            interval_ms: Some(1000),
+            mode: CheckpointMode::ExactlyOnce,
+            timeout_ms: 60_000,
+        },
+        nodes: vec![
+            NodeSpec {
+                name: "readings".into(),
+                inputs: vec![],
+                parallelism: 1,
+                kind: NodeKind::Source(SourceSpec::Generator(GeneratorSpec {
+                    records: 2_000_000,
+                    sensors: 1000,
+                    rate: None,
+                    batch_size: 4096,
+                })),
+            },
+            NodeSpec {
+                name: "windows".into(),
+                inputs: vec!["readings".into()],
+                parallelism: 1,
+                kind: NodeKind::Transform(TransformSpec::Window(WindowSpec {
+                    key: Some("sensor".into()),
+                    time_field: "ts".into(),
+                    kind: WindowKind::Tumbling { size_ms: 1000 },
+                    max_out_of_order_ms: 100,
+                    aggregates: vec![
+                        AggregateSpec { function: AggregateFunction::Count, field: None },
+                        agg(AggregateFunction::Sum, "value"),
+                        agg(AggregateFunction::Min, "value"),
+                        agg(AggregateFunction::Max, "value"),
+                        agg(AggregateFunction::Mean, "value"),
+                    ],
+                })),
+            },
+            NodeSpec {
+                name: "out".into(),
+                inputs: vec!["windows".into()],
+                parallelism: 1,
+                kind: NodeKind::Sink(SinkSpec::File {
+                    path: PathBuf::from("/etc/weir/out/windows.csv"),
+                    format: OutputFormat { encoding: FileFormat::Csv, float_precision: Some(3) },
+                }),
+            },
+        ],
+    };
+    assert_eq!(spec(SENSOR_WINDOW), want);
+}
+
+#[test]
+fn defaults_and_overrides() {
+    let text = with("", "readings");
+    let spec = spec(&text);
+    assert_eq!(spec.data_dir, Path::new("/etc/weir/data"));
+    assert_eq!(spec.map_size, 1 << 30);
+    assert_eq!(
+        spec.checkpoint,
+        CheckpointSpec { interval_ms: Some(1000), mode: CheckpointMode::ExactlyOnce, timeout_ms: 60_000 }
+    );
+    assert_eq!(
+        spec.nodes[1].kind,
+        NodeKind::Sink(SinkSpec::Stdout {
+            format: OutputFormat { encoding: FileFormat::JsonLines, float_precision: None }
+        })
+    );
+
+    let text = format!(
+        "data_dir = \"../state/./weir\"\nmap_size_mb = 16\n[checkpoint]\ninterval_ms = 0\n\
+         mode = \"at_least_once\"\ntimeout_ms = 5\n{text}"
+    );
+    let spec = self::spec(&text);
+    assert_eq!(spec.data_dir, Path::new("/etc/weir/../state/weir"));
+    assert_eq!(spec.map_size, 16 << 20);
+    assert_eq!(
+        spec.checkpoint,
+        CheckpointSpec { interval_ms: None, mode: CheckpointMode::AtLeastOnce, timeout_ms: 5 }
+    );
+
+    let overridden = parse_with_env(&text, Path::new("/etc/weir"), Some(Path::new("/var/lib/weir")), &env);
+    assert_eq!(overridden.unwrap().data_dir, Path::new("/var/lib/weir"));
+}
+
+#[test]
+fn file_sources_keep_the_declared_field_order() {
+    let text = r#"
+[sources.lines]
+type = "file"
+path = "in/readings.jsonl"
+format = "json"
+schema = { zeta = "string", alpha = "int", mid = "float", flag = "bool" }
+batch_size = 100
+
+[sources.more]
+type = "file"
+path = "/data/more.csv"
+format = "csv"
+[sources.more.schema]
+zeta = "string"
+alpha = "int"
+mid = "float"
+flag = "bool"
+
+[sinks.out]
+type = "stdout"
+inputs = ["lines", "more"]
+format = "csv"
+"#;
+    let spec = spec(text);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("zeta", DataType::Str),
+        Field::new("alpha", DataType::Int),
+        Field::new("mid", DataType::Float),
+        Field::new("flag", DataType::Bool),
+    ]));
+    assert_eq!(
+        spec.nodes[0].kind,
+        NodeKind::Source(SourceSpec::File(FileSourceSpec {
+            path: PathBuf::from("/etc/weir/in/readings.jsonl"),
+            format: FileFormat::JsonLines,
+            schema: schema.clone(),
+            batch_size: 100,
+        }))
+    );
+    assert_eq!(
+        spec.nodes[1].kind,
+        NodeKind::Source(SourceSpec::File(FileSourceSpec {
+            path: PathBuf::from("/data/more.csv"),
+            format: FileFormat::Csv,
+            schema,
+            batch_size: 4096,
+        }))
+    );
+}
+
+#[test]
+fn map_and_filter_keep_their_order() {
+    let text = with(
+        r#"[transforms.shaped]
+type = "map"
+inputs = ["hot"]
+select = ["sensor", "ts", "value"]
+drop = ["ts"]
+rename = { value = "v", sensor = "s" }
+compute = { zz = "v * 2.0", aa = "v + 1.0" }
+
+[transforms.hot]
+type = "filter"
+inputs = ["readings"]
+condition = "value > 50.0 && sensor != \"s0001\""
+"#,
+        "shaped",
+    );
+    let spec = spec(&text);
+    let names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["readings", "hot", "shaped", "out"]);
+    assert_eq!(
+        spec.nodes[1].kind,
+        NodeKind::Transform(TransformSpec::Filter {
+            condition: "value > 50.0 && sensor != \"s0001\"".into()
+        })
+    );
+    assert_eq!(
+        spec.nodes[2].kind,
+        NodeKind::Transform(TransformSpec::Map(MapSpec {
+            select: Some(vec!["sensor".into(), "ts".into(), "value".into()]),
+            drop: vec!["ts".into()],
+            rename: vec![("value".into(), "v".into()), ("sensor".into(), "s".into())],
+            compute: vec![("zz".into(), "v * 2.0".into()), ("aa".into(), "v + 1.0".into())],
+        }))
+    );
+}
+
+#[test]
+fn nodes_come_in_topological_order() {
+    // Written sinks first and against the flow; ordered sources, transforms, sinks, each after
+    // its inputs, ties in file order.
+    let text = r#"
+[sinks.z_out]
+type = "stdout"
+inputs = ["c", "b"]
+[sinks.a_out]
+type = "stdout"
+inputs = ["s2"]
+[transforms.c]
+type = "filter"
+inputs = ["b"]
+condition = "true"
+[transforms.b]
+type = "filter"
+inputs = ["s1"]
+condition = "true"
+[sources.s2]
+type = "generator"
+shape = "sensors"
+records = 1
+[sources.s1]
+type = "generator"
+shape = "sensors"
+records = 1
+parallelism = 1
+"#;
+    let spec = spec(text);
+    let names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["s2", "s1", "b", "c", "z_out", "a_out"]);
+    assert_eq!(spec.nodes[4].inputs, ["c", "b"]);
+}
+
+#[test]
+fn windows_of_every_kind() {
+    let window = |kind: &str| {
+        let text = with(
+            &format!(
+                "[transforms.w]\ntype = \"window\"\ninputs = [\"readings\"]\ntime_field = \"ts\"\n{kind}\n\
+                 aggregates = [\"last(value)\", \"first(sensor)\"]\nparallelism = 3\n"
+            ),
+            "w",
+        );
+        let spec = spec(&text);
+        assert_eq!(spec.nodes[1].parallelism, 3);
+        match &spec.nodes[1].kind {
+            NodeKind::Transform(TransformSpec::Window(w)) => {
+                assert_eq!(w.key, None);
+                assert_eq!(w.max_out_of_order_ms, 0);
+                assert_eq!(
+                    w.aggregates,
+                    [agg(AggregateFunction::Last, "value"), agg(AggregateFunction::First, "sensor")]
+                );
+                w.kind
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(window("kind = \"tumbling\"\nsize_ms = 10"), WindowKind::Tumbling { size_ms: 10 });
+    assert_eq!(
+        window("kind = \"hopping\"\nsize_ms = 10\nhop_ms = 5"),
+        WindowKind::Hopping { size_ms: 10, hop_ms: 5 }
+    );
+    assert_eq!(window("kind = \"session\"\ngap_ms = 7"), WindowKind::Session { gap_ms: 7 });
+}
+
+#[test]
+fn generator_options() {
+    let text = "[sources.g]\ntype = \"generator\"\nshape = \"sensors\"\nrecords = ${RECORDS}\n\
+                sensors = ${SENSORS:-10}\nrate = 100\nbatch_size = 64\n\
+                [sinks.out]\ntype = \"file\"\ninputs = [\"g\"]\npath = \"${WEIR_OUT}/x.json\"\nformat = \"json\"\n";
+    let spec = spec(text);
+    assert_eq!(
+        spec.nodes[0].kind,
+        NodeKind::Source(SourceSpec::Generator(GeneratorSpec {
+            records: 500,
+            sensors: 10,
+            rate: Some(100),
+            batch_size: 64
+        }))
+    );
+    assert_eq!(
+        spec.nodes[1].kind,
+        NodeKind::Sink(SinkSpec::File {
+            path: PathBuf::from("/srv/out/x.json"),
+            format: OutputFormat { encoding: FileFormat::JsonLines, float_precision: None }
+        })
+    );
+}
+
+// ---- Mistakes: one exact line each. ----
+
+#[test]
+fn unknown_keys_name_the_key_and_line() {
+    let text = SENSOR_WINDOW.replace("size_ms = 1000", "sise_ms = 1000");
+    assert_eq!(
+        error(&text),
+        "config: transforms.windows: unknown key \"sise_ms\" (line 18), did you mean \"size_ms\"?"
+    );
+    assert_eq!(
+        error(&format!("data_dri = \"x\"\n{SENSOR_WINDOW}")),
+        "config: unknown key \"data_dri\" (line 1), did you mean \"data_dir\"?"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("mode = ", "colour = ")),
+        "config: checkpoint: unknown key \"colour\" (line 5)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("type = \"generator\"", "typ = \"generator\"")),
+        "config: sources.readings: unknown key \"typ\" (line 8), did you mean \"type\"?"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("records = 2000000", "records = 2000000\npath = \"x\"")),
+        "config: sources.readings: key \"path\" does not apply to type = \"generator\" (line 11)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("size_ms = 1000", "size_ms = 1000\ngap_ms = 5")),
+        "config: transforms.windows: key \"gap_ms\" does not apply to kind = \"tumbling\" (line 19)"
+    );
+}
+
+#[test]
+fn missing_keys_cite_the_table() {
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("records = 2000000", "")),
+        "config: sources.readings: missing required key \"records\" (line 7)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("type = \"generator\"", "")),
+        "config: sources.readings: missing required key \"type\" (line 7)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("inputs = [\"readings\"]", "")),
+        "config: transforms.windows: missing required key \"inputs\" (line 12)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("path = \"out/windows.csv\"", "")),
+        "config: sinks.out: missing required key \"path\" (line 22)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("size_ms = 1000", "")),
+        "config: transforms.windows: missing required key \"size_ms\" (line 12)"
+    );
+    assert_eq!(
+        error("[sources.a]\ntype = \"file\"\npath = \"x\"\nformat = \"csv\"\n"),
+        "config: sources.a: missing required key \"schema\" (line 1)"
+    );
+}
+
+#[test]
+fn wrong_value_types() {
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("records = 2000000", "records = \"abc\"")),
+        "config: sources.readings.records: expected a positive integer, found \"abc\" (line 10)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("records = 2000000", "records = 0")),
+        "config: sources.readings.records: expected a positive integer, found 0 (line 10)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("size_ms = 1000", "size_ms = 1.5")),
+        "config: transforms.windows.size_ms: expected a positive integer, found 1.5 (line 18)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("max_out_of_order_ms = 100", "max_out_of_order_ms = -1")),
+        "config: transforms.windows.max_out_of_order_ms: expected a non-negative integer, found -1 (line 19)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("records = 2000000", "records = 99999999999999999999")),
+        "config: sources.readings.records: expected a positive integer, found 99999999999999999999 (out of range) \
+         (line 10)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("float_precision = 3", "float_precision = 40")),
+        "config: sinks.out.float_precision: expected an integer from 0 to 17, found 40 (line 27)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("inputs = [\"readings\"]", "inputs = \"readings\"")),
+        "config: transforms.windows.inputs: expected an array of strings, found \"readings\" (line 14)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("inputs = [\"readings\"]", "inputs = [\n  \"readings\",\n  3,\n]")),
+        "config: transforms.windows.inputs: expected a non-empty string, found 3 (line 16)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("inputs = [\"readings\"]", "inputs = []")),
+        "config: transforms.windows.inputs: expected at least one input (line 14)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("data_dir = \"data\"", "data_dir = 5")),
+        "config: data_dir: expected a non-empty string, found 5 (line 1)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("[checkpoint]", "checkpoint = true\n[other]")),
+        "config: unknown key \"other\" (line 4)"
+    );
+    assert_eq!(
+        error(&format!("checkpoint = true\n{}", with("", "readings"))),
+        "config: checkpoint: expected a table, found true (line 1)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("[sources.readings]", "[sources.readings]\nparallelism = 2")),
+        "config: sources.readings.parallelism: generator sources support only parallelism = 1 for now, \
+         found 2 (line 8)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("float_precision = 3", "parallelism = 2")),
+        "config: sinks.out.parallelism: file sinks support only parallelism = 1 for now, found 2 (line 27)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("aggregates = [", "aggregates = [\"sum(value)\", ")),
+        "config: transforms.windows.aggregates: \"sum(value)\" is listed twice (line 20)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("\"count\"", "\"median(value)\"")),
+        "config: transforms.windows.aggregates: unknown aggregate function \"median\", expected count, sum, min, \
+         max, mean, first or last (line 20), did you mean \"mean\"?"
+    );
+    assert_eq!(
+        error("[sources.a]\ntype = \"file\"\npath = \"x\"\nformat = \"csv\"\nschema = {}\n"),
+        "config: sources.a.schema: expected at least one field (line 5)"
+    );
+    assert_eq!(
+        error(
+            "[sources.a]\ntype = \"file\"\npath = \"x\"\nformat = \"csv\"\n[sources.a.schema]\nx = \"integer\"\n"
+        ),
+        "config: sources.a.schema.x: expected \"bool\", \"int\", \"float\" or \"string\", found \"integer\" (line 6)"
+    );
+}
+
+#[test]
+fn bad_enum_strings_and_types() {
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("kind = \"tumbling\"", "kind = \"tumbeling\"")),
+        "config: transforms.windows.kind: expected \"tumbling\", \"hopping\" or \"session\", found \"tumbeling\" \
+         (line 17)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("exactly_once\"", "exactly-once\"")),
+        "config: checkpoint.mode: expected \"exactly_once\" or \"at_least_once\", found \"exactly-once\" (line 5)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("type = \"generator\"", "type = \"generater\"")),
+        "config: sources.readings.type: expected \"generator\" or \"file\", found \"generater\" (line 8)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("type = \"window\"", "type = \"windows\"")),
+        "config: transforms.windows.type: expected \"filter\", \"map\" or \"window\", found \"windows\" (line 13)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("format = \"csv\"", "format = \"tsv\"")),
+        "config: sinks.out.format: expected \"csv\" or \"json\", found \"tsv\" (line 26)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("shape = \"sensors\"", "shape = \"meters\"")),
+        "config: sources.readings.shape: expected \"sensors\", found \"meters\" (line 9)"
+    );
+}
+
+#[test]
+fn wiring_mistakes() {
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("inputs = [\"windows\"]", "inputs = [\"windowz\"]")),
+        "config: sinks.out: unknown input \"windowz\" (line 24), did you mean \"windows\"?"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("inputs = [\"windows\"]", "inputs = [\"nothing\"]")),
+        "config: sinks.out: unknown input \"nothing\" (line 24)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("inputs = [\"readings\"]", "inputs = [\"out\"]")),
+        "config: transforms.windows: input \"out\" is a sink, which has no output (line 14)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("inputs = [\"readings\"]", "inputs = [\"readings\", \"readings\"]")),
+        "config: transforms.windows: input \"readings\" is listed twice (line 14)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("records = 2000000", "records = 1\ninputs = [\"x\"]")),
+        "config: sources.readings.inputs: a source has no inputs (line 11)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("[sinks.out]", "[transforms.readings]\ntype = \"filter\"\n[sinks.out]")),
+        "config: transforms.readings: the name \"readings\" is already used by sources.readings (line 22)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("[sinks.out]", "[sinks.\"my sink\"]")),
+        "config: sinks: invalid name \"my sink\": use letters, digits, \"_\" and \"-\" (line 22)"
+    );
+    assert_eq!(
+        error("[sinks.out]\ntype = \"stdout\"\ninputs = [\"x\"]\n"),
+        "config: no sources: add at least one [sources.NAME] table"
+    );
+    assert_eq!(error(""), "config: no sources: add at least one [sources.NAME] table");
+    assert_eq!(
+        error("[sources.a]\ntype = \"generator\"\nshape = \"sensors\"\nrecords = 1\n"),
+        "config: no sinks: add at least one [sinks.NAME] table"
+    );
+}
+
+#[test]
+fn cycles_are_named_in_the_direction_of_flow() {
+    let text = with(
+        "[transforms.a]\ntype = \"filter\"\ninputs = [\"c\"]\ncondition = \"true\"\n\
+         [transforms.b]\ntype = \"filter\"\ninputs = [\"a\"]\ncondition = \"true\"\n\
+         [transforms.c]\ntype = \"filter\"\ninputs = [\"readings\", \"b\"]\ncondition = \"true\"\n",
+        "c",
+    );
+    assert_eq!(error(&text), "config: cycle: a -> b -> c -> a");
+    let text = with("[transforms.a]\ntype = \"filter\"\ninputs = [\"a\"]\ncondition = \"true\"\n", "a");
+    assert_eq!(error(&text), "config: cycle: a -> a");
+}
+
+#[test]
+fn inputs_with_different_schemas() {
+    let text = "[sources.g]\ntype = \"generator\"\nshape = \"sensors\"\nrecords = 1\n\
+                [sources.f]\ntype = \"file\"\npath = \"x\"\nformat = \"csv\"\nschema = { sensor = \"string\" }\n\
+                [sinks.out]\ntype = \"stdout\"\ninputs = [\n  \"g\",\n  \"f\",\n]\n";
+    assert_eq!(
+        error(text),
+        "config: sinks.out: input \"f\" has fields (sensor: string) but input \"g\" has \
+         (sensor: string, ts: int, value: float) (line 14)"
+    );
+}
+
+#[test]
+fn toml_and_interpolation_mistakes_name_the_line() {
+    assert_eq!(
+        error("a = 1\n\nb = \n"),
+        "config: line 3: invalid TOML: string values must be quoted, expected literal string"
+    );
+    assert_eq!(error("[s]\nx = 1\nx = 2\n"), "config: line 3: invalid TOML: duplicate key");
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("out/windows.csv", "${OUT_DIR}/windows.csv")),
+        "config: line 25: environment variable \"OUT_DIR\" is not set"
+    );
+    // A commented-out line may name an unset variable.
+    let spec = spec(
+        &SENSOR_WINDOW
+            .replace("data_dir = \"data\"", "# data_dir = \"${UNSET}\"\ndata_dir = \"${UNSET:-d}\""),
+    );
+    assert_eq!(spec.data_dir, Path::new("/etc/weir/d"));
+}
+
+#[test]
+fn operator_errors_cite_the_key_they_are_about() {
+    // The message is the operator builder's; the path and line are this layer's.
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("\"count\", ", "\"count\",\n  \"sum(sensor)\", ")),
+        "config: transforms.windows.aggregates: sum(sensor) is not defined for a string field (line 20)"
+    );
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("key = \"sensor\"", "key = \"value\"")),
+        "config: transforms.windows.key: key field \"value\" is a float, it must be a string, int or bool (line 15)"
+    );
+    assert_eq!(
+        error(
+            &SENSOR_WINDOW.replace(
+                "kind = \"tumbling\"\nsize_ms = 1000",
+                "kind = \"hopping\"\nsize_ms = 10\nhop_ms = 20"
+            )
+        ),
+        "config: transforms.windows.hop_ms: hop_ms (20) must not exceed size_ms (10): records would fall between \
+         windows (line 19)"
+    );
+    let text = with(
+        "[transforms.shaped]\ntype = \"map\"\ninputs = [\"readings\"]\n\
+         compute = {\n  x = \"1\",\n  doubled = \"sensor * 2.0\",\n}\n",
+        "shaped",
+    );
+    assert_eq!(
+        error(&text),
+        "config: transforms.shaped.compute.doubled: \"*\" needs numbers, found string and float (line 11)"
+    );
+    let text = with(
+        "[transforms.hot]\ntype = \"filter\"\ninputs = [\"readings\"]\ncondition = \"valeu > 1.0\"\n",
+        "hot",
+    );
+    assert_eq!(
+        error(&text),
+        "config: transforms.hot.condition: unknown field \"valeu\" (fields: sensor, ts, value) (line 9)"
+    );
+}
+
+#[test]
+fn schemas_flow_through_transforms() {
+    // The window's output (sensor, window_start, count, sum_value) feeds a map, which can only
+    // use those fields.
+    let text = SENSOR_WINDOW.replace("inputs = [\"windows\"]", "inputs = [\"shaped\"]").replace(
+        "[sinks.out]",
+        "[transforms.shaped]\ntype = \"map\"\ninputs = [\"windows\"]\nselect = [\"sensor\", \"value\"]\n[sinks.out]",
+    );
+    assert_eq!(
+        error(&text),
+        "config: transforms.shaped.select: unknown field \"value\" (fields: sensor, window_start, count, \
+         sum_value, min_value, max_value, mean_value) (line 25)"
+    );
+    let spec = spec(&text.replace("\"value\"]", "\"mean_value\"]"));
+    let names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["readings", "windows", "shaped", "out"]);
+}
+
+/// Every config one edit away from a good one is either accepted or refused with one line that
+/// names a line (or the cycle, or the missing section): nothing panics, nothing spans lines.
+#[test]
+fn every_small_edit_gives_one_line() {
+    let rich = r#"data_dir = "${DATA:-data}"
+map_size_mb = 64
+[checkpoint]
+interval_ms = 0
+[sources.lines]
+type = "file"
+path = "in.jsonl"
+format = "json"
+schema = { sensor = "string", ts = "int", value = "float" }
+[transforms.hot]
+type = "filter"
+inputs = ["lines"]
+condition = "value > 50.0"
+[transforms.shaped]
+type = "map"
+inputs = ["hot"]
+rename = { value = "v" }
+compute = { doubled = "v * 2.0" }
+[transforms.w]
+type = "window"
+inputs = ["shaped"]
+time_field = "ts"
+kind = "session"
+gap_ms = 10
+aggregates = ["count", "max(doubled)"]
+parallelism = 2
+[sinks.out]
+type = "stdout"
+inputs = ["w"]
+"#;
+    for config in [SENSOR_WINDOW, rich] {
+        spec(config);
+        let lines: Vec<&str> = config.lines().collect();
+        let mut variants: Vec<String> = (0..lines.len())
+            .map(|skip| {
+                let kept: Vec<&str> =
+                    lines.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, l)| *l).collect();
+                kept.join("\n")
+            })
+            .collect();
+        variants.extend((0..config.len()).map(|i| format!("{}{}", &config[..i], &config[i + 1..])));
+        variants.extend((0..config.len()).map(|i| format!("{}\"{}", &config[..i], &config[i..])));
+        for text in variants {
+            if let Err(e) = parse_with_env(&text, Path::new("/etc/weir"), None, &env) {
+                let line = e.to_string();
+                assert!(line.starts_with("config: ") && !line.contains('\n'), "{line}\nfor:\n{text}");
+                let located = line.contains("(line ")
+                    || line.starts_with("config: line ")
+                    || line.starts_with("config: cycle: ")
+                    || line.starts_with("config: no ");
+                assert!(located, "{line}\nfor:\n{text}");
+            }
+        }
+    }
+}
