@@ -1,0 +1,134 @@
+//! `weir-bench`: the sensor-window benchmark. Runs the release `weir` binary on the workload
+//! at 2 M and 20 M readings, with checkpoints every second and with periodic checkpoints off,
+//! and in the same run a bare single-threaded loop of the same computation; prints
+//! readings/s, checkpoint overhead, peak RSS, and the ratio to the bare loop. Every Weir
+//! run's output is checked against the workload's published checksum.
+//!
+//! `cargo run --release -p weir-tests --bin weir-bench [-- RECORDS...]`
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::Instant;
+
+use weir_tests::{sensor_window_config, sorted_lines, sorted_sha256, weir_bin};
+
+/// Published checksums (shared/workloads/sensor-window.md).
+fn expected_sha(records: u64) -> Option<&'static str> {
+    match records {
+        20_000 => Some("82d7b3145d37aeeb5ce1112bd7e2bc6bf2216767fdc9415ae906c117a427d768"),
+        200_000 => Some("00b943d3e2ff6c2f87b15bb4b6617e09a4bffc08a1a535a65e5c026fa8466b9b"),
+        2_000_000 => Some("1d26a3b6a8eca068215cb4fd5f285eebabf94e342711d40e7647de00a386f4c5"),
+        20_000_000 => Some("787bfb6542a1b56214f3c6b9ca314b9eb8d5557d0fc5a00a641f091c199a323b"),
+        _ => None,
+    }
+}
+
+struct Measured {
+    seconds: f64,
+    peak_rss_mib: f64,
+}
+
+/// Run `weir run CONFIG` and measure wall time and the child's peak RSS (wait4's rusage).
+#[allow(unsafe_code)] // wait4 is the one call that reports a child's own peak RSS
+fn run_weir(config: &std::path::Path) -> Measured {
+    let started = Instant::now();
+    let child = Command::new(weir_bin()).arg("run").arg(config).spawn().expect("starting weir");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid out-parameter for wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not yet waited for; the pointers are valid for the call.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(waited, pid, "wait4 failed");
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "weir run failed (status {status})");
+    std::mem::forget(child); // already reaped by wait4
+    Measured { seconds, peak_rss_mib: usage.ru_maxrss as f64 / 1024.0 }
+}
+
+/// The bare loop: the same computation, single-threaded, no framework, no checkpoints,
+/// output formatted at the end. Returns the sorted lines' checksum.
+fn bare_loop(records: u64) -> String {
+    struct Acc {
+        count: u64,
+        sum: f64,
+        min: f64,
+        max: f64,
+    }
+    let mut windows: HashMap<(u64, i64), Acc> = HashMap::with_capacity(1 << 16);
+    for i in 0..records {
+        let ts = (i / 100 + (i * 37) % 50) as i64;
+        let v = ((i * 7919 + 13) % 10007) as f64 / 100.0;
+        let a = windows.entry((i % 1000, ts - ts % 1000)).or_insert(Acc {
+            count: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        });
+        a.count += 1;
+        a.sum += v;
+        a.min = a.min.min(v);
+        a.max = a.max.max(v);
+    }
+    let mut lines: Vec<String> = windows
+        .iter()
+        .map(|(&(s, w), a)| {
+            let mut l = String::new();
+            let _ = write!(
+                l,
+                "s{s:04},{w},{},{:.3},{:.3},{:.3},{:.3}",
+                a.count,
+                a.sum,
+                a.min,
+                a.max,
+                a.sum / a.count as f64
+            );
+            l
+        })
+        .collect();
+    lines.sort();
+    sorted_sha256(&lines)
+}
+
+fn main() {
+    let sizes: Vec<u64> = {
+        let args: Vec<u64> =
+            std::env::args().skip(1).map(|a| a.parse().expect("RECORDS are numbers")).collect();
+        if args.is_empty() { vec![2_000_000, 20_000_000] } else { args }
+    };
+    println!("weir: {}", weir_bin().display());
+    println!("cores: {}", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!();
+    println!("| readings | run | wall s | readings/s | peak RSS MiB | vs bare loop |");
+    println!("| ---: | --- | ---: | ---: | ---: | ---: |");
+    for &records in &sizes {
+        let started = Instant::now();
+        let bare_sha = bare_loop(records);
+        let bare = started.elapsed().as_secs_f64();
+        let bare_rate = records as f64 / bare;
+        println!("| {records} | bare loop (1 thread) | {bare:.2} | {bare_rate:.0} | - | 1.00 |");
+        if let Some(expected) = expected_sha(records) {
+            assert_eq!(bare_sha, expected, "the bare loop's output is wrong");
+        }
+        let mut rates = Vec::new();
+        for (label, interval) in [("weir, checkpoints every 1 s", 1000), ("weir, checkpoints off", 0)] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let config = sensor_window_config(dir.path(), records, interval, None);
+            let m = run_weir(&config);
+            let lines = sorted_lines(&dir.path().join("out/windows.csv"));
+            if let Some(expected) = expected_sha(records) {
+                assert_eq!(sorted_sha256(&lines), expected, "weir's output is wrong ({label})");
+            }
+            let rate = records as f64 / m.seconds;
+            rates.push(rate);
+            println!(
+                "| {records} | {label} | {:.2} | {rate:.0} | {:.1} | {:.2} |",
+                m.seconds,
+                m.peak_rss_mib,
+                rate / bare_rate
+            );
+        }
+        println!("| {records} | checkpoint overhead | | {:.1} % | | |", (1.0 - rates[0] / rates[1]) * 100.0);
+    }
+}

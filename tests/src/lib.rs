@@ -1,0 +1,133 @@
+//! Support for the end-to-end tests and the benchmark: find the `weir` binary, write a
+//! pipeline config, compute the sensor-window reference independently, compare outputs.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// The `weir` binary of this build (`WEIR_BIN` overrides). `cargo test --workspace` builds
+/// it; a test run of this package alone does not, so a missing or stale binary (older than
+/// a source file of the runtime or the agent) stops the test with the command that fixes it.
+pub fn weir_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("WEIR_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("weir");
+    let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug").to_owned();
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let newest = ["runtime/src", "edge-agent/src"].iter().filter_map(|d| newest_mtime(&root.join(d))).max();
+    if built.is_none() || newest.is_some_and(|n| Some(n) > built) {
+        panic!(
+            "{} is missing or older than the sources: run `cargo build -p weir-edge-agent --profile {}` \
+             (or `cargo test --workspace`, which builds it)",
+            bin.display(),
+            if profile == "debug" { "dev" } else { &profile }
+        );
+    }
+    bin
+}
+
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let path = e.path();
+            if path.is_dir() { newest_mtime(&path) } else { e.metadata().and_then(|m| m.modified()).ok() }
+        })
+        .max()
+}
+
+/// A sensor-window pipeline config in `dir`, reading `records` readings.
+pub fn sensor_window_config(dir: &Path, records: u64, interval_ms: u64, rate: Option<u64>) -> PathBuf {
+    let rate = rate.map(|r| format!("rate = {r}\n")).unwrap_or_default();
+    let text = format!(
+        r#"data_dir = "data"
+[checkpoint]
+interval_ms = {interval_ms}
+mode = "exactly_once"
+[sources.readings]
+type = "generator"
+shape = "sensors"
+records = {records}
+{rate}
+[transforms.windows]
+type = "window"
+inputs = ["readings"]
+key = "sensor"
+time_field = "ts"
+kind = "tumbling"
+size_ms = 1000
+max_out_of_order_ms = 100
+aggregates = ["count", "sum(value)", "min(value)", "max(value)", "mean(value)"]
+[sinks.out]
+type = "file"
+inputs = ["windows"]
+path = "out/windows.csv"
+format = "csv"
+float_precision = 3
+"#
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).expect("writing the config");
+    path
+}
+
+/// The sensor-window output for `records` readings, computed here without Weir: the sorted
+/// CSV lines (shared/workloads/sensor-window.md).
+pub fn reference_lines(records: u64) -> Vec<String> {
+    let mut acc: BTreeMap<(u64, i64), (u64, f64, f64, f64)> = BTreeMap::new();
+    for i in 0..records {
+        let ts = (i / 100 + (i * 37) % 50) as i64;
+        let v = ((i * 7919 + 13) % 10007) as f64 / 100.0;
+        let a = acc.entry((i % 1000, ts - ts % 1000)).or_insert((0, 0.0, f64::INFINITY, f64::NEG_INFINITY));
+        a.0 += 1;
+        a.1 += v;
+        a.2 = a.2.min(v);
+        a.3 = a.3.max(v);
+    }
+    let mut lines: Vec<String> = acc
+        .iter()
+        .map(|(&(s, w), &(c, sum, min, max))| {
+            let mut line = String::new();
+            let _ = write!(line, "s{s:04},{w},{c},{sum:.3},{min:.3},{max:.3},{:.3}", sum / c as f64);
+            line
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The lines of a file, sorted (missing file: none).
+pub fn sorted_lines(path: &Path) -> Vec<String> {
+    let mut lines: Vec<String> =
+        std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect();
+    lines.sort();
+    lines
+}
+
+/// The workload's checksum: sha256 of the sorted lines joined with `\n`, with a final `\n`.
+pub fn sorted_sha256(lines: &[String]) -> String {
+    let mut hasher = Sha256::new();
+    for line in lines {
+        hasher.update(line.as_bytes());
+        hasher.update(b"\n");
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The sum of the `count` column of sensor-window output lines.
+pub fn sum_of_counts(lines: &[String]) -> u64 {
+    lines
+        .iter()
+        .map(|l| l.split(',').nth(2).and_then(|c| c.parse::<u64>().ok()).expect("a count column"))
+        .sum()
+}
