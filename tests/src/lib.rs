@@ -48,9 +48,21 @@ fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
 
 /// A sensor-window pipeline config in `dir`, reading `records` readings.
 pub fn sensor_window_config(dir: &Path, records: u64, interval_ms: u64, rate: Option<u64>) -> PathBuf {
-    let rate = rate.map(|r| format!("rate = {r}\n")).unwrap_or_default();
+    sensor_window_config_with(dir, records, interval_ms, rate, "")
+}
+
+/// The same with extra settings for the source table (e.g. `sensors = 100000`).
+pub fn sensor_window_config_with(
+    dir: &Path,
+    records: u64,
+    interval_ms: u64,
+    rate: Option<u64>,
+    source_extra: &str,
+) -> PathBuf {
+    let rate = rate.map(|r| format!("rate = {r}\n")).unwrap_or_default() + source_extra;
     let text = format!(
         r#"data_dir = "data"
+map_size_mb = ${{WEIR_TEST_MAP_MB:-1024}}
 [checkpoint]
 interval_ms = {interval_ms}
 mode = "exactly_once"
@@ -84,11 +96,17 @@ float_precision = 3
 /// The sensor-window output for `records` readings, computed here without Weir: the sorted
 /// CSV lines (shared/workloads/sensor-window.md).
 pub fn reference_lines(records: u64) -> Vec<String> {
+    reference_lines_with(records, 1000)
+}
+
+/// The same for `sensors` sensors.
+pub fn reference_lines_with(records: u64, sensors: u64) -> Vec<String> {
     let mut acc: BTreeMap<(u64, i64), (u64, f64, f64, f64)> = BTreeMap::new();
     for i in 0..records {
         let ts = (i / 100 + (i * 37) % 50) as i64;
         let v = ((i * 7919 + 13) % 10007) as f64 / 100.0;
-        let a = acc.entry((i % 1000, ts - ts % 1000)).or_insert((0, 0.0, f64::INFINITY, f64::NEG_INFINITY));
+        let a =
+            acc.entry((i % sensors, ts - ts % 1000)).or_insert((0, 0.0, f64::INFINITY, f64::NEG_INFINITY));
         a.0 += 1;
         a.1 += v;
         a.2 = a.2.min(v);

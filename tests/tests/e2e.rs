@@ -155,3 +155,24 @@ fn a_checkpoint_reported_complete_survives_an_immediate_kill_9() {
     assert!(restored >= reported, "reported {reported} complete, but the rerun restored {restored}");
     assert_eq!(sorted_lines(&dir.path().join("out/windows.csv")), reference_lines(400_000));
 }
+
+#[test]
+fn a_full_data_directory_stops_the_run_with_one_clear_line_and_a_bigger_map_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // 100,000 sensors make the window's snapshot larger than a 1 MiB map.
+    let config = sensor_window_config_with(dir.path(), 400_000, 50, None, "sensors = 100000\n");
+    let out = Command::new(weir_bin()).arg("run").arg(&config).env("WEIR_TEST_MAP_MB", "1").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "weir: run failed: log: the data directory is full (LMDB map of 1 MiB) writing snapshots/"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.trim_end().ends_with("; raise map_size_mb"), "{stderr}");
+    // Nothing half-written: the same data directory with a bigger map finishes exactly.
+    run_to_completion(&config, None);
+    assert_eq!(sorted_lines(&dir.path().join("out/windows.csv")), reference_lines_with(400_000, 100_000));
+}
