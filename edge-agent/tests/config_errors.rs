@@ -5,34 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 /// The sensor-window config of DESIGN.md section 8, line for line.
-const SENSOR_WINDOW: &str = r#"data_dir = "data"
-
-[checkpoint]
-interval_ms = 1000
-mode = "exactly_once"          # or "at_least_once"
-
-[sources.readings]
-type = "generator"
-shape = "sensors"              # the formula in workloads/sensor-window.md
-records = 2000000
-
-[transforms.windows]
-type = "window"
-inputs = ["readings"]
-key = "sensor"
-time_field = "ts"
-kind = "tumbling"
-size_ms = 1000
-max_out_of_order_ms = 100
-aggregates = ["count", "sum(value)", "min(value)", "max(value)", "mean(value)"]
-
-[sinks.out]
-type = "file"
-inputs = ["windows"]
-path = "out/windows.csv"
-format = "csv"                 # fields in order: key, window_start, aggregates
-float_precision = 3
-"#;
+const SENSOR_WINDOW: &str = include_str!("configs/design-sensor-window.toml");
 
 /// Variables the tests set; removed from the child's environment unless a test sets them.
 const TEST_VARIABLES: &[&str] = &["WEIR_TEST_RECORDS", "WEIR_TEST_KIND", "WEIR_TEST_OUT"];

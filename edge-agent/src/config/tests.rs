@@ -14,34 +14,7 @@ use weir_runtime::pipeline::spec::{
 use super::parse_with_env;
 
 /// The sensor-window config of DESIGN.md section 8.
-const SENSOR_WINDOW: &str = r#"data_dir = "data"
-
-[checkpoint]
-interval_ms = 1000
-mode = "exactly_once"          # or "at_least_once"
-
-[sources.readings]
-type = "generator"
-shape = "sensors"              # the formula in workloads/sensor-window.md
-records = 2000000
-
-[transforms.windows]
-type = "window"
-inputs = ["readings"]
-key = "sensor"
-time_field = "ts"
-kind = "tumbling"
-size_ms = 1000
-max_out_of_order_ms = 100
-aggregates = ["count", "sum(value)", "min(value)", "max(value)", "mean(value)"]
-
-[sinks.out]
-type = "file"
-inputs = ["windows"]
-path = "out/windows.csv"
-format = "csv"                 # fields in order: key, window_start, aggregates
-float_precision = 3
-"#;
+const SENSOR_WINDOW: &str = include_str!("../../tests/configs/design-sensor-window.toml");
 
 fn env(name: &str) -> Option<String> {
     match name {
