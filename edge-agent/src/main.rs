@@ -6,12 +6,15 @@
 mod config;
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use weir_runtime::pipeline::run::{Progress, ProgressFn, run};
+use weir_runtime::pipeline::faults::Injection;
+use weir_runtime::pipeline::run::{Progress, ProgressFn, RunError, RunReport, run};
+use weir_runtime::pipeline::spec::PipelineSpec;
 
 #[derive(Parser)]
 #[command(name = "weir", version, about = "Exactly-once stream processing for edge hosts")]
@@ -33,6 +36,10 @@ enum Command {
         /// Write a JSON run report to this file.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Inject a fault (repeatable), for tests and chaos drills: `panic:NODE:K` panics once
+        /// in subtask 0 of NODE after it processed K records; `panic:NODE/S:K` in subtask S.
+        #[arg(long, value_name = "FAULT")]
+        inject: Vec<String>,
     },
     /// Check a pipeline config without running it.
     Validate {
@@ -58,6 +65,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
+    // Panics in operator code are caught and healed by the supervisor, which logs them; the
+    // default hook would print a backtrace for each. Keep one line, with the location.
+    std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
     match cli.command {
         Command::Validate { config } => match config::load(&config, None) {
             Ok(spec) => {
@@ -66,12 +76,16 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(2, e),
         },
-        Command::Run { config, data_dir, report } => {
+        Command::Run { config, data_dir, report, inject } => {
             let spec = match config::load(&config, data_dir.as_deref()) {
                 Ok(spec) => spec,
                 Err(e) => return fail(2, e),
             };
-            match run_pipeline(&spec, report) {
+            let faults = match faults(&spec, &inject) {
+                Ok(faults) => faults,
+                Err(e) => return fail(2, e),
+            };
+            match run_pipeline(&spec, report, &faults) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(1, format!("{e:#}")),
             }
@@ -84,13 +98,44 @@ fn fail(code: u8, error: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// `--inject` values, checked against the pipeline.
+fn faults(spec: &PipelineSpec, inject: &[String]) -> Result<Vec<Arc<Injection>>, String> {
+    inject
+        .iter()
+        .map(|text| {
+            let fault = Injection::parse(text).map_err(|e| format!("--inject: {e}"))?;
+            let node = spec
+                .nodes
+                .iter()
+                .find(|n| n.name == fault.node)
+                .ok_or_else(|| format!("--inject {text}: no node \"{}\" in the pipeline", fault.node))?;
+            if fault.subtask >= node.parallelism {
+                return Err(format!(
+                    "--inject {text}: node \"{}\" has {} subtask(s), numbered from 0",
+                    fault.node, node.parallelism
+                ));
+            }
+            Ok(Arc::new(fault))
+        })
+        .collect()
+}
+
+fn write_report(path: &Path, report: &RunReport) -> anyhow::Result<()> {
+    let mut json = serde_json::to_vec_pretty(report).context("encoding the report")?;
+    json.push(b'\n');
+    std::fs::File::create(path)
+        .and_then(|mut f| f.write_all(&json))
+        .with_context(|| format!("cannot write report {}", path.display()))
+}
+
 fn run_pipeline(
-    spec: &weir_runtime::pipeline::spec::PipelineSpec,
+    spec: &PipelineSpec,
     report: Option<PathBuf>,
+    faults: &[Arc<Injection>],
 ) -> anyhow::Result<()> {
     let terminal = std::io::stderr().is_terminal();
     let progress: Option<ProgressFn> = terminal.then(|| {
-        Box::new(|p: Progress| {
+        Arc::new(|p: Progress| {
             let rate = p.records as f64 / p.elapsed.as_secs_f64().max(1e-3);
             eprint!(
                 "\r{} records, {:.0} records/s, last checkpoint {}   ",
@@ -98,7 +143,16 @@ fn run_pipeline(
             );
         }) as ProgressFn
     });
-    let outcome = run(spec, progress).context("run failed")?;
+    let outcome = match run(spec, progress, faults) {
+        Ok(outcome) => outcome,
+        Err(RunError::Escalated { message, report: partial }) => {
+            if let Some(path) = &report {
+                write_report(path, &partial)?;
+            }
+            anyhow::bail!("{message}");
+        }
+        Err(e) => return Err(e).context("run failed"),
+    };
     if terminal {
         eprintln!();
     }
@@ -110,11 +164,7 @@ fn run_pipeline(
         outcome.restored_from.map(|c| format!(", resumed from checkpoint {c}")).unwrap_or_default()
     );
     if let Some(path) = report {
-        let mut json = serde_json::to_vec_pretty(&outcome).context("encoding the report")?;
-        json.push(b'\n');
-        std::fs::File::create(&path)
-            .and_then(|mut f| f.write_all(&json))
-            .with_context(|| format!("cannot write report {}", path.display()))?;
+        write_report(&path, &outcome)?;
     }
     Ok(())
 }

@@ -176,3 +176,64 @@ fn a_full_data_directory_stops_the_run_with_one_clear_line_and_a_bigger_map_fini
     run_to_completion(&config, None);
     assert_eq!(sorted_lines(&dir.path().join("out/windows.csv")), reference_lines_with(400_000, 100_000));
 }
+
+/// Reference: issue 4, "a panic injected into the window operator at three different points
+/// is healed by the supervisor". Recovery is a global rollback for now (local recovery of
+/// the failed subtask alone is not built yet), and the report says so.
+#[test]
+fn a_panic_injected_into_the_window_at_three_points_is_healed_with_identical_output() {
+    for at in [30_000, 100_000, 170_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = sensor_window_config(dir.path(), 200_000, 20, None);
+        let report = dir.path().join("report.json");
+        let out = Command::new(weir_bin())
+            .arg("run")
+            .arg(&config)
+            .arg("--report")
+            .arg(&report)
+            .arg("--inject")
+            .arg(format!("panic:windows:{at}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "panic at {at}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            sorted_lines(&dir.path().join("out/windows.csv")),
+            reference_lines(200_000),
+            "panic at {at}"
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let restarts = report["restarts"].as_array().unwrap();
+        assert_eq!(restarts.len(), 1, "panic at {at}: {report}");
+        assert_eq!(restarts[0]["node"], "windows");
+        assert_eq!(restarts[0]["subtask"], 0);
+        assert_eq!(restarts[0]["reason"], "panic");
+        assert_eq!(restarts[0]["recovery"], "global");
+        assert_eq!(restarts[0]["message"], format!("injected fault panic:windows/0:{at}"));
+        assert!(restarts[0]["duration_ms"].is_u64());
+        assert_eq!(report["escalation"], serde_json::Value::Null);
+    }
+}
+
+#[test]
+fn exceeding_the_restart_intensity_escalates_with_one_error_line_and_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = sensor_window_config(dir.path(), 200_000, 20, None);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[supervision]\nmax_restarts = 1\nwithin_ms = 60000\n");
+    std::fs::write(&config, text).unwrap();
+    let report = dir.path().join("report.json");
+    let out = Command::new(weir_bin())
+        .args(["run", config.to_str().unwrap(), "--report", report.to_str().unwrap()])
+        .args(["--inject", "panic:windows:30000", "--inject", "panic:windows:60000"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let escalation = "supervision: windows/0 failed 2 times within 60000 ms (max_restarts = 1), giving up; \
+                      last panic: injected fault panic:windows/0:60000";
+    assert_eq!(stderr.lines().last(), Some(format!("weir: {escalation}").as_str()), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["escalation"], escalation);
+    assert_eq!(report["restarts"].as_array().unwrap().len(), 1);
+}

@@ -33,7 +33,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use toml::de::DeTable;
-use weir_runtime::pipeline::spec::{CheckpointMode, CheckpointSpec, PipelineSpec};
+use weir_runtime::pipeline::spec::{CheckpointMode, CheckpointSpec, PipelineSpec, SupervisionSpec};
 
 use self::doc::{Doc, Table};
 use self::nodes::Section;
@@ -42,8 +42,10 @@ const DEFAULT_DATA_DIR: &str = "data";
 const DEFAULT_MAP_SIZE_MB: u64 = 1024;
 const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1000;
 const DEFAULT_CHECKPOINT_TIMEOUT_MS: u64 = 60_000;
-const TOP_LEVEL_KEYS: &[&str] = &["data_dir", "map_size_mb", "checkpoint", "sources", "transforms", "sinks"];
+const TOP_LEVEL_KEYS: &[&str] =
+    &["data_dir", "map_size_mb", "checkpoint", "supervision", "sources", "transforms", "sinks"];
 const CHECKPOINT_KEYS: &[&str] = &["interval_ms", "mode", "timeout_ms"];
+const SUPERVISION_KEYS: &[&str] = &["max_restarts", "within_ms", "backoff_initial_ms", "backoff_max_ms"];
 
 /// A mistake in a config; its `Display` is one line starting with `config: `.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +177,10 @@ fn parse_with_env(
         Some(item) => checkpoint(&item.table()?)?,
         None => checkpoint_defaults(),
     };
+    let supervision = match root.get("supervision") {
+        Some(item) => supervision(&item.table()?)?,
+        None => SupervisionSpec::default(),
+    };
 
     // Every node of the three sections, in file order, so the first mistake reported is the
     // first one in the file.
@@ -204,7 +210,28 @@ fn parse_with_env(
     }
 
     let nodes = graph::assemble(drafts)?;
-    Ok(PipelineSpec { data_dir, map_size, checkpoint, nodes })
+    Ok(PipelineSpec { data_dir, map_size, checkpoint, supervision, nodes })
+}
+
+/// `[supervision]`.
+fn supervision(table: &Table<'_>) -> Result<SupervisionSpec, ConfigError> {
+    table.deny_unknown_keys(SUPERVISION_KEYS)?;
+    let defaults = SupervisionSpec::default();
+    let max_restarts = match table.get("max_restarts") {
+        Some(item) => item.int_between(0, 1000)? as u32,
+        None => defaults.max_restarts,
+    };
+    let ms = |key: &str, default: u64| match table.get(key) {
+        Some(item) => item.positive(),
+        None => Ok(default),
+    };
+    let backoff_initial_ms = ms("backoff_initial_ms", defaults.backoff_initial_ms)?;
+    Ok(SupervisionSpec {
+        max_restarts,
+        within_ms: ms("within_ms", defaults.within_ms)?,
+        backoff_initial_ms,
+        backoff_max_ms: ms("backoff_max_ms", defaults.backoff_max_ms.max(backoff_initial_ms))?,
+    })
 }
 
 fn checkpoint_defaults() -> CheckpointSpec {

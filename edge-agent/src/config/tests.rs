@@ -8,7 +8,7 @@ use weir_runtime::batch::{DataType, Field, Schema};
 use weir_runtime::pipeline::spec::{
     AggregateFunction, AggregateSpec, CheckpointMode, CheckpointSpec, FileFormat, FileSourceSpec,
     GeneratorSpec, MapSpec, NodeKind, NodeSpec, OutputFormat, PipelineSpec, SinkSpec, SourceSpec,
-    TransformSpec, WindowKind, WindowSpec,
+    SupervisionSpec, TransformSpec, WindowKind, WindowSpec,
 };
 
 use super::parse_with_env;
@@ -59,6 +59,7 @@ fn the_sensor_window_config_becomes_its_spec() {
             mode: CheckpointMode::ExactlyOnce,
             timeout_ms: 60_000,
         },
+        supervision: SupervisionSpec::default(),
         nodes: vec![
             NodeSpec {
                 name: "readings".into(),
@@ -688,4 +689,15 @@ inputs = ["w"]
             }
         }
     }
+}
+
+#[test]
+fn supervision_table_overrides_defaults_and_rejects_unknown_keys() {
+    let text = format!("{SENSOR_WINDOW}\n[supervision]\nmax_restarts = 1\nwithin_ms = 5000\n");
+    let got = spec(&text).supervision;
+    assert_eq!(got, SupervisionSpec { max_restarts: 1, within_ms: 5000, ..SupervisionSpec::default() });
+    let bad = format!("{SENSOR_WINDOW}\n[supervision]\nmax_restart = 1\n");
+    let err = super::parse(&bad, Path::new("/cfg"), None).unwrap_err().to_string();
+    assert!(err.starts_with("config: supervision: unknown key \"max_restart\" (line "), "{err}");
+    assert!(err.ends_with("did you mean \"max_restarts\"?"), "{err}");
 }

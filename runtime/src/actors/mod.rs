@@ -91,6 +91,10 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Records received so far.
+    pub fn records_in(&self) -> u64 {
+        self.records_in.load(Ordering::Relaxed)
+    }
     fn add_in(&self, n: usize) {
         self.records_in.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -292,11 +296,29 @@ pub struct Upstream {
     pub output: usize,
 }
 
-/// The run's shared outcome: the first fatal error stops the system. Safe to call from any
+/// Why an attempt stopped early.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// An error that a restart cannot heal (storage, bad input data): the run stops.
+    Error(String),
+    /// Operator code panicked: the supervisor may restart.
+    Panic {
+        /// The node.
+        node: String,
+        /// The subtask.
+        subtask: usize,
+        /// The panic message.
+        message: String,
+        /// When it happened.
+        at: std::time::Instant,
+    },
+}
+
+/// The run's shared outcome: the first failure stops the actor system. Safe to call from any
 /// thread (the log writer's callbacks run outside the actor system).
 #[derive(Default)]
 pub struct Fatal {
-    error: std::sync::Mutex<Option<String>>,
+    failure: std::sync::Mutex<Option<Failure>>,
     system: std::sync::OnceLock<System>,
 }
 
@@ -306,11 +328,11 @@ impl Fatal {
         let _ = self.system.set(system);
     }
 
-    /// Record `error` (the first one wins) and stop the actor system.
-    pub fn fail(&self, error: impl std::fmt::Display) {
-        let mut slot = self.error.lock().expect("fatal error slot");
+    /// Record `failure` (the first one wins) and stop the actor system.
+    pub fn stop(&self, failure: Failure) {
+        let mut slot = self.failure.lock().expect("failure slot");
         if slot.is_none() {
-            *slot = Some(error.to_string());
+            *slot = Some(failure);
         }
         drop(slot);
         match self.system.get() {
@@ -319,17 +341,66 @@ impl Fatal {
         }
     }
 
-    /// The error, if any.
-    pub fn take(&self) -> Option<String> {
-        self.error.lock().expect("fatal error slot").take()
+    /// Record an error that no restart heals.
+    pub fn fail(&self, error: impl std::fmt::Display) {
+        self.stop(Failure::Error(error.to_string()));
+    }
+
+    /// Whether the attempt is stopping.
+    pub fn failed(&self) -> bool {
+        self.failure.lock().expect("failure slot").is_some()
+    }
+
+    /// The failure, if any.
+    pub fn take(&self) -> Option<Failure> {
+        self.failure.lock().expect("failure slot").take()
+    }
+}
+
+/// The message of a caught panic.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+impl SubtaskContext {
+    /// Panic if an injected fault is due `processed` records in (called inside the region
+    /// where panics are caught, so it exercises the same path as a bug in operator code).
+    pub fn inject(&self, processed: u64) {
+        for fault in &self.faults {
+            if fault.fire(processed) {
+                panic!("injected fault {fault}");
+            }
+        }
+    }
+
+    /// Report a caught panic: the supervisor decides whether to restart.
+    pub fn panicked(&self, payload: &(dyn std::any::Any + Send)) {
+        let message = panic_message(payload);
+        tracing::error!("{}: panicked: {message}", self.name);
+        self.fatal.stop(Failure::Panic {
+            node: self.node.clone(),
+            subtask: self.subtask,
+            message,
+            at: std::time::Instant::now(),
+        });
     }
 }
 
 /// What every subtask actor knows about its place in the run.
 #[derive(Clone)]
 pub struct SubtaskContext {
-    /// Its node's name and subtask index, for messages.
+    /// Its node's name and subtask index, for messages (`node` or `node/3`).
     pub name: String,
+    /// Its node.
+    pub node: String,
+    /// Its subtask index.
+    pub subtask: usize,
+    /// Faults injected into this subtask (usually none).
+    pub faults: Vec<Arc<crate::pipeline::faults::Injection>>,
     /// Its participant id at the coordinator.
     pub participant: ParticipantId,
     /// The log writer.

@@ -103,7 +103,7 @@ impl SourceActor {
 
     fn produce(&mut self, ctx: &mut Context<Self>) {
         self.producing = false;
-        if self.exhausted || self.outputs.congested() {
+        if self.exhausted || self.outputs.congested() || self.cx.fatal.failed() {
             return; // a credit or the end of the run resumes
         }
         let mut max = self.batch_size;
@@ -119,7 +119,16 @@ impl SourceActor {
             }
             max = max.min((allowed - sent) as usize);
         }
-        match self.reader.next_batch(max) {
+        let sent = self.cx.counters.records_out.load(crate::sync::atomic::Ordering::Relaxed);
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.cx.inject(sent);
+            self.reader.next_batch(max)
+        }));
+        let read = match read {
+            Ok(read) => read,
+            Err(payload) => return self.cx.panicked(&*payload),
+        };
+        match read {
             Ok(Some(batch)) => {
                 let n = self.outputs.send(batch);
                 self.cx.counters.add_out(n);

@@ -222,10 +222,12 @@ impl TaskActor {
         match (payload, &mut self.body) {
             (Payload::Data(batch), Body::Operator(op)) => {
                 self.cx.counters.add_in(batch.len());
+                self.cx.inject(self.cx.counters.records_in());
                 op.process(input, &batch, &mut self.scratch).map_err(|e| e.to_string())?;
             }
             (Payload::Data(batch), Body::Sink(sink)) => {
                 self.cx.counters.add_in(batch.len());
+                self.cx.inject(self.cx.counters.records_in());
                 self.cx.counters.add_out(batch.len());
                 sink.write(&batch);
             }
@@ -251,9 +253,21 @@ impl TaskActor {
 
     fn drain(&mut self, ctx: &mut Context<Self>) {
         while let Some(action) = self.core.poll_action() {
-            if let Err(e) = self.carry_out(action, ctx) {
-                self.cx.fatal.fail(format!("{}: {e}", self.cx.name));
-                return;
+            if self.cx.fatal.failed() {
+                return; // the attempt is stopping: nothing done now would count
+            }
+            // A panic in operator code (or anywhere in carrying out the action) is caught
+            // and handed to the supervisor; the subtask's state is not trusted after it.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.carry_out(action, ctx))) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    self.cx.fatal.fail(format!("{}: {e}", self.cx.name));
+                    return;
+                }
+                Err(payload) => {
+                    self.cx.panicked(&*payload);
+                    return;
+                }
             }
         }
     }

@@ -497,6 +497,18 @@ impl Writer {
         Writer { queue }
     }
 
+    /// Wait until every write queued before this call has been applied (or failed).
+    pub fn flush(&self) {
+        let (tx, rx) = mpsc::channel();
+        self.submit(
+            Vec::new(),
+            Box::new(move |_| {
+                let _ = tx.send(());
+            }),
+        );
+        let _ = rx.recv();
+    }
+
     /// Queue `ops`; `done` is called once they are durable, or with the error that stopped them.
     pub fn submit(&self, ops: Vec<WriteOp>, done: Done) {
         if let Err(mpsc::SendError((_, done))) = self.queue.send((ops, done)) {

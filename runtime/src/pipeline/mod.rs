@@ -1,6 +1,7 @@
 //! Pipelines: the validated description ([`spec`]) and, with the `io` feature, how one is
 //! built into actors and run.
 
+pub mod faults;
 pub mod spec;
 
 #[cfg(feature = "io")]

@@ -16,13 +16,16 @@ use serde::Serialize;
 use crate::actors::coordinator::{self, CheckpointTiming, CoordinatorActor, CoordinatorShared};
 use crate::actors::source::{self, SourceActor, decode_source_state};
 use crate::actors::task::{self, Body, SinkWriter, TaskActor, TaskState};
-use crate::actors::{Counters, Fatal, OutChannel, OutGroup, Outputs, Partition, SubtaskContext, Upstream};
+use crate::actors::{
+    Counters, Failure, Fatal, OutChannel, OutGroup, Outputs, Partition, SubtaskContext, Upstream,
+};
 use crate::batch::SchemaRef;
 use crate::connectors::SourceReader;
 use crate::connectors::file_source::FileSource;
 use crate::connectors::generator::Generator;
 use crate::log::{Log, LogError, SnapshotRecord, Writer};
 use crate::operators;
+use crate::pipeline::faults::Injection;
 use crate::pipeline::spec::{
     CheckpointMode, NodeKind, NodeSpec, PipelineSpec, SinkSpec, SourceSpec, TransformSpec,
 };
@@ -43,6 +46,14 @@ pub enum RunError {
     /// The log holds no consistent restore point.
     #[error(transparent)]
     Recovery(#[from] RecoveryError),
+    /// Failures came faster than `[supervision]` allows; the report says what happened.
+    #[error("{message}")]
+    Escalated {
+        /// One line: who failed, how often, the last panic.
+        message: String,
+        /// The run so far.
+        report: Box<RunReport>,
+    },
     /// A subtask could not be built or restored.
     #[error("{0}")]
     Build(String),
@@ -78,12 +89,34 @@ pub struct RunReport {
     pub nodes: Vec<NodeReport>,
     /// Checkpoints completed in this run.
     pub checkpoints: Vec<CheckpointReport>,
-    /// Subtask restarts (supervision is not built yet: always empty).
-    pub restarts: Vec<serde_json::Value>,
+    /// Restarts by the supervisor, in order.
+    pub restarts: Vec<RestartReport>,
+    /// Why the supervisor gave up, if it did (the run then failed).
+    pub escalation: Option<String>,
     /// The checkpoint this run restored, if it resumed after a stop or crash.
     pub restored_from: Option<u64>,
     /// Wall time of the run in milliseconds.
     pub wall_ms: u64,
+}
+
+/// One restart by the supervisor.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RestartReport {
+    /// The node whose subtask failed.
+    pub node: String,
+    /// The subtask.
+    pub subtask: usize,
+    /// Why: `panic`.
+    pub reason: String,
+    /// How it was healed: `global` (every subtask restored from the last completed
+    /// checkpoint; local recovery of the failed subtask alone is not built yet).
+    pub recovery: String,
+    /// The panic message.
+    pub message: String,
+    /// From the failure until the restored pipeline was running again (backoff included).
+    pub duration_ms: u64,
+    /// The checkpoint the restart restored (`null`: from the beginning).
+    pub restored_from: Option<u64>,
 }
 
 /// A live view for progress displays.
@@ -98,7 +131,7 @@ pub struct Progress {
 }
 
 /// Called about once a second while the pipeline runs.
-pub type ProgressFn = Box<dyn Fn(Progress) + Send>;
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
 struct Subtask<'a> {
     node: &'a NodeSpec,
@@ -130,11 +163,120 @@ fn reader(spec: &SourceSpec) -> Box<dyn SourceReader> {
     }
 }
 
-/// Run `spec` until its sources are exhausted and all output is committed.
-pub fn run(spec: &PipelineSpec, progress: Option<ProgressFn>) -> Result<RunReport, RunError> {
+/// What one attempt did.
+struct Attempt {
+    nodes: Vec<NodeReport>,
+    checkpoints: Vec<CheckpointReport>,
+    restored_from: Option<u64>,
+    /// When its actors were all started.
+    running_at: Instant,
+    /// Set when it stopped because operator code panicked: node, subtask, message, when.
+    panic: Option<(String, usize, String, Instant)>,
+}
+
+/// Run `spec` until its sources are exhausted and all output is committed. A panic in
+/// operator code restarts the pipeline from the last completed checkpoint (a global
+/// rollback inside this process), within the restart intensity of `spec.supervision`.
+pub fn run(
+    spec: &PipelineSpec,
+    progress: Option<ProgressFn>,
+    faults: &[Arc<Injection>],
+) -> Result<RunReport, RunError> {
     let started = Instant::now();
     let log = Log::open(&spec.data_dir, spec.map_size)?;
     log.claim(&fingerprint(spec))?;
+    let writer = Writer::start(log.clone());
+    let supervision = spec.supervision;
+    let mut report = RunReport {
+        nodes: spec
+            .nodes
+            .iter()
+            .map(|n| NodeReport { name: n.name.clone(), records_in: 0, records_out: 0 })
+            .collect(),
+        checkpoints: Vec::new(),
+        restarts: Vec::new(),
+        escalation: None,
+        restored_from: None,
+        wall_ms: 0,
+    };
+    let mut recent: Vec<Instant> = Vec::new();
+    let mut pending: Option<(RestartReport, Instant)> = None;
+    let mut first = true;
+    loop {
+        let attempt = attempt(spec, &log, &writer, progress.clone(), faults, started)?;
+        if first {
+            report.restored_from = attempt.restored_from;
+            first = false;
+        }
+        for (total, part) in report.nodes.iter_mut().zip(&attempt.nodes) {
+            total.records_in += part.records_in;
+            total.records_out += part.records_out;
+        }
+        report.checkpoints.extend(attempt.checkpoints);
+        if let Some((mut restart, at)) = pending.take() {
+            restart.duration_ms = attempt.running_at.duration_since(at).as_millis() as u64;
+            restart.restored_from = attempt.restored_from;
+            report.restarts.push(restart);
+        }
+        let Some((node, subtask, message, at)) = attempt.panic else {
+            report.wall_ms = started.elapsed().as_millis() as u64;
+            return Ok(report);
+        };
+        // Restart intensity: restarts older than the window no longer count.
+        let window = Duration::from_millis(supervision.within_ms);
+        recent.retain(|&t| at.duration_since(t) < window);
+        if recent.len() as u32 >= supervision.max_restarts {
+            let message = format!(
+                "supervision: {node}/{subtask} failed {} times within {} ms (max_restarts = {}), giving up; last panic: {message}",
+                recent.len() + 1,
+                supervision.within_ms,
+                supervision.max_restarts
+            );
+            tracing::error!("{message}");
+            report.escalation = Some(message.clone());
+            report.wall_ms = started.elapsed().as_millis() as u64;
+            return Err(RunError::Escalated { message, report: Box::new(report) });
+        }
+        recent.push(at);
+        let backoff = backoff(&supervision, recent.len(), at);
+        tracing::warn!(
+            "{node}/{subtask} panicked ({message}); restarting the pipeline in {} ms",
+            backoff.as_millis()
+        );
+        std::thread::sleep(backoff);
+        let restart = RestartReport {
+            node,
+            subtask,
+            reason: "panic".into(),
+            recovery: "global".into(),
+            message,
+            duration_ms: 0,
+            restored_from: None,
+        };
+        pending = Some((restart, at));
+    }
+}
+
+/// Exponential backoff before the `n`-th restart in the window (1-based), plus up to 25 %
+/// jitter so that agents restarting together do not retry in step.
+fn backoff(supervision: &crate::pipeline::spec::SupervisionSpec, n: usize, at: Instant) -> Duration {
+    let base =
+        supervision.backoff_initial_ms.saturating_mul(1 << (n - 1).min(20)).min(supervision.backoff_max_ms);
+    // Jitter from the clock and the process id: supervision is shell code, where time is allowed.
+    let noise = (u64::from(at.elapsed().subsec_nanos()) ^ u64::from(std::process::id())) % 1000;
+    Duration::from_millis(base + base * noise / 4000)
+}
+
+/// One attempt: a global rollback to what the log holds, then run until finished or failed.
+fn attempt(
+    spec: &PipelineSpec,
+    log: &Log,
+    writer: &Writer,
+    progress: Option<ProgressFn>,
+    faults: &[Arc<Injection>],
+    started: Instant,
+) -> Result<Attempt, RunError> {
+    let log = log.clone();
 
     // Subtasks get participant ids in pipeline order; sources come first, so a source's
     // participant id is also its source index at the coordinator.
@@ -219,7 +361,6 @@ pub fn run(spec: &PipelineSpec, progress: Option<ProgressFn>) -> Result<RunRepor
         }
     }
 
-    let writer = Writer::start(log.clone());
     let fatal = Arc::new(Fatal::default());
     let shared = Arc::new(CoordinatorShared::default());
     let counters: Vec<Arc<Counters>> = subtasks.iter().map(|_| Arc::new(Counters::default())).collect();
@@ -229,6 +370,9 @@ pub fn run(spec: &PipelineSpec, progress: Option<ProgressFn>) -> Result<RunRepor
         } else {
             s.node.name.clone()
         },
+        node: s.node.name.clone(),
+        subtask: s.index,
+        faults: faults.iter().filter(|f| f.node == s.node.name && f.subtask == s.index).cloned().collect(),
         participant: s.participant,
         writer: writer.clone(),
         log: log.clone(),
@@ -322,7 +466,7 @@ pub fn run(spec: &PipelineSpec, progress: Option<ProgressFn>) -> Result<RunRepor
     let system = System::new();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1);
     // The arbiters (one thread each) live until the system stops.
-    let _arbiters = system.block_on(async {
+    let arbiters = system.block_on(async {
         fatal.set_system(System::current());
         let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
         let coordinator = CoordinatorActor::new(
@@ -410,16 +554,26 @@ pub fn run(spec: &PipelineSpec, progress: Option<ProgressFn>) -> Result<RunRepor
             }
         })
     });
+    let running_at = Instant::now();
     let run_result = system.run();
     stop_progress.store(true, Ordering::Relaxed);
     if let Some(t) = progress_thread {
         let _ = t.join();
     }
-    if let Some(error) = fatal.take() {
-        return Err(RunError::Failed(error));
+    // Fence the attempt: every actor thread ends, then every write it queued is applied,
+    // before anything (a restart) reads the log again.
+    for arbiter in arbiters {
+        arbiter.stop();
+        let _ = arbiter.join();
     }
+    writer.flush();
+    let panic = match fatal.take() {
+        Some(Failure::Error(error)) => return Err(RunError::Failed(error)),
+        Some(Failure::Panic { node, subtask, message, at }) => Some((node, subtask, message, at)),
+        None => None,
+    };
     run_result.map_err(|e| RunError::Failed(format!("actor system: {e}")))?;
-    if shared.finished.load(Ordering::Relaxed) != 1 {
+    if panic.is_none() && shared.finished.load(Ordering::Relaxed) != 1 {
         return Err(RunError::Failed("the pipeline stopped before it finished".into()));
     }
 
@@ -444,12 +598,12 @@ pub fn run(spec: &PipelineSpec, progress: Option<ProgressFn>) -> Result<RunRepor
         .iter()
         .map(|&CheckpointTiming { id, duration_ms }| CheckpointReport { id, duration_ms })
         .collect();
-    Ok(RunReport {
+    Ok(Attempt {
         nodes,
         checkpoints,
-        restarts: Vec::new(),
         restored_from: plan.checkpoint.map(|c: CheckpointId| c.0),
-        wall_ms: started.elapsed().as_millis() as u64,
+        running_at,
+        panic,
     })
 }
 

@@ -15,6 +15,8 @@ pub struct PipelineSpec {
     pub map_size: usize,
     /// Checkpointing.
     pub checkpoint: CheckpointSpec,
+    /// Restarts after a subtask fails.
+    pub supervision: SupervisionSpec,
     /// Every node, sources first, each after all of its inputs (topological order).
     pub nodes: Vec<NodeSpec>,
 }
@@ -29,6 +31,33 @@ pub struct CheckpointSpec {
     pub mode: CheckpointMode,
     /// A checkpoint not complete after this many milliseconds is aborted.
     pub timeout_ms: u64,
+}
+
+/// `[supervision]`: how failures are healed. Today every restart is a pipeline-wide global
+/// rollback to the last completed checkpoint, inside the same process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SupervisionSpec {
+    /// At most this many restarts within `within_ms`; one more escalates (the run stops
+    /// with an error). Restarts older than `within_ms` no longer count: a healthy period
+    /// resets the count.
+    pub max_restarts: u32,
+    /// The intensity window.
+    pub within_ms: u64,
+    /// First backoff before a restart; doubled for each restart in the window, with jitter.
+    pub backoff_initial_ms: u64,
+    /// Largest backoff.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for SupervisionSpec {
+    fn default() -> SupervisionSpec {
+        SupervisionSpec {
+            max_restarts: 3,
+            within_ms: 60_000,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 10_000,
+        }
+    }
 }
 
 /// `checkpoint.mode`.
