@@ -159,6 +159,36 @@ pub enum WriteOp {
     },
 }
 
+impl WriteOp {
+    /// Bytes it adds, roughly: which write of a transaction is the big one.
+    fn size(&self) -> usize {
+        match self {
+            WriteOp::Snapshot { record, .. } => {
+                record.state.len() + 8 * (record.positions.len() + record.out_seqs.len())
+            }
+            WriteOp::Stage { bytes, .. } => bytes.len(),
+            WriteOp::Commit { .. } | WriteOp::Completion(_) | WriteOp::DropSnapshotsBelow { .. } => 16,
+        }
+    }
+
+    /// The database and key it writes.
+    fn place(&self) -> (&'static str, Vec<u8>) {
+        match self {
+            WriteOp::Snapshot { participant, checkpoint, .. } => {
+                (SNAPSHOTS, checkpoint_key(*participant, *checkpoint).to_vec())
+            }
+            WriteOp::Stage { participant, checkpoint, .. } => {
+                (STAGED, checkpoint_key(*participant, *checkpoint).to_vec())
+            }
+            WriteOp::Commit { participant, .. } => (SINKS, participant_key(*participant).to_vec()),
+            WriteOp::Completion(_) => (META, KEY_COMPLETION.to_vec()),
+            WriteOp::DropSnapshotsBelow { participant, checkpoint } => {
+                (SNAPSHOTS, checkpoint_key(*participant, *checkpoint).to_vec())
+            }
+        }
+    }
+}
+
 /// Called once the writes it was submitted with are durable (or failed).
 pub type Done = Box<dyn FnOnce(Result<(), std::sync::Arc<LogError>>) + Send>;
 
@@ -441,7 +471,15 @@ impl Log {
 
     /// Apply `ops` in one transaction and commit it (fsync), synchronously.
     pub fn write_now(&self, ops: &[WriteOp]) -> Result<(), LogError> {
-        let err = self.lmdb(META, b"write");
+        self.transaction(ops.iter())
+    }
+
+    /// Apply `ops` in one write transaction and commit it. LMDB may report a full map at
+    /// the commit rather than at a put; the error then names the largest write of the
+    /// transaction, the one that most plausibly filled it.
+    fn transaction<'o>(&self, ops: impl Iterator<Item = &'o WriteOp> + Clone) -> Result<(), LogError> {
+        let (db, key) = ops.clone().max_by_key(|op| op.size()).map_or((META, Vec::new()), WriteOp::place);
+        let err = self.lmdb(db, &key);
         let mut wtxn = self.env.write_txn().map_err(&err)?;
         for op in ops {
             self.apply(&mut wtxn, op)?;
@@ -478,16 +516,8 @@ impl Writer {
                             break;
                         }
                     }
-                    let ops: Vec<&WriteOp> = batch.iter().flat_map(|(ops, _)| ops).collect();
-                    let result = (|| {
-                        let err = log.lmdb(META, b"write");
-                        let mut wtxn = log.env.write_txn().map_err(&err)?;
-                        for op in &ops {
-                            log.apply(&mut wtxn, op)?;
-                        }
-                        wtxn.commit().map_err(&err)
-                    })()
-                    .map_err(std::sync::Arc::new);
+                    let result =
+                        log.transaction(batch.iter().flat_map(|(ops, _)| ops)).map_err(std::sync::Arc::new);
                     for (_, done) in batch {
                         done(result.clone());
                     }
