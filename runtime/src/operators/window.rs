@@ -1020,18 +1020,7 @@ impl Window {
                     let arrival = *next_arrival;
                     *next_arrival += 1;
                     let key = resolve(key_table, r);
-                    let slot = match key_table.open(key).find(start) {
-                        Some(slot) => slot,
-                        None => {
-                            let slot = slots.alloc(aggregates, key, start, end, arrival);
-                            key_table.open_mut(key).push(OpenWindow { start, slot });
-                            pending.add(end, arrival, slot);
-                            slot
-                        }
-                    };
-                    let count = &mut slots.count[slot as usize];
-                    hits.push(Hit { record: r as u32, slot, first: *count == 0 });
-                    *count += 1;
+                    hit_window(key_table, slots, pending, aggregates, hits, key, (start, end), arrival, r);
                 }
             }
             WindowKind::Hopping { size_ms, hop_ms } => {
@@ -1054,18 +1043,17 @@ impl Window {
                         if end <= watermark {
                             break;
                         }
-                        let slot = match key_table.open(key).find(start) {
-                            Some(slot) => slot,
-                            None => {
-                                let slot = slots.alloc(aggregates, key, start, end, arrival);
-                                key_table.open_mut(key).push(OpenWindow { start, slot });
-                                pending.add(end, arrival, slot);
-                                slot
-                            }
-                        };
-                        let count = &mut slots.count[slot as usize];
-                        hits.push(Hit { record: r as u32, slot, first: *count == 0 });
-                        *count += 1;
+                        hit_window(
+                            key_table,
+                            slots,
+                            pending,
+                            aggregates,
+                            hits,
+                            key,
+                            (start, end),
+                            arrival,
+                            r,
+                        );
                         exact -= hop;
                     }
                 }
@@ -1222,6 +1210,35 @@ fn merge_sessions(slots: &mut Slots, aggregates: &mut [Aggregate], into: u32, fr
     slots.start[i] = slots.start[i].min(slots.start[f]);
     slots.end[i] = slots.end[i].max(slots.end[f]);
     slots.last_arrival[i] = slots.last_arrival[i].max(slots.last_arrival[f]);
+}
+
+/// Record `r` in `key`'s window `[start, end)`, opening the window first if it is not open:
+/// the step the tumbling and hopping assignments share.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn hit_window(
+    keys: &mut Keys,
+    slots: &mut Slots,
+    pending: &mut Pending,
+    aggregates: &mut [Aggregate],
+    hits: &mut Vec<Hit>,
+    key: u32,
+    (start, end): (i64, i64),
+    arrival: u64,
+    r: usize,
+) {
+    let slot = match keys.open(key).find(start) {
+        Some(slot) => slot,
+        None => {
+            let slot = slots.alloc(aggregates, key, start, end, arrival);
+            keys.open_mut(key).push(OpenWindow { start, slot });
+            pending.add(end, arrival, slot);
+            slot
+        }
+    };
+    let count = &mut slots.count[slot as usize];
+    hits.push(Hit { record: r as u32, slot, first: *count == 0 });
+    *count += 1;
 }
 
 impl Operator for Window {
