@@ -1,7 +1,6 @@
 //! A source subtask: reads batches from its [`SourceReader`] while it has credit, snapshots
 //! its read position when triggered, and reports the end of its input.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -254,6 +253,3 @@ impl Handler<Abort> for SourceActor {
     type Result = ();
     fn handle(&mut self, _: Abort, _: &mut Context<Self>) {}
 }
-
-/// Shared by the runner to read a source's counters.
-pub type SourceCounters = Arc<super::Counters>;

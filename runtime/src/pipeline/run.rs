@@ -6,7 +6,6 @@
 //! before any actor starts, and a sink whose staged output up to the restore point was not
 //! yet visible commits it first. A fresh data directory simply restores nothing.
 
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -605,9 +604,4 @@ fn attempt(
         running_at,
         panic,
     })
-}
-
-/// Whether `dir` holds a log (for messages such as "resuming").
-pub fn has_log(dir: &Path) -> bool {
-    dir.join("data.mdb").exists()
 }
