@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use super::shared::CoordinatorShared;
 use super::source::{SourceActor, Trigger};
 use super::{Abort, Complete, Fatal};
 use crate::log::{WriteOp, Writer};
 use crate::protocol::coordinator::{Coordinator, CoordinatorAction};
 use crate::protocol::{CheckpointId, ParticipantId};
-use crate::sync::atomic::{AtomicU64, Ordering};
-use crate::sync::{Arc, Mutex};
+use crate::sync::Arc;
+use crate::sync::atomic::Ordering;
 
 /// Participant to coordinator: snapshot of `checkpoint` durable.
 #[derive(Message, Debug, Clone, Copy)]
@@ -59,26 +60,6 @@ pub struct Wire {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Start;
-
-/// A completed checkpoint, for the run report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CheckpointTiming {
-    /// The checkpoint.
-    pub id: u64,
-    /// From trigger to durable completion record.
-    pub duration_ms: u64,
-}
-
-/// What the coordinator shares with the runner and the progress display.
-#[derive(Default)]
-pub struct CoordinatorShared {
-    /// Completed checkpoints in order.
-    pub completed: Mutex<Vec<CheckpointTiming>>,
-    /// The latest completed checkpoint id (0 for none).
-    pub last_completed: AtomicU64,
-    /// Set when the run finished normally.
-    pub finished: AtomicU64,
-}
 
 /// The coordinator of one pipeline run.
 pub struct CoordinatorActor {
@@ -148,8 +129,10 @@ impl CoordinatorActor {
                 }
                 CoordinatorAction::NotifyComplete(c) => {
                     if let Some(at) = self.triggered_at.remove(&c) {
-                        let timing =
-                            CheckpointTiming { id: c.0, duration_ms: at.elapsed().as_millis() as u64 };
+                        let timing = super::shared::CheckpointTiming {
+                            id: c.0,
+                            duration_ms: at.elapsed().as_millis() as u64,
+                        };
                         self.shared.completed.lock().expect("checkpoint list").push(timing);
                     }
                     self.shared.last_completed.store(c.0, Ordering::Relaxed);

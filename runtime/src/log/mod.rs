@@ -17,7 +17,6 @@
 use std::fmt;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
 use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, MdbError};
@@ -26,6 +25,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::recovery::{ParticipantLog, RecoveryInput, RestorePlan, SinkLog};
 use crate::protocol::{CheckpointId, ParticipantId};
+
+mod writer;
+pub use writer::Writer;
 
 /// Database names.
 pub const META: &str = "meta";
@@ -477,7 +479,10 @@ impl Log {
     /// Apply `ops` in one write transaction and commit it. LMDB may report a full map at
     /// the commit rather than at a put; the error then names the largest write of the
     /// transaction, the one that most plausibly filled it.
-    fn transaction<'o>(&self, ops: impl Iterator<Item = &'o WriteOp> + Clone) -> Result<(), LogError> {
+    pub(crate) fn transaction<'o>(
+        &self,
+        ops: impl Iterator<Item = &'o WriteOp> + Clone,
+    ) -> Result<(), LogError> {
         let (db, key) = ops.clone().max_by_key(|op| op.size()).map_or((META, Vec::new()), WriteOp::place);
         let err = self.lmdb(db, &key);
         let mut wtxn = self.env.write_txn().map_err(&err)?;
@@ -494,61 +499,10 @@ impl fmt::Debug for Log {
     }
 }
 
-/// The single writer: a thread that applies queued writes in batches and reports each batch
-/// durable only after its transaction committed.
-#[derive(Clone)]
-pub struct Writer {
-    queue: mpsc::Sender<(Vec<WriteOp>, Done)>,
-}
-
-impl Writer {
-    /// Start the writer thread for `log`.
-    pub fn start(log: Log) -> Writer {
-        let (queue, rx) = mpsc::channel::<(Vec<WriteOp>, Done)>();
-        std::thread::Builder::new()
-            .name("weir-log-writer".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    while let Ok(more) = rx.try_recv() {
-                        batch.push(more);
-                        if batch.len() >= 256 {
-                            break;
-                        }
-                    }
-                    let result =
-                        log.transaction(batch.iter().flat_map(|(ops, _)| ops)).map_err(std::sync::Arc::new);
-                    for (_, done) in batch {
-                        done(result.clone());
-                    }
-                }
-            })
-            .expect("spawning the log writer thread");
-        Writer { queue }
-    }
-
-    /// Wait until every write queued before this call has been applied (or failed).
-    pub fn flush(&self) {
-        let (tx, rx) = mpsc::channel();
-        self.submit(
-            Vec::new(),
-            Box::new(move |_| {
-                let _ = tx.send(());
-            }),
-        );
-        let _ = rx.recv();
-    }
-
-    /// Queue `ops`; `done` is called once they are durable, or with the error that stopped them.
-    pub fn submit(&self, ops: Vec<WriteOp>, done: Done) {
-        if let Err(mpsc::SendError((_, done))) = self.queue.send((ops, done)) {
-            done(Err(std::sync::Arc::new(LogError::WriterGone)));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc;
+
     use super::*;
     use crate::protocol::recovery::plan_global_rollback;
 

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use serde::Serialize;
 
-use crate::actors::coordinator::{self, CheckpointTiming, CoordinatorActor, CoordinatorShared};
+use crate::actors::coordinator::{self, CoordinatorActor};
+use crate::actors::shared::{CheckpointTiming, CoordinatorShared};
 use crate::actors::source::{self, SourceActor, decode_source_state};
 use crate::actors::task::{self, Body, SinkWriter, TaskActor, TaskState};
 use crate::actors::{
