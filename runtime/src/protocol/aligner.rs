@@ -62,25 +62,27 @@ enum Event<B> {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Input<B> {
+struct Input {
     /// Highest sequence number delivered to the operator.
     last_seq: Seq,
     /// This input delivered the barrier of the alignment in progress.
     barrier: bool,
-    /// What arrived after that barrier, held back in arrival order.
-    held: VecDeque<Event<B>>,
 }
 
 /// Barrier alignment for one subtask with one or more inputs. `B` is the batch type.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Aligner<B> {
     mode: AlignmentMode,
-    inputs: Vec<Input<B>>,
+    inputs: Vec<Input>,
     /// The checkpoint being aligned, if any.
     aligning: Option<CheckpointId>,
     /// Highest checkpoint whose alignment ended (snapshotted or dropped); barriers at or
     /// below it are stale.
     ended: CheckpointId,
+    /// What arrived on blocked inputs, held back in arrival order (across inputs, so that a
+    /// replay that feeds the same events in the same order reproduces the same processing
+    /// order: SPEC §10).
+    held: VecDeque<(usize, Event<B>)>,
     /// Held events being released, processed before anything new (per-input order holds).
     released: VecDeque<(usize, Event<B>)>,
     out: VecDeque<AlignerOutput<B>>,
@@ -100,10 +102,8 @@ impl<B> Aligner<B> {
         assert!(!positions.is_empty(), "an aligner needs at least one input");
         Aligner {
             mode,
-            inputs: positions
-                .iter()
-                .map(|&last_seq| Input { last_seq, barrier: false, held: VecDeque::new() })
-                .collect(),
+            inputs: positions.iter().map(|&last_seq| Input { last_seq, barrier: false }).collect(),
+            held: VecDeque::new(),
             aligning: None,
             ended: checkpoint,
             released: VecDeque::new(),
@@ -164,7 +164,7 @@ impl<B> Aligner<B> {
 
     /// How many batches are held back right now.
     pub fn held_batches(&self) -> usize {
-        self.inputs.iter().flat_map(|i| &i.held).filter(|e| matches!(e, Event::Batch { .. })).count()
+        self.held.iter().filter(|(_, e)| matches!(e, Event::Batch { .. })).count()
     }
 
     /// How many duplicate batches were dropped since this aligner was created.
@@ -180,13 +180,13 @@ impl<B> Aligner<B> {
 
     fn on_event(&mut self, input: usize, event: Event<B>) {
         if self.blocked(input) {
-            self.inputs[input].held.push_back(event);
+            self.held.push_back((input, event));
             return;
         }
         match event {
             Event::Batch { seq, batch } => {
                 let inp = &mut self.inputs[input];
-                if seq <= inp.last_seq {
+                if seq <= inp.last_seq && !self.mutations.has(Mutant::NoDedup) {
                     self.duplicates += 1;
                 } else {
                     inp.last_seq = seq;
@@ -223,11 +223,11 @@ impl<B> Aligner<B> {
         self.aligning = None;
         // Held events go to the front, input by input: anything of the same input still
         // waiting in `released` arrived after them.
-        for (index, input) in self.inputs.iter_mut().enumerate().rev() {
+        for input in &mut self.inputs {
             input.barrier = false;
-            while let Some(event) = input.held.pop_back() {
-                self.released.push_front((index, event));
-            }
+        }
+        while let Some(held) = self.held.pop_back() {
+            self.released.push_front(held);
         }
     }
 

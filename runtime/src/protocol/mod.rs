@@ -13,13 +13,19 @@
 //! - [`participant`]: the per-subtask checkpoint duties: snapshot, acknowledge only when
 //!   durable, truncate on completion, and for sinks the two-phase commit (SPEC §4, §5).
 //! - [`coordinator`]: trigger, collect acknowledgements, complete durably, abort (SPEC §6).
-//! - [`recovery`]: the global-rollback plan after a crash (SPEC §7).
+//! - [`recovery`]: the global-rollback plan after a crash, and the local plan of one
+//!   restarted subtask (SPEC §7, §10).
+//! - [`buffer`]: the buffer queue of one output channel, for upstream replay (SPEC §10).
+//! - [`replay`]: the input gate of a subtask: de-duplication, and the determinant log that
+//!   makes a local recovery consume replayed input in the original order (SPEC §10).
 #![forbid(unsafe_code)]
 
 pub mod aligner;
+pub mod buffer;
 pub mod coordinator;
 pub mod participant;
 pub mod recovery;
+pub mod replay;
 
 use std::fmt;
 
@@ -66,15 +72,26 @@ pub enum Mutant {
     CommitBeforeComplete,
     /// A restored subtask forgets the last sequence number it applied on each input.
     ResetSeqOnRestore,
+    /// Receivers apply a batch again when a replay delivers it a second time.
+    NoDedup,
+    /// A buffer queue is truncated when its sender takes a snapshot, not when the checkpoint
+    /// completes.
+    TruncateAtSnapshot,
+    /// A locally recovered subtask consumes replayed input in arrival order instead of the
+    /// logged order.
+    NoDeterminants,
 }
 
 impl Mutant {
     /// Every mutant, in a fixed order.
-    pub const ALL: [Mutant; 4] = [
+    pub const ALL: [Mutant; 7] = [
         Mutant::NoAlignment,
         Mutant::AckBeforeDurable,
         Mutant::CommitBeforeComplete,
         Mutant::ResetSeqOnRestore,
+        Mutant::NoDedup,
+        Mutant::TruncateAtSnapshot,
+        Mutant::NoDeterminants,
     ];
 
     /// The mutant's name on the command line (`weir-model check checkpoint --mutant NAME`).
@@ -84,6 +101,9 @@ impl Mutant {
             Mutant::AckBeforeDurable => "ack-before-durable",
             Mutant::CommitBeforeComplete => "commit-before-complete",
             Mutant::ResetSeqOnRestore => "reset-seq-on-restore",
+            Mutant::NoDedup => "no-dedup",
+            Mutant::TruncateAtSnapshot => "truncate-at-snapshot",
+            Mutant::NoDeterminants => "no-determinants",
         }
     }
 

@@ -126,6 +126,32 @@ pub fn plan_global_rollback(input: &RecoveryInput) -> Result<RestorePlan, Recove
     Ok(RestorePlan { checkpoint: restore_point, participants })
 }
 
+/// Plans the local recovery of one participant (SPEC §10.1): it restores its snapshot of the
+/// latest completed checkpoint, and a sink repairs a commit that the failure interrupted.
+///
+/// Unlike a global rollback, nothing is discarded: the other subtasks keep running, and a
+/// snapshot newer than the restore point may already count towards a checkpoint the
+/// coordinator is completing (the failed subtask acknowledged it before it failed). The
+/// restarted subtask writes such snapshots and staged output again, identically, when its
+/// replay reaches their barriers.
+pub fn plan_local(
+    participant: ParticipantId,
+    log: &ParticipantLog,
+    completed: Option<CheckpointId>,
+) -> Result<ParticipantRestore, RecoveryError> {
+    if let Some(c) = completed {
+        if !log.snapshots.contains(&c) {
+            return Err(RecoveryError::MissingSnapshot { participant, checkpoint: c });
+        }
+    }
+    let sink = log.sink.as_ref().map(|sink| {
+        let mut plan = plan_sink(sink, completed);
+        plan.discard_staged.clear();
+        plan
+    });
+    Ok(ParticipantRestore { from: completed, discard_snapshots: Vec::new(), sink })
+}
+
 fn plan_sink(sink: &SinkLog, restore_point: Option<CheckpointId>) -> SinkRestore {
     let committed = sink.committed_through;
     let (staged, discard_staged): (Vec<_>, Vec<_>) =
@@ -188,6 +214,24 @@ mod tests {
         };
         let plan = plan_global_rollback(&input).unwrap();
         assert_eq!(plan.participants[0].sink.as_ref().unwrap().commit, None);
+    }
+
+    // Reference: SPEC §10.1, a local plan restores the latest completed checkpoint, repairs an
+    // interrupted commit and discards nothing.
+    #[test]
+    fn local_plan_repairs_the_commit_and_keeps_newer_snapshots() {
+        let log = ParticipantLog {
+            snapshots: vec![C1, C2, C3],
+            sink: Some(SinkLog { staged: vec![C2, C3], committed_through: Some(C1) }),
+        };
+        let plan = plan_local(0, &log, Some(C2)).unwrap();
+        assert_eq!(plan.from, Some(C2));
+        assert!(plan.discard_snapshots.is_empty());
+        assert_eq!(
+            plan.sink,
+            Some(SinkRestore { commit: Some(C2), staged: vec![C2], discard_staged: vec![] })
+        );
+        assert!(plan_local(0, &ParticipantLog::default(), Some(C2)).is_err());
     }
 
     // Reference: SPEC §7.1, a completed checkpoint must be restorable everywhere.

@@ -1,0 +1,226 @@
+//! The buffer queue of one output channel (SPEC §10.2, DESIGN.md §4.2): what a sender put on
+//! the channel since the latest completed checkpoint, so that a receiver restarted alone can
+//! be sent it again (upstream backup).
+//!
+//! The queue holds sequenced items and barriers in channel order. It starts just after
+//! `Barrier(base)`, where `base` is the latest completed checkpoint the sender has heard of
+//! (or the start of the channel). A completion of `c` drops everything up to and including
+//! `Barrier(c)`: a receiver can never again need it, because it restores from `c` or later.
+//! A receiver restored from checkpoint `r` with position `p` on this channel needs exactly the
+//! items after sequence number `p`, and the barriers after them; that is available when
+//! `r >= base` (nothing it needs was dropped).
+
+use std::collections::VecDeque;
+
+use super::{CheckpointId, Mutant, Mutations, Seq};
+
+/// One entry of a buffer queue.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Buffered<T> {
+    /// A sequenced item.
+    Batch {
+        /// Its sequence number on the channel.
+        seq: Seq,
+        /// What it carries.
+        item: T,
+    },
+    /// A barrier.
+    Barrier(CheckpointId),
+}
+
+/// Why a replay cannot be served: what the receiver needs was already dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReplayGap {
+    /// The checkpoint the queue starts after.
+    pub base: CheckpointId,
+    /// The checkpoint the receiver restored.
+    pub restored: CheckpointId,
+}
+
+impl std::fmt::Display for ReplayGap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the buffer queue starts after {} but the receiver restored {}", self.base, self.restored)
+    }
+}
+
+/// The buffer queue of one channel.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BufferQueue<T> {
+    entries: VecDeque<Buffered<T>>,
+    /// The queue starts after `Barrier(base)`.
+    base: CheckpointId,
+    /// The last sequence number before the first entry.
+    base_seq: Seq,
+    /// Over its memory budget: nothing is kept until the next barrier.
+    overflowed: bool,
+    mutations: Mutations,
+}
+
+impl<T> BufferQueue<T> {
+    /// An empty queue of a channel whose sender restored checkpoint `base` (0: none) with
+    /// last sequence number `base_seq` on this channel.
+    pub fn new(base: CheckpointId, base_seq: Seq) -> BufferQueue<T> {
+        BufferQueue {
+            entries: VecDeque::new(),
+            base,
+            base_seq,
+            overflowed: false,
+            mutations: Mutations::NONE,
+        }
+    }
+
+    /// Switch on deliberately broken behaviour (model checking only).
+    pub fn with_mutations(mut self, mutations: Mutations) -> BufferQueue<T> {
+        self.mutations = mutations;
+        self
+    }
+
+    /// The sender put a sequenced item on the channel.
+    pub fn push_batch(&mut self, seq: Seq, item: T) {
+        if self.overflowed {
+            self.base_seq = seq;
+        } else {
+            self.entries.push_back(Buffered::Batch { seq, item });
+        }
+    }
+
+    /// The sender put `Barrier(c)` on the channel (after its snapshot of `c`).
+    pub fn push_barrier(&mut self, c: CheckpointId) {
+        if self.overflowed {
+            self.overflowed = false;
+            self.base = c;
+            return;
+        }
+        self.entries.push_back(Buffered::Barrier(c));
+        if self.mutations.has(Mutant::TruncateAtSnapshot) {
+            self.drop_through(c);
+        }
+    }
+
+    /// Checkpoint `c` completed: no receiver will restore anything older.
+    pub fn complete(&mut self, c: CheckpointId) {
+        self.drop_through(c);
+    }
+
+    fn drop_through(&mut self, c: CheckpointId) {
+        let Some(at) = self.entries.iter().position(|e| matches!(e, Buffered::Barrier(b) if *b >= c)) else {
+            return;
+        };
+        for entry in self.entries.drain(..=at) {
+            match entry {
+                Buffered::Batch { seq, .. } => self.base_seq = seq,
+                Buffered::Barrier(b) => self.base = b,
+            }
+        }
+    }
+
+    /// The entries a receiver restored from checkpoint `restored`, whose last applied sequence
+    /// number on this channel is `from_seq`, must receive again, in channel order.
+    pub fn replay(
+        &self,
+        from_seq: Seq,
+        restored: CheckpointId,
+    ) -> Result<impl Iterator<Item = &Buffered<T>>, ReplayGap> {
+        if self.overflowed || restored < self.base || from_seq < self.base_seq {
+            return Err(ReplayGap { base: self.base, restored });
+        }
+        let start = if from_seq == self.base_seq {
+            0
+        } else {
+            self.entries
+                .iter()
+                .position(|e| matches!(e, Buffered::Batch { seq, .. } if *seq == from_seq))
+                .map_or(self.entries.len(), |i| i + 1)
+        };
+        Ok(self.entries.iter().skip(start))
+    }
+
+    /// The sender itself restarted from its snapshot of `c`: what it put on the channel after
+    /// `Barrier(c)` will be produced again (identically), so it is dropped here and pushed
+    /// again as it is produced.
+    pub fn restart_from(&mut self, c: CheckpointId) {
+        match self.entries.iter().position(|e| matches!(e, Buffered::Barrier(b) if *b == c)) {
+            Some(at) => self.entries.truncate(at + 1),
+            None if self.base >= c => self.entries.clear(),
+            None => {} // nothing after Barrier(c) was sent yet
+        }
+    }
+
+    /// The entries held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The checkpoint the queue starts after.
+    pub fn base(&self) -> CheckpointId {
+        self.base
+    }
+
+    /// Give up the entries (a memory budget was exceeded): until the next barrier, no replay
+    /// can be served; afterwards the queue starts after that barrier.
+    pub fn overflow(&mut self) {
+        if let Some(Buffered::Batch { seq, .. }) =
+            self.entries.iter().rev().find(|e| matches!(e, Buffered::Batch { .. }))
+        {
+            self.base_seq = *seq;
+        }
+        self.entries.clear();
+        self.overflowed = true;
+    }
+
+    /// The entries, in channel order.
+    pub fn entries(&self) -> impl Iterator<Item = &Buffered<T>> {
+        self.entries.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C1: CheckpointId = CheckpointId(1);
+    const C2: CheckpointId = CheckpointId(2);
+
+    fn replayed(q: &BufferQueue<&'static str>, from: Seq, r: CheckpointId) -> Vec<Buffered<&'static str>> {
+        q.replay(from, r).unwrap().cloned().collect()
+    }
+
+    // Reference: SPEC §10.2.
+    #[test]
+    fn a_receiver_gets_everything_after_its_position_including_later_barriers() {
+        let mut q = BufferQueue::new(CheckpointId(0), 0);
+        q.push_batch(1, "a");
+        q.push_barrier(C1);
+        q.push_batch(2, "b");
+        q.push_barrier(C2);
+        assert_eq!(
+            replayed(&q, 1, C1),
+            vec![Buffered::Barrier(C1), Buffered::Batch { seq: 2, item: "b" }, Buffered::Barrier(C2)]
+        );
+        q.complete(C1);
+        assert_eq!(q.base(), C1);
+        assert_eq!(replayed(&q, 1, C1), vec![Buffered::Batch { seq: 2, item: "b" }, Buffered::Barrier(C2)]);
+        assert_eq!(
+            q.replay(0, CheckpointId(0)).err(),
+            Some(ReplayGap { base: C1, restored: CheckpointId(0) })
+        );
+    }
+
+    // Reference: SPEC §10.2, a restarted sender produces its output again from its snapshot.
+    #[test]
+    fn a_restarted_sender_drops_what_follows_its_restored_barrier() {
+        let mut q = BufferQueue::new(CheckpointId(0), 0);
+        q.push_batch(1, "a");
+        q.push_barrier(C1);
+        q.push_batch(2, "b");
+        q.restart_from(C1);
+        assert_eq!(q.len(), 2);
+        q.push_batch(2, "b");
+        assert_eq!(replayed(&q, 1, C1).len(), 2);
+    }
+}
