@@ -280,6 +280,19 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Bytes its columns hold (for memory budgets).
+    pub fn bytes(&self) -> usize {
+        self.columns
+            .iter()
+            .map(|c| match c {
+                Column::Bool(v) => v.len(),
+                Column::Int(v) => 8 * v.len(),
+                Column::Float(v) => 8 * v.len(),
+                Column::Str(s) => s.bytes.len() + 4 * s.ends.len(),
+            })
+            .sum()
+    }
+
     /// A batch from columns that match `schema` in number, type and length.
     pub fn new(schema: SchemaRef, columns: Vec<Column>) -> Batch {
         assert_eq!(schema.len(), columns.len(), "one column per field");

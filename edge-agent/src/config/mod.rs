@@ -33,7 +33,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use toml::de::DeTable;
-use weir_runtime::pipeline::spec::{CheckpointMode, CheckpointSpec, PipelineSpec, SupervisionSpec};
+use weir_runtime::pipeline::spec::{
+    CheckpointMode, CheckpointSpec, PipelineSpec, RecoveryStrategy, RestartStrategy, SupervisionSpec,
+};
 
 use self::doc::{Doc, Table};
 use self::nodes::Section;
@@ -43,9 +45,11 @@ const DEFAULT_MAP_SIZE_MB: u64 = 1024;
 const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1000;
 const DEFAULT_CHECKPOINT_TIMEOUT_MS: u64 = 60_000;
 const TOP_LEVEL_KEYS: &[&str] =
-    &["data_dir", "map_size_mb", "checkpoint", "supervision", "sources", "transforms", "sinks"];
+    &["data_dir", "map_size_mb", "checkpoint", "supervision", "recovery", "sources", "transforms", "sinks"];
 const CHECKPOINT_KEYS: &[&str] = &["interval_ms", "mode", "timeout_ms"];
-const SUPERVISION_KEYS: &[&str] = &["max_restarts", "within_ms", "backoff_initial_ms", "backoff_max_ms"];
+const SUPERVISION_KEYS: &[&str] =
+    &["strategy", "max_restarts", "within_ms", "backoff_initial_ms", "backoff_max_ms"];
+const RECOVERY_KEYS: &[&str] = &["strategy", "buffer_mb"];
 
 /// A mistake in a config; its `Display` is one line starting with `config: `.
 #[derive(Debug, thiserror::Error)]
@@ -177,10 +181,13 @@ fn parse_with_env(
         Some(item) => checkpoint(&item.table()?)?,
         None => checkpoint_defaults(),
     };
-    let supervision = match root.get("supervision") {
+    let mut supervision = match root.get("supervision") {
         Some(item) => supervision(&item.table()?)?,
         None => SupervisionSpec::default(),
     };
+    if let Some(item) = root.get("recovery") {
+        recovery(&item.table()?, &mut supervision)?;
+    }
 
     // Every node of the three sections, in file order, so the first mistake reported is the
     // first one in the file.
@@ -226,12 +233,34 @@ fn supervision(table: &Table<'_>) -> Result<SupervisionSpec, ConfigError> {
         None => Ok(default),
     };
     let backoff_initial_ms = ms("backoff_initial_ms", defaults.backoff_initial_ms)?;
+    let strategy = match table.get("strategy") {
+        Some(item) => item.choice(&[
+            ("one_for_one", RestartStrategy::OneForOne),
+            ("rest_for_one", RestartStrategy::RestForOne),
+            ("one_for_all", RestartStrategy::OneForAll),
+        ])?,
+        None => defaults.strategy,
+    };
     Ok(SupervisionSpec {
+        strategy,
         max_restarts,
         within_ms: ms("within_ms", defaults.within_ms)?,
         backoff_initial_ms,
         backoff_max_ms: ms("backoff_max_ms", defaults.backoff_max_ms.max(backoff_initial_ms))?,
+        ..defaults
     })
+}
+
+/// `[recovery]`.
+fn recovery(table: &Table<'_>, spec: &mut SupervisionSpec) -> Result<(), ConfigError> {
+    table.deny_unknown_keys(RECOVERY_KEYS)?;
+    if let Some(item) = table.get("strategy") {
+        spec.recovery = item.choice(&[("local", RecoveryStrategy::Local), ("global", RecoveryStrategy::Global)])?;
+    }
+    if let Some(item) = table.get("buffer_mb") {
+        spec.buffer_bytes = (item.int_between(1, 1 << 20)? as usize) << 20;
+    }
+    Ok(())
 }
 
 fn checkpoint_defaults() -> CheckpointSpec {

@@ -20,21 +20,25 @@ pub mod task;
 pub use shared::{Counters, Failure, Fatal, panic_message};
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+
+use crate::sync::Arc;
 
 use actix::prelude::*;
 
 use crate::batch::{Batch, Column};
+use crate::pipeline::faults::FaultKind;
+use crate::protocol::buffer::{BufferQueue, Buffered, ReplayGap};
 use crate::protocol::{CheckpointId, ParticipantId, Seq};
 
 /// Sequenced items a sender may have in flight on one channel.
 pub const CREDIT: u32 = 8;
 
-/// What a sequenced item carries: records, or the end of the sender's input.
-#[derive(Debug)]
+/// What a sequenced item carries: records, or the end of the sender's input. Records are
+/// shared (`Arc`) between the receiver and the sender's buffer queue, never copied.
+#[derive(Debug, Clone)]
 pub enum Payload {
     /// Records.
-    Data(Batch),
+    Data(Arc<Batch>),
     /// The sender will send no more records (it may still send barriers).
     End,
 }
@@ -59,8 +63,27 @@ pub enum Item {
 pub struct Deliver {
     /// The receiver's input index.
     pub input: usize,
+    /// The receiver's incarnation the sender knows of: a restarted receiver drops what was
+    /// sent to its previous incarnation (the replay sends it again, in order).
+    pub incarnation: u32,
     /// The item.
     pub item: Item,
+}
+
+/// Restarted receiver to upstream: send output channel `output` again from just after
+/// sequence number `from_seq` (the receiver restored checkpoint `restored`), then go on live,
+/// tagging everything with `incarnation`.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Resume {
+    /// The sender's output channel.
+    pub output: usize,
+    /// The receiver's restored position on that channel.
+    pub from_seq: Seq,
+    /// The checkpoint the receiver restored (0: none).
+    pub restored: CheckpointId,
+    /// The receiver's new incarnation.
+    pub incarnation: u32,
 }
 
 /// Downstream to upstream: `n` more sequenced items may be sent on output channel `output`.
@@ -102,18 +125,73 @@ pub struct OutChannel {
     seq: Seq,
     credit: u32,
     queue: VecDeque<Item>,
+    /// The receiver's incarnation.
+    incarnation: u32,
+    /// What was sent since the latest completed checkpoint (transforms; sources re-read).
+    buffer: Option<BufferQueue<Payload>>,
+    /// A source re-reads for this channel: live items are not queued (the re-read produces
+    /// them in order).
+    pub(crate) replaying: bool,
 }
 
 impl OutChannel {
     /// A channel to `to`, arriving there as input `input`, whose last sequence number was
-    /// `seq` (restored from a snapshot, or 0).
-    pub fn new(to: Recipient<Deliver>, input: usize, seq: Seq) -> OutChannel {
-        OutChannel { to, input, seq, credit: CREDIT, queue: VecDeque::new() }
+    /// `seq` in the snapshot of `restored` (or 0 and none). With `buffered`, it keeps a
+    /// buffer queue for replays.
+    pub fn new(
+        to: Recipient<Deliver>,
+        input: usize,
+        seq: Seq,
+        restored: CheckpointId,
+        buffered: bool,
+    ) -> OutChannel {
+        OutChannel {
+            to,
+            input,
+            seq,
+            credit: CREDIT,
+            queue: VecDeque::new(),
+            incarnation: 0,
+            buffer: buffered.then(|| BufferQueue::new(restored, seq)),
+            replaying: false,
+        }
     }
 
     fn push(&mut self, item: Item) {
+        if let Some(buffer) = &mut self.buffer {
+            match &item {
+                Item::Batch { seq, payload } => buffer.push_batch(*seq, payload.clone()),
+                Item::Barrier(c) => buffer.push_barrier(*c),
+            }
+        }
+        if self.replaying {
+            return;
+        }
         self.queue.push_back(item);
         self.flush();
+    }
+
+    /// Queue an item produced by a re-read replay (bypasses `replaying`).
+    pub(crate) fn push_replayed(&mut self, item: Item) {
+        self.queue.push_back(item);
+        self.flush();
+    }
+
+    /// Last sequence number sent.
+    pub(crate) fn seq(&self) -> Seq {
+        self.seq
+    }
+
+    /// Items queued, not yet sent.
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The receiver restarted: forget what is in flight to its previous incarnation.
+    pub(crate) fn reset_for(&mut self, incarnation: u32) {
+        self.incarnation = incarnation;
+        self.credit = CREDIT;
+        self.queue.clear();
     }
 
     fn flush(&mut self) {
@@ -126,12 +204,13 @@ impl OutChannel {
                 self.credit -= 1;
             }
             let item = self.queue.pop_front().expect("front exists");
-            self.to.do_send(Deliver { input: self.input, item });
+            self.to.do_send(Deliver { input: self.input, incarnation: self.incarnation, item });
         }
     }
 }
 
 /// A group of output channels to the subtasks of one downstream node.
+#[derive(Clone)]
 pub struct OutGroup {
     /// How records are spread.
     pub partition: Partition,
@@ -154,20 +233,33 @@ pub struct Outputs {
     pub channels: Vec<OutChannel>,
     /// One group per downstream node.
     pub groups: Vec<OutGroup>,
+    /// Bytes the buffer queues may hold before they give up until the next checkpoint.
+    pub budget: usize,
+    /// Bytes the buffer queues hold (approximately).
+    buffered: usize,
+    /// For messages.
+    pub name: String,
 }
 
 /// Above this many queued items on any output channel, a subtask stops granting credits.
 const CONGESTED: usize = 2;
 
 impl Outputs {
+    /// Outputs over `channels` in `groups`; buffer queues (if the channels keep them) may
+    /// hold `budget` bytes.
+    pub fn new(channels: Vec<OutChannel>, groups: Vec<OutGroup>, budget: usize, name: String) -> Outputs {
+        Outputs { channels, groups, budget, buffered: 0, name }
+    }
+
     /// Last sequence number sent per channel, for a snapshot.
     pub fn seqs(&self) -> Vec<Seq> {
         self.channels.iter().map(|c| c.seq).collect()
     }
 
-    /// Whether a channel has more queued than it may send: upstream should wait.
+    /// Whether a channel has more queued than it may send (or is being replayed): upstream
+    /// should wait.
     pub fn congested(&self) -> bool {
-        self.channels.iter().any(|c| c.queue.len() > CONGESTED)
+        self.channels.iter().any(|c| c.queue.len() > CONGESTED || c.replaying)
     }
 
     /// A credit arrived for channel `output`.
@@ -190,34 +282,86 @@ impl Outputs {
         if records == 0 {
             return 0;
         }
-        let groups = self.groups.len();
-        let mut batch = Some(batch);
-        for g in 0..groups {
-            let last = g + 1 == groups;
-            let this = if last { batch.take().expect("sent once") } else { batch.clone().expect("kept") };
-            let group = &mut self.groups[g];
-            match &group.partition {
-                Partition::Forward => {
-                    let ch = group.channels[0];
-                    self.send_seq(ch, Payload::Data(this));
-                }
-                Partition::RoundRobin => {
-                    let ch = group.channels[group.next % group.channels.len()];
-                    group.next += 1;
-                    self.send_seq(ch, Payload::Data(this));
-                }
-                Partition::Hash(field) => {
-                    let parts = split_by_key(&this, field, group.channels.len());
-                    let channels = group.channels.clone();
-                    for (part, ch) in parts.into_iter().zip(channels) {
-                        if let Some(part) = part {
-                            self.send_seq(ch, Payload::Data(part));
-                        }
-                    }
-                }
+        let mut parts = Vec::new();
+        route(&mut self.groups, batch, |ch, part| parts.push((ch, part)));
+        for (ch, part) in parts {
+            if self.budget > 0 {
+                self.buffered += part.bytes();
             }
+            self.send_seq(ch, Payload::Data(Arc::new(part)));
+        }
+        if self.budget > 0 && self.buffered > self.budget {
+            self.overflow();
         }
         records
+    }
+
+    fn overflow(&mut self) {
+        tracing::warn!(
+            "{}: buffer queues over {} MiB: until the next checkpoint completes, a failure downstream is healed by a global rollback",
+            self.name,
+            self.budget >> 20
+        );
+        for channel in &mut self.channels {
+            if let Some(buffer) = &mut channel.buffer {
+                buffer.overflow();
+            }
+        }
+        self.buffered = 0;
+    }
+
+    /// Checkpoint `c` completed: buffer queues drop what no replay can need any more.
+    pub fn complete(&mut self, c: CheckpointId) {
+        self.buffered = 0;
+        for channel in &mut self.channels {
+            if let Some(buffer) = &mut channel.buffer {
+                buffer.complete(c);
+                self.buffered += buffer_bytes(buffer);
+            }
+        }
+    }
+
+    /// The receiver of channel `resume.output` restarted: queue the buffer queue's entries
+    /// after its position, then go on live.
+    pub fn resume(&mut self, resume: Resume) -> Result<(), ReplayGap> {
+        let channel = &mut self.channels[resume.output];
+        let Some(buffer) = &channel.buffer else {
+            return Err(ReplayGap { base: CheckpointId(u64::MAX), restored: resume.restored });
+        };
+        let items: VecDeque<Item> = buffer
+            .replay(resume.from_seq, resume.restored)?
+            .map(|e| match e {
+                Buffered::Batch { seq, item } => Item::Batch { seq: *seq, payload: item.clone() },
+                Buffered::Barrier(c) => Item::Barrier(*c),
+            })
+            .collect();
+        channel.reset_for(resume.incarnation);
+        channel.queue = items;
+        channel.flush();
+        Ok(())
+    }
+
+    /// This subtask restarted from its snapshot of `c` (0: none) with these output sequence
+    /// numbers: what it sent after that is produced again, identically.
+    pub fn restart_from(&mut self, c: CheckpointId, seqs: &[Seq]) {
+        self.buffered = 0;
+        for (ch, channel) in self.channels.iter_mut().enumerate() {
+            channel.seq = seqs.get(ch).copied().unwrap_or(0);
+            channel.queue.clear();
+            if let Some(buffer) = &mut channel.buffer {
+                if c.0 == 0 {
+                    *buffer = BufferQueue::new(c, 0);
+                } else {
+                    buffer.restart_from(c);
+                }
+                self.buffered += buffer_bytes(buffer);
+            }
+        }
+    }
+
+    /// Whether a channel is being replayed by re-reading.
+    pub fn replaying(&self) -> bool {
+        self.channels.iter().any(|c| c.replaying)
     }
 
     /// Send `Barrier(c)` on every channel, behind everything sent before.
@@ -231,6 +375,43 @@ impl Outputs {
     pub fn send_end(&mut self) {
         for ch in 0..self.channels.len() {
             self.send_seq(ch, Payload::End);
+        }
+    }
+}
+
+fn buffer_bytes(buffer: &BufferQueue<Payload>) -> usize {
+    buffer
+        .entries()
+        .map(|e| match e {
+            Buffered::Batch { item: Payload::Data(b), .. } => b.bytes(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Spread `batch` over the groups' channels as each group says, calling `emit(channel, part)`
+/// for every non-empty part, in channel order within each group.
+pub fn route(groups: &mut [OutGroup], batch: Batch, mut emit: impl FnMut(usize, Batch)) {
+    let n = groups.len();
+    let mut batch = Some(batch);
+    for (g, group) in groups.iter_mut().enumerate() {
+        let last = g + 1 == n;
+        let this = if last { batch.take().expect("sent once") } else { batch.clone().expect("kept") };
+        match &group.partition {
+            Partition::Forward => emit(group.channels[0], this),
+            Partition::RoundRobin => {
+                let ch = group.channels[group.next % group.channels.len()];
+                group.next += 1;
+                emit(ch, this);
+            }
+            Partition::Hash(field) => {
+                let parts = split_by_key(&this, field, group.channels.len());
+                for (part, &ch) in parts.into_iter().zip(&group.channels) {
+                    if let Some(part) = part {
+                        emit(ch, part);
+                    }
+                }
+            }
         }
     }
 }
@@ -272,6 +453,8 @@ fn split_by_key(batch: &Batch, field: &str, parts: usize) -> Vec<Option<Batch>> 
 pub struct Upstream {
     /// The sender.
     pub to: Recipient<Credit>,
+    /// The sender, for replay requests.
+    pub resume: Recipient<Resume>,
     /// Its output channel index.
     pub output: usize,
 }
@@ -280,20 +463,38 @@ impl SubtaskContext {
     /// Panic if an injected fault is due `processed` records in (called inside the region
     /// where panics are caught, so it exercises the same path as a bug in operator code).
     pub fn inject(&self, processed: u64) {
+        self.inject_at(FaultKind::Panic, processed);
+    }
+
+    /// Panic if an injected fault of `kind` is due at `count` (records, snapshots, commits).
+    pub fn inject_at(&self, kind: FaultKind, count: u64) {
         for fault in &self.faults {
-            if fault.fire(processed) {
+            if fault.kind == kind && fault.fire(count) {
                 panic!("injected fault {fault}");
             }
         }
     }
 
-    /// Report a caught panic: the supervisor decides whether to restart.
+    /// Whether an injected log write error is due at the `count`-th write of this subtask.
+    pub fn write_fails(&self, count: u64) -> bool {
+        self.faults.iter().any(|f| f.kind == FaultKind::WriteError && f.fire(count))
+    }
+
+    /// Report a caught panic to be healed by a global rollback (sources; or when the
+    /// supervisor escalates).
     pub fn panicked(&self, payload: &(dyn std::any::Any + Send)) {
         let message = panic_message(payload);
         tracing::error!("{}: panicked: {message}", self.name);
+        self.escalate("panic", message);
+    }
+
+    /// Stop the attempt: the runner heals `reason` (`panic`, `write_error`, ...) with a
+    /// global rollback, within the restart intensity.
+    pub fn escalate(&self, reason: &str, message: String) {
         self.fatal.stop(Failure::Panic {
             node: self.node.clone(),
             subtask: self.subtask,
+            reason: reason.to_owned(),
             message,
             at: std::time::Instant::now(),
         });
@@ -321,4 +522,6 @@ pub struct SubtaskContext {
     pub counters: Arc<Counters>,
     /// Where fatal errors go.
     pub fatal: Arc<Fatal>,
+    /// Restart decisions and the restart record.
+    pub supervisor: Arc<crate::pipeline::supervise::Supervisor>,
 }

@@ -1,10 +1,10 @@
 //! Structures shared between threads: the actor threads (arbiters), the log writer's thread
 //! and the runner. Each goes through `crate::sync`, so loom can explore its interleavings.
 
-use crate::sync::atomic::{AtomicU64, Ordering};
 use actix::System;
 
-use crate::sync::Mutex;
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{Mutex, lock};
 
 /// Records counted by one subtask, read by the progress display and the run report.
 #[derive(Debug, Default)]
@@ -39,6 +39,8 @@ pub enum Failure {
         node: String,
         /// The subtask.
         subtask: usize,
+        /// Why: `panic`, `write_error`, `replay_gap`, ...
+        reason: String,
         /// The panic message.
         message: String,
         /// When it happened.
@@ -46,29 +48,42 @@ pub enum Failure {
     },
 }
 
+/// What stops the actor system: [`Fatal::set_system`] installs one that stops an actix
+/// `System`; the loom tests install one that only counts.
+type StopHook = Box<dyn Fn() + Send>;
+
 /// The run's shared outcome: the first failure stops the actor system. Safe to call from any
 /// thread (the log writer's callbacks run outside the actor system).
 #[derive(Default)]
 pub struct Fatal {
-    failure: std::sync::Mutex<Option<Failure>>,
-    system: std::sync::OnceLock<System>,
+    failure: Mutex<Option<Failure>>,
+    stop_hook: Mutex<Option<StopHook>>,
 }
 
 impl Fatal {
     /// Remember the actor system to stop (call once it runs).
     pub fn set_system(&self, system: System) {
-        let _ = self.system.set(system);
+        self.set_stop_hook(move || system.stop());
+    }
+
+    /// Install what [`Fatal::stop`] calls to stop the actor system; the first one installed
+    /// stays. Without one, `stop` stops the current thread's actix system.
+    pub fn set_stop_hook(&self, hook: impl Fn() + Send + 'static) {
+        let mut slot = lock(&self.stop_hook);
+        if slot.is_none() {
+            *slot = Some(Box::new(hook));
+        }
     }
 
     /// Record `failure` (the first one wins) and stop the actor system.
     pub fn stop(&self, failure: Failure) {
-        let mut slot = self.failure.lock().expect("failure slot");
+        let mut slot = lock(&self.failure);
         if slot.is_none() {
             *slot = Some(failure);
         }
         drop(slot);
-        match self.system.get() {
-            Some(system) => system.stop(),
+        match lock(&self.stop_hook).as_ref() {
+            Some(stop) => stop(),
             None => System::current().stop(),
         }
     }
@@ -80,12 +95,12 @@ impl Fatal {
 
     /// Whether the attempt is stopping.
     pub fn failed(&self) -> bool {
-        self.failure.lock().expect("failure slot").is_some()
+        lock(&self.failure).is_some()
     }
 
     /// The failure, if any.
     pub fn take(&self) -> Option<Failure> {
-        self.failure.lock().expect("failure slot").take()
+        lock(&self.failure).take()
     }
 }
 
@@ -116,4 +131,113 @@ pub struct CoordinatorShared {
     pub last_completed: AtomicU64,
     /// Set when the run finished normally.
     pub finished: AtomicU64,
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::atomic::{AtomicBool, AtomicUsize};
+    use crate::sync::{Arc, thread};
+
+    fn message(failure: Option<Failure>) -> Option<String> {
+        match failure {
+            Some(Failure::Error(message)) => Some(message),
+            Some(Failure::Panic { message, .. }) => Some(format!("panic: {message}")),
+            None => None,
+        }
+    }
+
+    /// Three threads stop the run at once: one failure is recorded, the first (a stop that
+    /// begins after another returned does not win) and it never changes afterwards;
+    /// everyone sees the run failed; the stop hook ran; `take` hands the failure out once.
+    #[test]
+    fn loom_fatal_the_first_failure_wins() {
+        loom::model(|| {
+            let fatal = Arc::new(Fatal::default());
+            let stops = Arc::new(AtomicUsize::new(0));
+            let counted = stops.clone();
+            fatal.set_stop_hook(move || {
+                counted.fetch_add(1, Ordering::Relaxed);
+            });
+            // Thread i sets returned[i] once its stop returned.
+            let returned: Arc<[AtomicBool; 3]> = Arc::new(Default::default());
+            let threads: Vec<_> = (0..3)
+                .map(|i| {
+                    let (fatal, returned) = (fatal.clone(), returned.clone());
+                    thread::spawn(move || {
+                        let late = returned.iter().any(|r| r.load(Ordering::Acquire));
+                        fatal.stop(Failure::Error(format!("failure {i}")));
+                        returned[i].store(true, Ordering::Release);
+                        assert!(fatal.failed(), "thread {i}: not failed after its own stop");
+                        (late, message(lock(&fatal.failure).clone()))
+                    })
+                })
+                .collect();
+            let seen: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            assert!(fatal.failed());
+            let recorded = message(fatal.take()).expect("a failure is recorded");
+            for (i, (late, saw)) in seen.into_iter().enumerate() {
+                assert_eq!(saw.as_deref(), Some(recorded.as_str()), "thread {i} saw another failure");
+                if late {
+                    assert_ne!(recorded, format!("failure {i}"), "thread {i} stopped after another and won");
+                }
+            }
+            assert!(fatal.take().is_none(), "taken twice");
+            assert!(!fatal.failed());
+            assert!(stops.load(Ordering::Relaxed) >= 1, "the stop hook never ran");
+        });
+    }
+
+    /// Concurrent additions from two threads add up exactly.
+    #[test]
+    fn loom_counters_sum_concurrent_additions() {
+        loom::model(|| {
+            let counters = Arc::new(Counters::default());
+            let threads: Vec<_> = [1, 2]
+                .into_iter()
+                .map(|n| {
+                    let counters = counters.clone();
+                    thread::spawn(move || {
+                        counters.add_in(n);
+                        counters.add_out(10 * n);
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(counters.records_in(), 3);
+            assert_eq!(counters.records_out.load(Ordering::Relaxed), 30);
+        });
+    }
+
+    /// Two threads record completed checkpoints the way the coordinator does (push the
+    /// timing, then store the id): every timing is kept, and the latest id is one of those
+    /// stored.
+    #[test]
+    fn loom_coordinator_shared_keeps_every_completion() {
+        loom::model(|| {
+            let shared = Arc::new(CoordinatorShared::default());
+            let threads: Vec<_> = [1, 2]
+                .into_iter()
+                .map(|id| {
+                    let shared = shared.clone();
+                    thread::spawn(move || {
+                        lock(&shared.completed).push(CheckpointTiming { id, duration_ms: 10 * id });
+                        shared.last_completed.store(id, Ordering::Relaxed);
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let mut completed = lock(&shared.completed).clone();
+            completed.sort_by_key(|c| c.id);
+            assert_eq!(
+                completed,
+                [CheckpointTiming { id: 1, duration_ms: 10 }, CheckpointTiming { id: 2, duration_ms: 20 }]
+            );
+            assert!([1, 2].contains(&shared.last_completed.load(Ordering::Relaxed)));
+        });
+    }
 }

@@ -1,16 +1,55 @@
 //! A source subtask: reads batches from its [`SourceReader`] while it has credit, snapshots
 //! its read position when triggered, and reports the end of its input.
+//!
+//! A source is its own buffer queue (SPEC §10.2): it remembers, since the latest completed
+//! checkpoint, how many records each batch it read had and where its barriers and its end
+//! fell (a few bytes per batch), and the read position of that checkpoint. When a downstream
+//! subtask restarts, a second reader re-reads from that position and the same routing sends
+//! that subtask's share again, with the same sequence numbers, while live reading pauses.
 
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
 use super::coordinator::{Ack, CoordinatorActor, SourceFinished};
-use super::{Abort, Complete, Credit, Outputs, SubtaskContext};
+use super::{Abort, Complete, Credit, Item, OutGroup, Outputs, Payload, Resume, SubtaskContext, route};
 use crate::connectors::SourceReader;
 use crate::log::{SnapshotRecord, WriteOp};
-use crate::protocol::CheckpointId;
 use crate::protocol::participant::{Action, SourceTask};
+use crate::protocol::{CheckpointId, Seq};
+use crate::sync::Arc;
+
+/// Makes a fresh reader of the same input, for re-reading.
+pub type MakeReader = Box<dyn Fn() -> Box<dyn SourceReader> + Send>;
+
+/// What the source put on its channels, in order, since its base checkpoint.
+#[derive(Clone, Copy, Debug)]
+enum Event {
+    Read(usize),
+    Barrier(CheckpointId),
+    End,
+}
+
+/// Where a re-read starts: the state right after `Barrier(checkpoint)` was sent.
+#[derive(Clone)]
+struct Base {
+    checkpoint: CheckpointId,
+    position: Vec<u8>,
+    seqs: Vec<Seq>,
+    groups: Vec<OutGroup>,
+    /// Absolute index of the first event after it.
+    event: usize,
+}
+
+/// A re-read in progress for one channel.
+struct Cursor {
+    channel: usize,
+    reader: Box<dyn SourceReader>,
+    groups: Vec<OutGroup>,
+    seq: Seq,
+    from_seq: Seq,
+    next: usize,
+}
 
 /// Coordinator to source: start checkpoint `c`.
 #[derive(Message, Debug, Clone, Copy)]
@@ -55,6 +94,15 @@ pub struct SourceActor {
     /// The end of the input was reached and `End` sent (restored from the snapshot too).
     exhausted: bool,
     producing: bool,
+    make_reader: MakeReader,
+    /// Events since `base`; `events[0]` has absolute index `events_from`.
+    events: Vec<Event>,
+    events_from: usize,
+    base: Option<Base>,
+    /// Bases of snapshots taken, not yet completed.
+    pending: Vec<Base>,
+    restored: CheckpointId,
+    cursors: Vec<Cursor>,
 }
 
 /// A source's snapshot state: the reader's position, then 1 if `End` was already sent.
@@ -72,14 +120,17 @@ pub fn decode_source_state(state: &[u8]) -> Option<(&[u8], bool)> {
 
 impl SourceActor {
     /// A source subtask restored as `core` says, reading from `reader` (already positioned).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cx: SubtaskContext,
         source_index: usize,
         reader: Box<dyn SourceReader>,
+        make_reader: MakeReader,
         core: SourceTask,
         batch_size: usize,
         rate: Option<u64>,
         ended: bool,
+        restored: CheckpointId,
     ) -> SourceActor {
         SourceActor {
             cx,
@@ -93,7 +144,126 @@ impl SourceActor {
             started: None,
             exhausted: ended,
             producing: false,
+            make_reader,
+            events: Vec::new(),
+            events_from: 0,
+            base: None,
+            pending: Vec::new(),
+            restored,
+            cursors: Vec::new(),
         }
+    }
+
+    fn base_here(&self, checkpoint: CheckpointId) -> Base {
+        Base {
+            checkpoint,
+            position: self.reader.position(),
+            seqs: self.outputs.seqs(),
+            groups: self.outputs.groups.clone(),
+            event: self.events_from + self.events.len(),
+        }
+    }
+
+    /// A downstream subtask restarted: re-read its channel from the base.
+    fn resume(&mut self, resume: Resume, ctx: &mut Context<Self>) {
+        let Some(base) = &self.base else { return };
+        let ch = resume.output;
+        if resume.restored < base.checkpoint || resume.from_seq < base.seqs[ch] {
+            let message = format!(
+                "cannot replay output {ch}: re-reading starts at {} but the receiver restored {}",
+                base.checkpoint, resume.restored
+            );
+            return self.cx.escalate("replay_gap", message);
+        }
+        let mut reader = (self.make_reader)();
+        if let Err(e) = reader.seek(&base.position) {
+            return self.cx.fatal.fail(format!("{}: re-reading: {e}", self.cx.name));
+        }
+        self.cursors.retain(|c| c.channel != ch);
+        self.cursors.push(Cursor {
+            channel: ch,
+            reader,
+            groups: base.groups.clone(),
+            seq: base.seqs[ch],
+            from_seq: resume.from_seq,
+            next: base.event,
+        });
+        let channel = &mut self.outputs.channels[ch];
+        channel.reset_for(resume.incarnation);
+        channel.replaying = true;
+        self.pump(ctx);
+    }
+
+    /// Re-read for every channel being replayed, as far as its flow control allows.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let mut done = Vec::new();
+        for (i, cursor) in self.cursors.iter_mut().enumerate() {
+            let channel = &mut self.outputs.channels[cursor.channel];
+            while channel.queued() <= 2 {
+                let Some(&event) = self.events.get(cursor.next - self.events_from) else {
+                    done.push(i);
+                    break;
+                };
+                cursor.next += 1;
+                match event {
+                    Event::Read(n) => {
+                        let batch = match cursor.reader.next_batch(n) {
+                            Ok(Some(batch)) => batch,
+                            Ok(None) => continue,
+                            Err(e) => return self.cx.fatal.fail(format!("{}: re-reading: {e}", self.cx.name)),
+                        };
+                        let mut mine = None;
+                        route(&mut cursor.groups, batch, |ch, part| {
+                            if ch == cursor.channel {
+                                mine = Some(part);
+                            }
+                        });
+                        if let Some(part) = mine {
+                            cursor.seq += 1;
+                            if cursor.seq > cursor.from_seq {
+                                let payload = Payload::Data(Arc::new(part));
+                                channel.push_replayed(Item::Batch { seq: cursor.seq, payload });
+                            }
+                        }
+                    }
+                    Event::Barrier(c) => {
+                        if cursor.seq >= cursor.from_seq {
+                            channel.push_replayed(Item::Barrier(c));
+                        }
+                    }
+                    Event::End => {
+                        cursor.seq += 1;
+                        if cursor.seq > cursor.from_seq {
+                            channel.push_replayed(Item::Batch { seq: cursor.seq, payload: Payload::End });
+                        }
+                    }
+                }
+            }
+        }
+        for i in done.into_iter().rev() {
+            let cursor = self.cursors.remove(i);
+            let channel = &mut self.outputs.channels[cursor.channel];
+            debug_assert_eq!(cursor.seq, channel.seq(), "a re-read ends where live output is");
+            channel.replaying = false;
+            tracing::debug!("{}: replay of output {} caught up", self.cx.name, cursor.channel);
+        }
+        if self.cursors.is_empty() && !self.producing && !self.exhausted && self.started.is_some() {
+            self.produce(ctx);
+        }
+    }
+
+    /// Checkpoint `c` completed: forget events before its barrier (unless a re-read needs
+    /// them).
+    fn truncate(&mut self, c: CheckpointId) {
+        if !self.cursors.is_empty() {
+            return; // a later completion truncates
+        }
+        let Some(at) = self.pending.iter().rposition(|b| b.checkpoint <= c) else { return };
+        let base = self.pending[at].clone();
+        self.pending.drain(..=at);
+        self.events.drain(..base.event - self.events_from);
+        self.events_from = base.event;
+        self.base = Some(base);
     }
 
     fn coordinator(&self) -> &Addr<CoordinatorActor> {
@@ -129,6 +299,7 @@ impl SourceActor {
         };
         match read {
             Ok(Some(batch)) => {
+                self.events.push(Event::Read(batch.len()));
                 let n = self.outputs.send(batch);
                 self.cx.counters.add_out(n);
                 self.producing = true;
@@ -136,6 +307,7 @@ impl SourceActor {
             }
             Ok(None) => {
                 self.exhausted = true;
+                self.events.push(Event::End);
                 self.outputs.send_end();
                 self.coordinator().do_send(SourceFinished(self.source_index));
             }
@@ -162,6 +334,9 @@ impl SourceActor {
                         }),
                     );
                     self.outputs.send_barrier(checkpoint);
+                    self.events.push(Event::Barrier(checkpoint));
+                    let base = self.base_here(checkpoint);
+                    self.pending.push(base);
                 }
                 Action::Ack(c) => {
                     self.coordinator().do_send(Ack { participant: self.cx.participant, checkpoint: c })
@@ -192,6 +367,7 @@ impl Handler<Wire> for SourceActor {
     fn handle(&mut self, wire: Wire, _: &mut Context<Self>) {
         self.outputs = wire.outputs;
         self.coordinator = Some(wire.coordinator);
+        self.base = Some(self.base_here(self.restored));
     }
 }
 
@@ -219,9 +395,18 @@ impl Handler<Credit> for SourceActor {
     type Result = ();
     fn handle(&mut self, credit: Credit, ctx: &mut Context<Self>) {
         self.outputs.on_credit(credit);
-        if !self.producing && !self.exhausted && self.started.is_some() {
+        if !self.cursors.is_empty() {
+            self.pump(ctx);
+        } else if !self.producing && !self.exhausted && self.started.is_some() {
             self.produce(ctx);
         }
+    }
+}
+
+impl Handler<Resume> for SourceActor {
+    type Result = ();
+    fn handle(&mut self, resume: Resume, ctx: &mut Context<Self>) {
+        self.resume(resume, ctx);
     }
 }
 
@@ -244,6 +429,7 @@ impl Handler<SnapshotDurable> for SourceActor {
 impl Handler<Complete> for SourceActor {
     type Result = ();
     fn handle(&mut self, Complete(c): Complete, ctx: &mut Context<Self>) {
+        self.truncate(c);
         self.core.handle_checkpoint_complete(c);
         self.drain(ctx);
     }

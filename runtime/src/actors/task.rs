@@ -6,18 +6,24 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
+use std::time::{Duration, Instant};
+
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::coordinator::{Ack, CoordinatorActor, SinkCommitted};
-use super::{Abort, Complete, Credit, Deliver, Item, Outputs, Payload, SubtaskContext, Upstream};
+use super::{Abort, Complete, Credit, Deliver, Item, Outputs, Payload, Resume, SubtaskContext, Upstream};
 use crate::batch::Batch;
 use crate::connectors::encode::encode;
-use crate::log::{CommitRecord, SnapshotRecord, WriteOp};
+use crate::log::{CommitRecord, Log, LogError, SnapshotRecord, WriteOp};
 use crate::operators::Operator;
+use crate::pipeline::faults::FaultKind;
 use crate::pipeline::spec::OutputFormat;
-use crate::protocol::CheckpointId;
-use crate::protocol::participant::{Action, Task};
+use crate::pipeline::supervise::{Decision, Restart, RestartReport};
+use crate::protocol::participant::{Action, Task, TaskConfig};
+use crate::protocol::recovery::plan_local;
+use crate::protocol::replay::{Arrival, Feed, Gate};
+use crate::protocol::{CheckpointId, Seq};
 
 /// Where a sink's committed output goes.
 pub enum Destination {
@@ -134,6 +140,10 @@ pub struct TaskState {
     pub operator: Vec<u8>,
 }
 
+/// Builds a subtask's body afresh (an unrestored operator, or a sink writer opened at its
+/// durable commit record), for a local restart.
+pub type BuildBody = Box<dyn Fn(&Log) -> Result<Body, String> + Send>;
+
 /// Wiring, sent once before anything else.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -146,19 +156,40 @@ pub struct Wire {
     pub coordinator: Addr<CoordinatorActor>,
 }
 
+/// A write of incarnation `.0` is durable (or failed).
 #[derive(Message)]
 #[rtype(result = "()")]
-struct SnapshotDurable(CheckpointId);
+struct Written(u32, Durable);
 
+enum Durable {
+    Snapshot(CheckpointId),
+    Commit(CheckpointId),
+    Failed(std::sync::Arc<LogError>),
+}
+
+/// Restore after the backoff (sent to itself).
 #[derive(Message)]
 #[rtype(result = "()")]
-struct CommitDurable(CheckpointId);
+struct Restore;
+
+/// A restart in progress: what the report will say.
+struct Restarting {
+    reason: String,
+    message: String,
+    at: Instant,
+    backoff: Duration,
+    failed: bool,
+    restarted: Vec<String>,
+}
 
 /// One transform or sink subtask.
 pub struct TaskActor {
     cx: SubtaskContext,
+    config: TaskConfig,
     core: Task<Payload>,
+    gate: Gate<Payload>,
     body: Body,
+    build: BuildBody,
     ended: Vec<bool>,
     outputs: Outputs,
     upstream: Vec<Upstream>,
@@ -166,22 +197,54 @@ pub struct TaskActor {
     owed: Vec<u32>,
     coordinator: Option<Addr<CoordinatorActor>>,
     scratch: Vec<Batch>,
+    /// Bumped by every restart; messages for an older incarnation are dropped.
+    incarnation: u32,
+    restarting: Option<Restarting>,
+    /// Replay requests that came while this subtask was restarting itself.
+    stashed: Vec<Resume>,
+    /// The latest checkpoint the coordinator reported complete.
+    completed: CheckpointId,
+    /// Fault-injection counts: snapshots taken, commits started, writes submitted.
+    snapshots: u64,
+    commits: u64,
+    writes: u64,
 }
 
 impl TaskActor {
-    /// A subtask with its restored core, body and per-input end flags.
-    pub fn new(cx: SubtaskContext, core: Task<Payload>, body: Body, ended: Vec<bool>) -> TaskActor {
+    /// A subtask with its restored core, body and per-input end flags, restored from
+    /// `restored` (0: none) with `positions`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cx: SubtaskContext,
+        config: TaskConfig,
+        core: Task<Payload>,
+        body: Body,
+        build: BuildBody,
+        ended: Vec<bool>,
+        positions: &[Seq],
+        restored: CheckpointId,
+    ) -> TaskActor {
         let inputs = ended.len();
         TaskActor {
             cx,
+            config,
             core,
+            gate: Gate::new(positions, restored),
             body,
+            build,
             ended,
             outputs: Outputs::default(),
             upstream: Vec::new(),
             owed: vec![0; inputs],
             coordinator: None,
             scratch: Vec::new(),
+            incarnation: 0,
+            restarting: None,
+            stashed: Vec::new(),
+            completed: restored,
+            snapshots: 0,
+            commits: 0,
+            writes: 0,
         }
     }
 
@@ -251,25 +314,162 @@ impl TaskActor {
         Ok(())
     }
 
+    /// Feed what the gate released into the core, then carry out the core's actions.
     fn drain(&mut self, ctx: &mut Context<Self>) {
-        while let Some(action) = self.core.poll_action() {
+        if self.restarting.is_some() {
+            return;
+        }
+        loop {
             if self.cx.fatal.failed() {
                 return; // the attempt is stopping: nothing done now would count
             }
-            // A panic in operator code (or anywhere in carrying out the action) is caught
-            // and handed to the supervisor; the subtask's state is not trusted after it.
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.carry_out(action, ctx))) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    self.cx.fatal.fail(format!("{}: {e}", self.cx.name));
-                    return;
+            if let Some(action) = self.core.poll_action() {
+                // A panic in operator code (or anywhere in carrying out the action) is caught
+                // and handed to the supervisor; the subtask's state is not trusted after it.
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.carry_out(action, ctx))) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        self.cx.fatal.fail(format!("{}: {e}", self.cx.name));
+                        return;
+                    }
+                    Err(payload) => {
+                        let message = super::panic_message(&*payload);
+                        return self.fail("panic", message, ctx);
+                    }
                 }
-                Err(payload) => {
-                    self.cx.panicked(&*payload);
-                    return;
+                continue;
+            }
+            match self.gate.poll() {
+                Some(Feed::Batch { input, seq, batch }) => self.core.handle_batch(input, seq, batch),
+                Some(Feed::Barrier { input, checkpoint }) => self.core.handle_barrier(input, checkpoint),
+                Some(Feed::Abort(c)) => self.core.handle_checkpoint_abort(c),
+                Some(Feed::Duplicate { input }) => self.give_credit(input), // it used a credit
+                Some(Feed::Diverged { detail }) => {
+                    let message = format!("local recovery cannot reproduce the logged input order: {detail}");
+                    return self.cx.escalate("replay_diverged", message);
                 }
+                None => return,
             }
         }
+    }
+
+    /// Something failed in this subtask: ask the supervisor, then restart locally or
+    /// escalate.
+    fn fail(&mut self, reason: &str, message: String, ctx: &mut Context<Self>) {
+        let at = Instant::now();
+        tracing::error!("{}: {reason}: {message}", self.cx.name);
+        match self.cx.supervisor.on_failure(self.cx.participant, at) {
+            Decision::Global => self.cx.escalate(reason, message),
+            Decision::Local { restart, backoff } => {
+                let restarted = restart.iter().map(|&p| self.cx.supervisor.name(p).to_owned()).collect();
+                self.cx.supervisor.restart_others(
+                    &restart,
+                    Restart { failed: self.cx.name.clone(), at, backoff },
+                );
+                tracing::warn!(
+                    "{}: restarting {} locally in {} ms",
+                    self.cx.name,
+                    if restart.len() > 1 { "it and what is downstream" } else { "it" },
+                    backoff.as_millis()
+                );
+                self.begin_restart(
+                    Restarting { reason: reason.to_owned(), message, at, backoff, failed: true, restarted },
+                    ctx,
+                );
+            }
+        }
+    }
+
+    /// Drop everything volatile and restore after the backoff. The actor keeps its address,
+    /// mailbox, output channels (with their flow-control accounting and buffer queues) and
+    /// input gate (with its determinant log); the operator, the core and the pending output
+    /// are rebuilt from the log.
+    fn begin_restart(&mut self, restarting: Restarting, ctx: &mut Context<Self>) {
+        self.incarnation += 1;
+        let backoff = restarting.backoff;
+        self.restarting = Some(restarting);
+        self.scratch.clear();
+        self.owed.iter_mut().for_each(|o| *o = 0);
+        ctx.run_later(backoff, |_, ctx| ctx.notify(Restore));
+    }
+
+    /// Restore from the log: the snapshot of the latest completed checkpoint, then ask each
+    /// upstream to replay.
+    fn restore(&mut self, ctx: &mut Context<Self>) -> Result<CheckpointId, String> {
+        // Every write queued before the failure lands first, so what is read is settled.
+        self.cx.writer.flush();
+        let p = self.cx.participant;
+        let log = self.cx.log.clone();
+        let log = &log;
+        let err = |e: LogError| e.to_string();
+        let completed = log.completed().map_err(err)?;
+        let durable = log.participant_log(p, self.config.sink).map_err(err)?;
+        let plan = plan_local(p, &durable, completed).map_err(|e| e.to_string())?;
+        let inputs = self.config.inputs;
+        let (positions, out_seqs, state) = match completed {
+            Some(c) => {
+                let record = log.read_snapshot(p, c).map_err(err)?;
+                let state: TaskState = postcard::from_bytes(&record.state)
+                    .map_err(|e| format!("snapshot cannot be decoded: {e}"))?;
+                (record.positions, record.out_seqs, state)
+            }
+            None => (vec![0; inputs], Vec::new(), TaskState { ended: vec![false; inputs], operator: Vec::new() }),
+        };
+        let mut body = (self.build)(log)?;
+        if let (Body::Operator(op), Some(_)) = (&mut body, completed) {
+            op.restore(&state.operator).map_err(|e| e.to_string())?;
+        }
+        let restored = completed.unwrap_or_default();
+        self.body = body;
+        self.core = Task::restore(self.config, &plan, &positions);
+        self.ended = state.ended;
+        self.gate.restart(&positions, restored);
+        self.outputs.restart_from(restored, &out_seqs);
+        self.completed = self.completed.max(restored);
+        for (input, up) in self.upstream.iter().enumerate() {
+            up.resume.do_send(Resume {
+                output: up.output,
+                from_seq: positions[input],
+                restored,
+                incarnation: self.incarnation,
+            });
+        }
+        for resume in std::mem::take(&mut self.stashed) {
+            self.serve(resume);
+        }
+        if self.config.sink {
+            // A commit that became durable while this subtask failed was never reported.
+            if let Some(through) = log.read_commit(p).map_err(err)?.filter(|r| r.through > 0) {
+                let checkpoint = CheckpointId(through.through);
+                self.coordinator().do_send(SinkCommitted { participant: p, checkpoint });
+            }
+        }
+        let _ = ctx;
+        Ok(restored)
+    }
+
+    /// A downstream subtask restarted: replay its channel from the buffer queue.
+    fn serve(&mut self, resume: Resume) {
+        if let Err(gap) = self.outputs.resume(resume) {
+            self.cx.escalate("replay_gap", format!("cannot replay output {}: {gap}", resume.output));
+        }
+    }
+
+    fn submit(&mut self, ops: Vec<WriteOp>, ctx: &Context<Self>, done: fn(CheckpointId) -> Durable, c: CheckpointId) {
+        self.writes += 1;
+        let (addr, incarnation) = (ctx.address(), self.incarnation);
+        if self.cx.write_fails(self.writes) {
+            let error = std::sync::Arc::new(LogError::Injected(format!("write {} of {}", self.writes, self.cx.name)));
+            addr.do_send(Written(incarnation, Durable::Failed(error)));
+            return;
+        }
+        self.cx.writer.submit(
+            ops,
+            Box::new(move |r| match r {
+                Ok(()) => addr.do_send(Written(incarnation, done(c))),
+                Err(e) => addr.do_send(Written(incarnation, Durable::Failed(e))),
+            }),
+        );
     }
 
     fn carry_out(&mut self, action: Action<Payload>, ctx: &mut Context<Self>) -> Result<(), String> {
@@ -279,6 +479,8 @@ impl TaskActor {
                 self.give_credit(input);
             }
             Action::Snapshot { checkpoint, positions } => {
+                self.snapshots += 1;
+                self.cx.inject_at(FaultKind::Snapshot, self.snapshots);
                 let (operator, staged) = match &mut self.body {
                     Body::Operator(op) => (op.snapshot(), None),
                     Body::Sink(sink) => (Vec::new(), Some(std::mem::take(&mut sink.pending))),
@@ -294,30 +496,19 @@ impl TaskActor {
                 if let Some(bytes) = staged {
                     ops.push(WriteOp::Stage { participant, checkpoint, bytes });
                 }
-                let (addr, fatal) = (ctx.address(), self.cx.fatal.clone());
-                self.cx.writer.submit(
-                    ops,
-                    Box::new(move |r| match r {
-                        Ok(()) => addr.do_send(SnapshotDurable(checkpoint)),
-                        Err(e) => fatal.fail(e),
-                    }),
-                );
+                self.submit(ops, ctx, Durable::Snapshot, checkpoint);
                 self.outputs.send_barrier(checkpoint);
             }
             Action::Ack(c) => {
                 self.coordinator().do_send(Ack { participant: self.cx.participant, checkpoint: c })
             }
             Action::Commit(c) => {
+                self.commits += 1;
+                self.cx.inject_at(FaultKind::Commit, self.commits);
                 let Body::Sink(sink) = &mut self.body else { unreachable!("only sinks commit") };
                 let record = sink.commit(&self.cx, c)?;
-                let (addr, fatal) = (ctx.address(), self.cx.fatal.clone());
-                self.cx.writer.submit(
-                    vec![WriteOp::Commit { participant: self.cx.participant, record }],
-                    Box::new(move |r| match r {
-                        Ok(()) => addr.do_send(CommitDurable(c)),
-                        Err(e) => fatal.fail(e),
-                    }),
-                );
+                let participant = self.cx.participant;
+                self.submit(vec![WriteOp::Commit { participant, record }], ctx, Durable::Commit, c);
             }
             Action::DropSnapshotsBelow(c) => {
                 let fatal = self.cx.fatal.clone();
@@ -352,14 +543,14 @@ impl Handler<Wire> for TaskActor {
 impl Handler<Deliver> for TaskActor {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        let duplicates = self.core.aligner().duplicates_dropped();
-        match msg.item {
-            Item::Batch { seq, payload } => self.core.handle_batch(msg.input, seq, payload),
-            Item::Barrier(c) => self.core.handle_barrier(msg.input, c),
+        if msg.incarnation != self.incarnation || self.restarting.is_some() {
+            return; // sent to an earlier incarnation: the replay sends it again
         }
-        if self.core.aligner().duplicates_dropped() > duplicates {
-            self.give_credit(msg.input); // a dropped duplicate still used a credit
-        }
+        let arrival = match msg.item {
+            Item::Batch { seq, payload } => Arrival::Batch { seq, batch: payload },
+            Item::Barrier(c) => Arrival::Barrier(c),
+        };
+        self.gate.handle_arrival(msg.input, arrival);
         self.drain(ctx);
     }
 }
@@ -368,23 +559,96 @@ impl Handler<Credit> for TaskActor {
     type Result = ();
     fn handle(&mut self, credit: Credit, _: &mut Context<Self>) {
         self.outputs.on_credit(credit);
-        self.pay_owed();
+        if self.restarting.is_none() {
+            self.pay_owed();
+        }
     }
 }
 
-impl Handler<SnapshotDurable> for TaskActor {
+impl Handler<Resume> for TaskActor {
     type Result = ();
-    fn handle(&mut self, SnapshotDurable(c): SnapshotDurable, ctx: &mut Context<Self>) {
-        self.core.on_snapshot_durable(c);
-        self.drain(ctx);
+    fn handle(&mut self, resume: Resume, _: &mut Context<Self>) {
+        if self.restarting.is_some() {
+            self.stashed.push(resume); // served once this subtask has restored itself
+        } else {
+            self.serve(resume);
+        }
     }
 }
 
-impl Handler<CommitDurable> for TaskActor {
+impl Handler<Restart> for TaskActor {
     type Result = ();
-    fn handle(&mut self, CommitDurable(c): CommitDurable, ctx: &mut Context<Self>) {
-        self.core.on_commit_durable(c);
-        self.coordinator().do_send(SinkCommitted { participant: self.cx.participant, checkpoint: c });
+    fn handle(&mut self, msg: Restart, ctx: &mut Context<Self>) {
+        if self.restarting.is_some() {
+            return;
+        }
+        tracing::warn!("{}: restarting with {} (rest_for_one)", self.cx.name, msg.failed);
+        let restarting = Restarting {
+            reason: "rest_for_one".into(),
+            message: format!("{} failed", msg.failed),
+            at: msg.at,
+            backoff: msg.backoff,
+            failed: false,
+            restarted: Vec::new(),
+        };
+        self.begin_restart(restarting, ctx);
+    }
+}
+
+impl Handler<Restore> for TaskActor {
+    type Result = ();
+    fn handle(&mut self, _: Restore, ctx: &mut Context<Self>) {
+        let Some(restarting) = self.restarting.take() else { return };
+        let restored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.restore(ctx)));
+        match restored {
+            Ok(Ok(c)) => {
+                tracing::info!("{}: restored from {c}; upstream replays", self.cx.name);
+                if restarting.failed {
+                    let supervisor = &self.cx.supervisor;
+                    supervisor.record(RestartReport {
+                        node: self.cx.node.clone(),
+                        subtask: self.cx.subtask,
+                        reason: restarting.reason,
+                        recovery: "local".into(),
+                        restarted: restarting.restarted,
+                        message: restarting.message,
+                        at_ms: supervisor.since_start(restarting.at),
+                        duration_ms: restarting.at.elapsed().as_millis() as u64,
+                        restored_from: (c.0 > 0).then_some(c.0),
+                    });
+                }
+                self.drain(ctx);
+            }
+            Ok(Err(e)) => self.cx.escalate("restore_failed", e),
+            Err(payload) => self.cx.escalate("restore_failed", super::panic_message(&*payload)),
+        }
+    }
+}
+
+impl Handler<Written> for TaskActor {
+    type Result = ();
+    fn handle(&mut self, Written(incarnation, durable): Written, ctx: &mut Context<Self>) {
+        if incarnation != self.incarnation {
+            return; // a write of an earlier incarnation: the restarted core does not wait for it
+        }
+        match durable {
+            Durable::Snapshot(c) => {
+                self.core.on_snapshot_durable(c);
+                if c <= self.completed {
+                    // Re-staged on replay after its checkpoint completed: commit it now.
+                    self.core.handle_checkpoint_complete(self.completed);
+                }
+            }
+            Durable::Commit(c) => {
+                self.core.on_commit_durable(c);
+                self.coordinator().do_send(SinkCommitted { participant: self.cx.participant, checkpoint: c });
+            }
+            Durable::Failed(e) if matches!(*e, LogError::MapFull { .. } | LogError::WriterGone) => {
+                self.cx.fatal.fail(e); // a restart cannot heal a full map
+                return;
+            }
+            Durable::Failed(e) => return self.fail("write_error", e.to_string(), ctx),
+        }
         self.drain(ctx);
     }
 }
@@ -392,15 +656,20 @@ impl Handler<CommitDurable> for TaskActor {
 impl Handler<Complete> for TaskActor {
     type Result = ();
     fn handle(&mut self, Complete(c): Complete, ctx: &mut Context<Self>) {
-        self.core.handle_checkpoint_complete(c);
-        self.drain(ctx);
+        self.completed = self.completed.max(c);
+        self.outputs.complete(c);
+        self.gate.handle_complete(c);
+        if self.restarting.is_none() {
+            self.core.handle_checkpoint_complete(c);
+            self.drain(ctx);
+        }
     }
 }
 
 impl Handler<Abort> for TaskActor {
     type Result = ();
     fn handle(&mut self, Abort(c): Abort, ctx: &mut Context<Self>) {
-        self.core.handle_checkpoint_abort(c);
+        self.gate.handle_abort(c);
         self.drain(ctx);
     }
 }

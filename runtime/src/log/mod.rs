@@ -100,6 +100,9 @@ pub enum LogError {
     /// The writer thread is gone (it failed earlier).
     #[error("log: the writer stopped after an earlier error")]
     WriterGone,
+    /// A write failed because a test or chaos drill said so (`--inject write-error:...`).
+    #[error("log: injected write error ({0})")]
+    Injected(String),
 }
 
 /// A subtask's snapshot at one checkpoint.
@@ -319,6 +322,15 @@ impl Log {
         participants: usize,
         sinks: &[ParticipantId],
     ) -> Result<RecoveryInput, LogError> {
+        let all: Vec<ParticipantId> = (0..participants).collect();
+        self.recovery_input_of(&all, sinks)
+    }
+
+    fn recovery_input_of(
+        &self,
+        participants: &[ParticipantId],
+        sinks: &[ParticipantId],
+    ) -> Result<RecoveryInput, LogError> {
         let rtxn = self.env.read_txn().map_err(self.lmdb(META, b"read"))?;
         let completed =
             match self.dbs.meta.get(&rtxn, KEY_COMPLETION).map_err(self.lmdb(META, KEY_COMPLETION))? {
@@ -341,8 +353,8 @@ impl Log {
             }
             Ok(out)
         };
-        let mut logs = Vec::with_capacity(participants);
-        for p in 0..participants {
+        let mut logs = Vec::with_capacity(participants.len());
+        for &p in participants {
             let sink = if sinks.contains(&p) {
                 let commit = self.read_commit_in(&rtxn, p)?;
                 Some(SinkLog {
@@ -355,6 +367,22 @@ impl Log {
             logs.push(ParticipantLog { snapshots: ids(self.dbs.snapshots, SNAPSHOTS, p)?, sink });
         }
         Ok(RecoveryInput { completed, participants: logs })
+    }
+
+    /// The latest checkpoint whose completion record is durable.
+    pub fn completed(&self) -> Result<Option<CheckpointId>, LogError> {
+        let rtxn = self.env.read_txn().map_err(self.lmdb(META, KEY_COMPLETION))?;
+        match self.dbs.meta.get(&rtxn, KEY_COMPLETION).map_err(self.lmdb(META, KEY_COMPLETION))? {
+            Some(bytes) => Ok(Some(CheckpointId(decode::<u64>(META, KEY_COMPLETION, bytes)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// One participant's durable checkpoint data (for a local restart).
+    pub fn participant_log(&self, p: ParticipantId, sink: bool) -> Result<ParticipantLog, LogError> {
+        let sinks = if sink { vec![p] } else { Vec::new() };
+        let mut input = self.recovery_input_of(&[p], &sinks)?;
+        Ok(input.participants.pop().unwrap_or_default())
     }
 
     /// Carry out the discards of a restore plan, durably, before anything restarts.

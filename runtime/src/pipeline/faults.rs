@@ -1,29 +1,70 @@
-//! Fault injection for tests and chaos drills: `weir run CONFIG --inject panic:NODE:K`
-//! (repeatable) panics once inside subtask 0 of node NODE when that subtask has processed K
-//! records in the current attempt (`panic:NODE/S:K` for subtask S). A subtask without an
-//! injection checks an empty list per batch, which costs nothing measurable.
+//! Fault injection for tests and chaos drills: `weir run CONFIG --inject KIND:NODE[/S]:N`
+//! (repeatable) fires once in subtask S (default 0) of node NODE:
+//!
+//! - `panic:NODE:K`: a panic when the subtask has processed K records in the current attempt;
+//! - `snapshot:NODE:N`: a panic while it takes its N-th snapshot (a crash during a snapshot);
+//! - `commit:NODE:N`: a sink panics at its N-th commit, after the output is pre-committed
+//!   (staged durably) and before it is appended (a crash between pre-commit and commit);
+//! - `write-error:NODE:N`: its N-th log write fails as if LMDB had returned an error.
+//!
+//! A subtask without an injection checks an empty list, which costs nothing measurable.
 
 use std::fmt;
 
 use crate::sync::atomic::{AtomicBool, Ordering};
 
+/// Where a fault fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// A panic after K records.
+    Panic,
+    /// A panic inside the N-th snapshot.
+    Snapshot,
+    /// A panic between pre-commit and the N-th commit (sinks).
+    Commit,
+    /// The N-th log write fails.
+    WriteError,
+}
+
+impl FaultKind {
+    const ALL: [(FaultKind, &'static str); 4] = [
+        (FaultKind::Panic, "panic"),
+        (FaultKind::Snapshot, "snapshot"),
+        (FaultKind::Commit, "commit"),
+        (FaultKind::WriteError, "write-error"),
+    ];
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        FaultKind::ALL.iter().find(|(k, _)| *k == self).map_or("?", |(_, n)| n)
+    }
+}
+
 /// One injected fault.
 #[derive(Debug)]
 pub struct Injection {
+    /// Where it fires.
+    pub kind: FaultKind,
     /// The node.
     pub node: String,
     /// The subtask.
     pub subtask: usize,
-    /// Fire once the subtask has processed (sources: read) this many records.
+    /// Fire at this count: records processed (sources: read), or the N-th snapshot, commit
+    /// or write.
     pub after_records: u64,
     fired: AtomicBool,
 }
 
 impl Injection {
-    /// Parse `panic:NODE:K` or `panic:NODE/S:K`.
+    /// Parse `KIND:NODE:N` or `KIND:NODE/S:N`.
     pub fn parse(spec: &str) -> Result<Injection, String> {
-        let bad = || format!("invalid fault \"{spec}\": expected panic:NODE:K or panic:NODE/SUBTASK:K");
-        let rest = spec.strip_prefix("panic:").ok_or_else(bad)?;
+        let bad = || {
+            format!(
+                "invalid fault \"{spec}\": expected KIND:NODE:N or KIND:NODE/SUBTASK:N, KIND one of panic, snapshot, commit, write-error"
+            )
+        };
+        let (kind, rest) = spec.split_once(':').ok_or_else(bad)?;
+        let kind = FaultKind::ALL.iter().find(|(_, n)| *n == kind).map(|(k, _)| *k).ok_or_else(bad)?;
         let (target, count) = rest.rsplit_once(':').ok_or_else(bad)?;
         let after_records = count.parse().map_err(|_| bad())?;
         let (node, subtask) = match target.split_once('/') {
@@ -33,7 +74,7 @@ impl Injection {
         if node.is_empty() {
             return Err(bad());
         }
-        Ok(Injection { node: node.to_owned(), subtask, after_records, fired: AtomicBool::new(false) })
+        Ok(Injection { kind, node: node.to_owned(), subtask, after_records, fired: AtomicBool::new(false) })
     }
 
     /// Whether this fault fires now, `processed` records into the attempt. True at most once.
@@ -44,7 +85,7 @@ impl Injection {
 
 impl fmt::Display for Injection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "panic:{}/{}:{}", self.node, self.subtask, self.after_records)
+        write!(f, "{}:{}/{}:{}", self.kind.name(), self.node, self.subtask, self.after_records)
     }
 }
 
@@ -62,9 +103,35 @@ mod tests {
         assert_eq!(Injection::parse("panic:a/2:7").unwrap().subtask, 2);
         assert_eq!(
             Injection::parse("crash:a:1").unwrap_err(),
-            "invalid fault \"crash:a:1\": expected panic:NODE:K or panic:NODE/SUBTASK:K"
+            "invalid fault \"crash:a:1\": expected KIND:NODE:N or KIND:NODE/SUBTASK:N, KIND one of panic, snapshot, commit, write-error"
         );
+        assert_eq!(Injection::parse("write-error:sink/1:2").unwrap().kind, FaultKind::WriteError);
+        assert_eq!(Injection::parse("commit:out:3").unwrap().to_string(), "commit:out/0:3");
         assert!(Injection::parse("panic:a:x").is_err());
         assert!(Injection::parse("panic::3").is_err());
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::{Arc, thread};
+
+    /// Three subtask threads past the threshold ask at once: the fault fires exactly once.
+    #[test]
+    fn loom_injection_fires_once_across_threads() {
+        loom::model(|| {
+            let fault = Arc::new(Injection::parse("panic:a:5").unwrap());
+            let threads: Vec<_> = [5, 6, 7]
+                .into_iter()
+                .map(|processed| {
+                    let fault = fault.clone();
+                    thread::spawn(move || fault.fire(processed))
+                })
+                .collect();
+            let fired = threads.into_iter().map(|t| t.join().unwrap()).filter(|&f| f).count();
+            assert_eq!(fired, 1);
+            assert!(!fault.fire(8));
+        });
     }
 }

@@ -6,3 +6,6 @@ pub mod spec;
 
 #[cfg(feature = "io")]
 pub mod run;
+
+#[cfg(feature = "io")]
+pub mod supervise;

@@ -26,8 +26,10 @@ use crate::connectors::generator::Generator;
 use crate::log::{Log, LogError, SnapshotRecord, Writer};
 use crate::operators;
 use crate::pipeline::faults::Injection;
+pub use crate::pipeline::supervise::RestartReport;
+use crate::pipeline::supervise::Supervisor;
 use crate::pipeline::spec::{
-    CheckpointMode, NodeKind, NodeSpec, PipelineSpec, SinkSpec, SourceSpec, TransformSpec,
+    CheckpointMode, NodeKind, NodeSpec, PipelineSpec, RecoveryStrategy, SinkSpec, SourceSpec, TransformSpec,
 };
 use crate::protocol::aligner::AlignmentMode;
 use crate::protocol::coordinator::{Coordinator, CoordinatorConfig};
@@ -99,26 +101,6 @@ pub struct RunReport {
     pub wall_ms: u64,
 }
 
-/// One restart by the supervisor.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct RestartReport {
-    /// The node whose subtask failed.
-    pub node: String,
-    /// The subtask.
-    pub subtask: usize,
-    /// Why: `panic`.
-    pub reason: String,
-    /// How it was healed: `global` (every subtask restored from the last completed
-    /// checkpoint; local recovery of the failed subtask alone is not built yet).
-    pub recovery: String,
-    /// The panic message.
-    pub message: String,
-    /// From the failure until the restored pipeline was running again (backoff included).
-    pub duration_ms: u64,
-    /// The checkpoint the restart restored (`null`: from the beginning).
-    pub restored_from: Option<u64>,
-}
-
 /// A live view for progress displays.
 #[derive(Clone, Copy, Debug)]
 pub struct Progress {
@@ -170,8 +152,8 @@ struct Attempt {
     restored_from: Option<u64>,
     /// When its actors were all started.
     running_at: Instant,
-    /// Set when it stopped because operator code panicked: node, subtask, message, when.
-    panic: Option<(String, usize, String, Instant)>,
+    /// Set when it stopped for a global rollback: node, subtask, reason, message, when.
+    panic: Option<(String, usize, String, String, Instant)>,
 }
 
 /// Run `spec` until its sources are exhausted and all output is committed. A panic in
@@ -199,11 +181,11 @@ pub fn run(
         restored_from: None,
         wall_ms: 0,
     };
-    let mut recent: Vec<Instant> = Vec::new();
+    let supervisor = Arc::new(supervisor_for(spec, started));
     let mut pending: Option<(RestartReport, Instant)> = None;
     let mut first = true;
     loop {
-        let attempt = attempt(spec, &log, &writer, progress.clone(), faults, started)?;
+        let attempt = attempt(spec, &log, &writer, progress.clone(), faults, started, &supervisor)?;
         if first {
             report.restored_from = attempt.restored_from;
             first = false;
@@ -216,40 +198,39 @@ pub fn run(
         if let Some((mut restart, at)) = pending.take() {
             restart.duration_ms = attempt.running_at.duration_since(at).as_millis() as u64;
             restart.restored_from = attempt.restored_from;
-            report.restarts.push(restart);
+            supervisor.record(restart);
         }
-        let Some((node, subtask, message, at)) = attempt.panic else {
+        let Some((node, subtask, reason, message, at)) = attempt.panic else {
+            report.restarts = supervisor.reports();
             report.wall_ms = started.elapsed().as_millis() as u64;
             return Ok(report);
         };
-        // Restart intensity: restarts older than the window no longer count.
-        let window = Duration::from_millis(supervision.within_ms);
-        recent.retain(|&t| at.duration_since(t) < window);
-        if recent.len() as u32 >= supervision.max_restarts {
+        let Some(backoff) = supervisor.admit_global(at) else {
             let message = format!(
-                "supervision: {node}/{subtask} failed {} times within {} ms (max_restarts = {}), giving up; last panic: {message}",
-                recent.len() + 1,
+                "supervision: {node}/{subtask} failed and the pipeline was rolled back {} times within {} ms (max_restarts = {}), giving up; last failure ({reason}): {message}",
+                supervisor.recent_global(at),
                 supervision.within_ms,
                 supervision.max_restarts
             );
             tracing::error!("{message}");
+            report.restarts = supervisor.reports();
             report.escalation = Some(message.clone());
             report.wall_ms = started.elapsed().as_millis() as u64;
             return Err(RunError::Escalated { message, report: Box::new(report) });
-        }
-        recent.push(at);
-        let backoff = backoff(&supervision, recent.len(), at);
+        };
         tracing::warn!(
-            "{node}/{subtask} panicked ({message}); restarting the pipeline in {} ms",
+            "{node}/{subtask} failed ({reason}: {message}); rolling the pipeline back in {} ms",
             backoff.as_millis()
         );
         std::thread::sleep(backoff);
         let restart = RestartReport {
             node,
             subtask,
-            reason: "panic".into(),
+            reason,
             recovery: "global".into(),
+            restarted: vec!["*".into()],
             message,
+            at_ms: supervisor.since_start(at),
             duration_ms: 0,
             restored_from: None,
         };
@@ -257,14 +238,45 @@ pub fn run(
     }
 }
 
-/// Exponential backoff before the `n`-th restart in the window (1-based), plus up to 25 %
-/// jitter so that agents restarting together do not retry in step.
-fn backoff(supervision: &crate::pipeline::spec::SupervisionSpec, n: usize, at: Instant) -> Duration {
-    let base =
-        supervision.backoff_initial_ms.saturating_mul(1 << (n - 1).min(20)).min(supervision.backoff_max_ms);
-    // Jitter from the clock and the process id: supervision is shell code, where time is allowed.
-    let noise = (u64::from(at.elapsed().subsec_nanos()) ^ u64::from(std::process::id())) % 1000;
-    Duration::from_millis(base + base * noise / 4000)
+/// The supervisor of a run: which subtasks are downstream of which (for `rest_for_one`), and
+/// which can restart alone (transforms and sinks).
+fn supervisor_for(spec: &PipelineSpec, started: Instant) -> Supervisor {
+    let mut first = Vec::new();
+    let mut names = Vec::new();
+    let mut local = Vec::new();
+    for node in &spec.nodes {
+        first.push(names.len());
+        for i in 0..node.parallelism {
+            names.push(format!("{}/{i}", node.name));
+            local.push(!matches!(node.kind, NodeKind::Source(_)));
+        }
+    }
+    let index = |name: &str| spec.nodes.iter().position(|n| n.name == name).expect("inputs were resolved");
+    // Nodes downstream of each node, transitively (nodes are in topological order).
+    let mut below: Vec<Vec<usize>> = vec![Vec::new(); spec.nodes.len()];
+    for (n, node) in spec.nodes.iter().enumerate().rev() {
+        for input in &node.inputs {
+            let u = index(input);
+            let mut more = vec![n];
+            more.extend(below[n].iter().copied());
+            for m in more {
+                if !below[u].contains(&m) {
+                    below[u].push(m);
+                }
+            }
+        }
+    }
+    let mut downstream = Vec::new();
+    for (n, node) in spec.nodes.iter().enumerate() {
+        let mut nodes = below[n].clone();
+        nodes.sort_unstable();
+        let subtasks: Vec<ParticipantId> =
+            nodes.iter().flat_map(|&m| first[m]..first[m] + spec.nodes[m].parallelism).collect();
+        for _ in 0..node.parallelism {
+            downstream.push(subtasks.clone());
+        }
+    }
+    Supervisor::new(spec.supervision, started, downstream, local, names)
 }
 
 /// One attempt: a global rollback to what the log holds, then run until finished or failed.
@@ -275,6 +287,7 @@ fn attempt(
     progress: Option<ProgressFn>,
     faults: &[Arc<Injection>],
     started: Instant,
+    supervisor: &Arc<Supervisor>,
 ) -> Result<Attempt, RunError> {
     let log = log.clone();
 
@@ -378,6 +391,7 @@ fn attempt(
         log: log.clone(),
         counters: counters[s.participant].clone(),
         fatal: fatal.clone(),
+        supervisor: supervisor.clone(),
     };
     let mode = match spec.checkpoint.mode {
         CheckpointMode::ExactlyOnce => AlignmentMode::ExactlyOnce,
@@ -412,8 +426,19 @@ fn attempt(
                     SourceSpec::File(f) => (f.batch_size, None),
                 };
                 let core = SourceTask::restore(restore.from);
-                let actor =
-                    SourceActor::new(context(s), s.participant, reader, core, batch_size, rate, ended);
+                let again = source_spec.clone();
+                let make_reader: source::MakeReader = Box::new(move || self::reader(&again));
+                let actor = SourceActor::new(
+                    context(s),
+                    s.participant,
+                    reader,
+                    make_reader,
+                    core,
+                    batch_size,
+                    rate,
+                    ended,
+                    restore.from.unwrap_or_default(),
+                );
                 built.push(Built::Source(Box::new(actor)));
             }
             kind => {
@@ -429,31 +454,41 @@ fn attempt(
                         positions.len()
                     )));
                 }
-                let (body, sink) = match kind {
+                let (build, sink): (task::BuildBody, bool) = match kind {
                     NodeKind::Transform(t) => {
                         let upstream = schemas[node_index(&s.node.inputs[0])].clone();
-                        let mut op = operators::build(&s.node.name, t, upstream, n_inputs)
-                            .map_err(|e| RunError::Build(format!("{name}: {e}")))?;
-                        if record.is_some() {
-                            op.restore(&state.operator).map_err(|e| RunError::Build(e.to_string()))?;
-                        }
-                        (Body::Operator(op), false)
+                        let (node, t) = (s.node.name.clone(), t.clone());
+                        let build: task::BuildBody = Box::new(move |_: &Log| {
+                            operators::build(&node, &t, upstream.clone(), n_inputs)
+                                .map(Body::Operator)
+                                .map_err(|e| e.to_string())
+                        });
+                        (build, false)
                     }
                     NodeKind::Sink(sink_spec) => {
                         let (path, format) = match sink_spec {
                             SinkSpec::File { path, format } => (Some(path.clone()), *format),
                             SinkSpec::Stdout { format } => (None, *format),
                         };
-                        let committed = log.read_commit(s.participant)?.unwrap_or_default();
-                        let writer = SinkWriter::open(format, path, committed)
-                            .map_err(|e| RunError::Build(format!("{name}: {e}")))?;
-                        (Body::Sink(writer), true)
+                        let p = s.participant;
+                        let build: task::BuildBody = Box::new(move |log: &Log| {
+                            let committed = log.read_commit(p).map_err(|e| e.to_string())?.unwrap_or_default();
+                            SinkWriter::open(format, path.clone(), committed).map(Body::Sink)
+                        });
+                        (build, true)
                     }
                     NodeKind::Source(_) => unreachable!(),
                 };
+                let mut body = build(&log).map_err(|e| RunError::Build(format!("{name}: {e}")))?;
+                if let (Body::Operator(op), Some(_)) = (&mut body, &record) {
+                    op.restore(&state.operator).map_err(|e| RunError::Build(e.to_string()))?;
+                }
                 let config = TaskConfig { inputs: n_inputs, mode, sink, mutations: Default::default() };
                 let core = Task::restore(config, restore, &positions);
-                built.push(Built::Task(Box::new(TaskActor::new(context(s), core, body, state.ended))));
+                let restored = restore.from.unwrap_or_default();
+                let actor =
+                    TaskActor::new(context(s), config, core, body, build, state.ended, &positions, restored);
+                built.push(Built::Task(Box::new(actor)));
             }
         }
     }
@@ -482,6 +517,8 @@ fn attempt(
         let mut source_addrs = Vec::new();
         let mut task_addrs = Vec::new();
         let mut credit_to: Vec<Recipient<crate::actors::Credit>> = Vec::new();
+        let mut resume_to: Vec<Recipient<crate::actors::Resume>> = Vec::new();
+        let mut members = Vec::new();
         let mut deliver_to: Vec<Option<Recipient<crate::actors::Deliver>>> = Vec::new();
         let mut notices = Vec::new();
         for (p, b) in built.into_iter().enumerate() {
@@ -490,6 +527,8 @@ fn attempt(
                 Built::Source(actor) => {
                     let addr = SourceActor::start_in_arbiter(&arbiter, move |_| *actor);
                     credit_to.push(addr.clone().recipient());
+                    resume_to.push(addr.clone().recipient());
+                    members.push(None);
                     deliver_to.push(None);
                     notices.push((addr.clone().recipient(), addr.clone().recipient()));
                     source_addrs.push(addr);
@@ -498,31 +537,41 @@ fn attempt(
                 Built::Task(actor) => {
                     let addr = TaskActor::start_in_arbiter(&arbiter, move |_| *actor);
                     credit_to.push(addr.clone().recipient());
+                    resume_to.push(addr.clone().recipient());
+                    members.push(Some(addr.clone().recipient()));
                     deliver_to.push(Some(addr.clone().recipient()));
                     notices.push((addr.clone().recipient(), addr.clone().recipient()));
                     task_addrs.push(Some(addr));
                 }
             }
         }
+        supervisor.set_members(members);
+        let local = spec.supervision.recovery == RecoveryStrategy::Local;
         let outputs = |p: ParticipantId| {
             let seqs = &out_seqs[p];
+            let buffered = local && !matches!(subtasks[p].node.kind, NodeKind::Source(_));
             let channels = outputs_of[p]
                 .iter()
                 .enumerate()
                 .map(|(ch, &(to, input))| {
                     let to = deliver_to[to].clone().expect("only tasks receive data");
-                    OutChannel::new(to, input, seqs.get(ch).copied().unwrap_or(0))
+                    let restored = plan.checkpoint.unwrap_or_default();
+                    OutChannel::new(to, input, seqs.get(ch).copied().unwrap_or(0), restored, buffered)
                 })
                 .collect();
             let groups =
                 groups_of[p].iter().map(|(part, chans)| OutGroup::new(part.clone(), chans.clone())).collect();
-            Outputs { channels, groups }
+            Outputs::new(channels, groups, spec.supervision.buffer_bytes, context(&subtasks[p]).name)
         };
         for p in 0..subtasks.len() {
             if let Some(addr) = &task_addrs[p] {
                 let upstream = inputs_of[p]
                     .iter()
-                    .map(|&(from, output)| Upstream { to: credit_to[from].clone(), output })
+                    .map(|&(from, output)| Upstream {
+                        to: credit_to[from].clone(),
+                        resume: resume_to[from].clone(),
+                        output,
+                    })
                     .collect();
                 addr.do_send(task::Wire { outputs: outputs(p), upstream, coordinator: coordinator.clone() });
             }
@@ -569,7 +618,7 @@ fn attempt(
     writer.flush();
     let panic = match fatal.take() {
         Some(Failure::Error(error)) => return Err(RunError::Failed(error)),
-        Some(Failure::Panic { node, subtask, message, at }) => Some((node, subtask, message, at)),
+        Some(Failure::Panic { node, subtask, reason, message, at }) => Some((node, subtask, reason, message, at)),
         None => None,
     };
     run_result.map_err(|e| RunError::Failed(format!("actor system: {e}")))?;

@@ -33,10 +33,18 @@ pub struct CheckpointSpec {
     pub timeout_ms: u64,
 }
 
-/// `[supervision]`: how failures are healed. Today every restart is a pipeline-wide global
-/// rollback to the last completed checkpoint, inside the same process.
+/// `[supervision]` (which subtasks restart, how often) and `[recovery]` (how a restarted
+/// subtask gets its state back).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SupervisionSpec {
+    /// `supervision.strategy`: which subtasks restart when one fails.
+    pub strategy: RestartStrategy,
+    /// `recovery.strategy`: local recovery (restore the restarted subtasks alone, replay
+    /// from upstream buffer queues) or a global rollback of the whole pipeline.
+    pub recovery: RecoveryStrategy,
+    /// `recovery.buffer_mb`: bytes each subtask's buffer queues may hold; past it, until
+    /// the next checkpoint completes, a failure downstream is healed globally.
+    pub buffer_bytes: usize,
     /// At most this many restarts within `within_ms`; one more escalates (the run stops
     /// with an error). Restarts older than `within_ms` no longer count: a healthy period
     /// resets the count.
@@ -52,12 +60,35 @@ pub struct SupervisionSpec {
 impl Default for SupervisionSpec {
     fn default() -> SupervisionSpec {
         SupervisionSpec {
+            strategy: RestartStrategy::OneForOne,
+            recovery: RecoveryStrategy::Local,
+            buffer_bytes: 64 << 20,
             max_restarts: 3,
             within_ms: 60_000,
             backoff_initial_ms: 100,
             backoff_max_ms: 10_000,
         }
     }
+}
+
+/// `supervision.strategy` (OTP's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartStrategy {
+    /// `"one_for_one"`: only the failed subtask.
+    OneForOne,
+    /// `"rest_for_one"`: the failed subtask and every subtask downstream of it.
+    RestForOne,
+    /// `"one_for_all"`: every subtask (a global rollback).
+    OneForAll,
+}
+
+/// `recovery.strategy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryStrategy {
+    /// `"local"`: restarted subtasks restore their own snapshots; upstream replays.
+    Local,
+    /// `"global"`: every failure rolls the whole pipeline back.
+    Global,
 }
 
 /// `checkpoint.mode`.

@@ -1,0 +1,263 @@
+//! The supervisor (DESIGN.md §5): decides how a failure is healed and keeps the record.
+//!
+//! A subtask that catches a panic in its operator (or an injected fault) asks
+//! [`Supervisor::on_failure`]. With local recovery and the `one_for_one` or `rest_for_one`
+//! strategy, and while the operator-level restart intensity allows, the answer is a local
+//! restart after a backoff: the subtask (and, for `rest_for_one`, every subtask downstream of
+//! it) restores its own snapshot and its upstream replays. Otherwise the failure escalates to
+//! the next level: a global rollback of the pipeline, which has an intensity of its own; past
+//! that the run stops with one clear line (the level after that, failing over to a peer
+//! agent, comes with replication).
+//!
+//! The supervisor is shared by every actor thread and the runner, so its state sits behind
+//! one mutex (from `crate::sync`, so loom can check it).
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use crate::pipeline::spec::{RecoveryStrategy, RestartStrategy, SupervisionSpec};
+use crate::protocol::ParticipantId;
+use crate::sync::Mutex;
+
+/// One restart by the supervisor, as the run report shows it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RestartReport {
+    /// The node whose subtask failed.
+    pub node: String,
+    /// The subtask.
+    pub subtask: usize,
+    /// Why: `panic`, `write_error`, `replay_gap`, ...
+    pub reason: String,
+    /// How it was healed: `local` (the restarted subtasks restored their own snapshots and
+    /// their upstream replayed) or `global` (every subtask restored the last completed
+    /// checkpoint).
+    pub recovery: String,
+    /// Every subtask restarted (`node/subtask`): one for `one_for_one`, the failed one and
+    /// those downstream for `rest_for_one`, all for a global rollback.
+    pub restarted: Vec<String>,
+    /// The panic message.
+    pub message: String,
+    /// When the failure happened, in milliseconds since the run started.
+    pub at_ms: u64,
+    /// From the failure until the restarted subtasks were restored and running again
+    /// (backoff included).
+    pub duration_ms: u64,
+    /// The checkpoint the restart restored (`null`: from the beginning).
+    pub restored_from: Option<u64>,
+}
+
+/// Supervisor to a subtask: restart now (the `rest_for_one` strategy restarts what is
+/// downstream of a failed subtask).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Restart {
+    /// The failed subtask (`node/subtask`).
+    pub failed: String,
+    /// When it failed.
+    pub at: Instant,
+    /// How long to wait before restoring.
+    pub backoff: Duration,
+}
+
+/// How a failure is healed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Restart these subtasks (the failed one first) and recover them locally, after the
+    /// backoff.
+    Local {
+        /// The subtasks.
+        restart: Vec<ParticipantId>,
+        /// The wait before restoring.
+        backoff: Duration,
+    },
+    /// Roll the whole pipeline back (the runner does it, within its own intensity).
+    Global,
+}
+
+#[derive(Default)]
+struct Ledger {
+    local: Vec<Instant>,
+    global: Vec<Instant>,
+    reports: Vec<RestartReport>,
+}
+
+/// The run's supervisor.
+pub struct Supervisor {
+    spec: SupervisionSpec,
+    started: Instant,
+    /// Per participant, the transform and sink subtasks downstream of it (transitively).
+    downstream: Vec<Vec<ParticipantId>>,
+    /// Per participant, whether it can restart alone (transforms and sinks; sources are
+    /// restarted by a global rollback).
+    local: Vec<bool>,
+    /// Per participant, `node/subtask`.
+    names: Vec<String>,
+    ledger: Mutex<Ledger>,
+    members: Mutex<Vec<Option<Recipient<Restart>>>>,
+}
+
+impl Supervisor {
+    /// A supervisor for a pipeline whose participants have these downstream sets and
+    /// local-restart abilities.
+    pub fn new(
+        spec: SupervisionSpec,
+        started: Instant,
+        downstream: Vec<Vec<ParticipantId>>,
+        local: Vec<bool>,
+        names: Vec<String>,
+    ) -> Supervisor {
+        Supervisor {
+            spec,
+            started,
+            downstream,
+            local,
+            names,
+            ledger: Mutex::new(Ledger::default()),
+            members: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The subtasks of the current attempt that can receive `Restart`, by participant.
+    pub fn set_members(&self, members: Vec<Option<Recipient<Restart>>>) {
+        *self.members.lock().expect("supervisor members") = members;
+    }
+
+    /// Participant `p` failed at `at`: how is it healed? A local decision is counted in the
+    /// operator-level intensity.
+    pub fn on_failure(&self, p: ParticipantId, at: Instant) -> Decision {
+        if self.spec.recovery == RecoveryStrategy::Global
+            || self.spec.strategy == RestartStrategy::OneForAll
+            || !self.local[p]
+        {
+            return Decision::Global;
+        }
+        let mut ledger = self.ledger.lock().expect("supervisor ledger");
+        let Some(n) = admit(&mut ledger.local, &self.spec, at) else {
+            tracing::warn!(
+                "supervision: {} local restarts within {} ms, escalating to a global rollback",
+                self.spec.max_restarts,
+                self.spec.within_ms
+            );
+            return Decision::Global;
+        };
+        let mut restart = vec![p];
+        if self.spec.strategy == RestartStrategy::RestForOne {
+            restart.extend(self.downstream[p].iter().copied());
+        }
+        Decision::Local { restart, backoff: backoff(&self.spec, n, at) }
+    }
+
+    /// Send `Restart` to the subtasks of a `rest_for_one` decision other than the failed one.
+    pub fn restart_others(&self, restart: &[ParticipantId], message: Restart) {
+        let members = self.members.lock().expect("supervisor members");
+        for &p in restart.iter().skip(1) {
+            if let Some(Some(to)) = members.get(p) {
+                to.do_send(message.clone());
+            }
+        }
+    }
+
+    /// A global rollback for a failure at `at`: the backoff before it, or `None` when the
+    /// pipeline-level intensity is exceeded (the run stops).
+    pub fn admit_global(&self, at: Instant) -> Option<Duration> {
+        let mut ledger = self.ledger.lock().expect("supervisor ledger");
+        let n = admit(&mut ledger.global, &self.spec, at)?;
+        Some(backoff(&self.spec, n, at))
+    }
+
+    /// Global restarts counted in the current window (for the escalation message).
+    pub fn recent_global(&self, at: Instant) -> usize {
+        let ledger = self.ledger.lock().expect("supervisor ledger");
+        let window = Duration::from_millis(self.spec.within_ms);
+        ledger.global.iter().filter(|&&t| at.duration_since(t) < window).count()
+    }
+
+    /// Participant `p` as `node/subtask`.
+    pub fn name(&self, p: ParticipantId) -> &str {
+        &self.names[p]
+    }
+
+    /// Milliseconds since the run started.
+    pub fn since_start(&self, at: Instant) -> u64 {
+        at.duration_since(self.started).as_millis() as u64
+    }
+
+    /// Record a finished restart.
+    pub fn record(&self, report: RestartReport) {
+        self.ledger.lock().expect("supervisor ledger").reports.push(report);
+    }
+
+    /// Every restart so far, in the order of their failures.
+    pub fn reports(&self) -> Vec<RestartReport> {
+        let mut reports = self.ledger.lock().expect("supervisor ledger").reports.clone();
+        reports.sort_by_key(|r| r.at_ms);
+        reports
+    }
+}
+
+/// Count a restart at `at` in `window` if the intensity allows: the restart's number within
+/// the window (1-based), or `None`. Restarts older than `within_ms` no longer count (the
+/// healthy period resets the count).
+fn admit(window: &mut Vec<Instant>, spec: &SupervisionSpec, at: Instant) -> Option<usize> {
+    let within = Duration::from_millis(spec.within_ms);
+    window.retain(|&t| at.saturating_duration_since(t) < within);
+    if window.len() as u32 >= spec.max_restarts {
+        return None;
+    }
+    window.push(at);
+    Some(window.len())
+}
+
+/// Exponential backoff before the `n`-th restart in the window (1-based), plus up to 25 %
+/// jitter so that agents restarting together do not retry in step.
+fn backoff(spec: &SupervisionSpec, n: usize, at: Instant) -> Duration {
+    let base = spec.backoff_initial_ms.saturating_mul(1 << (n - 1).min(20)).min(spec.backoff_max_ms);
+    // Jitter from the clock and the process id: supervision is shell code, where time is allowed.
+    let noise = (u64::from(at.elapsed().subsec_nanos()) ^ u64::from(std::process::id())) % 1000;
+    Duration::from_millis(base + base * noise / 4000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn supervisor(strategy: RestartStrategy, max_restarts: u32) -> Supervisor {
+        let spec = SupervisionSpec { strategy, max_restarts, ..SupervisionSpec::default() };
+        // 0 source -> 1 window -> 2 sink
+        let names = vec!["gen/0".into(), "window/0".into(), "out/0".into()];
+        Supervisor::new(spec, Instant::now(), vec![vec![1, 2], vec![2], vec![]], vec![false, true, true], names)
+    }
+
+    #[test]
+    fn one_for_one_restarts_the_failed_subtask_until_the_intensity_then_escalates() {
+        let s = supervisor(RestartStrategy::OneForOne, 2);
+        let at = Instant::now();
+        assert!(matches!(s.on_failure(1, at), Decision::Local { ref restart, .. } if restart == &vec![1]));
+        assert!(matches!(s.on_failure(1, at), Decision::Local { .. }));
+        assert_eq!(s.on_failure(1, at), Decision::Global);
+        assert!(s.admit_global(at).is_some());
+        assert!(s.admit_global(at).is_some());
+        assert_eq!(s.admit_global(at), None);
+    }
+
+    #[test]
+    fn rest_for_one_restarts_everything_downstream_and_sources_roll_back_globally() {
+        let s = supervisor(RestartStrategy::RestForOne, 3);
+        let at = Instant::now();
+        assert!(matches!(s.on_failure(1, at), Decision::Local { ref restart, .. } if restart == &vec![1, 2]));
+        assert_eq!(s.on_failure(0, at), Decision::Global);
+        assert_eq!(supervisor(RestartStrategy::OneForAll, 3).on_failure(1, at), Decision::Global);
+    }
+
+    #[test]
+    fn restarts_older_than_the_window_no_longer_count() {
+        let spec = SupervisionSpec { max_restarts: 1, within_ms: 10, ..SupervisionSpec::default() };
+        let mut window = Vec::new();
+        let t0 = Instant::now();
+        assert_eq!(admit(&mut window, &spec, t0), Some(1));
+        assert_eq!(admit(&mut window, &spec, t0 + Duration::from_millis(5)), None);
+        assert_eq!(admit(&mut window, &spec, t0 + Duration::from_millis(20)), Some(1));
+    }
+}
