@@ -255,7 +255,8 @@ fn supervision(table: &Table<'_>) -> Result<SupervisionSpec, ConfigError> {
 fn recovery(table: &Table<'_>, spec: &mut SupervisionSpec) -> Result<(), ConfigError> {
     table.deny_unknown_keys(RECOVERY_KEYS)?;
     if let Some(item) = table.get("strategy") {
-        spec.recovery = item.choice(&[("local", RecoveryStrategy::Local), ("global", RecoveryStrategy::Global)])?;
+        spec.recovery =
+            item.choice(&[("local", RecoveryStrategy::Local), ("global", RecoveryStrategy::Global)])?;
     }
     if let Some(item) = table.get("buffer_mb") {
         spec.buffer_bytes = (item.int_between(1, 1 << 20)? as usize) << 20;

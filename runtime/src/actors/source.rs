@@ -210,7 +210,9 @@ impl SourceActor {
                         let batch = match cursor.reader.next_batch(n) {
                             Ok(Some(batch)) => batch,
                             Ok(None) => continue,
-                            Err(e) => return self.cx.fatal.fail(format!("{}: re-reading: {e}", self.cx.name)),
+                            Err(e) => {
+                                return self.cx.fatal.fail(format!("{}: re-reading: {e}", self.cx.name));
+                            }
                         };
                         let mut mine = None;
                         route(&mut cursor.groups, batch, |ch, part| {

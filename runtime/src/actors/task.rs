@@ -362,10 +362,9 @@ impl TaskActor {
             Decision::Global => self.cx.escalate(reason, message),
             Decision::Local { restart, backoff } => {
                 let restarted = restart.iter().map(|&p| self.cx.supervisor.name(p).to_owned()).collect();
-                self.cx.supervisor.restart_others(
-                    &restart,
-                    Restart { failed: self.cx.name.clone(), at, backoff },
-                );
+                self.cx
+                    .supervisor
+                    .restart_others(&restart, Restart { failed: self.cx.name.clone(), at, backoff });
                 tracing::warn!(
                     "{}: restarting {} locally in {} ms",
                     self.cx.name,
@@ -413,7 +412,9 @@ impl TaskActor {
                     .map_err(|e| format!("snapshot cannot be decoded: {e}"))?;
                 (record.positions, record.out_seqs, state)
             }
-            None => (vec![0; inputs], Vec::new(), TaskState { ended: vec![false; inputs], operator: Vec::new() }),
+            None => {
+                (vec![0; inputs], Vec::new(), TaskState { ended: vec![false; inputs], operator: Vec::new() })
+            }
         };
         let mut body = (self.build)(log)?;
         if let (Body::Operator(op), Some(_)) = (&mut body, completed) {
@@ -455,11 +456,18 @@ impl TaskActor {
         }
     }
 
-    fn submit(&mut self, ops: Vec<WriteOp>, ctx: &Context<Self>, done: fn(CheckpointId) -> Durable, c: CheckpointId) {
+    fn submit(
+        &mut self,
+        ops: Vec<WriteOp>,
+        ctx: &Context<Self>,
+        done: fn(CheckpointId) -> Durable,
+        c: CheckpointId,
+    ) {
         self.writes += 1;
         let (addr, incarnation) = (ctx.address(), self.incarnation);
         if self.cx.write_fails(self.writes) {
-            let error = std::sync::Arc::new(LogError::Injected(format!("write {} of {}", self.writes, self.cx.name)));
+            let error =
+                std::sync::Arc::new(LogError::Injected(format!("write {} of {}", self.writes, self.cx.name)));
             addr.do_send(Written(incarnation, Durable::Failed(error)));
             return;
         }

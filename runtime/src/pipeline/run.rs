@@ -26,11 +26,11 @@ use crate::connectors::generator::Generator;
 use crate::log::{Log, LogError, SnapshotRecord, Writer};
 use crate::operators;
 use crate::pipeline::faults::Injection;
-pub use crate::pipeline::supervise::RestartReport;
-use crate::pipeline::supervise::Supervisor;
 use crate::pipeline::spec::{
     CheckpointMode, NodeKind, NodeSpec, PipelineSpec, RecoveryStrategy, SinkSpec, SourceSpec, TransformSpec,
 };
+pub use crate::pipeline::supervise::RestartReport;
+use crate::pipeline::supervise::Supervisor;
 use crate::protocol::aligner::AlignmentMode;
 use crate::protocol::coordinator::{Coordinator, CoordinatorConfig};
 use crate::protocol::participant::{SourceTask, Task, TaskConfig};
@@ -207,7 +207,7 @@ pub fn run(
         };
         let Some(backoff) = supervisor.admit_global(at) else {
             let message = format!(
-                "supervision: {node}/{subtask} failed and the pipeline was rolled back {} times within {} ms (max_restarts = {}), giving up; last failure ({reason}): {message}",
+                "supervision: {node}/{subtask} failed after {} global rollback(s) within {} ms (max_restarts = {}), giving up; last failure ({reason}): {message}",
                 supervisor.recent_global(at),
                 supervision.within_ms,
                 supervision.max_restarts
@@ -472,7 +472,8 @@ fn attempt(
                         };
                         let p = s.participant;
                         let build: task::BuildBody = Box::new(move |log: &Log| {
-                            let committed = log.read_commit(p).map_err(|e| e.to_string())?.unwrap_or_default();
+                            let committed =
+                                log.read_commit(p).map_err(|e| e.to_string())?.unwrap_or_default();
                             SinkWriter::open(format, path.clone(), committed).map(Body::Sink)
                         });
                         (build, true)
@@ -618,7 +619,9 @@ fn attempt(
     writer.flush();
     let panic = match fatal.take() {
         Some(Failure::Error(error)) => return Err(RunError::Failed(error)),
-        Some(Failure::Panic { node, subtask, reason, message, at }) => Some((node, subtask, reason, message, at)),
+        Some(Failure::Panic { node, subtask, reason, message, at }) => {
+            Some((node, subtask, reason, message, at))
+        }
         None => None,
     };
     run_result.map_err(|e| RunError::Failed(format!("actor system: {e}")))?;

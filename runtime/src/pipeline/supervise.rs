@@ -227,7 +227,13 @@ mod tests {
         let spec = SupervisionSpec { strategy, max_restarts, ..SupervisionSpec::default() };
         // 0 source -> 1 window -> 2 sink
         let names = vec!["gen/0".into(), "window/0".into(), "out/0".into()];
-        Supervisor::new(spec, Instant::now(), vec![vec![1, 2], vec![2], vec![]], vec![false, true, true], names)
+        Supervisor::new(
+            spec,
+            Instant::now(),
+            vec![vec![1, 2], vec![2], vec![]],
+            vec![false, true, true],
+            names,
+        )
     }
 
     #[test]
