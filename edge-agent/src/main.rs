@@ -36,8 +36,10 @@ enum Command {
         /// Write a JSON run report to this file.
         #[arg(long)]
         report: Option<PathBuf>,
-        /// Inject a fault (repeatable), for tests and chaos drills: `panic:NODE:K` panics once
-        /// in subtask 0 of NODE after it processed K records; `panic:NODE/S:K` in subtask S.
+        /// Inject a fault (repeatable), for tests and chaos drills: `KIND:NODE:N` fires once in
+        /// subtask 0 of NODE (`KIND:NODE/S:N` in subtask S). `panic`: after N records;
+        /// `snapshot`: inside its N-th snapshot; `commit`: a sink, between pre-commit and its
+        /// N-th commit; `write-error`: its N-th log write fails.
         #[arg(long, value_name = "FAULT")]
         inject: Vec<String>,
     },

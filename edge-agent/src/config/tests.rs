@@ -7,8 +7,8 @@ use std::sync::Arc;
 use weir_runtime::batch::{DataType, Field, Schema};
 use weir_runtime::pipeline::spec::{
     AggregateFunction, AggregateSpec, CheckpointMode, CheckpointSpec, FileFormat, FileSourceSpec,
-    GeneratorSpec, MapSpec, NodeKind, NodeSpec, OutputFormat, PipelineSpec, SinkSpec, SourceSpec,
-    SupervisionSpec, TransformSpec, WindowKind, WindowSpec,
+    GeneratorSpec, MapSpec, NodeKind, NodeSpec, OutputFormat, PipelineSpec, RecoveryStrategy,
+    RestartStrategy, SinkSpec, SourceSpec, SupervisionSpec, TransformSpec, WindowKind, WindowSpec,
 };
 
 use super::parse_with_env;
@@ -700,4 +700,25 @@ fn supervision_table_overrides_defaults_and_rejects_unknown_keys() {
     let err = super::parse(&bad, Path::new("/cfg"), None).unwrap_err().to_string();
     assert!(err.starts_with("config: supervision: unknown key \"max_restart\" (line "), "{err}");
     assert!(err.ends_with("did you mean \"max_restarts\"?"), "{err}");
+}
+
+#[test]
+fn restart_and_recovery_strategies_are_read_and_bad_ones_named() {
+    let text = format!(
+        "{SENSOR_WINDOW}\n[supervision]\nstrategy = \"rest_for_one\"\n[recovery]\nstrategy = \"global\"\nbuffer_mb = 8\n"
+    );
+    let got = spec(&text).supervision;
+    assert_eq!(
+        (got.strategy, got.recovery, got.buffer_bytes),
+        (RestartStrategy::RestForOne, RecoveryStrategy::Global, 8 << 20)
+    );
+    assert_eq!(spec(SENSOR_WINDOW).supervision.recovery, RecoveryStrategy::Local, "local by default");
+    let bad = format!("{SENSOR_WINDOW}\n[recovery]\nstrategy = \"partial\"\n");
+    let err = super::parse(&bad, Path::new("/cfg"), None).unwrap_err().to_string();
+    assert!(
+        err.starts_with(
+            "config: recovery.strategy: expected \"local\" or \"global\", found \"partial\" (line "
+        ),
+        "{err}"
+    );
 }

@@ -132,6 +132,7 @@ impl CoordinatorActor {
                         let timing = super::shared::CheckpointTiming {
                             id: c.0,
                             duration_ms: at.elapsed().as_millis() as u64,
+                            at: Some(Instant::now()),
                         };
                         self.shared.completed.lock().expect("checkpoint list").push(timing);
                     }

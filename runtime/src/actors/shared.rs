@@ -120,6 +120,8 @@ pub struct CheckpointTiming {
     pub id: u64,
     /// From trigger to durable completion record.
     pub duration_ms: u64,
+    /// When it completed (its completion record was durable).
+    pub at: Option<std::time::Instant>,
 }
 
 /// What the coordinator shares with the runner and the progress display.
@@ -223,7 +225,7 @@ mod loom_tests {
                 .map(|id| {
                     let shared = shared.clone();
                     thread::spawn(move || {
-                        lock(&shared.completed).push(CheckpointTiming { id, duration_ms: 10 * id });
+                        lock(&shared.completed).push(CheckpointTiming { id, duration_ms: 10 * id, at: None });
                         shared.last_completed.store(id, Ordering::Relaxed);
                     })
                 })
@@ -235,7 +237,10 @@ mod loom_tests {
             completed.sort_by_key(|c| c.id);
             assert_eq!(
                 completed,
-                [CheckpointTiming { id: 1, duration_ms: 10 }, CheckpointTiming { id: 2, duration_ms: 20 }]
+                [
+                    CheckpointTiming { id: 1, duration_ms: 10, at: None },
+                    CheckpointTiming { id: 2, duration_ms: 20, at: None }
+                ]
             );
             assert!([1, 2].contains(&shared.last_completed.load(Ordering::Relaxed)));
         });

@@ -82,6 +82,8 @@ pub struct CheckpointReport {
     pub id: u64,
     /// From trigger to durable completion record.
     pub duration_ms: u64,
+    /// When it completed, in milliseconds since the run started.
+    pub completed_ms: u64,
 }
 
 /// What a run did (`weir run --report FILE` writes it as JSON).
@@ -648,7 +650,11 @@ fn attempt(
         .lock()
         .expect("checkpoint list")
         .iter()
-        .map(|&CheckpointTiming { id, duration_ms }| CheckpointReport { id, duration_ms })
+        .map(|&CheckpointTiming { id, duration_ms, at }| CheckpointReport {
+            id,
+            duration_ms,
+            completed_ms: at.map_or(0, |t| t.saturating_duration_since(started).as_millis() as u64),
+        })
         .collect();
     Ok(Attempt {
         nodes,
