@@ -353,3 +353,37 @@ format = "csv"
         assert_eq!(report["restarts"].as_array().unwrap().len(), 1, "{fault}: {report}");
     }
 }
+
+/// Buffer queues over `recovery.buffer_mb` give up until the next checkpoint: a failure
+/// downstream then cannot be replayed locally and escalates to a global rollback, with the
+/// output still exact.
+#[test]
+fn a_buffer_queue_over_its_budget_escalates_a_local_restart_to_a_global_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = sensor_window_config(dir.path(), 200_000, 1000, None);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[transforms.windows]\ntype = \"window\"\ninputs = [\"readings\"]",
+        "[transforms.pass]\ntype = \"filter\"\ninputs = [\"readings\"]\ncondition = \"value >= 0.0\"\n\n[transforms.windows]\ntype = \"window\"\ninputs = [\"pass\"]",
+    ) + "[recovery]\nbuffer_mb = 1\n";
+    std::fs::write(&config, text).unwrap();
+    let report = dir.path().join("report.json");
+    let out = Command::new(weir_bin())
+        .args(["run", config.to_str().unwrap(), "--report", report.to_str().unwrap()])
+        .args(["--inject", "panic:windows:150000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sorted_lines(&dir.path().join("out/windows.csv")), reference_lines(200_000));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let restarts: Vec<_> = report["restarts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["reason"].clone(), r["recovery"].clone()))
+        .collect();
+    assert_eq!(
+        restarts,
+        vec![("panic".into(), "local".into()), ("replay_gap".into(), "global".into())],
+        "{report}"
+    );
+}

@@ -237,6 +237,8 @@ pub struct Outputs {
     pub budget: usize,
     /// Bytes the buffer queues hold (approximately).
     buffered: usize,
+    /// The buffer queues gave up until the next barrier.
+    overflowed: bool,
     /// For messages.
     pub name: String,
 }
@@ -248,7 +250,7 @@ impl Outputs {
     /// Outputs over `channels` in `groups`; buffer queues (if the channels keep them) may
     /// hold `budget` bytes.
     pub fn new(channels: Vec<OutChannel>, groups: Vec<OutGroup>, budget: usize, name: String) -> Outputs {
-        Outputs { channels, groups, budget, buffered: 0, name }
+        Outputs { channels, groups, budget, buffered: 0, overflowed: false, name }
     }
 
     /// Last sequence number sent per channel, for a snapshot.
@@ -285,7 +287,7 @@ impl Outputs {
         let mut parts = Vec::new();
         route(&mut self.groups, batch, |ch, part| parts.push((ch, part)));
         for (ch, part) in parts {
-            if self.budget > 0 {
+            if self.budget > 0 && !self.overflowed {
                 self.buffered += part.bytes();
             }
             self.send_seq(ch, Payload::Data(Arc::new(part)));
@@ -308,6 +310,7 @@ impl Outputs {
             }
         }
         self.buffered = 0;
+        self.overflowed = true;
     }
 
     /// Checkpoint `c` completed: buffer queues drop what no replay can need any more.
@@ -366,6 +369,7 @@ impl Outputs {
 
     /// Send `Barrier(c)` on every channel, behind everything sent before.
     pub fn send_barrier(&mut self, c: CheckpointId) {
+        self.overflowed = false;
         for channel in &mut self.channels {
             channel.push(Item::Barrier(c));
         }
