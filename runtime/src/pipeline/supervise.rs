@@ -267,3 +267,31 @@ mod tests {
         assert_eq!(admit(&mut window, &spec, t0 + Duration::from_millis(20)), Some(1));
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::{Arc, thread};
+
+    // Subtasks on different actor threads fail at once: the operator-level intensity admits
+    // exactly `max_restarts` local restarts in total, the rest escalate.
+    #[test]
+    fn loom_concurrent_failures_admit_exactly_max_restarts_local_restarts() {
+        loom::model(|| {
+            let spec = SupervisionSpec { max_restarts: 2, ..SupervisionSpec::default() };
+            let names = vec!["w/0".into(), "w/1".into(), "w/2".into()];
+            let s = Arc::new(Supervisor::new(spec, Instant::now(), vec![vec![]; 3], vec![true; 3], names));
+            let at = Instant::now();
+            let threads: Vec<_> = (1..3)
+                .map(|p| {
+                    let s = s.clone();
+                    thread::spawn(move || matches!(s.on_failure(p, at), Decision::Local { .. }))
+                })
+                .collect();
+            let mine = matches!(s.on_failure(0, at), Decision::Local { .. });
+            let local =
+                threads.into_iter().map(|t| t.join().unwrap()).filter(|&l| l).count() + usize::from(mine);
+            assert_eq!(local, 2);
+        });
+    }
+}
