@@ -182,8 +182,13 @@ fn a_full_data_directory_stops_the_run_with_one_clear_line_and_a_bigger_map_fini
 /// Run the 200,000-reading sensor-window job with `extra` config appended and `faults`
 /// injected; check the output equals the reference; return the report.
 fn run_with_faults(extra: &str, faults: &[String]) -> serde_json::Value {
+    run_with_faults_at(None, extra, faults)
+}
+
+/// The same with the source limited to `rate` readings/s.
+fn run_with_faults_at(rate: Option<u64>, extra: &str, faults: &[String]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
-    let config = sensor_window_config(dir.path(), 200_000, 20, None);
+    let config = sensor_window_config(dir.path(), 200_000, 20, rate);
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(extra);
     std::fs::write(&config, text).unwrap();
@@ -236,7 +241,9 @@ fn rest_for_one_restarts_downstream_too_and_global_recovery_rolls_everything_bac
 }
 
 /// Reference: issue 4, fault kinds: a crash during a snapshot, a crash between pre-commit and
-/// commit, an LMDB write error. Each is healed by restarting the failed subtask alone.
+/// commit, an LMDB write error. Each is healed by restarting the failed subtask alone. The
+/// source is rate-limited so that the run takes several checkpoints (about 10) whatever the
+/// machine's speed, and the faults fire at a checkpoint in the middle.
 #[test]
 fn a_crash_in_a_snapshot_between_precommit_and_commit_or_a_write_error_is_healed_locally() {
     for (fault, node, reason) in [
@@ -245,7 +252,7 @@ fn a_crash_in_a_snapshot_between_precommit_and_commit_or_a_write_error_is_healed
         ("write-error:out:3", "out", "write_error"),
         ("write-error:windows:2", "windows", "write_error"),
     ] {
-        let report = run_with_faults("", &[fault.into()]);
+        let report = run_with_faults_at(Some(1_000_000), "", &[fault.into()]);
         let restarts = report["restarts"].as_array().unwrap();
         assert_eq!(restarts.len(), 1, "{fault}: {report}");
         assert_eq!(restarts[0]["node"], node, "{fault}");
