@@ -204,6 +204,8 @@ pub struct TaskActor {
     stashed: Vec<Resume>,
     /// The latest checkpoint the coordinator reported complete.
     completed: CheckpointId,
+    /// Input positions at a failure this subtask is catching up from (for the report).
+    catch_up: Option<Vec<Seq>>,
     /// Fault-injection counts: snapshots taken, commits started, writes submitted.
     snapshots: u64,
     commits: u64,
@@ -225,7 +227,9 @@ impl TaskActor {
         restored: CheckpointId,
     ) -> TaskActor {
         let inputs = ended.len();
+        let catch_up = cx.supervisor.catch_up_target(cx.participant);
         TaskActor {
+            catch_up,
             cx,
             config,
             core,
@@ -358,9 +362,12 @@ impl TaskActor {
     fn fail(&mut self, reason: &str, message: String, ctx: &mut Context<Self>) {
         let at = Instant::now();
         tracing::error!("{}: {reason}: {message}", self.cx.name);
+        let positions = self.gate.positions().to_vec();
+        self.cx.supervisor.note_failure(self.cx.participant, at, positions.clone());
         match self.cx.supervisor.on_failure(self.cx.participant, at) {
             Decision::Global => self.cx.escalate(reason, message),
             Decision::Local { restart, backoff } => {
+                self.catch_up = Some(positions);
                 let restarted = restart.iter().map(|&p| self.cx.supervisor.name(p).to_owned()).collect();
                 self.cx
                     .supervisor
@@ -559,6 +566,12 @@ impl Handler<Deliver> for TaskActor {
             Item::Barrier(c) => Arrival::Barrier(c),
         };
         self.gate.handle_arrival(msg.input, arrival);
+        if let Some(target) = &self.catch_up {
+            if self.gate.positions().iter().zip(target).all(|(now, then)| now >= then) {
+                self.cx.supervisor.caught_up(self.cx.participant, Instant::now());
+                self.catch_up = None;
+            }
+        }
         self.drain(ctx);
     }
 }
@@ -623,6 +636,7 @@ impl Handler<Restore> for TaskActor {
                         at_ms: supervisor.since_start(restarting.at),
                         duration_ms: restarting.at.elapsed().as_millis() as u64,
                         restored_from: (c.0 > 0).then_some(c.0),
+                        caught_up_ms: None,
                     });
                 }
                 self.drain(ctx);

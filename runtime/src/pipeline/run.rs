@@ -235,6 +235,7 @@ pub fn run(
             at_ms: supervisor.since_start(at),
             duration_ms: 0,
             restored_from: None,
+            caught_up_ms: None,
         };
         pending = Some((restart, at));
     }

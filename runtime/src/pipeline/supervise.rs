@@ -46,6 +46,9 @@ pub struct RestartReport {
     pub duration_ms: u64,
     /// The checkpoint the restart restored (`null`: from the beginning).
     pub restored_from: Option<u64>,
+    /// From the failure until the failed subtask had again received everything it had
+    /// received before failing (replay done; `null` if the run ended first).
+    pub caught_up_ms: Option<u64>,
 }
 
 /// Supervisor to a subtask: restart now (the `rest_for_one` strategy restarts what is
@@ -81,6 +84,21 @@ struct Ledger {
     local: Vec<Instant>,
     global: Vec<Instant>,
     reports: Vec<RestartReport>,
+    /// Per failure: the subtask, when, its input positions then, and when it caught up.
+    catch_up: Vec<CatchUp>,
+}
+
+/// How far a failed subtask had got, and when it got there again.
+#[derive(Clone, Debug)]
+pub struct CatchUp {
+    /// The failed subtask.
+    pub participant: ParticipantId,
+    /// When it failed.
+    pub at: Instant,
+    /// Its highest sequence number per input when it failed.
+    pub positions: Vec<u64>,
+    /// When it had them again.
+    pub done: Option<Instant>,
 }
 
 /// The run's supervisor.
@@ -184,6 +202,31 @@ impl Supervisor {
         at.duration_since(self.started).as_millis() as u64
     }
 
+    /// Participant `p` failed at `at` with these input positions: its catch-up is measured.
+    pub fn note_failure(&self, p: ParticipantId, at: Instant, positions: Vec<u64>) {
+        let catch_up = CatchUp { participant: p, at, positions, done: None };
+        self.ledger.lock().expect("supervisor ledger").catch_up.push(catch_up);
+    }
+
+    /// The input positions participant `p` must reach again, if it is catching up.
+    pub fn catch_up_target(&self, p: ParticipantId) -> Option<Vec<u64>> {
+        let ledger = self.ledger.lock().expect("supervisor ledger");
+        ledger
+            .catch_up
+            .iter()
+            .rev()
+            .find(|c| c.participant == p && c.done.is_none())
+            .map(|c| c.positions.clone())
+    }
+
+    /// Participant `p` reached its positions of the failure again.
+    pub fn caught_up(&self, p: ParticipantId, now: Instant) {
+        let mut ledger = self.ledger.lock().expect("supervisor ledger");
+        if let Some(c) = ledger.catch_up.iter_mut().rev().find(|c| c.participant == p && c.done.is_none()) {
+            c.done = Some(now);
+        }
+    }
+
     /// Record a finished restart.
     pub fn record(&self, report: RestartReport) {
         self.ledger.lock().expect("supervisor ledger").reports.push(report);
@@ -191,7 +234,16 @@ impl Supervisor {
 
     /// Every restart so far, in the order of their failures.
     pub fn reports(&self) -> Vec<RestartReport> {
-        let mut reports = self.ledger.lock().expect("supervisor ledger").reports.clone();
+        let ledger = self.ledger.lock().expect("supervisor ledger");
+        let mut reports = ledger.reports.clone();
+        for r in &mut reports {
+            let done = ledger.catch_up.iter().find(|c| {
+                self.names[c.participant] == format!("{}/{}", r.node, r.subtask)
+                    && self.since_start(c.at) == r.at_ms
+            });
+            r.caught_up_ms =
+                done.and_then(|c| c.done.map(|d| d.saturating_duration_since(c.at).as_millis() as u64));
+        }
         reports.sort_by_key(|r| r.at_ms);
         reports
     }

@@ -217,6 +217,11 @@ impl<B> Gate<B> {
         self.replay.is_some()
     }
 
+    /// The highest sequence number seen per input.
+    pub fn positions(&self) -> &[Seq] {
+        &self.max_seq
+    }
+
     /// Determinants held (for memory accounting and tests).
     pub fn log_len(&self) -> usize {
         self.log.len()
