@@ -284,14 +284,17 @@ impl Outputs {
         if records == 0 {
             return 0;
         }
-        let mut parts = Vec::new();
-        route(&mut self.groups, batch, |ch, part| parts.push((ch, part)));
-        for (ch, part) in parts {
-            if self.budget > 0 && !self.overflowed {
-                self.buffered += part.bytes();
+        let count = self.budget > 0 && !self.overflowed;
+        let (channels, buffered) = (&mut self.channels, &mut self.buffered);
+        route(&mut self.groups, batch, |ch, part| {
+            if count {
+                *buffered += part.bytes();
             }
-            self.send_seq(ch, Payload::Data(Arc::new(part)));
-        }
+            let c = &mut channels[ch];
+            c.seq += 1;
+            let seq = c.seq;
+            c.push(Item::Batch { seq, payload: Payload::Data(Arc::new(part)) });
+        });
         if self.budget > 0 && self.buffered > self.budget {
             self.overflow();
         }

@@ -565,7 +565,8 @@ fn attempt(
                 .collect();
             let groups =
                 groups_of[p].iter().map(|(part, chans)| OutGroup::new(part.clone(), chans.clone())).collect();
-            Outputs::new(channels, groups, spec.supervision.buffer_bytes, context(&subtasks[p]).name)
+            let budget = if buffered { spec.supervision.buffer_bytes } else { 0 };
+            Outputs::new(channels, groups, budget, context(&subtasks[p]).name)
         };
         for p in 0..subtasks.len() {
             if let Some(addr) = &task_addrs[p] {
