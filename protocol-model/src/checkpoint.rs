@@ -1,10 +1,11 @@
 //! The checkpoint model: two sources, one two-input transform subtask, one sink and the
 //! coordinator, driven through every interleaving by stateright.
 //!
-//! The state holds the runtime's own cores ([`Coordinator`], [`SourceTask`], [`Task`]); this
-//! file plays the part the actors will play in the runtime (the *shell*): it feeds messages
-//! into `handle_*`, carries out the actions the cores return, and stands in for the log with
-//! an explicit [`Disk`]. Nothing here decides anything about the protocol.
+//! The state holds the runtime's own cores ([`Coordinator`], [`SourceTask`], [`Task`], the
+//! input [`Gate`] of each receiver and the [`BufferQueue`] of each data channel); this file
+//! plays the part the actors play in the runtime (the *shell*, `runtime/src/actors/`): it
+//! feeds messages into `handle_*`, carries out the actions the cores return, and stands in
+//! for the log with an explicit [`Disk`]. Nothing here decides anything about the protocol.
 //!
 //! What the environment may do at any step (each a model [`Action`]):
 //! - a source reads and sends its next batch;
@@ -15,22 +16,34 @@
 //!   become durable in a later one, so a crash can fall between the two);
 //! - any participant crashes (bounded): the process dies, everything volatile and every
 //!   write not yet durable is lost, channels are emptied, and the pipeline rolls back
-//!   globally with the plan of `recovery::plan_global_rollback` over what is on disk.
+//!   globally with the plan of `recovery::plan_global_rollback` over what is on disk;
+//! - the transform or the sink fails alone (bounded, separately): it restarts locally with
+//!   the plan of `recovery::plan_local` (SPEC §10): its volatile state is rebuilt from its
+//!   snapshot of the latest completed checkpoint, what was in flight to it is dropped, and
+//!   each upstream is asked to replay;
+//! - an upstream serves such a replay request (`Resume`) from its buffer queue. A replay
+//!   gap, or a replay that diverges from the determinant log, escalates to a global rollback.
 //!
 //! The operator is the identity on batch ids (its state is the set of batches it applied),
 //! so snapshot contents and the sink's output can be compared with what the sources sent.
-//! Budgets only shrink and every other step consumes a message or a write, so the state
-//! graph is finite and acyclic: every path ends in a terminal state, which is what makes
-//! the terminal-state properties below liveness checks.
+//! The transform's output batch with sequence number `n` is the `n`-th batch it processed,
+//! so its output depends on its processing order: a replay in another order sends a
+//! different batch under a sequence number already sent (S8).
+//! Budgets only shrink and every other step consumes a message, a write or a replay request,
+//! so the state graph is finite and acyclic: every path ends in a terminal state, which is
+//! what makes the terminal-state properties below liveness checks.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 
 use stateright::{Model, Property};
 use weir_runtime::protocol::aligner::AlignmentMode;
+use weir_runtime::protocol::buffer::{BufferQueue, Buffered};
 use weir_runtime::protocol::coordinator::{Coordinator, CoordinatorAction, CoordinatorConfig};
 use weir_runtime::protocol::participant::{Action as TaskAction, SourceTask, Task, TaskConfig};
-use weir_runtime::protocol::recovery::{self, ParticipantLog, RecoveryInput, SinkLog};
+use weir_runtime::protocol::recovery::{self, ParticipantLog, ParticipantRestore, RecoveryInput, SinkLog};
+use weir_runtime::protocol::replay::{Arrival, Feed, Gate};
 use weir_runtime::protocol::{CheckpointId, Mutant, Mutations, ParticipantId, Seq};
 
 use crate::props::{self, Violation};
@@ -82,7 +95,7 @@ impl Node {
     }
 
     /// The node's participant id at the coordinator.
-    fn participant(self) -> ParticipantId {
+    pub(crate) fn participant(self) -> ParticipantId {
         match self {
             Node::Source(s) => s as usize,
             Node::Task => 2,
@@ -92,16 +105,21 @@ impl Node {
     }
 }
 
-/// The FIFO channels: data (sources -> task -> sink) and control from the coordinator
-/// (triggers to sources, aborts to the task, complete and abort to the sink).
+/// The FIFO channels: data (sources -> task -> sink, the first [`DATA_CHANNELS`]) and
+/// control from the coordinator (triggers to sources, aborts to the task, complete and abort
+/// to the sink).
 ///
 /// Three hops are folded into the step that causes them, because no interleaving of theirs
 /// can change an outcome (see the README, "Reductions"): acknowledgements and end-of-input
 /// reports reach the coordinator in the step that sends them (their order against every
 /// other coordinator input is still explored through the order of the steps that cause
-/// them); `Complete` reaches sources and the task at once (there it only truncates, and the
-/// earliest truncation is the worst case for S6); sources get no `Abort` (they ignore it).
+/// them); `Complete` reaches sources and the task at once (there it only truncates buffer
+/// queues and the determinant log, and the earliest truncation is the worst case for S6 and
+/// for replays); sources get no `Abort` (they ignore it).
 pub const CHANNELS: [(Node, Node); 7] = [(S0, T), (S1, T), (T, K), (C, S0), (C, S1), (C, T), (C, K)];
+
+/// The data channels are `CHANNELS[..DATA_CHANNELS]`; each has a buffer queue at its sender.
+pub const DATA_CHANNELS: usize = 3;
 
 fn channel(from: Node, to: Node) -> usize {
     CHANNELS
@@ -207,33 +225,96 @@ pub struct Disk {
     pub committed_through: Option<CheckpointId>,
 }
 
-/// A source subtask: its core and its read position.
+/// A source subtask: its core, its read position and the buffer queue of its channel.
+///
+/// In the runtime a source keeps no buffer queue: it re-reads its input from the position of
+/// its snapshot of the queue's base (SPEC §10.2). The model gives it a [`BufferQueue`]
+/// instead, which replays exactly what a re-read would produce (the same batches with the
+/// same sequence numbers and barriers) and applies the same gap check.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SourceNode {
     /// The runtime's source core.
     pub core: SourceTask,
     /// Next batch index to read (also the number of batches sent; batch `i` has seq `i + 1`).
     pub next: u8,
+    /// What it sent on its channel since the latest completed checkpoint.
+    pub buffer: BufferQueue<BatchId>,
 }
 
-/// The transform subtask: its core and its operator state.
+/// The transform subtask: its core, its operator state, and what survives a local restart
+/// (the input gate with its determinant log, and the buffer queue of its output channel).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TaskNode {
     /// The runtime's task core.
     pub core: Task<BatchId>,
+    /// The input gate in front of the core (survives a local restart).
+    pub gate: Gate<BatchId>,
+    /// What the gate drops as duplicates; see [`Watermark`].
+    pub watermarks: Vec<Watermark>,
     /// Operator state: the batches applied.
     pub applied: BTreeSet<BatchId>,
     /// Sequence number of the last batch sent to the sink.
     pub out_seq: Seq,
+    /// What it sent to the sink since the latest completed checkpoint (survives a local
+    /// restart).
+    pub buffer: BufferQueue<BatchId>,
+    /// The latest completion the shell has heard of (the actor's `completed`).
+    pub completed: CheckpointId,
 }
 
-/// The sink subtask: its core and the output not staged yet.
+/// The sink subtask: its core and its output.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SinkNode {
     /// The runtime's task core, in sink mode.
     pub core: Task<BatchId>,
-    /// Output written since the last snapshot.
+    /// The input gate in front of the core (survives a local restart).
+    pub gate: Gate<BatchId>,
+    /// What the gate drops as duplicates; see [`Watermark`].
+    pub watermarks: Vec<Watermark>,
+    /// Output written since the last snapshot (lost when the sink fails).
     pub unstaged: Vec<BatchId>,
+    /// The whole output its state reflects, in sequence order: committed, staged (up to its
+    /// restore point or its own later snapshots) and unstaged. `applied(sink)` of
+    /// VERIFICATION.md 1.0; rebuilt from the disk on every restore.
+    pub output: Vec<BatchId>,
+    /// The latest completion the shell has heard of (the actor's `completed`).
+    pub completed: CheckpointId,
+}
+
+/// The highest sequence number and barrier that arrived at a gate on one input since the
+/// gate was created or restarted (starting at the restored position and checkpoint): what
+/// it drops as duplicates (SPEC §10.3). The gate keeps these itself; the shell keeps a copy
+/// only so that [`State`]'s fingerprint can stand for the gate once its determinant log can
+/// no longer be read (see `impl Hash for State`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Watermark {
+    /// Highest sequence number arrived.
+    pub seq: Seq,
+    /// Highest barrier arrived.
+    pub barrier: CheckpointId,
+}
+
+impl Watermark {
+    fn restored(positions: &[Seq], checkpoint: CheckpointId) -> Vec<Watermark> {
+        positions.iter().map(|&seq| Watermark { seq, barrier: checkpoint }).collect()
+    }
+
+    fn arrived(&mut self, arrival: &Msg) {
+        match *arrival {
+            Msg::Batch { seq, .. } => self.seq = self.seq.max(seq),
+            Msg::Barrier(c) => self.barrier = self.barrier.max(c),
+            _ => {}
+        }
+    }
+}
+
+/// A replay request from a locally restarted receiver, not yet served by its upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Resume {
+    /// The receiver's restored position on the channel.
+    pub from_seq: Seq,
+    /// The checkpoint the receiver restored (0: none).
+    pub restored: CheckpointId,
 }
 
 /// How many times the environment may still do each bounded thing.
@@ -243,8 +324,10 @@ pub struct Budget {
     pub ticks: u8,
     /// Checkpoint timeouts left.
     pub timeouts: u8,
-    /// Crashes left.
+    /// Crashes (global rollbacks) left.
     pub crashes: u8,
+    /// Local failures of the transform or the sink left.
+    pub local_crashes: u8,
 }
 
 /// History the properties need that the system itself does not keep (ghost state). Kept to
@@ -253,20 +336,33 @@ pub struct Budget {
 pub struct Ghost {
     /// Each source's read position when it emitted `Barrier(c)`, this run.
     pub barrier_positions: BTreeMap<CheckpointId, [Option<u8>; SOURCES]>,
-    /// What the task had applied when it snapshotted `c`, this run.
-    pub task_snapshots: BTreeMap<CheckpointId, BTreeSet<BatchId>>,
+    /// What the task had applied, and its output sequence number, when it snapshotted `c`,
+    /// this run.
+    pub task_snapshots: BTreeMap<CheckpointId, (BTreeSet<BatchId>, Seq)>,
+    /// What the task first sent to the sink under each sequence number, this run, above its
+    /// output position at the latest completed checkpoint (S8).
+    pub task_sent: BTreeMap<Seq, BatchId>,
     /// Checkpoints aborted this run.
     pub aborted: BTreeSet<CheckpointId>,
-    /// Latest checkpoint each participant snapshotted this run.
+    /// Latest checkpoint each participant snapshotted in its current incarnation.
     pub last_snapshot: [CheckpointId; 4],
     /// A checkpoint completed in this run.
     pub completed_this_run: bool,
+    /// The lowest checkpoint a subtask restarted locally in this run restored: it may
+    /// snapshot again any checkpoint above it, even one older than the latest completed, so
+    /// the records above are kept for S1 and S8.
+    pub restored_locally: Option<CheckpointId>,
+    /// A local recovery had a batch replayed from a buffer queue.
+    pub replayed: bool,
     /// Safety violations observed at the step they happened.
     pub violations: BTreeSet<Violation>,
 }
 
 /// A state of the whole pipeline.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+///
+/// Its fingerprint (`Hash`) leaves out what can no longer matter once local recovery is over
+/// for good; see `impl Hash for State`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct State {
     /// The coordinator core.
     pub coordinator: Coordinator,
@@ -278,6 +374,10 @@ pub struct State {
     pub sink: SinkNode,
     /// Channel contents, by index into [`CHANNELS`].
     pub net: [VecDeque<Msg>; CHANNELS.len()],
+    /// Replay requests not yet served, by data channel. While one is outstanding, what the
+    /// sender sends on that channel goes to the receiver's previous incarnation and is
+    /// dropped (it is in the buffer queue, so the replay sends it).
+    pub resume: [Option<Resume>; DATA_CHANNELS],
     /// Durable state.
     pub disk: Disk,
     /// Pending writes per node (by node index), durable in order.
@@ -286,6 +386,62 @@ pub struct State {
     pub budget: Budget,
     /// History for the properties.
     pub ghost: Ghost,
+}
+
+impl State {
+    /// Whether no local recovery can happen from here on: no local failure is left in the
+    /// budget, no replay request is outstanding and neither gate is replaying. Then the
+    /// determinant logs, the buffer queues' entries and the S8 record of what the transform
+    /// sent can no longer influence any step or any property: a log and a queue are read
+    /// only by a restart and a replay, and the transform sends a sequence number again only
+    /// after a local restart (a global rollback rebuilds all of them).
+    pub fn recovery_settled(&self) -> bool {
+        self.budget.local_crashes == 0
+            && self.resume.iter().all(Option::is_none)
+            && !self.task.gate.replaying()
+            && !self.sink.gate.replaying()
+    }
+}
+
+/// The fingerprint stateright keeps of each visited state. Once [`State::recovery_settled`],
+/// it stands for each gate by its [`Watermark`]s (all a gate that is not replaying decides
+/// with: what it drops; its log is write-only until a restart), for each buffer queue by its
+/// base (which S6 reads; its entries are read only by a replay), and leaves out
+/// `Ghost::task_sent`. States that differ only there have the same successors, step for
+/// step, and the same value for every property, so merging them loses no behaviour. Without
+/// this the determinant log, a record of the arrival order of every event since the last
+/// completion, multiplies the default scope (which has no local failure at all) by about
+/// seven. Before recovery is settled, everything is hashed.
+impl Hash for State {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        let State { coordinator, sources, task, sink, net, resume, disk, writes, budget, ghost } = self;
+        (coordinator, net, resume, disk, writes, budget).hash(h);
+        if !self.recovery_settled() {
+            (sources, task, sink, ghost).hash(h);
+            return;
+        }
+        for SourceNode { core, next, buffer } in sources {
+            (core, next, buffer.base()).hash(h);
+        }
+        let TaskNode { core, gate: _, watermarks, applied, out_seq, buffer, completed } = task;
+        (core, watermarks, applied, out_seq, buffer.base(), completed).hash(h);
+        let SinkNode { core, gate: _, watermarks, unstaged, output, completed } = sink;
+        (core, watermarks, unstaged, output, completed).hash(h);
+        let Ghost {
+            barrier_positions,
+            task_snapshots,
+            task_sent: _,
+            aborted,
+            last_snapshot,
+            completed_this_run,
+            restored_locally,
+            replayed,
+            violations,
+        } = ghost;
+        (barrier_positions, task_snapshots, aborted, last_snapshot, completed_this_run, restored_locally)
+            .hash(h);
+        (replayed, violations).hash(h);
+    }
 }
 
 /// A step of the environment.
@@ -303,6 +459,10 @@ pub enum Action {
     Durable(Node),
     /// The node crashes; the pipeline rolls back globally.
     Crash(Node),
+    /// The transform or the sink fails alone and restarts locally.
+    Fail(Node),
+    /// The sender of channel `from -> to` serves the replay request of its restarted receiver.
+    Resume(Node, Node),
 }
 
 /// The size of the checked world.
@@ -316,15 +476,18 @@ pub struct Scope {
     pub timeouts: u8,
     /// Crashes (each followed by a global rollback).
     pub crashes: u8,
+    /// Local failures of the transform or the sink (each followed by a local recovery).
+    pub local_crashes: u8,
 }
 
 impl Default for Scope {
     /// The default scope, which CI checks exhaustively: two batches per source (so a
     /// checkpoint can fall mid-input on either side), one interval checkpoint plus the final
     /// one (two completed checkpoints in every fault-free run, up to four ids with a timeout
-    /// and a crash), one timeout, one crash at any step. About 2.7 million states.
+    /// and a crash), one timeout, one crash at any step, no local failure (see
+    /// [`Scope::local`]).
     fn default() -> Scope {
-        Scope { batches_per_source: 2, ticks: 1, timeouts: 1, crashes: 1 }
+        Scope { batches_per_source: 2, ticks: 1, timeouts: 1, crashes: 1, local_crashes: 0 }
     }
 }
 
@@ -332,6 +495,27 @@ impl Scope {
     /// The larger scope of the nightly check: a second interval checkpoint.
     pub fn nightly() -> Scope {
         Scope { ticks: 2, ..Scope::default() }
+    }
+
+    /// The local-recovery scope, which CI checks exhaustively: one batch per source, one
+    /// interval checkpoint plus the final one, no timeout, no crash, and one local failure of
+    /// the transform or the sink at any step. A failure can come before, between or after
+    /// the two checkpoints, with each source's batch on either side of the first one, so a
+    /// restart restores nothing or a completed checkpoint, replays from each buffer queue
+    /// and follows the determinant log. About 360 thousand states.
+    pub fn local() -> Scope {
+        Scope { batches_per_source: 1, ticks: 1, timeouts: 0, crashes: 0, local_crashes: 1 }
+    }
+
+    /// The larger local-recovery scope of the nightly check: two batches per source.
+    pub fn local_nightly() -> Scope {
+        Scope { batches_per_source: 2, ..Scope::local() }
+    }
+
+    /// The local-recovery scope of the nightly check with aborts: one timeout and only the
+    /// final checkpoint, so that aborts are logged as determinants and replayed.
+    pub fn local_abort() -> Scope {
+        Scope { ticks: 0, timeouts: 1, ..Scope::local() }
     }
 }
 
@@ -365,6 +549,14 @@ impl CheckpointModel {
         TaskConfig { inputs, mode: AlignmentMode::ExactlyOnce, sink, mutations: self.mutations }
     }
 
+    fn gate(&self, positions: &[Seq], checkpoint: CheckpointId) -> Gate<BatchId> {
+        Gate::new(positions, checkpoint).with_mutations(self.mutations)
+    }
+
+    fn buffer(&self, base: CheckpointId, seq: Seq) -> BufferQueue<BatchId> {
+        BufferQueue::new(base, seq).with_mutations(self.mutations)
+    }
+
     /// Every batch the sources emit: the failure-free output, as a set (the two sources
     /// interleave freely, so the order of the output is not fixed).
     pub fn reference_output(&self) -> BTreeSet<BatchId> {
@@ -388,8 +580,9 @@ impl CheckpointModel {
                 let id = BatchId { source: s, index: source.next };
                 source.next += 1;
                 let seq = Seq::from(source.next);
+                source.buffer.push_batch(seq, id);
                 log.note(|| format!("source{s} reads {id:?}, sends it as seq {seq}"));
-                send(state, Node::Source(s), T, Msg::Batch { seq, id });
+                send(state, Node::Source(s), T, Msg::Batch { seq, id }, log);
                 self.report_if_exhausted(state, s, log);
             }
             Action::Deliver(from, to) => {
@@ -410,12 +603,22 @@ impl CheckpointModel {
             }
             Action::Durable(node) => {
                 let write = state.writes[node.index()].pop_front().expect("no pending write");
-                self.on_durable(state, node, write, log);
+                self.on_durable(state, node, write, true, log);
             }
             Action::Crash(node) => {
                 state.budget.crashes -= 1;
                 log.note(|| format!("{node:?} crashes: the process dies, pending writes are lost"));
                 self.global_rollback(state, log);
+            }
+            Action::Fail(node) => {
+                state.budget.local_crashes -= 1;
+                log.note(|| format!("{node:?} fails alone: its volatile state is lost, it restarts locally"));
+                self.local_recovery(state, node, log);
+            }
+            Action::Resume(from, to) => {
+                let ch = channel(from, to);
+                let resume = state.resume[ch].take().expect("no replay request");
+                self.serve_resume(state, from, to, resume, log);
             }
         }
     }
@@ -432,22 +635,37 @@ impl CheckpointModel {
                     Node::Source(s) => s as usize,
                     _ => 0,
                 };
-                let core = if to == T { &mut state.task.core } else { &mut state.sink.core };
+                if from != C {
+                    watermarks(state, to)[input].arrived(&msg);
+                }
                 match msg {
-                    Msg::Batch { seq, id } => core.handle_batch(input, seq, id),
-                    Msg::Barrier(c) => core.handle_barrier(input, c),
-                    Msg::Complete(c) => core.handle_checkpoint_complete(c),
-                    Msg::Abort(c) => core.handle_checkpoint_abort(c),
+                    Msg::Batch { seq, id } => {
+                        gate(state, to).handle_arrival(input, Arrival::Batch { seq, batch: id })
+                    }
+                    Msg::Barrier(c) => gate(state, to).handle_arrival(input, Arrival::Barrier(c)),
+                    Msg::Complete(c) => {
+                        // As the actor does: truncate, tell the gate, then the core.
+                        state.sink.completed = state.sink.completed.max(c);
+                        state.sink.gate.handle_complete(c);
+                        state.sink.core.handle_checkpoint_complete(c);
+                    }
+                    Msg::Abort(c) => gate(state, to).handle_abort(c),
                     other => unreachable!("{to:?} got {other:?}"),
                 }
-                self.drain_task(state, to, log);
+                self.pump(state, to, log);
             }
             (to, msg) => unreachable!("{to:?} got {msg:?}"),
         }
     }
 
-    fn on_durable(&self, state: &mut State, node: Node, write: Write, log: &mut Log) {
-        log.note(|| format!("{node:?}: {write:?} is durable"));
+    /// A write became durable. `current`: it was issued by the node's current incarnation,
+    /// which is told (a write of an earlier incarnation lands, but the restarted core does
+    /// not wait for it: the actor drops the report).
+    fn on_durable(&self, state: &mut State, node: Node, write: Write, current: bool, log: &mut Log) {
+        log.note(|| {
+            let stale = if current { "" } else { " (written before the failure)" };
+            format!("{node:?}: {write:?} is durable{stale}")
+        });
         match write {
             Write::SourceSnapshot { checkpoint, position } => {
                 let Node::Source(s) = node else { unreachable!() };
@@ -456,15 +674,36 @@ impl CheckpointModel {
                 self.drain_source(state, s, log);
             }
             Write::TaskSnapshot { checkpoint, snapshot } => {
+                if state.disk.task.get(&checkpoint).is_some_and(|old| *old != snapshot) {
+                    state.ghost.violations.insert(Violation::Nondeterministic);
+                }
                 state.disk.task.insert(checkpoint, snapshot);
-                state.task.core.on_snapshot_durable(checkpoint);
-                self.drain_task(state, T, log);
+                if current {
+                    state.task.core.on_snapshot_durable(checkpoint);
+                    if checkpoint <= state.task.completed {
+                        state.task.core.handle_checkpoint_complete(state.task.completed);
+                    }
+                    self.pump(state, T, log);
+                }
             }
             Write::SinkSnapshot { checkpoint, positions, staged } => {
-                state.disk.sink.insert(checkpoint, positions);
-                state.disk.staged.insert(checkpoint, staged);
-                state.sink.core.on_snapshot_durable(checkpoint);
-                self.drain_task(state, K, log);
+                let disk = &mut state.disk;
+                disk.sink.insert(checkpoint, positions);
+                // Output staged again by a replay after it was committed is visible already.
+                if Some(checkpoint) > disk.committed_through {
+                    if disk.staged.get(&checkpoint).is_some_and(|old| *old != staged) {
+                        state.ghost.violations.insert(Violation::Nondeterministic);
+                    }
+                    disk.staged.insert(checkpoint, staged);
+                }
+                if current {
+                    state.sink.core.on_snapshot_durable(checkpoint);
+                    if checkpoint <= state.sink.completed {
+                        // Re-staged by a replay after its checkpoint completed: commit it now.
+                        state.sink.core.handle_checkpoint_complete(state.sink.completed);
+                    }
+                    self.pump(state, K, log);
+                }
             }
             Write::Commit(checkpoint) => {
                 props::check_commit(state, checkpoint);
@@ -480,17 +719,24 @@ impl CheckpointModel {
                     disk.committed.extend(out);
                 }
                 disk.committed_through = disk.committed_through.max(Some(checkpoint));
-                state.sink.core.on_commit_durable(checkpoint);
-                self.drain_task(state, K, log);
+                if current {
+                    state.sink.core.on_commit_durable(checkpoint);
+                    self.pump(state, K, log);
+                }
             }
             Write::Completion(checkpoint) => {
                 props::check_completion(state, checkpoint);
                 state.disk.completed = Some(checkpoint);
                 let ghost = &mut state.ghost;
                 ghost.completed_this_run = true;
-                ghost.barrier_positions.retain(|&c, _| c >= checkpoint);
-                ghost.task_snapshots.retain(|&c, _| c >= checkpoint);
+                let keep = ghost.restored_locally.map_or(checkpoint, |r| r.min(checkpoint));
+                ghost.barrier_positions.retain(|&c, _| c >= keep);
+                ghost.task_snapshots.retain(|&c, _| c >= keep);
                 ghost.aborted.retain(|&c| c >= checkpoint);
+                if let Some(snapshot) = state.disk.task.get(&checkpoint) {
+                    // No restart restores an older output position.
+                    ghost.task_sent.retain(|&seq, _| seq > snapshot.out_seq);
+                }
                 state.coordinator.on_completion_durable(checkpoint);
                 self.drain_coordinator(state, log);
             }
@@ -503,7 +749,7 @@ impl CheckpointModel {
             match action {
                 CoordinatorAction::Trigger(c) => {
                     for s in 0..SOURCES as u8 {
-                        send(state, C, Node::Source(s), Msg::Trigger(c));
+                        send(state, C, Node::Source(s), Msg::Trigger(c), log);
                     }
                 }
                 CoordinatorAction::ArmTimeout(_) | CoordinatorAction::Finished => {}
@@ -512,17 +758,24 @@ impl CheckpointModel {
                 }
                 CoordinatorAction::NotifyComplete(c) => {
                     for s in 0..SOURCES as u8 {
-                        state.sources[s as usize].core.handle_checkpoint_complete(c);
+                        let source = &mut state.sources[s as usize];
+                        source.buffer.complete(c);
+                        source.core.handle_checkpoint_complete(c);
                         self.drain_source(state, s, log);
                     }
-                    state.task.core.handle_checkpoint_complete(c);
-                    self.drain_task(state, T, log);
-                    send(state, C, K, Msg::Complete(c));
+                    // As the actor does: truncate, tell the gate, then the core.
+                    let task = &mut state.task;
+                    task.completed = task.completed.max(c);
+                    task.buffer.complete(c);
+                    task.gate.handle_complete(c);
+                    task.core.handle_checkpoint_complete(c);
+                    self.pump(state, T, log);
+                    send(state, C, K, Msg::Complete(c), log);
                 }
                 CoordinatorAction::NotifyAbort(c) => {
                     state.ghost.aborted.insert(c);
-                    send(state, C, T, Msg::Abort(c));
-                    send(state, C, K, Msg::Abort(c));
+                    send(state, C, T, Msg::Abort(c), log);
+                    send(state, C, K, Msg::Abort(c), log);
                 }
             }
         }
@@ -534,11 +787,13 @@ impl CheckpointModel {
             log.note(|| format!("{node:?}: {action:?}"));
             match action {
                 TaskAction::Snapshot { checkpoint, .. } => {
-                    let position = state.sources[s as usize].next;
+                    let source = &mut state.sources[s as usize];
+                    let position = source.next;
+                    source.buffer.push_barrier(checkpoint);
                     props::check_snapshot_order(state, node, checkpoint);
                     state.ghost.barrier_positions.entry(checkpoint).or_default()[s as usize] = Some(position);
                     state.writes[node.index()].push_back(Write::SourceSnapshot { checkpoint, position });
-                    send(state, node, T, Msg::Barrier(checkpoint));
+                    send(state, node, T, Msg::Barrier(checkpoint), log);
                 }
                 TaskAction::Ack(c) => self.ack(state, node, c, log),
                 TaskAction::DropSnapshotsBelow(c) => state.disk.sources[s as usize].retain(|&k, _| k >= c),
@@ -547,48 +802,82 @@ impl CheckpointModel {
         }
     }
 
-    fn drain_task(&self, state: &mut State, node: Node, log: &mut Log) {
+    /// Carry out what the core of the transform or the sink asks, and feed it what its gate
+    /// releases, until both are quiet (the actor's `drain`). Returns false when the gate
+    /// reported a divergent replay and the pipeline rolled back.
+    fn pump(&self, state: &mut State, node: Node, log: &mut Log) -> bool {
         loop {
-            let action =
-                if node == T { state.task.core.poll_action() } else { state.sink.core.poll_action() };
-            let Some(action) = action else { break };
-            log.note(|| format!("{node:?}: {action:?}"));
-            match (node, action) {
-                (Node::Task, TaskAction::Process { batch, .. }) => {
-                    if !state.task.applied.insert(batch) {
-                        state.ghost.violations.insert(Violation::AppliedTwice);
-                    }
-                    state.task.out_seq += 1;
-                    let seq = state.task.out_seq;
-                    send(state, T, K, Msg::Batch { seq, id: batch });
-                }
-                (Node::Sink, TaskAction::Process { batch, .. }) => {
-                    if props::sink_reflected(state).contains(&batch) {
-                        state.ghost.violations.insert(Violation::AppliedTwice);
-                    }
-                    state.sink.unstaged.push(batch);
-                }
-                (Node::Task, TaskAction::Snapshot { checkpoint, positions }) => {
-                    props::check_snapshot_order(state, T, checkpoint);
-                    props::check_task_alignment(state, checkpoint);
-                    let applied = state.task.applied.clone();
-                    state.ghost.task_snapshots.insert(checkpoint, applied.clone());
-                    let snapshot = TaskSnapshot { applied, positions, out_seq: state.task.out_seq };
-                    state.writes[T.index()].push_back(Write::TaskSnapshot { checkpoint, snapshot });
-                    send(state, T, K, Msg::Barrier(checkpoint));
-                }
-                (Node::Sink, TaskAction::Snapshot { checkpoint, positions }) => {
-                    props::check_snapshot_order(state, K, checkpoint);
-                    props::check_sink_alignment(state, checkpoint);
-                    let staged = std::mem::take(&mut state.sink.unstaged);
-                    state.writes[K.index()].push_back(Write::SinkSnapshot { checkpoint, positions, staged });
-                }
-                (_, TaskAction::Ack(c)) => self.ack(state, node, c, log),
-                (Node::Sink, TaskAction::Commit(c)) => state.writes[K.index()].push_back(Write::Commit(c)),
-                (Node::Task, TaskAction::DropSnapshotsBelow(c)) => state.disk.task.retain(|&k, _| k >= c),
-                (Node::Sink, TaskAction::DropSnapshotsBelow(c)) => state.disk.sink.retain(|&k, _| k >= c),
-                (node, other) => unreachable!("{node:?} action {other:?}"),
+            let action = core(state, node).poll_action();
+            if let Some(action) = action {
+                self.carry_out(state, node, action, log);
+                continue;
             }
+            let Some(feed) = gate(state, node).poll() else { return true };
+            let core = core(state, node);
+            match feed {
+                Feed::Batch { input, seq, batch } => core.handle_batch(input, seq, batch),
+                Feed::Barrier { input, checkpoint } => core.handle_barrier(input, checkpoint),
+                Feed::Abort(c) => core.handle_checkpoint_abort(c),
+                Feed::Duplicate { input } => {
+                    log.note(|| format!("{node:?}: a duplicate on input {input} is dropped"))
+                }
+                Feed::Diverged { detail } => {
+                    log.note(|| format!("{node:?}: the replay diverges from the log ({detail}): escalate"));
+                    state.ghost.violations.insert(Violation::Diverged);
+                    self.global_rollback(state, log);
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn carry_out(&self, state: &mut State, node: Node, action: TaskAction<BatchId>, log: &mut Log) {
+        log.note(|| format!("{node:?}: {action:?}"));
+        match (node, action) {
+            (Node::Task, TaskAction::Process { input, seq, batch }) => {
+                props::check_apply(state, T, input, seq, batch);
+                state.task.applied.insert(batch);
+                state.task.out_seq += 1;
+                let seq = state.task.out_seq;
+                state.task.buffer.push_batch(seq, batch);
+                props::check_task_output(state, seq, batch);
+                send(state, T, K, Msg::Batch { seq, id: batch }, log);
+            }
+            (Node::Sink, TaskAction::Process { input, seq, batch }) => {
+                props::check_apply(state, K, input, seq, batch);
+                state.sink.unstaged.push(batch);
+                state.sink.output.push(batch);
+            }
+            (Node::Task, TaskAction::Snapshot { checkpoint, positions }) => {
+                props::check_snapshot_order(state, T, checkpoint);
+                props::check_task_alignment(state, checkpoint);
+                let applied = state.task.applied.clone();
+                let out_seq = state.task.out_seq;
+                if state
+                    .ghost
+                    .task_snapshots
+                    .get(&checkpoint)
+                    .is_some_and(|old| *old != (applied.clone(), out_seq))
+                {
+                    state.ghost.violations.insert(Violation::Nondeterministic);
+                }
+                state.ghost.task_snapshots.insert(checkpoint, (applied.clone(), out_seq));
+                let snapshot = TaskSnapshot { applied, positions, out_seq };
+                state.writes[T.index()].push_back(Write::TaskSnapshot { checkpoint, snapshot });
+                state.task.buffer.push_barrier(checkpoint);
+                send(state, T, K, Msg::Barrier(checkpoint), log);
+            }
+            (Node::Sink, TaskAction::Snapshot { checkpoint, positions }) => {
+                props::check_snapshot_order(state, K, checkpoint);
+                props::check_sink_alignment(state, checkpoint);
+                let staged = std::mem::take(&mut state.sink.unstaged);
+                state.writes[K.index()].push_back(Write::SinkSnapshot { checkpoint, positions, staged });
+            }
+            (_, TaskAction::Ack(c)) => self.ack(state, node, c, log),
+            (Node::Sink, TaskAction::Commit(c)) => state.writes[K.index()].push_back(Write::Commit(c)),
+            (Node::Task, TaskAction::DropSnapshotsBelow(c)) => state.disk.task.retain(|&k, _| k >= c),
+            (Node::Sink, TaskAction::DropSnapshotsBelow(c)) => state.disk.sink.retain(|&k, _| k >= c),
+            (node, other) => unreachable!("{node:?} action {other:?}"),
         }
     }
 
@@ -607,6 +896,108 @@ impl CheckpointModel {
         }
     }
 
+    /// The transform or the sink failed alone (SPEC §10.1, the actor's `begin_restart` and
+    /// `restore`): the writes it issued land first, then it restores its snapshot of the
+    /// latest completed checkpoint as `plan_local` says; its gate and buffer queue survive;
+    /// what was in flight to it is dropped, and each upstream is asked to replay.
+    fn local_recovery(&self, state: &mut State, node: Node, log: &mut Log) {
+        // "Every write queued before the failure lands first, so what is read is settled";
+        // their reports go to the old incarnation and are dropped.
+        while let Some(write) = state.writes[node.index()].pop_front() {
+            self.on_durable(state, node, write, false, log);
+        }
+        let completed = state.disk.completed;
+        let restored = completed.unwrap_or_default();
+        let plan =
+            match recovery::plan_local(node.participant(), &participant_log(&state.disk, node), completed) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    log.note(|| format!("local recovery fails: {e}"));
+                    state.ghost.violations.insert(Violation::Unrecoverable);
+                    return;
+                }
+            };
+        log.note(|| format!("{node:?} restores {restored:?} and asks upstream to replay"));
+        let ghost = &mut state.ghost;
+        ghost.last_snapshot[node.participant()] = restored;
+        ghost.restored_locally = Some(ghost.restored_locally.map_or(restored, |r| r.min(restored)));
+        match node {
+            Node::Task => {
+                let snapshot = completed.map(|c| state.disk.task[&c].clone());
+                let positions = snapshot.as_ref().map_or(vec![0; SOURCES], |s| s.positions.clone());
+                let task = &mut state.task;
+                task.core = Task::restore(self.task_config(false), &plan, &positions);
+                task.applied = snapshot.as_ref().map(|s| s.applied.clone()).unwrap_or_default();
+                task.out_seq = snapshot.map_or(0, |s| s.out_seq);
+                task.gate.restart(&positions, restored);
+                task.watermarks = Watermark::restored(&positions, restored);
+                if restored.0 == 0 {
+                    task.buffer = self.buffer(restored, 0);
+                } else {
+                    task.buffer.restart_from(restored);
+                }
+                task.completed = task.completed.max(restored);
+                for (s, &from_seq) in positions.iter().enumerate() {
+                    let ch = channel(Node::Source(s as u8), T);
+                    state.net[ch].clear();
+                    state.resume[ch] = Some(Resume { from_seq, restored });
+                }
+            }
+            Node::Sink => {
+                let positions = completed.map_or(vec![0], |c| state.disk.sink[&c].clone());
+                let output = restored_output(&state.disk, completed);
+                let sink = &mut state.sink;
+                sink.core = Task::restore(self.task_config(true), &plan, &positions);
+                sink.unstaged.clear();
+                sink.output = output;
+                sink.gate.restart(&positions, restored);
+                sink.watermarks = Watermark::restored(&positions, restored);
+                sink.completed = sink.completed.max(restored);
+                let ch = channel(T, K);
+                state.net[ch].clear();
+                state.resume[ch] = Some(Resume { from_seq: positions[0], restored });
+            }
+            other => unreachable!("{other:?} does not restart locally"),
+        }
+        props::check_restore(state, node, completed);
+        self.pump(state, node, log);
+    }
+
+    /// The sender of `from -> to` serves its restarted receiver's replay request (the
+    /// actor's `serve`): the buffer queue's entries after the receiver's position, then live.
+    fn serve_resume(&self, state: &mut State, from: Node, to: Node, resume: Resume, log: &mut Log) {
+        let Resume { from_seq, restored } = resume;
+        let ch = channel(from, to);
+        let buffer = match from {
+            Node::Source(s) => &state.sources[s as usize].buffer,
+            _ => &state.task.buffer,
+        };
+        let replay: Result<Vec<Msg>, _> = buffer.replay(from_seq, restored).map(|entries| {
+            entries
+                .map(|e| match *e {
+                    Buffered::Batch { seq, item } => Msg::Batch { seq, id: item },
+                    Buffered::Barrier(c) => Msg::Barrier(c),
+                })
+                .collect()
+        });
+        match replay {
+            Ok(msgs) => {
+                log.note(|| format!("{from:?} replays to {to:?} after seq {from_seq}: {msgs:?}"));
+                if msgs.iter().any(|m| matches!(m, Msg::Batch { .. })) {
+                    state.ghost.replayed = true;
+                }
+                state.net[ch] = msgs.into();
+            }
+            Err(gap) => {
+                log.note(|| {
+                    format!("{from:?} cannot replay to {to:?}: {gap}: escalate to a global rollback")
+                });
+                props::check_replay_gap(state, restored);
+                self.global_rollback(state, log);
+            }
+        }
+    }
+
     /// The process died: rebuild every node from the disk as the recovery plan says.
     fn global_rollback(&self, state: &mut State, log: &mut Log) {
         for queue in &mut state.net {
@@ -615,21 +1006,11 @@ impl CheckpointModel {
         for queue in &mut state.writes {
             queue.clear();
         }
+        state.resume = [None; DATA_CHANNELS];
         let disk = &mut state.disk;
         let input = RecoveryInput {
             completed: disk.completed,
-            participants: vec![
-                ParticipantLog { snapshots: checkpoint_ids(&disk.sources[0]), sink: None },
-                ParticipantLog { snapshots: checkpoint_ids(&disk.sources[1]), sink: None },
-                ParticipantLog { snapshots: checkpoint_ids(&disk.task), sink: None },
-                ParticipantLog {
-                    snapshots: checkpoint_ids(&disk.sink),
-                    sink: Some(SinkLog {
-                        staged: disk.staged.keys().copied().collect(),
-                        committed_through: disk.committed_through,
-                    }),
-                },
-            ],
+            participants: [S0, S1, T, K].map(|node| participant_log(disk, node)).to_vec(),
         };
         let plan = match recovery::plan_global_rollback(&input) {
             Ok(plan) => plan,
@@ -641,6 +1022,7 @@ impl CheckpointModel {
         };
         log.note(|| format!("global rollback to {:?}", plan.checkpoint));
         let from = plan.checkpoint;
+        let restored = from.unwrap_or_default();
         for (s, restore) in plan.participants[..SOURCES].iter().enumerate() {
             for c in &restore.discard_snapshots {
                 disk.sources[s].remove(c);
@@ -649,7 +1031,7 @@ impl CheckpointModel {
         for c in &plan.participants[2].discard_snapshots {
             disk.task.remove(c);
         }
-        let sink_plan = &plan.participants[3];
+        let sink_plan: &ParticipantRestore = &plan.participants[3];
         for c in &sink_plan.discard_snapshots {
             disk.sink.remove(c);
         }
@@ -661,34 +1043,103 @@ impl CheckpointModel {
         for s in 0..SOURCES {
             let next = from.map_or(0, |c| disk.sources[s][&c]);
             let core = SourceTask::restore(from).with_mutations(self.mutations);
-            state.sources[s] = SourceNode { core, next };
+            state.sources[s] = SourceNode { core, next, buffer: self.buffer(restored, Seq::from(next)) };
         }
         let task_snapshot = from.map(|c| disk.task[&c].clone());
         let positions = task_snapshot.as_ref().map_or(vec![0; SOURCES], |s| s.positions.clone());
+        let out_seq = task_snapshot.as_ref().map_or(0, |s| s.out_seq);
         state.task = TaskNode {
             core: Task::restore(self.task_config(false), &plan.participants[2], &positions),
-            applied: task_snapshot.as_ref().map(|s| s.applied.clone()).unwrap_or_default(),
-            out_seq: task_snapshot.map_or(0, |s| s.out_seq),
+            gate: self.gate(&positions, restored),
+            watermarks: Watermark::restored(&positions, restored),
+            applied: task_snapshot.map(|s| s.applied).unwrap_or_default(),
+            out_seq,
+            buffer: self.buffer(restored, out_seq),
+            completed: restored,
         };
         let positions = from.map_or(vec![0], |c| disk.sink[&c].clone());
         state.sink = SinkNode {
             core: Task::restore(self.task_config(true), sink_plan, &positions),
+            gate: self.gate(&positions, restored),
+            watermarks: Watermark::restored(&positions, restored),
             unstaged: Vec::new(),
+            output: restored_output(disk, from),
+            completed: restored,
         };
-        state.ghost = Ghost { violations: std::mem::take(&mut state.ghost.violations), ..Ghost::default() };
-        self.drain_task(state, K, log);
+        state.ghost = Ghost {
+            violations: std::mem::take(&mut state.ghost.violations),
+            replayed: state.ghost.replayed,
+            ..Ghost::default()
+        };
+        self.pump(state, K, log);
         for s in 0..SOURCES as u8 {
             self.report_if_exhausted(state, s, log);
         }
     }
 }
 
+/// What the log holds of `node`'s checkpoints, as the planners read it.
+fn participant_log(disk: &Disk, node: Node) -> ParticipantLog {
+    match node {
+        Node::Source(s) => {
+            ParticipantLog { snapshots: checkpoint_ids(&disk.sources[s as usize]), sink: None }
+        }
+        Node::Task => ParticipantLog { snapshots: checkpoint_ids(&disk.task), sink: None },
+        Node::Sink => ParticipantLog {
+            snapshots: checkpoint_ids(&disk.sink),
+            sink: Some(SinkLog {
+                staged: disk.staged.keys().copied().collect(),
+                committed_through: disk.committed_through,
+            }),
+        },
+        Node::Coordinator => unreachable!("the coordinator has no snapshots"),
+    }
+}
+
+/// The sink's output as of its snapshot of `restored`: what is committed, then what is
+/// staged up to the restore point (all of it follows the committed output).
+fn restored_output(disk: &Disk, restored: Option<CheckpointId>) -> Vec<BatchId> {
+    let staged = restored.into_iter().flat_map(|r| disk.staged.range(..=r)).flat_map(|(_, out)| out);
+    disk.committed.iter().chain(staged).copied().collect()
+}
+
 fn checkpoint_ids<V>(snapshots: &BTreeMap<CheckpointId, V>) -> Vec<CheckpointId> {
     snapshots.keys().copied().collect()
 }
 
-fn send(state: &mut State, from: Node, to: Node, msg: Msg) {
-    state.net[channel(from, to)].push_back(msg);
+fn gate(state: &mut State, node: Node) -> &mut Gate<BatchId> {
+    match node {
+        Node::Task => &mut state.task.gate,
+        Node::Sink => &mut state.sink.gate,
+        other => unreachable!("{other:?} has no gate"),
+    }
+}
+
+fn watermarks(state: &mut State, node: Node) -> &mut Vec<Watermark> {
+    match node {
+        Node::Task => &mut state.task.watermarks,
+        Node::Sink => &mut state.sink.watermarks,
+        other => unreachable!("{other:?} has no gate"),
+    }
+}
+
+fn core(state: &mut State, node: Node) -> &mut Task<BatchId> {
+    match node {
+        Node::Task => &mut state.task.core,
+        Node::Sink => &mut state.sink.core,
+        other => unreachable!("{other:?} has no task core"),
+    }
+}
+
+/// Put `msg` on the channel `from -> to`, unless its receiver restarted and has not been
+/// served its replay yet: then the message goes to its previous incarnation and is dropped.
+fn send(state: &mut State, from: Node, to: Node, msg: Msg, log: &mut Log) {
+    let ch = channel(from, to);
+    if ch < DATA_CHANNELS && state.resume[ch].is_some() {
+        log.note(|| format!("{msg:?} to {to:?} goes to its previous incarnation and is dropped"));
+        return;
+    }
+    state.net[ch].push_back(msg);
 }
 
 /// Where a step writes what each node did; off while checking, on when printing a trace.
@@ -722,23 +1173,40 @@ impl Model for CheckpointModel {
     type Action = Action;
 
     fn init_states(&self) -> Vec<State> {
-        let task = Task::new(self.task_config(false));
-        let sink = Task::new(self.task_config(true));
+        let none = CheckpointId::default();
         let mut state = State {
             coordinator: Coordinator::new(self.coordinator_config()),
             sources: std::array::from_fn(|_| SourceNode {
                 core: SourceTask::new().with_mutations(self.mutations),
                 next: 0,
+                buffer: self.buffer(none, 0),
             }),
-            task: TaskNode { core: task, applied: BTreeSet::new(), out_seq: 0 },
-            sink: SinkNode { core: sink, unstaged: Vec::new() },
+            task: TaskNode {
+                core: Task::new(self.task_config(false)),
+                gate: self.gate(&[0; SOURCES], none),
+                watermarks: vec![Watermark::default(); SOURCES],
+                applied: BTreeSet::new(),
+                out_seq: 0,
+                buffer: self.buffer(none, 0),
+                completed: none,
+            },
+            sink: SinkNode {
+                core: Task::new(self.task_config(true)),
+                gate: self.gate(&[0], none),
+                watermarks: vec![Watermark::default()],
+                unstaged: Vec::new(),
+                output: Vec::new(),
+                completed: none,
+            },
             net: Default::default(),
+            resume: [None; DATA_CHANNELS],
             disk: Disk::default(),
             writes: Default::default(),
             budget: Budget {
                 ticks: self.scope.ticks,
                 timeouts: self.scope.timeouts,
                 crashes: self.scope.crashes,
+                local_crashes: self.scope.local_crashes,
             },
             ghost: Ghost::default(),
         };
@@ -781,6 +1249,16 @@ impl Model for CheckpointModel {
         if state.budget.crashes > 0 {
             actions.extend(NODES.map(Action::Crash));
         }
+        // Appended after the older steps, so that a fuzz input of a scope without local
+        // failures picks the same steps as before they existed.
+        for (i, &(from, to)) in CHANNELS[..DATA_CHANNELS].iter().enumerate() {
+            if state.resume[i].is_some() {
+                actions.push(Action::Resume(from, to));
+            }
+        }
+        if state.budget.local_crashes > 0 {
+            actions.extend([Action::Fail(T), Action::Fail(K)]);
+        }
     }
 
     fn next_state(&self, last: &State, action: Action) -> Option<State> {
@@ -790,6 +1268,6 @@ impl Model for CheckpointModel {
     }
 
     fn properties(&self) -> Vec<Property<Self>> {
-        props::properties()
+        props::properties_for(&self.scope)
     }
 }

@@ -1,12 +1,14 @@
 //! The checkpoint model driven by arbitrary bytes: each byte picks the next environment step
 //! among those possible, so a byte string is an event sequence (emits, deliveries, ticks,
-//! timeouts, durable writes, crashes) for the real protocol core. Every `always` property
-//! is asserted after every step. When the bytes run out the run continues with the first
-//! possible step until nothing is left, so terminal-state properties are asserted too.
+//! timeouts, durable writes, crashes, local failures, replays) for the real protocol core.
+//! Every `always` property is asserted after every step. When the bytes run out the run
+//! continues with the first possible step until nothing is left, so terminal-state
+//! properties are asserted too.
 //!
-//! The scope is larger than the exhaustive check's: more batches, checkpoints, timeouts and
-//! crashes than the model checker can enumerate. `fuzz/fuzz_targets/protocol_events.rs`
-//! calls [`run`]; `tests/fuzz_corpus.rs` replays the committed corpus on stable Rust.
+//! The scope is larger than the exhaustive checks': more batches, checkpoints, timeouts,
+//! crashes and local failures than the model checker can enumerate.
+//! `fuzz/fuzz_targets/protocol_events.rs` calls [`run`]; `tests/fuzz_corpus.rs` replays the
+//! committed corpus on stable Rust.
 
 use stateright::{Expectation, Model};
 use weir_runtime::protocol::Mutant;
@@ -16,7 +18,7 @@ use crate::trace;
 
 /// The scope the fuzzer explores.
 pub fn scope() -> Scope {
-    Scope { batches_per_source: 4, ticks: 6, timeouts: 3, crashes: 3 }
+    Scope { batches_per_source: 4, ticks: 6, timeouts: 3, crashes: 3, local_crashes: 3 }
 }
 
 /// Drive the real protocol with the event sequence `bytes` encodes. Returns the name of the

@@ -6,7 +6,8 @@
 //! when the protocol changes, the model checks the change.
 //!
 //! - [`checkpoint`]: the checkpoint model (sources, a two-input subtask, a sink, the
-//!   coordinator; global rollback after a crash).
+//!   coordinator; global rollback after a crash, local recovery after a failure of the
+//!   transform or the sink).
 //! - [`props`]: its properties.
 //! - [`check`]: runs a checker and turns its result into a [`Report`] with readable traces.
 //! - [`fuzzing`]: the same model driven by arbitrary bytes, for cargo-fuzz and its corpus.

@@ -9,9 +9,9 @@
 use std::collections::BTreeSet;
 
 use stateright::Property;
-use weir_runtime::protocol::CheckpointId;
+use weir_runtime::protocol::{CheckpointId, Seq};
 
-use crate::checkpoint::{BatchId, CheckpointModel, Node, SOURCES, State, Write};
+use crate::checkpoint::{BatchId, CheckpointModel, Node, SOURCES, Scope, State};
 
 /// A safety violation observed at the step it happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -24,21 +24,30 @@ pub enum Violation {
     NonMonotonic,
     /// S5: output became visible for a checkpoint that was not complete.
     CommitBeforeComplete,
-    /// S9: a batch was applied twice.
-    AppliedTwice,
     /// S6: recovery found no snapshot of the completed checkpoint.
     Unrecoverable,
+    /// S6: a buffer queue could not serve a replay although no checkpoint later than the
+    /// receiver's restore point had completed (it was truncated too early).
+    UnsafeTruncation,
+    /// S7: a batch was applied twice (multiplicity above one).
+    AppliedTwice,
+    /// S7: a receiver applied a batch while an earlier one of the same input was missing.
+    Gap,
+    /// S7: a locally restored subtask's state is not its snapshot of the consistent cut.
+    RestoreMismatch,
+    /// S8: a sender sent, or a subtask snapshotted or staged, something different from what
+    /// it did under the same sequence number or checkpoint before a local recovery.
+    Nondeterministic,
+    /// S8: a replay did not follow the determinant log (the gate escalated).
+    Diverged,
+    /// S9: a receiver applied a batch with a sequence number at or below its position.
+    ReappliedSeq,
 }
 
-/// S4, at a snapshot: each participant snapshots increasing checkpoints within a run.
+/// S4, at a snapshot: each participant snapshots increasing checkpoints within an
+/// incarnation.
 pub(crate) fn check_snapshot_order(state: &mut State, node: Node, checkpoint: CheckpointId) {
-    let index = match node {
-        Node::Source(s) => s as usize,
-        Node::Task => 2,
-        Node::Sink => 3,
-        Node::Coordinator => unreachable!(),
-    };
-    let last = &mut state.ghost.last_snapshot[index];
+    let last = &mut state.ghost.last_snapshot[node.participant()];
     if checkpoint <= *last {
         state.ghost.violations.insert(Violation::NonMonotonic);
     }
@@ -63,11 +72,73 @@ pub(crate) fn check_task_alignment(state: &mut State, checkpoint: CheckpointId) 
 /// S1 at the sink: its output up to `Barrier(checkpoint)` is exactly what the task had
 /// applied when it snapshotted that checkpoint.
 pub(crate) fn check_sink_alignment(state: &mut State, checkpoint: CheckpointId) {
-    let expected = state.ghost.task_snapshots.get(&checkpoint);
-    let mut reflected = sink_reflected(state);
+    let expected = state.ghost.task_snapshots.get(&checkpoint).map(|(applied, _)| applied);
+    let mut reflected = state.sink.output.clone();
     reflected.sort();
     if expected.is_none_or(|e| !reflected.iter().eq(e.iter())) {
         state.ghost.violations.insert(Violation::Alignment);
+    }
+}
+
+/// S7 and S9, when `node` applies `batch` from `input` under sequence number `seq`: the
+/// sequence number is the next one on that input (not at or below its position: S9; not
+/// past a missing batch: S7), and the batch is not applied already (S7).
+pub(crate) fn check_apply(state: &mut State, node: Node, input: usize, seq: Seq, batch: BatchId) {
+    let (last, again) = match node {
+        Node::Task => (
+            state.task.applied.iter().filter(|b| b.source as usize == input).count(),
+            state.task.applied.contains(&batch),
+        ),
+        _ => (state.sink.output.len(), state.sink.output.contains(&batch)),
+    };
+    let violations = &mut state.ghost.violations;
+    if seq <= last as Seq {
+        violations.insert(Violation::ReappliedSeq);
+    } else if seq > last as Seq + 1 {
+        violations.insert(Violation::Gap);
+    }
+    if again {
+        violations.insert(Violation::AppliedTwice);
+    }
+}
+
+/// S8, when the task sends `batch` to the sink under `seq`: within a run, a sequence number
+/// always carries the same batch, before and after a local recovery.
+pub(crate) fn check_task_output(state: &mut State, seq: Seq, batch: BatchId) {
+    match state.ghost.task_sent.get(&seq) {
+        Some(&first) if first != batch => {
+            state.ghost.violations.insert(Violation::Nondeterministic);
+        }
+        Some(_) => {}
+        None => {
+            state.ghost.task_sent.insert(seq, batch);
+        }
+    }
+}
+
+/// S7, right after `node` restored locally from `restored`: its state is exactly the
+/// consistent cut of that checkpoint, the batches the sources had read at their positions
+/// for it (none without a restore point).
+pub(crate) fn check_restore(state: &mut State, node: Node, restored: Option<CheckpointId>) {
+    let Some(cut) = consistent_cut(state, restored) else { return }; // S6 judges a missing snapshot
+    let holds = match node {
+        Node::Task => state.task.applied.iter().eq(cut.iter()),
+        _ => {
+            let mut output = state.sink.output.clone();
+            output.sort();
+            output == cut
+        }
+    };
+    if !holds {
+        state.ghost.violations.insert(Violation::RestoreMismatch);
+    }
+}
+
+/// S6, when a buffer queue cannot serve a replay to a receiver restored from `restored`:
+/// that is allowed only when a later checkpoint completed meanwhile (SPEC §10.2).
+pub(crate) fn check_replay_gap(state: &mut State, restored: CheckpointId) {
+    if state.disk.completed.unwrap_or_default() <= restored {
+        state.ghost.violations.insert(Violation::UnsafeTruncation);
     }
 }
 
@@ -88,20 +159,18 @@ pub(crate) fn check_commit(state: &mut State, checkpoint: CheckpointId) {
     }
 }
 
-/// Everything the sink has output so far: visible, staged, being staged, and unstaged.
-pub(crate) fn sink_reflected(state: &State) -> Vec<BatchId> {
-    let disk = &state.disk;
-    let pending = state.writes[4].iter().filter_map(|w| match w {
-        Write::SinkSnapshot { staged, .. } => Some(staged),
-        _ => None,
-    });
-    disk.committed
-        .iter()
-        .chain(disk.staged.values().flatten())
-        .chain(pending.flatten())
-        .chain(&state.sink.unstaged)
-        .copied()
-        .collect()
+/// The batches the sources had read at their durable positions for `checkpoint` (none
+/// without a checkpoint), in order; `None` if a source's snapshot of it is missing.
+fn consistent_cut(state: &State, checkpoint: Option<CheckpointId>) -> Option<Vec<BatchId>> {
+    let Some(c) = checkpoint else { return Some(Vec::new()) };
+    let positions: Vec<u8> = state.disk.sources.iter().map(|s| s.get(&c).copied()).collect::<Option<_>>()?;
+    Some(
+        positions
+            .iter()
+            .enumerate()
+            .flat_map(|(s, &p)| (0..p).map(move |index| BatchId { source: s as u8, index }))
+            .collect(),
+    )
 }
 
 fn every_snapshot_durable(state: &State, c: CheckpointId) -> bool {
@@ -124,9 +193,7 @@ pub fn s2_consistent_cut(_: &CheckpointModel, state: &State) -> bool {
     if !every_snapshot_durable(state, c) {
         return true; // S3 and S6 judge a missing snapshot
     }
-    let expected: Vec<BatchId> = (0..SOURCES)
-        .flat_map(|s| (0..disk.sources[s][&c]).map(move |index| BatchId { source: s as u8, index }))
-        .collect();
+    let expected = consistent_cut(state, Some(c)).unwrap_or_default();
     let task: Vec<BatchId> = disk.task[&c].applied.iter().copied().collect();
     let mut sink: Vec<BatchId> =
         disk.committed.iter().chain(disk.staged.range(..=c).flat_map(|(_, out)| out)).copied().collect();
@@ -135,23 +202,52 @@ pub fn s2_consistent_cut(_: &CheckpointModel, state: &State) -> bool {
 }
 
 /// S6: the snapshots of the latest completed checkpoint are never deleted, and recovery
-/// always finds them.
+/// always finds them; no buffer queue is truncated past the latest completed checkpoint,
+/// and none fails a replay that its receiver's restore point entitles it to.
 pub fn s6_safe_truncation(_: &CheckpointModel, state: &State) -> bool {
+    let completed = state.disk.completed.unwrap_or_default();
+    let buffers = state.sources.iter().map(|s| &s.buffer).chain([&state.task.buffer]);
     holds(state, Violation::Unrecoverable)
+        && holds(state, Violation::UnsafeTruncation)
         && state.disk.completed.is_none_or(|c| every_snapshot_durable(state, c))
+        && buffers.into_iter().all(|b| b.base() <= completed)
 }
 
-/// S9: no batch is applied twice, and each receiver's last sequence number per channel is
-/// exactly the number of batches from that channel its state reflects (so it is restored
-/// with the snapshot, never reset).
+/// S7: no batch is applied twice, none is applied past a missing one, a local restore
+/// restores exactly the snapshot of the consistent cut, and in a terminal state every batch
+/// is applied exactly once at the transform and at the sink.
+pub fn s7_restore_correctness(model: &CheckpointModel, state: &State) -> bool {
+    let safe = [Violation::AppliedTwice, Violation::Gap, Violation::RestoreMismatch];
+    if !safe.into_iter().all(|v| holds(state, v)) {
+        return false;
+    }
+    if !model.is_terminal(state) {
+        return true;
+    }
+    let reference = model.reference_output();
+    let mut output = state.sink.output.clone();
+    output.sort();
+    state.task.applied == reference && output.iter().eq(reference.iter())
+}
+
+/// S8: the transform never sends two different batches under one sequence number, never
+/// takes two different snapshots of one checkpoint and never stages two different outputs
+/// for one checkpoint, within a run; a replay always follows the determinant log.
+pub fn s8_deterministic_replay(_: &CheckpointModel, state: &State) -> bool {
+    holds(state, Violation::Nondeterministic) && holds(state, Violation::Diverged)
+}
+
+/// S9: no receiver applies a batch at or below its position, and each receiver's last
+/// sequence number per channel is exactly the number of batches from that channel its
+/// state reflects (so it is restored with the snapshot, never reset).
 pub fn s9_idempotent_channels(_: &CheckpointModel, state: &State) -> bool {
     let task_positions = state.task.core.aligner().positions();
     let task_ok = (0..SOURCES).all(|s| {
         let applied = state.task.applied.iter().filter(|b| b.source as usize == s).count();
         task_positions[s] == applied as u64
     });
-    let sink_ok = state.sink.core.aligner().positions()[0] == sink_reflected(state).len() as u64;
-    holds(state, Violation::AppliedTwice) && task_ok && sink_ok
+    let sink_ok = state.sink.core.aligner().positions()[0] == state.sink.output.len() as u64;
+    holds(state, Violation::ReappliedSeq) && task_ok && sink_ok
 }
 
 /// S10: the committed output never holds a duplicate or a batch that is not in the
@@ -171,7 +267,8 @@ pub fn l1_checkpoint_termination(model: &CheckpointModel, state: &State) -> bool
     !model.is_terminal(state) || state.coordinator.is_finished()
 }
 
-/// L2: every run ends with no checkpoint pending, no alignment in progress and nothing held.
+/// L2: every run ends with no checkpoint pending, no alignment in progress, nothing held and
+/// no replay waiting for input.
 pub fn l2_abort_progress(model: &CheckpointModel, state: &State) -> bool {
     let quiet = |a: &weir_runtime::protocol::aligner::Aligner<BatchId>| {
         a.aligning().is_none() && a.held_batches() == 0
@@ -179,7 +276,9 @@ pub fn l2_abort_progress(model: &CheckpointModel, state: &State) -> bool {
     !model.is_terminal(state)
         || (state.coordinator.pending().next().is_none()
             && quiet(state.task.core.aligner())
-            && quiet(state.sink.core.aligner()))
+            && quiet(state.sink.core.aligner())
+            && !state.task.gate.replaying()
+            && !state.sink.gate.replaying())
 }
 
 /// Every property of the checkpoint model, in README order.
@@ -193,19 +292,41 @@ pub fn properties() -> Vec<Property<CheckpointModel>> {
             holds(s, Violation::CommitBeforeComplete)
         }),
         Property::always("S6 safe truncation", s6_safe_truncation),
+        Property::always("S7 restore correctness", s7_restore_correctness),
+        Property::always("S8 deterministic replay", s8_deterministic_replay),
         Property::always("S9 idempotent channels", s9_idempotent_channels),
         Property::always("S10 failure transparency", s10_failure_transparency),
         Property::always("L1 checkpoint termination", l1_checkpoint_termination),
         Property::always("L2 abort progress", l2_abort_progress),
         Property::sometimes("N1 a checkpoint completes", |_, s: &State| s.disk.completed.is_some()),
-        Property::sometimes("N4 alignment holds back a batch", |_, s: &State| {
-            s.task.core.aligner().held_batches() > 0
+        Property::sometimes(N4, |_, s: &State| s.task.core.aligner().held_batches() > 0),
+        Property::sometimes(N5, |_, s: &State| s.ghost.replayed),
+        Property::sometimes(N6, |m: &CheckpointModel, s: &State| {
+            s.budget.crashes < m.scope.crashes && s.ghost.completed_this_run
         }),
-        Property::sometimes(
-            "N5 a recovery is followed by a completed checkpoint",
-            |m: &CheckpointModel, s: &State| s.budget.crashes < m.scope.crashes && s.ghost.completed_this_run,
-        ),
+        Property::sometimes(N7, |_, s: &State| s.task.gate.replaying()),
     ]
+}
+
+const N4: &str = "N4 alignment holds back a batch";
+const N5: &str = "N5 a local recovery replays from the buffer queue";
+const N6: &str = "N6 a global rollback is followed by a completed checkpoint";
+const N7: &str = "N7 a restarted transform replays in logged order";
+
+/// The properties worth checking in `scope`: every safety and terminal property, and the
+/// witnesses the scope can produce (no held batch without an interval checkpoint, since the
+/// final one comes after the last batch; no local-recovery witness without local failures;
+/// no rollback witness without crashes).
+pub fn properties_for(scope: &Scope) -> Vec<Property<CheckpointModel>> {
+    properties()
+        .into_iter()
+        .filter(|p| match p.name {
+            N4 => scope.ticks > 0 && scope.batches_per_source > 0,
+            N5 | N7 => scope.local_crashes > 0,
+            N6 => scope.crashes > 0,
+            _ => true,
+        })
+        .collect()
 }
 
 /// Each property must be able to fail. The mutants show it for S1, S3, S5, S6 and S9; these
@@ -215,7 +336,7 @@ mod tests {
     use stateright::Model;
 
     use super::*;
-    use crate::checkpoint::{Scope, TaskSnapshot};
+    use crate::checkpoint::TaskSnapshot;
 
     const C1: CheckpointId = CheckpointId(1);
 
@@ -245,7 +366,7 @@ mod tests {
     /// A pipeline whose sources are empty and whose environment can do nothing: the final
     /// checkpoint is triggered at once. Emptying the channels strands it.
     fn stranded() -> (CheckpointModel, State) {
-        let m = model(Scope { batches_per_source: 0, ticks: 0, timeouts: 0, crashes: 0 });
+        let m = model(Scope { batches_per_source: 0, ticks: 0, timeouts: 0, crashes: 0, local_crashes: 0 });
         let mut s = init(&m);
         assert!(!m.is_terminal(&s), "the final checkpoint's triggers are in flight");
         s.net.iter_mut().for_each(|q| q.clear());
@@ -264,7 +385,7 @@ mod tests {
     fn s10_fails_in_a_terminal_state_with_output_missing() {
         let m = model(Scope { batches_per_source: 1, ..Scope::default() });
         let (_, mut s) = stranded();
-        s.budget = crate::checkpoint::Budget { ticks: 0, timeouts: 0, crashes: 0 };
+        s.budget = crate::checkpoint::Budget { ticks: 0, timeouts: 0, crashes: 0, local_crashes: 0 };
         for source in &mut s.sources {
             source.next = 1;
         }

@@ -30,7 +30,14 @@ fn check_exits_zero_and_lists_every_property_when_all_hold() {
     for line in ["states explored: ", "unique states: ", "seconds: ", "exploration: whole state space"] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
-    for property in weir_protocol_model::props::properties() {
+    let scope = weir_protocol_model::checkpoint::Scope {
+        batches_per_source: 1,
+        ticks: 1,
+        timeouts: 1,
+        crashes: 1,
+        local_crashes: 0,
+    };
+    for property in weir_protocol_model::props::properties_for(&scope) {
         let verdict =
             if property.expectation == stateright::Expectation::Sometimes { "witnessed" } else { "holds" };
         assert!(

@@ -1,7 +1,8 @@
 //! `weir-model`: run the protocol models from the command line.
 //!
-//! - `weir-model check checkpoint [--mutant NAME]`: check every property; exit 0 only when
-//!   all hold. With a mutant, stop at the first violation and print its trace.
+//! - `weir-model check checkpoint [--scope NAME] [--mutant NAME]`: check every property;
+//!   exit 0 only when all hold. With a mutant, stop at the first violation and print its
+//!   trace.
 //! - `weir-model explore checkpoint [--mutant NAME] [--address ADDR]`: serve stateright's
 //!   explorer (a web UI to walk the state space by hand).
 
@@ -51,38 +52,74 @@ enum Command {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ModelName {
-    /// Barrier checkpoints, two-phase sink commit, global rollback.
+    /// Barrier checkpoints, two-phase sink commit, global rollback, local recovery.
     Checkpoint,
 }
 
 #[derive(clap::Args)]
 struct ModelOptions {
     /// Switch on a deliberately broken variant: no-alignment, ack-before-durable,
-    /// commit-before-complete or reset-seq-on-restore.
+    /// commit-before-complete, reset-seq-on-restore, no-dedup, truncate-at-snapshot or
+    /// no-determinants.
     #[arg(long, value_name = "NAME")]
     mutant: Option<String>,
-    /// Batches each source emits.
-    #[arg(long, default_value_t = Scope::default().batches_per_source)]
-    batches: u8,
-    /// Times the checkpoint interval fires.
-    #[arg(long, default_value_t = Scope::default().ticks)]
-    ticks: u8,
-    /// Checkpoint timeouts the environment may cause.
-    #[arg(long, default_value_t = Scope::default().timeouts)]
-    timeouts: u8,
-    /// Crashes (each followed by a global rollback).
-    #[arg(long, default_value_t = Scope::default().crashes)]
-    crashes: u8,
+    /// Batches each source emits [default: the scope's, 2].
+    #[arg(long)]
+    batches: Option<u8>,
+    /// Times the checkpoint interval fires [default: the scope's, 1; nightly 2].
+    #[arg(long)]
+    ticks: Option<u8>,
+    /// Checkpoint timeouts the environment may cause [default: the scope's, 1].
+    #[arg(long)]
+    timeouts: Option<u8>,
+    /// Crashes, each followed by a global rollback [default: the scope's, 1; local 0].
+    #[arg(long)]
+    crashes: Option<u8>,
+    /// Local failures of the transform or the sink, each followed by a local recovery
+    /// [default: the scope's, 0; local 1].
+    #[arg(long)]
+    local_crashes: Option<u8>,
+    /// Start from a named scope instead of the default one; the other flags given override
+    /// its fields. `local` is the local-recovery scope of CI.
+    #[arg(long, value_enum)]
+    scope: Option<ScopeName>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScopeName {
+    /// Two batches per source, one interval, one timeout, one crash (CI).
+    Default,
+    /// One batch per source, one interval, no timeout, one local failure, no crash (CI).
+    Local,
+    /// A second interval checkpoint (nightly).
+    Nightly,
+    /// The local scope with two batches per source (nightly).
+    LocalNightly,
+    /// The local scope with a timeout and only the final checkpoint (nightly).
+    LocalAbort,
 }
 
 impl ModelOptions {
-    fn model(&self) -> Result<(CheckpointModel, Option<Mutant>)> {
-        let scope = Scope {
-            batches_per_source: self.batches,
-            ticks: self.ticks,
-            timeouts: self.timeouts,
-            crashes: self.crashes,
+    /// The named scope (or the default one) with every flag given on the command line applied.
+    fn scope(&self) -> Scope {
+        let base = match self.scope {
+            None | Some(ScopeName::Default) => Scope::default(),
+            Some(ScopeName::Local) => Scope::local(),
+            Some(ScopeName::Nightly) => Scope::nightly(),
+            Some(ScopeName::LocalNightly) => Scope::local_nightly(),
+            Some(ScopeName::LocalAbort) => Scope::local_abort(),
         };
+        Scope {
+            batches_per_source: self.batches.unwrap_or(base.batches_per_source),
+            ticks: self.ticks.unwrap_or(base.ticks),
+            timeouts: self.timeouts.unwrap_or(base.timeouts),
+            crashes: self.crashes.unwrap_or(base.crashes),
+            local_crashes: self.local_crashes.unwrap_or(base.local_crashes),
+        }
+    }
+
+    fn model(&self) -> Result<(CheckpointModel, Option<Mutant>)> {
+        let scope = self.scope();
         let model = CheckpointModel::new(scope);
         match self.mutant.as_deref() {
             None => Ok((model, None)),
