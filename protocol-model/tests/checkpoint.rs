@@ -1,6 +1,6 @@
 //! Model checks of the checkpoint protocol (README: "What is checked").
 //!
-//! `default_scope_*` and `local_scope_*` are exhaustive: each asserts that the checker
+//! `default_scope_*`, `local_scope_*` and `local_abort_scope_*` are exhaustive: each asserts that the checker
 //! visited every reachable state (no depth, time or state bound) and pins the number of
 //! unique states, so a change to the protocol or the model that changes the state space is
 //! noticed and reviewed.
@@ -14,12 +14,13 @@ use weir_runtime::protocol::Mutant;
 const DEFAULT_SCOPE_UNIQUE_STATES: usize = 2_703_283;
 
 /// Unique states of the local-recovery scope (same rule).
-const LOCAL_SCOPE_UNIQUE_STATES: usize = 361_591;
+const LOCAL_SCOPE_UNIQUE_STATES: usize = 411_891;
 
 fn assert_exhaustive_and_all_hold(scope: Scope) -> usize {
     let report = check(CheckpointModel::new(scope), Search::Exhaustive { threads: 2 });
     assert!(report.all_hold(), "{report}");
     assert!(report.exhaustive, "{report}");
+    println!("{} unique states", report.unique_states); // shown with --nocapture
     report.unique_states
 }
 
@@ -49,13 +50,14 @@ fn local_nightly_scope_is_exhaustive_and_every_property_holds() {
     assert_exhaustive_and_all_hold(Scope::local_nightly());
 }
 
-/// Local recovery with a checkpoint timeout, so that aborts are logged and replayed
-/// (millions of states, minutes). Fails until the known bug is fixed (README, "Known
-/// protocol bug"; `known_bug_a_restarted_sink_stages_its_output_twice` below).
+/// Local recovery with a checkpoint timeout, so that aborts are logged and replayed: the
+/// scope that found the bug of `regression_a_restarted_sink_stages_its_output_once` below,
+/// so it runs in CI although it takes about two minutes.
+const LOCAL_ABORT_SCOPE_UNIQUE_STATES: usize = 5_937_511;
+
 #[test]
-#[ignore = "nightly: minutes on two cores; fails until the known sink bug is fixed"]
 fn local_abort_scope_is_exhaustive_and_every_property_holds() {
-    assert_exhaustive_and_all_hold(Scope::local_abort());
+    assert_eq!(assert_exhaustive_and_all_hold(Scope::local_abort()), LOCAL_ABORT_SCOPE_UNIQUE_STATES);
 }
 
 fn assert_caught(scope: Scope, mutant: Mutant, property: &str) {
@@ -116,17 +118,14 @@ fn mutant_no_determinants_violates_s8_deterministic_replay() {
     assert_caught(Scope::local(), Mutant::NoDeterminants, "S8 deterministic replay");
 }
 
-/// A known bug of the protocol core, pinned (README, "Known protocol bug"): a single-input
-/// gate logs no determinants, but the coordinator's aborts are a second input of its core.
-/// Here the sink staged its output under `c1` and then failed; restarted, it gets
-/// `Abort(c1)` before the replay of `Barrier(c1)`, so it ignores that barrier and stages the
-/// same output again under `c2` (S8). The local plan keeps what it staged under `c1`, and
-/// the commit through `c2` makes both visible: the output is committed twice (S10).
-///
-/// When this test fails because the path no longer violates S8 and S10, the bug is fixed:
-/// make the test assert that every property holds along the path instead.
+/// A protocol bug the model found, now a regression test (README, "A protocol bug found by
+/// the model"): the sink staged its output under `c1` and then failed; restarted, it gets
+/// `Abort(c1)` before the replay of `Barrier(c1)`. Before the fix a single-input gate logged
+/// no determinants, so the sink ignored that barrier and staged the same output again under
+/// `c2` (S8), and the commit through `c2` made it visible twice (S10). Now its gate replays
+/// the barrier before the abort, as it happened, and the output is committed once.
 #[test]
-fn known_bug_a_restarted_sink_stages_its_output_twice() {
+fn regression_a_restarted_sink_stages_its_output_once() {
     use weir_protocol_model::checkpoint::Action::*;
     use weir_protocol_model::checkpoint::Node::{Coordinator as C, Sink as K, Source, Task as T};
     use weir_runtime::protocol::CheckpointId;
@@ -159,7 +158,8 @@ fn known_bug_a_restarted_sink_stages_its_output_twice() {
         Deliver(T, K),
         Deliver(T, K),
         Deliver(T, K),
-        Durable(K),
+        Durable(K), // the sink's snapshot of c1 again (before the fix: its only one, of c2)
+        Durable(K), // of c2
         // Checkpoint 2 completes and the sink commits through it.
         Durable(s0),
         Durable(s0),
@@ -175,7 +175,7 @@ fn known_bug_a_restarted_sink_stages_its_output_twice() {
     let properties = stateright::Model::properties(&model);
     let mut state = stateright::Model::init_states(&model).remove(0);
     let mut steps = Vec::new();
-    let mut violated = Vec::new();
+    let mut violated: Vec<(usize, &str)> = Vec::new();
     for action in path {
         let mut actions = Vec::new();
         stateright::Model::actions(&model, &state, &mut actions);
@@ -191,12 +191,6 @@ fn known_bug_a_restarted_sink_stages_its_output_twice() {
         }
     }
     let trace = weir_protocol_model::trace(&model, steps);
-    println!("violated (after step): {violated:?}\n{trace}"); // shown with --nocapture
-    let names: Vec<_> = violated.iter().map(|&(_, name)| name).collect();
-    assert!(
-        names.contains(&"S8 deterministic replay") && names.contains(&"S10 failure transparency"),
-        "the known bug no longer shows (violated: {violated:?}); if the core was fixed, turn this \
-         test into a regression test:\n{trace}"
-    );
-    assert_eq!(state.disk.committed.len(), 4, "the two batches are committed twice:\n{trace}");
+    assert!(violated.is_empty(), "violated (after step): {violated:?}\n{trace}");
+    assert_eq!(state.disk.committed.len(), 2, "the two batches are committed once:\n{trace}");
 }

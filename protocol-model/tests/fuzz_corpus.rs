@@ -8,19 +8,6 @@ use weir_protocol_model::checkpoint::CheckpointModel;
 use weir_protocol_model::fuzzing;
 use weir_runtime::protocol::Mutant;
 
-/// Corpus inputs on which the real protocol fails, because of a known bug of the core
-/// (README, "Known protocol bug"): a sink restarted locally receives the coordinator's abort
-/// of a checkpoint before the replay of that checkpoint's barrier, stages the output it had
-/// staged under it again under a later checkpoint, and the commit of the later one makes it
-/// visible twice. Each must still fail with the property named here; once the core is fixed
-/// they pass, and this list must be emptied.
-const KNOWN_BUG: [(&str, &str); 4] = [
-    ("1f3e4f63d9c099cfd9c06aba7ca55ff713f56012", "S2 consistent cut"),
-    ("25e19ae07bf683b3602dcbb8172e002cbee7833c", "S8 deterministic replay"),
-    ("4b958349307b5b796d325caca5eec45ae05bb170", "S8 deterministic replay"),
-    ("a9870e9fe75bf371f407701f5f2a2d1fcbdc1a1b", "S2 consistent cut"),
-];
-
 fn corpus() -> Vec<(PathBuf, Vec<u8>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/protocol_events");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
@@ -36,18 +23,8 @@ fn every_corpus_input_satisfies_every_property() {
     let corpus = corpus();
     assert!(corpus.len() >= 20, "the corpus has only {} inputs", corpus.len());
     for (path, bytes) in &corpus {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let known = KNOWN_BUG.iter().find(|(file, _)| *file == name).map(|&(_, property)| property);
-        match (fuzzing::run_model(&CheckpointModel::new(fuzzing::scope()), bytes), known) {
-            (Ok(_), None) => {}
-            (Err((violated, _)), Some(expected)) if violated == expected => {}
-            (Ok(_), Some(expected)) => panic!(
-                "{}: no longer violates \"{expected}\": the known bug is fixed, empty KNOWN_BUG",
-                path.display()
-            ),
-            (Err((violated, trace)), _) => {
-                panic!("{}: property \"{violated}\" violated:\n{trace}", path.display())
-            }
+        if let Err((violated, trace)) = fuzzing::run_model(&CheckpointModel::new(fuzzing::scope()), bytes) {
+            panic!("{}: property \"{violated}\" violated:\n{trace}", path.display())
         }
     }
 }
