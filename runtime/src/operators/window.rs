@@ -187,18 +187,6 @@ impl Key {
         }
     }
 
-    fn from_value(value: KeyValue) -> Key {
-        match value {
-            KeyValue::Unit => Key::Unit,
-            KeyValue::Bool(b) => Key::Bool(b),
-            KeyValue::Int(i) => Key::Int(i),
-            KeyValue::Str(s) => match pack(&s) {
-                Some(packed) => Key::Short(packed),
-                None => Key::Str(s),
-            },
-        }
-    }
-
     fn to_value(&self) -> KeyValue {
         match self {
             Key::Unit => KeyValue::Unit,
@@ -218,6 +206,27 @@ enum KeyValue {
     Bool(bool),
     Int(i64),
     Str(Box<str>),
+}
+
+/// A key as restored: [`KeyValue`]'s encoding, borrowing strings from the snapshot bytes
+/// (no allocation per key; the variants must stay in `KeyValue`'s order).
+#[derive(Debug, Clone, Copy, Deserialize)]
+enum KeyIn<'a> {
+    Unit,
+    Bool(bool),
+    Int(i64),
+    Str(&'a str),
+}
+
+impl<'a> KeyIn<'a> {
+    fn as_ref(self) -> KeyRef<'a> {
+        match self {
+            KeyIn::Unit => KeyRef::Unit,
+            KeyIn::Bool(b) => KeyRef::Bool(b),
+            KeyIn::Int(i) => KeyRef::Int(i),
+            KeyIn::Str(s) => KeyRef::Str(s),
+        }
+    }
 }
 
 /// A key as read from a batch.
@@ -306,6 +315,23 @@ impl Keys {
                 None => self.strs.get(s).copied(),
             },
         }
+    }
+
+    /// Room for `keys` (restore): each map gets what it will hold, no rehashing on the way.
+    fn reserve_for(&mut self, keys: &[KeyIn<'_>]) {
+        let (mut short, mut long, mut ints) = (0, 0, 0);
+        for k in keys {
+            match k {
+                KeyIn::Str(s) if pack(s).is_some() => short += 1,
+                KeyIn::Str(_) => long += 1,
+                KeyIn::Int(_) => ints += 1,
+                KeyIn::Unit | KeyIn::Bool(_) => {}
+            }
+        }
+        self.entries.reserve(keys.len());
+        self.short.reserve(short);
+        self.strs.reserve(long);
+        self.ints.reserve(ints);
     }
 
     fn find_or_insert(&mut self, key: KeyRef<'_>) -> u32 {
@@ -498,6 +524,19 @@ impl Slots {
         }
     }
 
+    /// Room for `n` more windows (restore).
+    fn reserve(&mut self, aggregates: &mut [Aggregate], n: usize) {
+        self.key.reserve(n);
+        self.start.reserve(n);
+        self.end.reserve(n);
+        self.arrival.reserve(n);
+        self.last_arrival.reserve(n);
+        self.count.reserve(n);
+        for a in aggregates.iter_mut() {
+            a.cells.reserve(n);
+        }
+    }
+
     fn release(&mut self, slot: u32) {
         self.arrival[slot as usize] = FREE;
         self.free.push(slot);
@@ -551,6 +590,17 @@ impl Cells {
             (_, Some(DataType::Float)) => Cells::Float(Vec::new()),
             (_, Some(DataType::Str)) => Cells::Str(Vec::new()),
             (_, None) => panic!("{function:?} without a field passed the build checks"),
+        }
+    }
+
+    fn reserve(&mut self, n: usize) {
+        match self {
+            Cells::None => {}
+            Cells::Bool(v) => v.reserve(n),
+            Cells::Int(v) => v.reserve(n),
+            Cells::Wide(v) => v.reserve(n),
+            Cells::Float(v) => v.reserve(n),
+            Cells::Str(v) => v.reserve(n),
         }
     }
 
@@ -766,6 +816,17 @@ struct Snapshot {
     /// Live keys, in order of their first window in `windows`.
     keys: Vec<KeyValue>,
     /// Open windows in firing order.
+    windows: Vec<WindowSnapshot>,
+}
+
+/// [`Snapshot`] as decoded for a restore, its keys borrowed from the snapshot bytes.
+#[derive(Debug, Deserialize)]
+struct SnapshotIn<'a> {
+    inputs: Vec<InputWatermark>,
+    late: u64,
+    next_arrival: u64,
+    #[serde(borrow)]
+    keys: Vec<KeyIn<'a>>,
     windows: Vec<WindowSnapshot>,
 }
 
@@ -1330,7 +1391,7 @@ impl Operator for Window {
             return Err(self
                 .snapshot_error(format!("unknown format version {version} (expected {SNAPSHOT_VERSION})")));
         }
-        let snap: Snapshot = postcard::from_bytes(body).map_err(|e| self.snapshot_error(e.to_string()))?;
+        let snap: SnapshotIn = postcard::from_bytes(body).map_err(|e| self.snapshot_error(e.to_string()))?;
         if snap.inputs.len() != self.state.inputs.len() {
             return Err(self.snapshot_error(format!(
                 "snapshot has {} inputs, the operator {}",
@@ -1338,21 +1399,17 @@ impl Operator for Window {
                 self.state.inputs.len()
             )));
         }
-        let key_fits = |k: &KeyValue| {
+        let key_fits = |k: &KeyIn| {
             matches!(
                 (self.key_type, k),
-                (None, KeyValue::Unit)
-                    | (Some(DataType::Str), KeyValue::Str(_))
-                    | (Some(DataType::Int), KeyValue::Int(_))
-                    | (Some(DataType::Bool), KeyValue::Bool(_))
+                (None, KeyIn::Unit)
+                    | (Some(DataType::Str), KeyIn::Str(_))
+                    | (Some(DataType::Int), KeyIn::Int(_))
+                    | (Some(DataType::Bool), KeyIn::Bool(_))
             )
         };
         if let Some(k) = snap.keys.iter().find(|k| !key_fits(k)) {
             return Err(self.snapshot_error(format!("key {k:?} does not fit the key field")));
-        }
-        let distinct: std::collections::HashSet<&KeyValue> = snap.keys.iter().collect();
-        if distinct.len() != snap.keys.len() {
-            return Err(self.snapshot_error("a key appears twice"));
         }
 
         let mut state = State {
@@ -1369,7 +1426,16 @@ impl Operator for Window {
             .iter()
             .map(|a| Aggregate { function: a.function, column: a.column, cells: a.cells.empty_like() })
             .collect();
-        let ids: Vec<u32> = snap.keys.into_iter().map(|k| state.keys.insert(Key::from_value(k))).collect();
+        state.keys.reserve_for(&snap.keys);
+        state.slots.reserve(&mut aggregates, snap.windows.len());
+        let mut ids = Vec::with_capacity(snap.keys.len());
+        for k in &snap.keys {
+            let key = k.as_ref();
+            if state.keys.find(key).is_some() {
+                return Err(self.snapshot_error("a key appears twice"));
+            }
+            ids.push(state.keys.insert(Key::new(key)));
+        }
         let mut used = vec![false; ids.len()];
         for w in snap.windows {
             let Some(&key) = ids.get(w.key as usize) else {
@@ -2057,6 +2123,67 @@ mod tests {
         assert_eq!(fresh.open_windows(), 0, "a failed restore changes nothing");
         fresh.restore(&good).unwrap();
         assert_eq!(fresh.open_windows(), 100);
+    }
+
+    // Restore decodes keys borrowed from the snapshot bytes (`KeyIn`): every key kind, and
+    // strings on both sides of the 7-byte packing, come back as they were snapshotted.
+    #[test]
+    fn every_key_kind_restores_to_the_same_snapshot_and_output() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int),
+            Field::new("ok", DataType::Bool),
+            Field::new("name", DataType::Str),
+            Field::new("t", DataType::Int),
+        ]));
+        let mut input = Batch::with_capacity(schema.clone(), 8);
+        let names = ["a", "seven77", "eight888", "a much longer sensor name"];
+        for i in 0..8i64 {
+            let name = Value::Str(names[i as usize % 4].into());
+            input.push_row(&[Value::Int(i % 3 - 1), Value::Bool(i % 2 == 0), name, Value::Int(i)]);
+        }
+        for key in [Some("id"), Some("ok"), Some("name"), None] {
+            let spec = WindowSpec {
+                key: key.map(Into::into),
+                time_field: "t".into(),
+                kind: WindowKind::Tumbling { size_ms: 100 },
+                max_out_of_order_ms: 0,
+                aggregates: aggregates(&["count", "last(name)"]),
+            };
+            let mut whole = Window::new("w", &spec, schema.clone(), 1).unwrap();
+            whole.process(0, &input, &mut Vec::new()).unwrap();
+            let snapshot = whole.snapshot();
+            let mut restored = Window::new("w", &spec, schema.clone(), 1).unwrap();
+            restored.restore(&snapshot).unwrap();
+            assert_eq!(restored.snapshot(), snapshot, "key {key:?}");
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            whole.on_input_end(0, &mut a).unwrap();
+            restored.on_input_end(0, &mut b).unwrap();
+            assert_eq!(rows(&a), rows(&b), "key {key:?}");
+            assert!(!a.is_empty());
+        }
+    }
+
+    #[test]
+    fn restore_rejects_a_key_twice_or_of_the_wrong_kind() {
+        let mut op = window(&sensor_window(), 1);
+        op.process(0, &sensor_batch(0..100), &mut Vec::new()).unwrap();
+        let good = op.snapshot();
+        let reencode = |edit: &dyn Fn(&mut Snapshot)| {
+            let mut snap: Snapshot = postcard::from_bytes(&good[1..]).unwrap();
+            edit(&mut snap);
+            let mut bytes = vec![SNAPSHOT_VERSION];
+            postcard::to_io(&snap, &mut bytes).unwrap();
+            bytes
+        };
+        let error = |bytes: &[u8]| match window(&sensor_window(), 1).restore(bytes) {
+            Err(OperatorError::Snapshot { message, .. }) => message,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(error(&reencode(&|s| s.keys[1] = s.keys[0].clone())), "a key appears twice");
+        assert_eq!(
+            error(&reencode(&|s| s.keys[0] = KeyValue::Int(3))),
+            "key Int(3) does not fit the key field"
+        );
     }
 
     #[test]
