@@ -258,8 +258,6 @@ pub struct TaskNode {
     /// What it sent to the sink since the latest completed checkpoint (survives a local
     /// restart).
     pub buffer: BufferQueue<BatchId>,
-    /// The latest completion the shell has heard of (the actor's `completed`).
-    pub completed: CheckpointId,
 }
 
 /// The sink subtask: its core and its output.
@@ -277,8 +275,6 @@ pub struct SinkNode {
     /// restore point or its own later snapshots) and unstaged. `applied(sink)` of
     /// VERIFICATION.md 1.0; rebuilt from the disk on every restore.
     pub output: Vec<BatchId>,
-    /// The latest completion the shell has heard of (the actor's `completed`).
-    pub completed: CheckpointId,
 }
 
 /// The highest sequence number and barrier that arrived at a gate on one input since the
@@ -423,10 +419,10 @@ impl Hash for State {
         for SourceNode { core, next, buffer } in sources {
             (core, next, buffer.base()).hash(h);
         }
-        let TaskNode { core, gate: _, watermarks, applied, out_seq, buffer, completed } = task;
-        (core, watermarks, applied, out_seq, buffer.base(), completed).hash(h);
-        let SinkNode { core, gate: _, watermarks, unstaged, output, completed } = sink;
-        (core, watermarks, unstaged, output, completed).hash(h);
+        let TaskNode { core, gate: _, watermarks, applied, out_seq, buffer } = task;
+        (core, watermarks, applied, out_seq, buffer.base()).hash(h);
+        let SinkNode { core, gate: _, watermarks, unstaged, output } = sink;
+        (core, watermarks, unstaged, output).hash(h);
         let Ghost {
             barrier_positions,
             task_snapshots,
@@ -645,7 +641,6 @@ impl CheckpointModel {
                     Msg::Barrier(c) => gate(state, to).handle_arrival(input, Arrival::Barrier(c)),
                     Msg::Complete(c) => {
                         // As the actor does: truncate, tell the gate, then the core.
-                        state.sink.completed = state.sink.completed.max(c);
                         state.sink.gate.handle_complete(c);
                         state.sink.core.handle_checkpoint_complete(c);
                     }
@@ -680,9 +675,6 @@ impl CheckpointModel {
                 state.disk.task.insert(checkpoint, snapshot);
                 if current {
                     state.task.core.on_snapshot_durable(checkpoint);
-                    if checkpoint <= state.task.completed {
-                        state.task.core.handle_checkpoint_complete(state.task.completed);
-                    }
                     self.pump(state, T, log);
                 }
             }
@@ -698,10 +690,6 @@ impl CheckpointModel {
                 }
                 if current {
                     state.sink.core.on_snapshot_durable(checkpoint);
-                    if checkpoint <= state.sink.completed {
-                        // Re-staged by a replay after its checkpoint completed: commit it now.
-                        state.sink.core.handle_checkpoint_complete(state.sink.completed);
-                    }
                     self.pump(state, K, log);
                 }
             }
@@ -765,7 +753,6 @@ impl CheckpointModel {
                     }
                     // As the actor does: truncate, tell the gate, then the core.
                     let task = &mut state.task;
-                    task.completed = task.completed.max(c);
                     task.buffer.complete(c);
                     task.gate.handle_complete(c);
                     task.core.handle_checkpoint_complete(c);
@@ -931,12 +918,7 @@ impl CheckpointModel {
                 task.out_seq = snapshot.map_or(0, |s| s.out_seq);
                 task.gate.restart(&positions, restored);
                 task.watermarks = Watermark::restored(&positions, restored);
-                if restored.0 == 0 {
-                    task.buffer = self.buffer(restored, 0);
-                } else {
-                    task.buffer.restart_from(restored);
-                }
-                task.completed = task.completed.max(restored);
+                task.buffer.restart_from(restored, task.out_seq);
                 for (s, &from_seq) in positions.iter().enumerate() {
                     let ch = channel(Node::Source(s as u8), T);
                     state.net[ch].clear();
@@ -952,7 +934,6 @@ impl CheckpointModel {
                 sink.output = output;
                 sink.gate.restart(&positions, restored);
                 sink.watermarks = Watermark::restored(&positions, restored);
-                sink.completed = sink.completed.max(restored);
                 let ch = channel(T, K);
                 state.net[ch].clear();
                 state.resume[ch] = Some(Resume { from_seq: positions[0], restored });
@@ -1055,7 +1036,6 @@ impl CheckpointModel {
             applied: task_snapshot.map(|s| s.applied).unwrap_or_default(),
             out_seq,
             buffer: self.buffer(restored, out_seq),
-            completed: restored,
         };
         let positions = from.map_or(vec![0], |c| disk.sink[&c].clone());
         state.sink = SinkNode {
@@ -1064,7 +1044,6 @@ impl CheckpointModel {
             watermarks: Watermark::restored(&positions, restored),
             unstaged: Vec::new(),
             output: restored_output(disk, from),
-            completed: restored,
         };
         state.ghost = Ghost {
             violations: std::mem::take(&mut state.ghost.violations),
@@ -1188,7 +1167,6 @@ impl Model for CheckpointModel {
                 applied: BTreeSet::new(),
                 out_seq: 0,
                 buffer: self.buffer(none, 0),
-                completed: none,
             },
             sink: SinkNode {
                 core: Task::new(self.task_config(true)),
@@ -1196,7 +1174,6 @@ impl Model for CheckpointModel {
                 watermarks: vec![Watermark::default()],
                 unstaged: Vec::new(),
                 output: Vec::new(),
-                completed: none,
             },
             net: Default::default(),
             resume: [None; DATA_CHANNELS],

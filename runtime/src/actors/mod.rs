@@ -244,7 +244,7 @@ pub struct Outputs {
 }
 
 /// Above this many queued items on any output channel, a subtask stops granting credits.
-const CONGESTED: usize = 2;
+pub(crate) const CONGESTED: usize = 2;
 
 impl Outputs {
     /// Outputs over `channels` in `groups`; buffer queues (if the channels keep them) may
@@ -355,11 +355,7 @@ impl Outputs {
             channel.seq = seqs.get(ch).copied().unwrap_or(0);
             channel.queue.clear();
             if let Some(buffer) = &mut channel.buffer {
-                if c.0 == 0 {
-                    *buffer = BufferQueue::new(c, 0);
-                } else {
-                    buffer.restart_from(c);
-                }
+                buffer.restart_from(c, channel.seq);
                 self.buffered += buffer_bytes(buffer);
             }
         }

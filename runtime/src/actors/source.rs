@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::coordinator::{Ack, CoordinatorActor, SourceFinished};
-use super::{Abort, Complete, Credit, Item, OutGroup, Outputs, Payload, Resume, SubtaskContext, route};
+use super::{
+    Abort, CONGESTED, Complete, Credit, Item, OutGroup, Outputs, Payload, Resume, SubtaskContext, route,
+};
 use crate::connectors::SourceReader;
 use crate::log::{SnapshotRecord, WriteOp};
+use crate::protocol::buffer::ReplayGap;
 use crate::protocol::participant::{Action, SourceTask};
 use crate::protocol::{CheckpointId, Seq};
 use crate::sync::Arc;
@@ -168,12 +171,8 @@ impl SourceActor {
     fn resume(&mut self, resume: Resume, ctx: &mut Context<Self>) {
         let Some(base) = &self.base else { return };
         let ch = resume.output;
-        if resume.restored < base.checkpoint || resume.from_seq < base.seqs[ch] {
-            let message = format!(
-                "cannot replay output {ch}: re-reading starts at {} but the receiver restored {}",
-                base.checkpoint, resume.restored
-            );
-            return self.cx.escalate("replay_gap", message);
+        if let Err(gap) = ReplayGap::check(base.checkpoint, base.seqs[ch], resume.restored, resume.from_seq) {
+            return self.cx.escalate("replay_gap", format!("cannot replay output {ch}: {gap}"));
         }
         let mut reader = (self.make_reader)();
         if let Err(e) = reader.seek(&base.position) {
@@ -199,7 +198,7 @@ impl SourceActor {
         let mut done = Vec::new();
         for (i, cursor) in self.cursors.iter_mut().enumerate() {
             let channel = &mut self.outputs.channels[cursor.channel];
-            while channel.queued() <= 2 {
+            while channel.queued() <= CONGESTED {
                 let Some(&event) = self.events.get(cursor.next - self.events_from) else {
                     done.push(i);
                     break;

@@ -37,6 +37,21 @@ pub struct ReplayGap {
     pub restored: CheckpointId,
 }
 
+impl ReplayGap {
+    /// Whether what a sender kept since `Barrier(base)`, from the item after sequence number
+    /// `base_seq` on, can serve a receiver restored from checkpoint `restored` whose position
+    /// on the channel is `from_seq` (SPEC §10.2). Sources, which re-read instead of keeping a
+    /// queue, check the same.
+    pub fn check(
+        base: CheckpointId,
+        base_seq: Seq,
+        restored: CheckpointId,
+        from_seq: Seq,
+    ) -> Result<(), ReplayGap> {
+        if restored < base || from_seq < base_seq { Err(ReplayGap { base, restored }) } else { Ok(()) }
+    }
+}
+
 impl std::fmt::Display for ReplayGap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "the buffer queue starts after {} but the receiver restored {}", self.base, self.restored)
@@ -121,9 +136,10 @@ impl<T> BufferQueue<T> {
         from_seq: Seq,
         restored: CheckpointId,
     ) -> Result<impl Iterator<Item = &Buffered<T>>, ReplayGap> {
-        if self.overflowed || restored < self.base || from_seq < self.base_seq {
+        if self.overflowed {
             return Err(ReplayGap { base: self.base, restored });
         }
+        ReplayGap::check(self.base, self.base_seq, restored, from_seq)?;
         let start = if from_seq == self.base_seq {
             0
         } else {
@@ -135,14 +151,20 @@ impl<T> BufferQueue<T> {
         Ok(self.entries.iter().skip(start))
     }
 
-    /// The sender itself restarted from its snapshot of `c`: what it put on the channel after
+    /// The sender itself restarted from its snapshot of `c` (0: none), in which its last
+    /// sequence number on this channel was `seq`: what it put on the channel after
     /// `Barrier(c)` will be produced again (identically), so it is dropped here and pushed
-    /// again as it is produced.
-    pub fn restart_from(&mut self, c: CheckpointId) {
+    /// again as it is produced. Without `Barrier(c)` in the queue (none for `c` = 0, or a
+    /// completion or an overflow dropped it) the queue starts afresh after `Barrier(c)`.
+    pub fn restart_from(&mut self, c: CheckpointId, seq: Seq) {
         match self.entries.iter().position(|e| matches!(e, Buffered::Barrier(b) if *b == c)) {
             Some(at) => self.entries.truncate(at + 1),
-            None if self.base >= c => self.entries.clear(),
-            None => {} // nothing after Barrier(c) was sent yet
+            None => {
+                self.entries.clear();
+                self.base = c;
+                self.base_seq = seq;
+                self.overflowed = false;
+            }
         }
     }
 
@@ -218,9 +240,38 @@ mod tests {
         q.push_batch(1, "a");
         q.push_barrier(C1);
         q.push_batch(2, "b");
-        q.restart_from(C1);
+        q.restart_from(C1, 1);
         assert_eq!(q.len(), 2);
         q.push_batch(2, "b");
         assert_eq!(replayed(&q, 1, C1).len(), 2);
+    }
+
+    // Reference: SPEC §10.2, a sender restarted from nothing, or from a checkpoint whose
+    // barrier was dropped, keeps only what it produces again.
+    #[test]
+    fn a_restarted_sender_without_its_barrier_in_the_queue_starts_afresh() {
+        let mut q = BufferQueue::new(CheckpointId(0), 0);
+        q.push_batch(1, "a");
+        q.push_barrier(C1);
+        q.push_batch(2, "b");
+        q.restart_from(CheckpointId(0), 0);
+        assert!(q.is_empty());
+        q.push_batch(1, "a");
+        assert_eq!(replayed(&q, 0, CheckpointId(0)), vec![Buffered::Batch { seq: 1, item: "a" }]);
+
+        let mut q = BufferQueue::new(CheckpointId(0), 0);
+        q.push_batch(1, "a");
+        q.overflow();
+        q.push_barrier(C1); // the queue starts after Barrier(1) again
+        q.push_batch(2, "b");
+        q.push_barrier(C2);
+        q.push_batch(3, "c");
+        q.restart_from(C2, 2);
+        assert_eq!(replayed(&q, 2, C2), vec![Buffered::Barrier(C2)]);
+        q.overflow();
+        q.restart_from(C1, 1); // its barrier went with the overflow
+        assert_eq!((q.base(), q.len()), (C1, 0));
+        q.push_batch(2, "b");
+        assert_eq!(replayed(&q, 1, C1), vec![Buffered::Batch { seq: 2, item: "b" }]);
     }
 }

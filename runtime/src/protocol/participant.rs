@@ -87,6 +87,8 @@ struct TwoPhaseCommit {
 pub struct Task<B> {
     aligner: Aligner<B>,
     commit: Option<TwoPhaseCommit>,
+    /// The latest checkpoint known complete (restored from, or reported by the coordinator).
+    completed: CheckpointId,
     mutations: Mutations,
     out: VecDeque<Action<B>>,
 }
@@ -105,7 +107,9 @@ impl<B> Task<B> {
         assert_eq!(positions.len(), config.inputs, "one position per input");
         let aligner = Aligner::restore(positions, restore.from.unwrap_or_default(), config.mode)
             .with_mutations(config.mutations);
-        let mut task = Task { aligner, commit: None, mutations: config.mutations, out: VecDeque::new() };
+        let completed = restore.from.unwrap_or_default();
+        let mut task =
+            Task { aligner, commit: None, completed, mutations: config.mutations, out: VecDeque::new() };
         if config.sink {
             let sink = restore.sink.clone().unwrap_or_default();
             task.commit = Some(TwoPhaseCommit { staged: sink.staged.iter().copied().collect() });
@@ -130,6 +134,7 @@ impl<B> Task<B> {
 
     /// The coordinator completed `checkpoint` (its completion record is durable).
     pub fn handle_checkpoint_complete(&mut self, checkpoint: CheckpointId) {
+        self.completed = self.completed.max(checkpoint);
         if let Some(commit) = &self.commit {
             if commit.staged.first().is_some_and(|&c| c <= checkpoint) {
                 self.out.push_back(Action::Commit(checkpoint));
@@ -145,7 +150,9 @@ impl<B> Task<B> {
         self.take_aligner_output();
     }
 
-    /// The snapshot (and, for a sink, the staged output) of `checkpoint` is durable.
+    /// The snapshot (and, for a sink, the staged output) of `checkpoint` is durable. A
+    /// snapshot taken again by a replay after its checkpoint completed (SPEC §10.4) is
+    /// handled as that completion at once: a sink commits what it re-staged.
     pub fn on_snapshot_durable(&mut self, checkpoint: CheckpointId) {
         if !self.mutations.has(Mutant::AckBeforeDurable) {
             self.out.push_back(Action::Ack(checkpoint));
@@ -155,6 +162,9 @@ impl<B> Task<B> {
             if self.mutations.has(Mutant::CommitBeforeComplete) {
                 self.out.push_back(Action::Commit(checkpoint));
             }
+        }
+        if checkpoint <= self.completed {
+            self.handle_checkpoint_complete(self.completed);
         }
     }
 
@@ -272,6 +282,21 @@ mod tests {
         assert_eq!(drain(&mut t), vec![Action::Snapshot { checkpoint: C1, positions: vec![0] }]);
         t.on_snapshot_durable(C1);
         assert_eq!(drain(&mut t), vec![Action::Ack(C1)]);
+    }
+
+    // Reference: SPEC §10.4, a sink that re-stages on replay a checkpoint that completed
+    // meanwhile commits it as soon as the re-staged output is durable.
+    #[test]
+    fn a_snapshot_durable_after_its_checkpoint_completed_is_committed_at_once() {
+        let mut t = sink();
+        t.handle_checkpoint_complete(C1); // heard while its snapshot of c1 was being replayed
+        t.handle_batch(0, 1, 10);
+        t.handle_barrier(0, C1);
+        drain(&mut t);
+        t.on_snapshot_durable(C1);
+        assert_eq!(drain(&mut t), vec![Action::Ack(C1), Action::Commit(C1), Action::DropSnapshotsBelow(C1)]);
+        t.on_snapshot_durable(C2); // an ordinary later snapshot waits for its completion
+        assert_eq!(drain(&mut t), vec![Action::Ack(C2)]);
     }
 
     // Reference: SPEC §5.2, commit only on completion, and it covers every staged checkpoint.
