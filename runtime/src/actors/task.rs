@@ -144,6 +144,49 @@ pub struct TaskState {
 /// durable commit record), for a local restart.
 pub type BuildBody = Box<dyn Fn(&Log) -> Result<Body, String> + Send>;
 
+/// What a transform or sink subtask restores from its snapshot: at the start of a run
+/// attempt and at every local restart.
+pub struct Restored {
+    /// Last applied sequence number per input.
+    pub positions: Vec<Seq>,
+    /// Last sent sequence number per output channel (empty: none sent).
+    pub out_seqs: Vec<Seq>,
+    /// Inputs whose `End` was processed.
+    pub ended: Vec<bool>,
+    /// The body built afresh and restored from the snapshot.
+    pub body: Body,
+}
+
+impl Restored {
+    /// Subtask `name` with `inputs` inputs, from its snapshot `record` (none: a fresh start);
+    /// every error names the subtask or its operator.
+    pub fn from_record(
+        name: &str,
+        record: Option<SnapshotRecord>,
+        inputs: usize,
+        build: &BuildBody,
+        log: &Log,
+    ) -> Result<Restored, String> {
+        let (positions, out_seqs, state) = match record {
+            Some(r) => {
+                let state: TaskState = postcard::from_bytes(&r.state)
+                    .map_err(|e| format!("{name}: snapshot cannot be decoded: {e}"))?;
+                (r.positions, r.out_seqs, Some(state))
+            }
+            None => (vec![0; inputs], Vec::new(), None),
+        };
+        let ended = state.as_ref().map_or(vec![false; inputs], |s| s.ended.clone());
+        if positions.len() != inputs || ended.len() != inputs {
+            return Err(format!("{name}: snapshot has {} inputs, the pipeline {inputs}", positions.len()));
+        }
+        let mut body = build(log).map_err(|e| format!("{name}: {e}"))?;
+        if let (Body::Operator(op), Some(state)) = (&mut body, &state) {
+            op.restore(&state.operator).map_err(|e| e.to_string())?;
+        }
+        Ok(Restored { positions, out_seqs, ended, body })
+    }
+}
+
 /// Wiring, sent once before anything else.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -202,8 +245,6 @@ pub struct TaskActor {
     restarting: Option<Restarting>,
     /// Replay requests that came while this subtask was restarting itself.
     stashed: Vec<Resume>,
-    /// The latest checkpoint the coordinator reported complete.
-    completed: CheckpointId,
     /// Input positions at a failure this subtask is catching up from (for the report).
     catch_up: Option<Vec<Seq>>,
     /// Fault-injection counts: snapshots taken, commits started, writes submitted.
@@ -245,7 +286,6 @@ impl TaskActor {
             incarnation: 0,
             restarting: None,
             stashed: Vec::new(),
-            completed: restored,
             snapshots: 0,
             commits: 0,
             writes: 0,
@@ -411,29 +451,15 @@ impl TaskActor {
         let completed = log.completed().map_err(err)?;
         let durable = log.participant_log(p, self.config.sink).map_err(err)?;
         let plan = plan_local(p, &durable, completed).map_err(|e| e.to_string())?;
-        let inputs = self.config.inputs;
-        let (positions, out_seqs, state) = match completed {
-            Some(c) => {
-                let record = log.read_snapshot(p, c).map_err(err)?;
-                let state: TaskState = postcard::from_bytes(&record.state)
-                    .map_err(|e| format!("snapshot cannot be decoded: {e}"))?;
-                (record.positions, record.out_seqs, state)
-            }
-            None => {
-                (vec![0; inputs], Vec::new(), TaskState { ended: vec![false; inputs], operator: Vec::new() })
-            }
-        };
-        let mut body = (self.build)(log)?;
-        if let (Body::Operator(op), Some(_)) = (&mut body, completed) {
-            op.restore(&state.operator).map_err(|e| e.to_string())?;
-        }
+        let record = completed.map(|c| log.read_snapshot(p, c)).transpose().map_err(err)?;
+        let Restored { positions, out_seqs, ended, body } =
+            Restored::from_record(&self.cx.name, record, self.config.inputs, &self.build, log)?;
         let restored = completed.unwrap_or_default();
         self.body = body;
         self.core = Task::restore(self.config, &plan, &positions);
-        self.ended = state.ended;
+        self.ended = ended;
         self.gate.restart(&positions, restored);
         self.outputs.restart_from(restored, &out_seqs);
-        self.completed = self.completed.max(restored);
         for (input, up) in self.upstream.iter().enumerate() {
             up.resume.do_send(Resume {
                 output: up.output,
@@ -656,10 +682,6 @@ impl Handler<Written> for TaskActor {
         match durable {
             Durable::Snapshot(c) => {
                 self.core.on_snapshot_durable(c);
-                if c <= self.completed {
-                    // Re-staged on replay after its checkpoint completed: commit it now.
-                    self.core.handle_checkpoint_complete(self.completed);
-                }
             }
             Durable::Commit(c) => {
                 self.core.on_commit_durable(c);
@@ -678,7 +700,6 @@ impl Handler<Written> for TaskActor {
 impl Handler<Complete> for TaskActor {
     type Result = ();
     fn handle(&mut self, Complete(c): Complete, ctx: &mut Context<Self>) {
-        self.completed = self.completed.max(c);
         self.outputs.complete(c);
         self.gate.handle_complete(c);
         if self.restarting.is_none() {

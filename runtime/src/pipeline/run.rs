@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::actors::coordinator::{self, CoordinatorActor};
 use crate::actors::shared::{CheckpointTiming, CoordinatorShared};
 use crate::actors::source::{self, SourceActor, decode_source_state};
-use crate::actors::task::{self, Body, SinkWriter, TaskActor, TaskState};
+use crate::actors::task::{self, Body, Restored, SinkWriter, TaskActor};
 use crate::actors::{
     Counters, Failure, Fatal, OutChannel, OutGroup, Outputs, Partition, SubtaskContext, Upstream,
 };
@@ -445,18 +445,6 @@ fn attempt(
                 built.push(Built::Source(Box::new(actor)));
             }
             kind => {
-                let state: TaskState = match &record {
-                    Some(r) => postcard::from_bytes(&r.state)
-                        .map_err(|e| RunError::Build(format!("{name}: snapshot cannot be decoded: {e}")))?,
-                    None => TaskState { ended: vec![false; n_inputs], operator: Vec::new() },
-                };
-                let positions = record.as_ref().map_or(vec![0; n_inputs], |r| r.positions.clone());
-                if positions.len() != n_inputs || state.ended.len() != n_inputs {
-                    return Err(RunError::Build(format!(
-                        "{name}: snapshot has {} inputs, the pipeline {n_inputs}",
-                        positions.len()
-                    )));
-                }
                 let (build, sink): (task::BuildBody, bool) = match kind {
                     NodeKind::Transform(t) => {
                         let upstream = schemas[node_index(&s.node.inputs[0])].clone();
@@ -483,15 +471,13 @@ fn attempt(
                     }
                     NodeKind::Source(_) => unreachable!(),
                 };
-                let mut body = build(&log).map_err(|e| RunError::Build(format!("{name}: {e}")))?;
-                if let (Body::Operator(op), Some(_)) = (&mut body, &record) {
-                    op.restore(&state.operator).map_err(|e| RunError::Build(e.to_string()))?;
-                }
+                let Restored { positions, ended, body, .. } =
+                    Restored::from_record(&name, record, n_inputs, &build, &log).map_err(RunError::Build)?;
                 let config = TaskConfig { inputs: n_inputs, mode, sink, mutations: Default::default() };
                 let core = Task::restore(config, restore, &positions);
                 let restored = restore.from.unwrap_or_default();
                 let actor =
-                    TaskActor::new(context(s), config, core, body, build, state.ended, &positions, restored);
+                    TaskActor::new(context(s), config, core, body, build, ended, &positions, restored);
                 built.push(Built::Task(Box::new(actor)));
             }
         }
