@@ -4,6 +4,7 @@
 //! or bad flags.
 
 mod config;
+mod sigbus;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use weir_runtime::log::LogError;
 use weir_runtime::pipeline::faults::Injection;
 use weir_runtime::pipeline::run::{Progress, ProgressFn, RunError, RunReport, run};
 use weir_runtime::pipeline::spec::PipelineSpec;
@@ -42,6 +44,10 @@ enum Command {
         /// N-th commit; `write-error`: its N-th log write fails.
         #[arg(long, value_name = "FAULT")]
         inject: Vec<String>,
+        /// Start afresh: remove what the data directory holds (the checkpoints of an earlier
+        /// run, possibly of a different pipeline) and write the output again from the start.
+        #[arg(long)]
+        fresh: bool,
     },
     /// Check a pipeline config without running it.
     Validate {
@@ -64,7 +70,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // Quiet unless asked: a failure is the one `weir: ` line on stderr.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
         )
         .init();
     // Panics in operator code are caught and healed by the supervisor, which logs them; the
@@ -78,7 +85,7 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(2, e),
         },
-        Command::Run { config, data_dir, report, inject } => {
+        Command::Run { config, data_dir, report, inject, fresh } => {
             let spec = match config::load(&config, data_dir.as_deref()) {
                 Ok(spec) => spec,
                 Err(e) => return fail(2, e),
@@ -87,12 +94,39 @@ fn main() -> ExitCode {
                 Ok(faults) => faults,
                 Err(e) => return fail(2, e),
             };
-            match run_pipeline(&spec, report, &faults) {
+            sigbus::explain_as_damaged_log(&spec.data_dir);
+            match run_pipeline(&spec, report, &faults, fresh) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(1, format!("{e:#}")),
+                // Another process holds the data directory, or it belongs to another pipeline:
+                // usage mistakes, as a bad flag is.
+                Err(e)
+                    if matches!(
+                        e.downcast_ref(),
+                        Some(RunError::Log(LogError::Locked { .. } | LogError::OtherPipeline { .. }))
+                    ) =>
+                {
+                    fail(2, causes(&e))
+                }
+                Err(e) => fail(1, causes(&e)),
             }
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: a cause whose text its message
+/// already contains (`log: cannot open X: MDB_INVALID` over `MDB_INVALID`) is not repeated.
+fn causes(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn fail(code: u8, error: impl std::fmt::Display) -> ExitCode {
@@ -134,6 +168,7 @@ fn run_pipeline(
     spec: &PipelineSpec,
     report: Option<PathBuf>,
     faults: &[Arc<Injection>],
+    fresh: bool,
 ) -> anyhow::Result<()> {
     let terminal = std::io::stderr().is_terminal();
     let progress: Option<ProgressFn> = terminal.then(|| {
@@ -145,7 +180,7 @@ fn run_pipeline(
             );
         }) as ProgressFn
     });
-    let outcome = match run(spec, progress, faults) {
+    let outcome = match run(spec, progress, faults, fresh) {
         Ok(outcome) => outcome,
         Err(RunError::Escalated { message, report: partial }) => {
             if let Some(path) = &report {

@@ -687,8 +687,10 @@ impl Handler<Written> for TaskActor {
                 self.core.on_commit_durable(c);
                 self.coordinator().do_send(SinkCommitted { participant: self.cx.participant, checkpoint: c });
             }
-            Durable::Failed(e) if matches!(*e, LogError::MapFull { .. } | LogError::WriterGone) => {
-                self.cx.fatal.fail(e); // a restart cannot heal a full map
+            Durable::Failed(e) if !e.is_healable() => {
+                // A full map or disk, an I/O error: the person must act; a restart would
+                // only retry the same write.
+                self.cx.fatal.fail(e);
                 return;
             }
             Durable::Failed(e) => return self.fail("write_error", e.to_string(), ctx),

@@ -7,8 +7,12 @@
 //! - `staged`: (participant u32, checkpoint u64) -> a sink's pre-committed output bytes.
 //! - `sinks`: (participant u32) -> [`CommitRecord`], a sink's "committed through".
 //!
-//! Every value starts with a format version byte, then postcard. Reads are synchronous and
-//! short (recovery at start, a sink's commit). Writes go through one writer thread
+//! Every value starts with a format version byte and a CRC-32C over its key and payload,
+//! then postcard: LMDB does not checksum its pages, and edge hosts keep their logs on SD
+//! cards and eMMC, so a flipped bit must be a refusal that names the record, never a
+//! plausible wrong value restored into a run. The directory itself ([`dir`]) is private,
+//! locked for the life of the process, and its `data.mdb` is checked before it is mapped.
+//! Reads are synchronous and short (recovery at start, a sink's commit). Writes go through one writer thread
 //! ([`Writer`]), which applies everything queued in one transaction, commits (fsync), and only
 //! then calls each write's completion callback: nothing counts as durable before that
 //! (SPEC §1.3). A full map, a corrupt value or an unreadable directory is a [`LogError`] that
@@ -26,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::protocol::recovery::{ParticipantLog, RecoveryInput, RestorePlan, SinkLog};
 use crate::protocol::{CheckpointId, ParticipantId};
 
+pub mod dir;
 mod writer;
 pub use writer::Writer;
 
@@ -41,19 +46,51 @@ pub const SINKS: &str = "sinks";
 const KEY_COMPLETION: &[u8] = b"completion";
 const KEY_PIPELINE: &[u8] = b"pipeline";
 
-/// The format version written before every value.
-pub const FORMAT_VERSION: u8 = 1;
+/// The format version written before every value (2: with a CRC-32C).
+pub const FORMAT_VERSION: u8 = 2;
+/// Version byte plus checksum.
+const HEADER: usize = 5;
 
 /// A failure of the log. Each names the database and key (or the path) involved.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// The data directory cannot be created or opened.
-    #[error("log: cannot open {path}: {source}")]
+    #[error("log: cannot open {}: {reason}", path.display())]
     Open {
         /// The directory.
         path: PathBuf,
         /// Why.
-        source: Box<dyn std::error::Error + Send + Sync>,
+        reason: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Another process holds the data directory.
+    #[error(
+        "log: {} is in use by another weir process{}; stop it first, or use another --data-dir",
+        path.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Locked {
+        /// The directory.
+        path: PathBuf,
+        /// The holder, as it wrote itself into the lock file.
+        pid: Option<u32>,
+    },
+    /// The LMDB file is damaged in a way found before mapping it.
+    #[error("log: {} {what}; the data directory is damaged (move it away, or start afresh with --fresh)", path.display())]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// The disk under the data directory is full.
+    #[error("log: the disk holding {} is full (no space left on device) writing {db}/{key}; free space and run again", path.display())]
+    DiskFull {
+        /// The data directory.
+        path: PathBuf,
+        /// The database being written.
+        db: &'static str,
+        /// The key.
+        key: String,
     },
     /// The LMDB map is full.
     #[error(
@@ -67,7 +104,7 @@ pub enum LogError {
         /// The configured map size.
         map_size_mb: usize,
     },
-    /// A value cannot be decoded.
+    /// A value cannot be decoded, or its checksum does not match.
     #[error("log: corrupt record {db}/{key}: {reason}")]
     Corrupt {
         /// The database.
@@ -87,14 +124,16 @@ pub enum LogError {
         /// The LMDB error.
         source: heed::Error,
     },
-    /// The data directory holds the state of a different pipeline.
+    /// The data directory holds the state of a different pipeline, or of this one with a
+    /// setting changed that changes the meaning of the state or the output.
     #[error(
-        "log: {path} holds the state of a different pipeline ({found}); use another --data-dir or remove it"
+        "log: {} holds the state of a different pipeline: {found}; run with --fresh to start afresh (the output is written again from the start) or use another --data-dir",
+        path.display()
     )]
     OtherPipeline {
         /// The directory.
         path: PathBuf,
-        /// What differs.
+        /// The first difference, e.g. `transforms.windows.size_ms was 1000, is now 2000`.
         found: String,
     },
     /// The writer thread is gone (it failed earlier).
@@ -103,6 +142,15 @@ pub enum LogError {
     /// A write failed because a test or chaos drill said so (`--inject write-error:...`).
     #[error("log: injected write error ({0})")]
     Injected(String),
+}
+
+impl LogError {
+    /// Whether restarting the subtask that saw this error can heal it. Only an injected
+    /// fault can: a full map or disk, an I/O error or a damaged record stays after a
+    /// restart, and retrying it would only hide what the person must fix.
+    pub fn is_healable(&self) -> bool {
+        matches!(self, LogError::Injected(_))
+    }
 }
 
 /// A subtask's snapshot at one checkpoint.
@@ -212,7 +260,13 @@ pub struct Log {
     dbs: Dbs,
     path: PathBuf,
     map_size_mb: usize,
+    /// Held for as long as any clone of the log lives.
+    _lock: std::sync::Arc<dir::DirLock>,
 }
+
+/// One setting that gives the state or the output its meaning, as recorded in the data
+/// directory: `(path, value)`, e.g. `("transforms.windows.size_ms", "1000")`.
+pub type Setting = (String, String);
 
 fn participant_key(p: ParticipantId) -> [u8; 4] {
     u32::try_from(p).expect("participant ids fit in u32").to_be_bytes()
@@ -237,27 +291,64 @@ fn show_key(key: &[u8]) -> String {
     }
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let out = vec![FORMAT_VERSION];
-    postcard::to_extend(value, out).expect("encoding to a Vec cannot fail")
+/// The checksum of a record: CRC-32C over its key and payload, so that a value moved to
+/// another key (a flipped bit in a key) is caught as well as a changed value.
+fn checksum(key: &[u8], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(key), payload)
 }
 
-fn decode<T: DeserializeOwned>(db: &'static str, key: &[u8], bytes: &[u8]) -> Result<T, LogError> {
+/// A record as stored under `key`: version, checksum, postcard payload.
+pub fn encode<T: Serialize>(key: &[u8], value: &T) -> Vec<u8> {
+    let mut out =
+        postcard::to_extend(value, vec![FORMAT_VERSION, 0, 0, 0, 0]).expect("encoding to a Vec cannot fail");
+    let crc = checksum(key, &out[HEADER..]);
+    out[1..HEADER].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Decode a record stored under `key` in `db`, verifying its version, checksum and that
+/// the payload is exactly one value (no trailing bytes).
+pub fn decode<T: DeserializeOwned>(db: &'static str, key: &[u8], bytes: &[u8]) -> Result<T, LogError> {
     let corrupt = |reason: String| LogError::Corrupt { db, key: show_key(key), reason };
-    match bytes.split_first() {
-        Some((&FORMAT_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string())),
-        Some((v, _)) => Err(corrupt(format!("unknown format version {v}"))),
-        None => Err(corrupt("empty value".into())),
+    let Some((&version, rest)) = bytes.split_first() else {
+        return Err(corrupt("empty value".into()));
+    };
+    if version != FORMAT_VERSION {
+        return Err(corrupt(format!("unknown format version {version} (this weir writes {FORMAT_VERSION})")));
+    }
+    let (stored, payload) =
+        rest.split_at_checked(HEADER - 1).ok_or_else(|| corrupt("truncated value".into()))?;
+    let stored = u32::from_le_bytes(stored.try_into().expect("4 bytes"));
+    if stored != checksum(key, payload) {
+        return Err(corrupt("checksum mismatch (the data directory is damaged)".into()));
+    }
+    match postcard::take_from_bytes(payload) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, trailing)) => Err(corrupt(format!("{} trailing bytes", trailing.len()))),
+        Err(e) => Err(corrupt(e.to_string())),
     }
 }
 
 impl Log {
-    /// Open (creating if needed) the log in `dir` with a map of `map_size` bytes.
-    #[allow(unsafe_code)] // the one unsafe call of the crate: heed's environment open
+    /// Open (creating if needed) the log in `dir` with a map of `map_size` bytes. The
+    /// directory is created private and locked for as long as the log (any clone) lives;
+    /// `fresh` first removes what it holds (under the lock).
     pub fn open(dir: &Path, map_size: usize) -> Result<Log, LogError> {
+        Log::open_with(dir, map_size, false)
+    }
+
+    /// [`Log::open`], removing the directory's log first when `fresh`.
+    #[allow(unsafe_code)] // the one unsafe call of the crate: heed's environment open
+    pub fn open_with(dir: &Path, map_size: usize, fresh: bool) -> Result<Log, LogError> {
         let open_err =
-            |e: Box<dyn std::error::Error + Send + Sync>| LogError::Open { path: dir.to_owned(), source: e };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(Box::new(e)))?;
+            |e: Box<dyn std::error::Error + Send + Sync>| LogError::Open { path: dir.to_owned(), reason: e };
+        dir::create_private(dir)?;
+        let lock = dir::lock(dir)?;
+        if fresh {
+            dir::wipe(dir)?;
+        }
+        dir::check_data_file(dir)?;
+        let new = !dir.join(dir::DATA_FILE).exists();
         let mut options = EnvOpenOptions::new();
         options.map_size(map_size).max_dbs(8);
         // SAFETY: LMDB requires that an environment is opened at most once per process and
@@ -279,21 +370,41 @@ impl Log {
             sinks: create(SINKS)?,
         };
         wtxn.commit().map_err(|e| open_err(Box::new(e)))?;
-        Ok(Log { env, dbs, path: dir.to_owned(), map_size_mb: map_size >> 20 })
+        if new {
+            // LMDB created its files: make their directory entries durable too.
+            dir::sync_dir(dir).map_err(|e| open_err(Box::new(e)))?;
+        }
+        Ok(Log {
+            env,
+            dbs,
+            path: dir.to_owned(),
+            map_size_mb: map_size >> 20,
+            _lock: std::sync::Arc::new(lock),
+        })
     }
 
     fn lmdb(&self, db: &'static str, key: &[u8]) -> impl Fn(heed::Error) -> LogError {
         let key = show_key(key);
         let map_size_mb = self.map_size_mb;
+        let path = self.path.clone();
         move |e| match e {
             heed::Error::Mdb(MdbError::MapFull) => LogError::MapFull { db, key: key.clone(), map_size_mb },
+            // LMDB reports a short write as EIO, so an I/O error on a disk with no room
+            // left is a full disk too.
+            heed::Error::Mdb(MdbError::Other(code)) if is_disk_error(code, &path) => {
+                LogError::DiskFull { path: path.clone(), db, key: key.clone() }
+            }
+            heed::Error::Io(io) if io.raw_os_error().is_some_and(|code| is_disk_error(code, &path)) => {
+                LogError::DiskFull { path: path.clone(), db, key: key.clone() }
+            }
             other => LogError::Lmdb { db, key: key.clone(), source: other },
         }
     }
 
-    /// Check that this directory belongs to the pipeline described by `fingerprint` (a text
-    /// naming its nodes and parallelism), recording it on first use.
-    pub fn claim(&self, fingerprint: &str) -> Result<(), LogError> {
+    /// Check that this directory belongs to the pipeline whose meaningful settings are
+    /// `settings` (see `pipeline::fingerprint`), recording them on first use. A difference
+    /// is refused, naming the first setting that differs.
+    pub fn claim(&self, settings: &[Setting]) -> Result<(), LogError> {
         let err = self.lmdb(META, KEY_PIPELINE);
         let rtxn = self.env.read_txn().map_err(&err)?;
         let found = self
@@ -301,15 +412,17 @@ impl Log {
             .meta
             .get(&rtxn, KEY_PIPELINE)
             .map_err(&err)?
-            .map(|b| decode::<String>(META, KEY_PIPELINE, b));
+            .map(|b| decode::<Vec<Setting>>(META, KEY_PIPELINE, b));
         drop(rtxn);
         match found {
-            Some(Ok(f)) if f == fingerprint => Ok(()),
-            Some(Ok(f)) => Err(LogError::OtherPipeline { path: self.path.clone(), found: f }),
+            Some(Ok(recorded)) => match first_difference(&recorded, settings) {
+                None => Ok(()),
+                Some(found) => Err(LogError::OtherPipeline { path: self.path.clone(), found }),
+            },
             Some(Err(e)) => Err(e),
             None => {
                 let mut wtxn = self.env.write_txn().map_err(&err)?;
-                self.dbs.meta.put(&mut wtxn, KEY_PIPELINE, &encode(&fingerprint.to_owned())).map_err(&err)?;
+                self.dbs.meta.put(&mut wtxn, KEY_PIPELINE, &encode(KEY_PIPELINE, &settings)).map_err(&err)?;
                 wtxn.commit().map_err(&err)
             }
         }
@@ -461,15 +574,15 @@ impl Log {
         match op {
             WriteOp::Snapshot { participant, checkpoint, record } => {
                 let key = checkpoint_key(*participant, *checkpoint);
-                self.dbs.snapshots.put(wtxn, &key, &encode(record)).map_err(self.lmdb(SNAPSHOTS, &key))
+                self.dbs.snapshots.put(wtxn, &key, &encode(&key, record)).map_err(self.lmdb(SNAPSHOTS, &key))
             }
             WriteOp::Stage { participant, checkpoint, bytes } => {
                 let key = checkpoint_key(*participant, *checkpoint);
-                self.dbs.staged.put(wtxn, &key, &encode(bytes)).map_err(self.lmdb(STAGED, &key))
+                self.dbs.staged.put(wtxn, &key, &encode(&key, bytes)).map_err(self.lmdb(STAGED, &key))
             }
             WriteOp::Commit { participant, record } => {
                 let key = participant_key(*participant);
-                self.dbs.sinks.put(wtxn, &key, &encode(record)).map_err(self.lmdb(SINKS, &key))?;
+                self.dbs.sinks.put(wtxn, &key, &encode(&key, record)).map_err(self.lmdb(SINKS, &key))?;
                 let (lo, hi) = (
                     checkpoint_key(*participant, CheckpointId(0)),
                     checkpoint_key(*participant, CheckpointId(record.through)),
@@ -483,7 +596,7 @@ impl Log {
             WriteOp::Completion(c) => self
                 .dbs
                 .meta
-                .put(wtxn, KEY_COMPLETION, &encode(&c.0))
+                .put(wtxn, KEY_COMPLETION, &encode(KEY_COMPLETION, &c.0))
                 .map_err(self.lmdb(META, KEY_COMPLETION)),
             WriteOp::DropSnapshotsBelow { participant, checkpoint } => {
                 let (lo, hi) = (
@@ -519,6 +632,34 @@ impl Log {
         }
         wtxn.commit().map_err(&err)
     }
+}
+
+/// Whether the OS error `code` from a write in `dir` means that its disk is full: ENOSPC
+/// (or EDQUOT), or EIO while the file system has less than a page left for us.
+fn is_disk_error(code: i32, dir: &Path) -> bool {
+    const EIO: i32 = 5;
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    match code {
+        ENOSPC | EDQUOT => true,
+        EIO => rustix::fs::statvfs(dir).is_ok_and(|s| s.f_bavail.saturating_mul(s.f_frsize) < 64 << 10),
+        _ => false,
+    }
+}
+
+/// The first setting in which `now` differs from `recorded`, in words.
+fn first_difference(recorded: &[Setting], now: &[Setting]) -> Option<String> {
+    let value = |list: &[Setting], key: &str| list.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    for (key, was) in recorded {
+        match value(now, key) {
+            Some(is) if &is == was => {}
+            Some(is) => return Some(format!("{key} was {was}, is now {is}")),
+            None => return Some(format!("{key} ({was}) is no longer in the config")),
+        }
+    }
+    now.iter()
+        .find(|(k, _)| value(recorded, k).is_none())
+        .map(|(key, is)| format!("{key} ({is}) was not in the config that wrote it"))
 }
 
 impl fmt::Debug for Log {
@@ -606,7 +747,7 @@ mod tests {
         wtxn.commit().unwrap();
         assert_eq!(
             log.read_snapshot(4, C2).unwrap_err().to_string(),
-            "log: corrupt record snapshots/participant 4 checkpoint 2: unknown format version 9"
+            "log: corrupt record snapshots/participant 4 checkpoint 2: unknown format version 9 (this weir writes 2)"
         );
     }
 
@@ -614,8 +755,56 @@ mod tests {
     fn a_directory_of_another_pipeline_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path(), 16 << 20).unwrap();
-        log.claim("a:1 b:2").unwrap();
-        log.claim("a:1 b:2").unwrap();
-        assert!(matches!(log.claim("a:1 c:2"), Err(LogError::OtherPipeline { .. })));
+        let set = |pairs: &[(&str, &str)]| -> Vec<Setting> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let a = set(&[("sources.a.type", "\"generator\""), ("transforms.w.size_ms", "1000")]);
+        log.claim(&a).unwrap();
+        log.claim(&a).unwrap();
+        let changed = set(&[("sources.a.type", "\"generator\""), ("transforms.w.size_ms", "2000")]);
+        let err = log.claim(&changed).unwrap_err().to_string();
+        assert!(err.contains(": transforms.w.size_ms was 1000, is now 2000; run with --fresh"), "{err}");
+        let more = set(&[
+            ("sources.a.type", "\"generator\""),
+            ("transforms.w.size_ms", "1000"),
+            ("sinks.o.type", "\"file\""),
+        ]);
+        let err = log.claim(&more).unwrap_err().to_string();
+        assert!(err.contains("sinks.o.type (\"file\") was not in the config that wrote it"), "{err}");
+        let err = log.claim(&a[..1]).unwrap_err().to_string();
+        assert!(err.contains("transforms.w.size_ms (1000) is no longer in the config"), "{err}");
+    }
+
+    #[test]
+    fn a_flipped_bit_anywhere_in_a_record_or_its_key_is_refused() {
+        let record = SnapshotRecord { positions: vec![3, 9], out_seqs: vec![2], state: vec![1, 2, 3, 200] };
+        let key = checkpoint_key(1, C2);
+        let bytes = encode(&key, &record);
+        assert_eq!(decode::<SnapshotRecord>(SNAPSHOTS, &key, &bytes).unwrap(), record);
+        for bit in 0..bytes.len() * 8 {
+            let mut flipped = bytes.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode::<SnapshotRecord>(SNAPSHOTS, &key, &flipped).is_err(), "bit {bit} went unnoticed");
+        }
+        for bit in 0..key.len() * 8 {
+            let mut other = key;
+            other[bit / 8] ^= 1 << (bit % 8);
+            let err = decode::<SnapshotRecord>(SNAPSHOTS, &other, &bytes).unwrap_err().to_string();
+            assert!(err.contains("checksum mismatch"), "{err}");
+        }
+        for len in 0..bytes.len() {
+            assert!(decode::<SnapshotRecord>(SNAPSHOTS, &key, &bytes[..len]).is_err(), "cut at {len}");
+        }
+        let err = decode::<SnapshotRecord>(SNAPSHOTS, &key, &{
+            let mut b = bytes.clone();
+            b[5] ^= 1;
+            b
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "log: corrupt record snapshots/participant 1 checkpoint 2: checksum mismatch (the data directory is damaged)"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! built into actors and run.
 
 pub mod faults;
+pub mod fingerprint;
 pub mod spec;
 
 #[cfg(feature = "io")]

@@ -26,6 +26,7 @@ use crate::connectors::generator::Generator;
 use crate::log::{Log, LogError, SnapshotRecord, Writer};
 use crate::operators;
 use crate::pipeline::faults::Injection;
+use crate::pipeline::fingerprint;
 use crate::pipeline::spec::{
     CheckpointMode, NodeKind, NodeSpec, PipelineSpec, RecoveryStrategy, SinkSpec, SourceSpec, TransformSpec,
 };
@@ -123,23 +124,6 @@ struct Subtask<'a> {
     participant: ParticipantId,
 }
 
-/// A stable description of the topology, stored in the log so that a data directory is
-/// never restored into a different pipeline.
-fn fingerprint(spec: &PipelineSpec) -> String {
-    spec.nodes
-        .iter()
-        .map(|n| {
-            let kind = match &n.kind {
-                NodeKind::Source(_) => "source",
-                NodeKind::Transform(_) => "transform",
-                NodeKind::Sink(_) => "sink",
-            };
-            format!("{}:{kind}:{}<-[{}]", n.name, n.parallelism, n.inputs.join(","))
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn reader(spec: &SourceSpec) -> Box<dyn SourceReader> {
     match spec {
         SourceSpec::Generator(g) => Box::new(Generator::new(g)),
@@ -161,14 +145,18 @@ struct Attempt {
 /// Run `spec` until its sources are exhausted and all output is committed. A panic in
 /// operator code restarts the pipeline from the last completed checkpoint (a global
 /// rollback inside this process), within the restart intensity of `spec.supervision`.
+///
+/// `fresh` removes what the data directory holds first (`weir run --fresh`): the run starts
+/// from the beginning of its input and the file sinks write their output anew.
 pub fn run(
     spec: &PipelineSpec,
     progress: Option<ProgressFn>,
     faults: &[Arc<Injection>],
+    fresh: bool,
 ) -> Result<RunReport, RunError> {
     let started = Instant::now();
-    let log = Log::open(&spec.data_dir, spec.map_size)?;
-    log.claim(&fingerprint(spec))?;
+    let log = Log::open_with(&spec.data_dir, spec.map_size, fresh)?;
+    log.claim(&fingerprint::settings(spec))?;
     let writer = Writer::start(log.clone());
     let supervision = spec.supervision;
     let mut report = RunReport {
