@@ -5,9 +5,14 @@
 //! 1000 ms into one of 2000 ms, or a CSV file with JSON lines, gives output that is wrong
 //! without any error.
 //!
+//! Paths are recorded relative to the data directory, so a folder holding the config, the
+//! data directory and the output can be moved or copied as a whole.
+//!
 //! Left out on purpose, because a change is safe across a restart: rates and batch sizes
 //! (where records are cut into batches), the checkpoint interval, mode and timeout,
 //! supervision and recovery settings, the map size, and the data directory itself.
+
+use std::path::{Path, PathBuf};
 
 use crate::pipeline::spec::{
     AggregateFunction, FileFormat, NodeKind, NodeSpec, OutputFormat, PipelineSpec, SinkSpec, SourceSpec,
@@ -18,7 +23,7 @@ use crate::pipeline::spec::{
 pub fn settings(spec: &PipelineSpec) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for node in &spec.nodes {
-        node_settings(node, &mut out);
+        node_settings(node, &spec.data_dir, &mut out);
     }
     out
 }
@@ -39,7 +44,21 @@ fn format_name(f: FileFormat) -> String {
     })
 }
 
-fn node_settings(node: &NodeSpec, out: &mut Vec<(String, String)>) {
+/// `path` as seen from `base` (both absolute): `../out/windows.csv`.
+fn relative(path: &Path, base: &Path) -> String {
+    let (p, b): (Vec<_>, Vec<_>) = (path.components().collect(), base.components().collect());
+    let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut rel = PathBuf::new();
+    for _ in common..b.len() {
+        rel.push("..");
+    }
+    for c in &p[common..] {
+        rel.push(c);
+    }
+    quoted(&rel.to_string_lossy())
+}
+
+fn node_settings(node: &NodeSpec, data_dir: &Path, out: &mut Vec<(String, String)>) {
     let section = match node.kind {
         NodeKind::Source(_) => "sources",
         NodeKind::Transform(_) => "transforms",
@@ -59,7 +78,7 @@ fn node_settings(node: &NodeSpec, out: &mut Vec<(String, String)>) {
         NodeKind::Source(SourceSpec::File(f)) => (
             "file",
             vec![
-                ("path", quoted(&f.path.to_string_lossy())),
+                ("path", relative(&f.path, data_dir)),
                 ("format", format_name(f.format)),
                 (
                     "schema",
@@ -110,7 +129,7 @@ fn node_settings(node: &NodeSpec, out: &mut Vec<(String, String)>) {
             ("window", v)
         }
         NodeKind::Sink(SinkSpec::File { path, format, .. }) => {
-            let mut v = vec![("path", quoted(&path.to_string_lossy()))];
+            let mut v = vec![("path", relative(path, data_dir))];
             v.extend(output_format(*format));
             ("file", v)
         }
@@ -203,6 +222,8 @@ mod tests {
         assert_eq!(get(&base, "transforms.windows.size_ms").as_deref(), Some("1000"));
         assert_eq!(get(&base, "transforms.windows.aggregates").as_deref(), Some("[\"sum(value)\"]"));
         assert_eq!(get(&base, "sources.readings.records").as_deref(), Some("20"));
+        assert_eq!(relative(Path::new("/x/out/w.csv"), Path::new("/x/data")), "\"../out/w.csv\"");
+        assert_eq!(relative(Path::new("/x/data/w.csv"), Path::new("/x/data")), "\"w.csv\"");
         assert_ne!(settings(&spec(2000, 20, None, Some(1000))), base);
         assert_ne!(settings(&spec(1000, 2, None, Some(1000))), base);
         // A rate limit and the checkpoint interval are safe to change.
