@@ -276,3 +276,31 @@ fn a_full_disk_under_the_data_dir_is_one_line_at_once_and_a_rerun_after_freeing_
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
+
+#[test]
+fn an_operator_error_is_one_line_naming_the_node_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hot.toml");
+    std::fs::write(
+        &config,
+        r#"data_dir = "data"
+[sources.readings]
+type = "generator"
+shape = "sensors"
+records = 2000
+[transforms.hot]
+type = "map"
+inputs = ["readings"]
+compute = { bad = "ts % (ts - ts)" }
+[sinks.out]
+type = "file"
+inputs = ["hot"]
+path = "out/x.csv"
+format = "csv"
+"#,
+    )
+    .unwrap();
+    let out = run(&config);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out), "weir: run failed: hot: compute.bad: modulo by zero in \"ts % (ts - ts)\"\n");
+}

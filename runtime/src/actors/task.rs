@@ -373,7 +373,10 @@ impl TaskActor {
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.carry_out(action, ctx))) {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
-                        self.cx.fatal.fail(format!("{}: {e}", self.cx.name));
+                        // Operator errors name their node already: say it once, as the subtask.
+                        let text = e.to_string();
+                        let text = text.strip_prefix(&format!("{}: ", self.cx.node)).unwrap_or(&text);
+                        self.cx.fatal.fail(format!("{}: {text}", self.cx.name));
                         return;
                     }
                     Err(payload) => {
