@@ -11,7 +11,7 @@ use weir_runtime::pipeline::spec::{
     RestartStrategy, SinkSpec, SourceSpec, SupervisionSpec, TransformSpec, WindowKind, WindowSpec,
 };
 
-use super::parse_with_env;
+use super::{load, parse};
 
 /// The sensor-window config of DESIGN.md section 8.
 const SENSOR_WINDOW: &str = include_str!("../../tests/configs/design-sensor-window.toml");
@@ -25,12 +25,12 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn spec(text: &str) -> PipelineSpec {
-    parse_with_env(text, Path::new("/etc/weir"), None, &env).unwrap_or_else(|e| panic!("{e}"))
+    parse(text, Path::new("/etc/weir"), &env).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The error line for `text`.
 fn error(text: &str) -> String {
-    match parse_with_env(text, Path::new("/etc/weir"), None, &env) {
+    match parse(text, Path::new("/etc/weir"), &env) {
         Ok(spec) => panic!("expected an error, got {spec:#?}"),
         Err(e) => e.to_string(),
     }
@@ -97,6 +97,8 @@ fn the_sensor_window_config_becomes_its_spec() {
                 kind: NodeKind::Sink(SinkSpec::File {
                     path: PathBuf::from("/etc/weir/out/windows.csv"),
                     format: OutputFormat { encoding: FileFormat::Csv, float_precision: Some(3) },
+                    allow_symlink: false,
+                    mode: 0o644,
                 }),
             },
         ],
@@ -133,8 +135,17 @@ fn defaults_and_overrides() {
         CheckpointSpec { interval_ms: None, mode: CheckpointMode::AtLeastOnce, timeout_ms: 5 }
     );
 
-    let overridden = parse_with_env(&text, Path::new("/etc/weir"), Some(Path::new("/var/lib/weir")), &env);
-    assert_eq!(overridden.unwrap().data_dir, Path::new("/var/lib/weir"));
+    // `load` puts --data-dir in place of the config's data_dir, and still reads the key.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(&config, &text).unwrap();
+    let flag = dir.path().join("state");
+    assert_eq!(load(&config, Some(&flag)).unwrap().data_dir, flag);
+    std::fs::write(&config, text.replace("../state/./weir", "")).unwrap();
+    assert_eq!(
+        load(&config, Some(&flag)).unwrap_err().to_string(),
+        "config: data_dir: expected a non-empty string, found \"\" (line 1)"
+    );
 }
 
 #[test]
@@ -314,7 +325,9 @@ fn generator_options() {
         spec.nodes[1].kind,
         NodeKind::Sink(SinkSpec::File {
             path: PathBuf::from("/srv/out/x.json"),
-            format: OutputFormat { encoding: FileFormat::JsonLines, float_precision: None }
+            format: OutputFormat { encoding: FileFormat::JsonLines, float_precision: None },
+            allow_symlink: false,
+            mode: 0o644,
         })
     );
 }
@@ -678,7 +691,7 @@ inputs = ["w"]
         variants.extend((0..config.len()).map(|i| format!("{}{}", &config[..i], &config[i + 1..])));
         variants.extend((0..config.len()).map(|i| format!("{}\"{}", &config[..i], &config[i..])));
         for text in variants {
-            if let Err(e) = parse_with_env(&text, Path::new("/etc/weir"), None, &env) {
+            if let Err(e) = parse(&text, Path::new("/etc/weir"), &env) {
                 let line = e.to_string();
                 assert!(line.starts_with("config: ") && !line.contains('\n'), "{line}\nfor:\n{text}");
                 let located = line.contains("(line ")
@@ -697,7 +710,7 @@ fn supervision_table_overrides_defaults_and_rejects_unknown_keys() {
     let got = spec(&text).supervision;
     assert_eq!(got, SupervisionSpec { max_restarts: 1, within_ms: 5000, ..SupervisionSpec::default() });
     let bad = format!("{SENSOR_WINDOW}\n[supervision]\nmax_restart = 1\n");
-    let err = super::parse(&bad, Path::new("/cfg"), None).unwrap_err().to_string();
+    let err = parse(&bad, Path::new("/cfg"), &env).unwrap_err().to_string();
     assert!(err.starts_with("config: supervision: unknown key \"max_restart\" (line "), "{err}");
     assert!(err.ends_with("did you mean \"max_restarts\"?"), "{err}");
 }
@@ -714,7 +727,7 @@ fn restart_and_recovery_strategies_are_read_and_bad_ones_named() {
     );
     assert_eq!(spec(SENSOR_WINDOW).supervision.recovery, RecoveryStrategy::Local, "local by default");
     let bad = format!("{SENSOR_WINDOW}\n[recovery]\nstrategy = \"partial\"\n");
-    let err = super::parse(&bad, Path::new("/cfg"), None).unwrap_err().to_string();
+    let err = parse(&bad, Path::new("/cfg"), &env).unwrap_err().to_string();
     assert!(
         err.starts_with(
             "config: recovery.strategy: expected \"local\" or \"global\", found \"partial\" (line "
