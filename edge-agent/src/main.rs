@@ -129,21 +129,26 @@ fn cli_error(error: &clap::Error) -> String {
         let names: Vec<String> = Cli::command().get_subcommands().map(|c| c.get_name().to_owned()).collect();
         return format!("missing subcommand: expected {}; see weir --help", names.join(" or "));
     }
-    // `render` is plain text; its lines are "error: ...", indented details, "  tip: ...",
-    // "Usage: ..." and "For more information, try '--help'.".
+    // `render` is plain text (clap drops terminal escapes); its lines are "error: ...",
+    // indented details and tips, "Usage: ..." and "For more information, try '--help'.". Any
+    // other line was cut from the one before by a line break inside an argument, and is put
+    // back with it (for `fail` to show escaped).
     let text = error.render().to_string();
     let mut message = String::new();
-    for line in
-        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("For more information"))
-    {
-        let (separator, part) = if let Some(usage) = line.strip_prefix("Usage: ") {
+    for raw in text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("For more information")) {
+        let line = raw.trim();
+        let (separator, part) = if let Some(usage) = raw.strip_prefix("Usage: ") {
             ("; ", format!("usage: {usage}"))
+        } else if let Some(first) = raw.strip_prefix("error: ") {
+            ("", first.to_owned())
+        } else if !raw.starts_with(char::is_whitespace) {
+            ("\n", raw.to_owned())
         } else if line.starts_with("tip: ") {
             ("; ", line.to_owned())
         } else if message.ends_with(':') {
             (" ", line.to_owned())
         } else {
-            (", ", line.strip_prefix("error: ").unwrap_or(line).to_owned())
+            (", ", line.to_owned())
         };
         if !message.is_empty() {
             message.push_str(separator);

@@ -735,3 +735,67 @@ fn restart_and_recovery_strategies_are_read_and_bad_ones_named() {
         "{err}"
     );
 }
+
+#[test]
+fn hopping_windows_are_capped_per_record() {
+    let window = |size: u64, hop: u64| {
+        with(
+            &format!(
+                "[transforms.w]\ntype = \"window\"\ninputs = [\"readings\"]\ntime_field = \"ts\"\n\
+                 kind = \"hopping\"\nsize_ms = {size}\nhop_ms = {hop}\naggregates = [\"count\"]\n"
+            ),
+            "w",
+        )
+    };
+    spec(&window(1000, 1));
+    spec(&window(200_000, 200));
+    assert_eq!(
+        error(&window(1001, 1)),
+        "config: transforms.w.hop_ms: size_ms = 1001 and hop_ms = 1 put each record in 1001 windows, more \
+         than the 1000 allowed; raise hop_ms to at least 2 (line 12)"
+    );
+    // Rounded up: a record can fall in one more window than size_ms / hop_ms.
+    assert!(error(&window(200_001, 200)).contains("put each record in 1001 windows"));
+}
+
+#[test]
+fn file_sinks_take_allow_symlink_and_an_octal_mode() {
+    let sink = |extra: &str| {
+        format!(
+            "[sources.readings]\ntype = \"generator\"\nshape = \"sensors\"\nrecords = 10\n\
+             [sinks.out]\ntype = \"file\"\ninputs = [\"readings\"]\npath = \"o.csv\"\nformat = \"csv\"\n{extra}"
+        )
+    };
+    let file = |text: &str| match &spec(text).nodes[1].kind {
+        NodeKind::Sink(SinkSpec::File { allow_symlink, mode, .. }) => (*allow_symlink, *mode),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(file(&sink("")), (false, 0o644));
+    assert_eq!(file(&sink("allow_symlink = true\nmode = \"0640\"")), (true, 0o640));
+    assert_eq!(file(&sink("mode = \"600\"")), (false, 0o600));
+    assert_eq!(
+        error(&sink("mode = \"0999\"")),
+        "config: sinks.out.mode: expected an octal mode such as \"0640\", found \"0999\" (line 10)"
+    );
+    for bad in ["\"4755\"", "\"64\"", "\"0o640\"", "\"\"", "640"] {
+        let line = error(&sink(&format!("mode = {bad}")));
+        assert!(line.starts_with("config: sinks.out.mode: expected an octal mode such as"), "{line}");
+    }
+    assert_eq!(
+        error(&sink("mode = \"0440\"")),
+        "config: sinks.out.mode: mode \"0440\" does not let the owner read and write the file, which weir \
+         reopens after a restart (line 10)"
+    );
+    assert_eq!(
+        error(&sink("allow_symlink = \"yes\"")),
+        "config: sinks.out.allow_symlink: expected true or false, found \"yes\" (line 10)"
+    );
+    assert_eq!(
+        error(&sink("alow_symlink = true")),
+        "config: sinks.out: unknown key \"alow_symlink\" (line 10), did you mean \"allow_symlink\"?"
+    );
+    assert_eq!(
+        error(&with("", "readings").replace("type = \"stdout\"", "type = \"stdout\"\nmode = \"0640\"")),
+        "config: sinks.out: key \"mode\" does not apply to type = \"stdout\" (line 9)"
+    );
+}

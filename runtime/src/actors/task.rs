@@ -116,6 +116,14 @@ impl SinkWriter {
 /// wants). Its folder is synced, so that the file's entry survives a power cut along with the
 /// output committed into it.
 fn open_output(path: &Path, allow_symlink: bool, mode: u32) -> Result<File, String> {
+    open_output_within(path, allow_symlink, mode, MAX_OUTPUT_LINKS)
+}
+
+/// How many dangling links [`open_output`] follows to create the file one names, as the kernel
+/// limits the links it follows in one path.
+const MAX_OUTPUT_LINKS: u32 = 8;
+
+fn open_output_within(path: &Path, allow_symlink: bool, mode: u32, links: u32) -> Result<File, String> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let mut options = OpenOptions::new();
@@ -141,6 +149,15 @@ fn open_output(path: &Path, allow_symlink: bool, mode: u32) -> Result<File, Stri
                     file.set_permissions(std::fs::Permissions::from_mode(mode))
                         .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
                     file
+                }
+                // An allowed link to a missing file: `create_new` never follows a link, so
+                // create the file it names, with the same care.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && allow_symlink && links > 0 => {
+                    match std::fs::read_link(path) {
+                        Ok(target) => return open_output_within(&dir.join(target), true, mode, links - 1),
+                        // Not a link: made by someone else since the first attempt.
+                        Err(_) => options.open(path).map_err(refused)?,
+                    }
                 }
                 // Made by someone else since the first attempt: theirs, as it is.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -750,5 +767,44 @@ impl Handler<Abort> for TaskActor {
     fn handle(&mut self, Abort(c): Abort, ctx: &mut Context<Self>) {
         self.gate.handle_abort(c);
         self.drain(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlinked_output_is_refused_at_open_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.csv");
+        std::fs::write(&target, "theirs\n").unwrap();
+        let link = dir.path().join("out.csv");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert_eq!(
+            open_output(&link, false, 0o644).unwrap_err(),
+            format!(
+                "cannot open {}: it is a symbolic link (set allow_symlink = true to write through it)",
+                link.display()
+            )
+        );
+        // A dangling link is not followed to create its target either.
+        std::fs::remove_file(&target).unwrap();
+        assert!(open_output(&link, false, 0o644).is_err());
+        assert!(!target.exists());
+        assert!(open_output(&link, true, 0o644).is_ok());
+        assert!(target.exists());
+    }
+
+    #[test]
+    fn a_new_output_gets_exactly_its_mode_and_an_old_one_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/out.csv");
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+        open_output(&path, false, 0o664).unwrap();
+        assert_eq!(mode(&path), 0o664);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        open_output(&path, false, 0o644).unwrap();
+        assert_eq!(mode(&path), 0o600);
     }
 }
