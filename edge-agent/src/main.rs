@@ -3,14 +3,15 @@
 //! Exit codes: 0 success; 1 the run failed (storage, I/O, bad input data); 2 a bad config
 //! or bad flags.
 
+use weir_edge_agent::config;
+
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{CommandFactory, Parser, Subcommand};
-use weir_edge_agent::config;
+use clap::{Parser, Subcommand};
 use weir_runtime::pipeline::faults::Injection;
 use weir_runtime::pipeline::run::{Progress, ProgressFn, RunError, RunReport, run};
 use weir_runtime::pipeline::spec::PipelineSpec;
@@ -126,7 +127,10 @@ fn escape_controls(text: &str) -> String {
 /// (sub)command, without the blank lines and the pointer to `--help` around them.
 fn cli_error(error: &clap::Error) -> String {
     if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        let names: Vec<String> = Cli::command().get_subcommands().map(|c| c.get_name().to_owned()).collect();
+        let names: Vec<String> = <Cli as clap::CommandFactory>::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect();
         return format!("missing subcommand: expected {}; see weir --help", names.join(" or "));
     }
     // `render` is plain text (clap drops terminal escapes); its lines are "error: ...",
