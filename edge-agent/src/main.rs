@@ -3,8 +3,9 @@
 //! Exit codes: 0 success; 1 the run failed (storage, I/O, bad input data); 2 a bad config
 //! or bad flags.
 
-mod config;
 mod sigbus;
+
+use weir_edge_agent::config;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -49,21 +50,26 @@ enum Command {
         #[arg(long)]
         fresh: bool,
     },
-    /// Check a pipeline config without running it.
+    /// Check a pipeline config without running it: its keys, wiring and schemas, and what this
+    /// machine must provide (input files, the data directory, address space for the log).
     Validate {
         /// The pipeline config (TOML).
         config: PathBuf,
+        /// The data directory to check, as `run --data-dir` (overrides `data_dir` in the config).
+        #[arg(long, env = "WEIR_DATA_DIR")]
+        data_dir: Option<PathBuf>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: their text, to stdout.
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::SUCCESS;
         }
+        Err(e) => return fail(2, cli_error(&e)),
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -78,7 +84,7 @@ fn main() -> ExitCode {
     // default hook would print a backtrace for each. Keep one line, with the location.
     std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
     match cli.command {
-        Command::Validate { config } => match config::load(&config, None) {
+        Command::Validate { config, data_dir } => match config::load(&config, data_dir.as_deref()) {
             Ok(spec) => {
                 println!("{}: ok ({} nodes)", config.display(), spec.nodes.len());
                 ExitCode::SUCCESS
@@ -129,9 +135,66 @@ fn causes(error: &anyhow::Error) -> String {
     line
 }
 
+/// Prints `weir: {error}` as exactly one line: control characters in it (a path or a value
+/// may hold a line break or a terminal escape) are shown escaped, never sent to the terminal.
 fn fail(code: u8, error: impl std::fmt::Display) -> ExitCode {
-    eprintln!("weir: {error}");
+    eprintln!("weir: {}", escape_controls(&error.to_string()));
     ExitCode::from(code)
+}
+
+/// `text` with every control character written as an escape: `\n`, `\r`, `\t`, `\x1b`, `\u{85}`.
+fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A command-line mistake as one line: clap's message, its tips, and the usage of the
+/// (sub)command, without the blank lines and the pointer to `--help` around them.
+fn cli_error(error: &clap::Error) -> String {
+    if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let names: Vec<String> = <Cli as clap::CommandFactory>::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect();
+        return format!("missing subcommand: expected {}; see weir --help", names.join(" or "));
+    }
+    // `render` is plain text (clap drops terminal escapes); its lines are "error: ...",
+    // indented details and tips, "Usage: ..." and "For more information, try '--help'.". Any
+    // other line was cut from the one before by a line break inside an argument, and is put
+    // back with it (for `fail` to show escaped).
+    let text = error.render().to_string();
+    let mut message = String::new();
+    for raw in text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("For more information")) {
+        let line = raw.trim();
+        let (separator, part) = if let Some(usage) = raw.strip_prefix("Usage: ") {
+            ("; ", format!("usage: {usage}"))
+        } else if let Some(first) = raw.strip_prefix("error: ") {
+            ("", first.to_owned())
+        } else if !raw.starts_with(char::is_whitespace) {
+            ("\n", raw.to_owned())
+        } else if line.starts_with("tip: ") {
+            ("; ", line.to_owned())
+        } else if message.ends_with(':') {
+            (" ", line.to_owned())
+        } else {
+            (", ", line.to_owned())
+        };
+        if !message.is_empty() {
+            message.push_str(separator);
+        }
+        message.push_str(&part);
+    }
+    message
 }
 
 /// `--inject` values, checked against the pipeline.

@@ -166,3 +166,35 @@ fn unreadable_file() {
         &format!("config: cannot read {}: No such file or directory", path.display()),
     );
 }
+
+#[test]
+fn too_many_hopping_windows_per_record() {
+    let config =
+        edited("kind = \"tumbling\"\nsize_ms = 1000", "kind = \"hopping\"\nsize_ms = 200000\nhop_ms = 1");
+    let message = "config: transforms.windows.hop_ms: size_ms = 200000 and hop_ms = 1 put each record in 200000 \
+                   windows, more than the 1000 allowed; raise hop_ms to at least 200 (line 19)";
+    assert_rejected(&validate(&config, &[]), message);
+
+    // `run` refuses it the same way, before it starts (it used to abort every checkpoint).
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(&path, &config).expect("the config is written");
+    let output = Command::new(env!("CARGO_BIN_EXE_weir")).arg("run").arg(&path).output().expect("weir runs");
+    assert_rejected(&output, message);
+    assert!(!dir.path().join("data").exists());
+
+    assert_accepted(&validate(&config.replace("hop_ms = 1\n", "hop_ms = 200\n"), &[]));
+}
+
+#[test]
+fn file_sink_mode_and_allow_symlink() {
+    assert_rejected(
+        &validate(&edited("float_precision = 3", "float_precision = 3\nmode = \"0660x\""), &[]),
+        "config: sinks.out.mode: expected an octal mode such as \"0640\", found \"0660x\" (line 28)",
+    );
+    assert_rejected(
+        &validate(&edited("float_precision = 3", "float_precision = 3\nallow_symlinks = true"), &[]),
+        "config: sinks.out: unknown key \"allow_symlinks\" (line 28), did you mean \"allow_symlink\"?",
+    );
+    assert_accepted(&validate(&edited("float_precision = 3", "mode = \"0640\"\nallow_symlink = true"), &[]));
+}

@@ -167,6 +167,13 @@ impl<'a> Item<'a> {
         }
     }
 
+    pub(super) fn bool(&self) -> Result<bool, ConfigError> {
+        match self.value.get_ref() {
+            DeValue::Boolean(b) => Ok(*b),
+            _ => Err(self.expected("true or false")),
+        }
+    }
+
     /// An integer in `min..=max`; `what` is the expectation shown when it is not, for example
     /// "a positive integer".
     fn int_in(&self, min: u64, max: u64, what: &str) -> Result<u64, ConfigError> {

@@ -1,6 +1,7 @@
 //! The pipeline configuration: TOML in, a validated [`PipelineSpec`] out.
 //!
-//! [`load`] reads a file and [`parse`] its text in four steps, each in its own module:
+//! [`parse`] turns config text into a spec in four steps, each in its own module; it is pure
+//! (the environment comes as a lookup function) so that it can be fuzzed and embedded:
 //!
 //! 1. `interpolate`: `${VAR}`, `${VAR:-default}` and `$$` are replaced from the environment,
 //!    line by line, so line numbers stay those of the file.
@@ -12,17 +13,20 @@
 //!    the sources through each transform's operator (`operator`, the one call into
 //!    `weir_runtime::operators`).
 //!
+//! [`load`], what `weir validate` and `weir run` call, reads the file, parses it, and then
+//! (`host`) checks what can be checked on this machine without running: input files are
+//! readable, the data directory is or can be made a writable directory, the log's map fits in
+//! the address space, output files are not unexpected symbolic links. It creates nothing.
+//!
 //! Every user mistake is one [`ConfigError`], displayed as one line that names the key and its
 //! line: `config: transforms.windows: unknown key "sise_ms" (line 14), did you mean "size_ms"?`.
 //! Only the first mistake found is reported: tables are read in file order, and within a table
 //! unknown keys come before missing or mistyped values (a misspelt key usually explains both);
-//! wiring, cycles and schemas are checked once every table has been read.
-//!
-//! This module does no I/O besides reading the config file: it neither creates `data_dir` nor
-//! checks that input files exist (they may appear before `weir run`).
+//! wiring, cycles and schemas are checked once every table has been read, and the machine last.
 
 mod doc;
 mod graph;
+mod host;
 mod interpolate;
 mod nodes;
 mod operator;
@@ -51,9 +55,10 @@ const SUPERVISION_KEYS: &[&str] =
     &["strategy", "max_restarts", "within_ms", "backoff_initial_ms", "backoff_max_ms"];
 const RECOVERY_KEYS: &[&str] = &["strategy", "buffer_mb"];
 
-/// A mistake in a config; its `Display` is one line starting with `config: `.
+/// A mistake in a config, or a setting this machine cannot honour; its `Display` is one line
+/// starting with `config: ` (or with the flag it is about).
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ConfigError {
+pub enum ConfigError {
     /// The file could not be read.
     #[error("config: cannot read {}: {}", path.display(), io_reason(source))]
     Read { path: PathBuf, source: std::io::Error },
@@ -70,6 +75,9 @@ pub(crate) enum ConfigError {
     /// A problem with the pipeline as a whole, which no single line holds.
     #[error("config: {message}")]
     Pipeline { message: String },
+    /// A problem with a value given by a command-line flag, such as `--data-dir`.
+    #[error("{flag}: {message}")]
+    Flag { flag: &'static str, message: String },
 }
 
 impl ConfigError {
@@ -117,37 +125,69 @@ fn io_reason(error: &std::io::Error) -> String {
     }
 }
 
-/// Reads and validates the pipeline config at `path`. Relative paths in it resolve against the
-/// file's folder; `data_dir_override` (from `--data-dir`) replaces `data_dir`.
-pub(crate) fn load(path: &Path, data_dir_override: Option<&Path>) -> Result<PipelineSpec, ConfigError> {
+/// Reads and validates the pipeline config at `path`, then checks it against this machine
+/// (`host`). Relative paths in it resolve against the file's folder; `data_dir_override` (from
+/// `--data-dir` or `WEIR_DATA_DIR`) replaces `data_dir`. Variables come from the process
+/// environment.
+pub fn load(path: &Path, data_dir_override: Option<&Path>) -> Result<PipelineSpec, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     let base_dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    parse(&text, base_dir, data_dir_override)
-}
-
-/// Validates config `text` as if read from a file in `base_dir`, taking variables from the
-/// process environment.
-pub(crate) fn parse(
-    text: &str,
-    base_dir: &Path,
-    data_dir_override: Option<&Path>,
-) -> Result<PipelineSpec, ConfigError> {
-    parse_with_env(text, base_dir, data_dir_override, &|name| {
+    let base_dir = absolute(base_dir)?;
+    let (mut spec, mut sites) = read(&text, &base_dir, &|name| {
         std::env::var_os(name).map(|value| value.to_string_lossy().into_owned())
-    })
+    })?;
+    if let Some(dir) = data_dir_override {
+        spec.data_dir = absolute(dir)?;
+        sites.data_dir = DataDirFrom::Flag;
+    }
+    host::check(&spec, &sites)?;
+    Ok(spec)
 }
 
-/// [`parse`] with the environment given as a lookup function.
-fn parse_with_env(
+/// Validates config `text` as if read from a file in `base_dir`, looking variables up with
+/// `env`. Pure: no file, environment or clock is read, so it can be fuzzed and embedded.
+/// Paths in the config resolve against `base_dir`, which should be absolute (a relative one
+/// leaves them relative).
+pub fn parse(
     text: &str,
     base_dir: &Path,
-    data_dir_override: Option<&Path>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<PipelineSpec, ConfigError> {
+    read(text, base_dir, env).map(|(spec, _)| spec)
+}
+
+/// Where `data_dir` came from, which is where a problem with it is reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DataDirFrom {
+    /// Not set: `data` next to the config.
+    Default,
+    /// The `data_dir` key, on this line.
+    Config(usize),
+    /// `--data-dir` or `WEIR_DATA_DIR`.
+    Flag,
+}
+
+/// Where the values that `host` checks were written, so that its errors name a key and a line.
+#[derive(Debug)]
+struct Sites {
+    data_dir: DataDirFrom,
+    /// The line of `map_size_mb`, if set.
+    map_size_mb: Option<usize>,
+    /// For each file source and file sink: its name, the dotted path of its `path` key and the
+    /// line of the value.
+    paths: Vec<(String, String, usize)>,
+}
+
+/// [`parse`], also returning where the values [`host::check`] looks at were written.
+fn read(
+    text: &str,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(PipelineSpec, Sites), ConfigError> {
     let text = interpolate::interpolate(text, env)?;
     let doc = Doc::new(&text);
     let parsed = DeTable::parse(&text).map_err(|error| ConfigError::Line {
@@ -157,18 +197,12 @@ fn parse_with_env(
     let root = Table::root(&doc, parsed.get_ref());
     root.deny_unknown_keys(TOP_LEVEL_KEYS)?;
 
-    let base_dir = absolute(base_dir)?;
-    let data_dir = match (data_dir_override, root.get("data_dir")) {
-        (Some(dir), item) => {
-            if let Some(item) = item {
-                item.non_empty_str()?;
-            }
-            absolute(dir)?
-        }
-        (None, Some(item)) => nodes::resolve(&base_dir, item.non_empty_str()?),
-        (None, None) => nodes::resolve(&base_dir, DEFAULT_DATA_DIR),
+    let (data_dir, data_dir_from) = match root.get("data_dir") {
+        Some(item) => (nodes::resolve(base_dir, item.non_empty_str()?), DataDirFrom::Config(item.line())),
+        None => (nodes::resolve(base_dir, DEFAULT_DATA_DIR), DataDirFrom::Default),
     };
-    let map_size = match root.get("map_size_mb") {
+    let map_size_item = root.get("map_size_mb");
+    let map_size = match &map_size_item {
         Some(item) => {
             let mb = item.positive()?;
             mb.checked_mul(1 << 20)
@@ -207,7 +241,7 @@ fn parse_with_env(
                 item.key_line(),
             ));
         }
-        drafts.push(nodes::read_node(section, item, &base_dir)?);
+        drafts.push(nodes::read_node(section, item, base_dir)?);
     }
     for section in [Section::Source, Section::Sink] {
         if !drafts.iter().any(|d| d.section == section) {
@@ -215,9 +249,15 @@ fn parse_with_env(
             return Err(ConfigError::Pipeline { message });
         }
     }
+    let paths = drafts
+        .iter()
+        .filter(|d| d.has_path())
+        .map(|d| (d.name.clone(), format!("{}.path", d.item.path()), d.item.line_of("path")))
+        .collect();
+    let sites = Sites { data_dir: data_dir_from, map_size_mb: map_size_item.map(|i| i.line()), paths };
 
     let nodes = graph::assemble(drafts)?;
-    Ok(PipelineSpec { data_dir, map_size, checkpoint, supervision, nodes })
+    Ok((PipelineSpec { data_dir, map_size, checkpoint, supervision, nodes }, sites))
 }
 
 /// `[supervision]`.

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use weir_runtime::batch::{DataType, Field, Schema};
 use weir_runtime::pipeline::spec::{
-    AggregateFunction, AggregateSpec, FileFormat, FileSourceSpec, GeneratorSpec, MapSpec, NodeKind,
-    OutputFormat, SinkSpec, SourceSpec, TransformSpec, WindowKind, WindowSpec,
+    AggregateFunction, AggregateSpec, DEFAULT_OUTPUT_MODE, FileFormat, FileSourceSpec, GeneratorSpec,
+    MapSpec, NodeKind, OutputFormat, SinkSpec, SourceSpec, TransformSpec, WindowKind, WindowSpec,
 };
 
 use super::ConfigError;
@@ -38,8 +38,10 @@ const TRANSFORM_TYPES: &[(&str, &[&str])] = &[
         &["key", "time_field", "kind", "size_ms", "hop_ms", "gap_ms", "max_out_of_order_ms", "aggregates"],
     ),
 ];
-const SINK_TYPES: &[(&str, &[&str])] =
-    &[("file", &["path", "format", "float_precision"]), ("stdout", &["format", "float_precision"])];
+const SINK_TYPES: &[(&str, &[&str])] = &[
+    ("file", &["path", "format", "float_precision", "allow_symlink", "mode"]),
+    ("stdout", &["format", "float_precision"]),
+];
 
 const DEFAULT_BATCH_SIZE: u64 = 4096;
 const DEFAULT_SENSORS: u64 = 1000;
@@ -84,6 +86,13 @@ pub(super) struct Draft<'a> {
     pub(super) inputs: Vec<Located<String>>,
     pub(super) parallelism: usize,
     pub(super) kind: NodeKind,
+}
+
+impl Draft<'_> {
+    /// Whether the node names a file in its `path`: a file source or a file sink.
+    pub(super) fn has_path(&self) -> bool {
+        matches!(self.kind, NodeKind::Source(SourceSpec::File(_)) | NodeKind::Sink(SinkSpec::File { .. }))
+    }
 }
 
 /// Reads the node `item` (an entry of the `section` table); relative paths resolve against
@@ -142,6 +151,8 @@ pub(super) fn read_node<'a>(
         (Section::Sink, "file") => NodeKind::Sink(SinkSpec::File {
             path: resolve(base_dir, table.require("path")?.non_empty_str()?),
             format: output_format(&table, true)?,
+            allow_symlink: optional(&table, "allow_symlink", Item::bool)?.unwrap_or(false),
+            mode: optional(&table, "mode", file_mode)?.unwrap_or(DEFAULT_OUTPUT_MODE),
         }),
         (Section::Sink, _) => NodeKind::Sink(SinkSpec::Stdout { format: output_format(&table, false)? }),
     };
@@ -299,7 +310,7 @@ fn window(table: &Table<'_>) -> Result<WindowSpec, ConfigError> {
     let millis = |key: &str| -> Result<i64, ConfigError> { Ok(table.require(key)?.positive()? as i64) };
     let kind = match kind {
         Kind::Tumbling => WindowKind::Tumbling { size_ms: millis("size_ms")? },
-        Kind::Hopping => WindowKind::Hopping { size_ms: millis("size_ms")?, hop_ms: millis("hop_ms")? },
+        Kind::Hopping => hopping(table)?,
         Kind::Session => WindowKind::Session { gap_ms: millis("gap_ms")? },
     };
     let max_out_of_order_ms = optional(table, "max_out_of_order_ms", Item::non_negative)?.unwrap_or(0) as i64;
@@ -324,6 +335,28 @@ fn window(table: &Table<'_>) -> Result<WindowSpec, ConfigError> {
         return Err(list.error("expected at least one aggregate"));
     }
     Ok(WindowSpec { key, time_field, kind, max_out_of_order_ms, aggregates })
+}
+
+/// `size_ms` and `hop_ms` of a hopping window. Each record lands in `size_ms / hop_ms` windows
+/// (rounded up), each of which the operator updates per record and snapshots at every
+/// checkpoint; past this many, one record's work and a snapshot's size grow without warning
+/// until checkpoints time out.
+const MAX_WINDOWS_PER_RECORD: u64 = 1000;
+
+fn hopping(table: &Table<'_>) -> Result<WindowKind, ConfigError> {
+    let size_ms = table.require("size_ms")?.positive()?;
+    let hop_item = table.require("hop_ms")?;
+    let hop_ms = hop_item.positive()?;
+    // A hop longer than the size is the operator's to refuse (with its own message).
+    let windows = size_ms.div_ceil(hop_ms);
+    if windows > MAX_WINDOWS_PER_RECORD {
+        return Err(hop_item.error(format!(
+            "size_ms = {size_ms} and hop_ms = {hop_ms} put each record in {windows} windows, more than the \
+             {MAX_WINDOWS_PER_RECORD} allowed; raise hop_ms to at least {}",
+            size_ms.div_ceil(MAX_WINDOWS_PER_RECORD)
+        )));
+    }
+    Ok(WindowKind::Hopping { size_ms: size_ms as i64, hop_ms: hop_ms as i64 })
 }
 
 const AGGREGATES: [(&str, AggregateFunction); 7] = [
@@ -383,6 +416,25 @@ fn output_format(table: &Table<'_>, format_required: bool) -> Result<OutputForma
         None => None,
     };
     Ok(OutputFormat { encoding, float_precision })
+}
+
+/// A file sink's `mode`: permission bits as an octal string, `"0640"` or `"640"`. The owner
+/// must be able to read and write, since the sink reopens the file after a restart; setuid,
+/// setgid and sticky bits have no business on an output file.
+fn file_mode(item: &Item<'_>) -> Result<u32, ConfigError> {
+    let bad = || item.error(format!("expected an octal mode such as \"0640\", found {}", item.found()));
+    let text = item.str().map_err(|_| bad())?;
+    let digits = if text.len() == 4 { text.strip_prefix('0').ok_or_else(bad)? } else { text };
+    if digits.len() != 3 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(bad());
+    }
+    let mode = u32::from_str_radix(digits, 8).map_err(|_| bad())?;
+    if mode & 0o600 != 0o600 {
+        return Err(item.error(format!(
+            "mode {text:?} does not let the owner read and write the file, which weir reopens after a restart"
+        )));
+    }
+    Ok(mode)
 }
 
 /// Reads `key` with `read` if it is there.

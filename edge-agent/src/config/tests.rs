@@ -11,7 +11,7 @@ use weir_runtime::pipeline::spec::{
     RestartStrategy, SinkSpec, SourceSpec, SupervisionSpec, TransformSpec, WindowKind, WindowSpec,
 };
 
-use super::parse_with_env;
+use super::{load, parse};
 
 /// The sensor-window config of DESIGN.md section 8.
 const SENSOR_WINDOW: &str = include_str!("../../tests/configs/design-sensor-window.toml");
@@ -25,12 +25,12 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn spec(text: &str) -> PipelineSpec {
-    parse_with_env(text, Path::new("/etc/weir"), None, &env).unwrap_or_else(|e| panic!("{e}"))
+    parse(text, Path::new("/etc/weir"), &env).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The error line for `text`.
 fn error(text: &str) -> String {
-    match parse_with_env(text, Path::new("/etc/weir"), None, &env) {
+    match parse(text, Path::new("/etc/weir"), &env) {
         Ok(spec) => panic!("expected an error, got {spec:#?}"),
         Err(e) => e.to_string(),
     }
@@ -97,6 +97,8 @@ fn the_sensor_window_config_becomes_its_spec() {
                 kind: NodeKind::Sink(SinkSpec::File {
                     path: PathBuf::from("/etc/weir/out/windows.csv"),
                     format: OutputFormat { encoding: FileFormat::Csv, float_precision: Some(3) },
+                    allow_symlink: false,
+                    mode: 0o644,
                 }),
             },
         ],
@@ -133,8 +135,17 @@ fn defaults_and_overrides() {
         CheckpointSpec { interval_ms: None, mode: CheckpointMode::AtLeastOnce, timeout_ms: 5 }
     );
 
-    let overridden = parse_with_env(&text, Path::new("/etc/weir"), Some(Path::new("/var/lib/weir")), &env);
-    assert_eq!(overridden.unwrap().data_dir, Path::new("/var/lib/weir"));
+    // `load` puts --data-dir in place of the config's data_dir, and still reads the key.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(&config, &text).unwrap();
+    let flag = dir.path().join("state");
+    assert_eq!(load(&config, Some(&flag)).unwrap().data_dir, flag);
+    std::fs::write(&config, text.replace("../state/./weir", "")).unwrap();
+    assert_eq!(
+        load(&config, Some(&flag)).unwrap_err().to_string(),
+        "config: data_dir: expected a non-empty string, found \"\" (line 1)"
+    );
 }
 
 #[test]
@@ -314,7 +325,9 @@ fn generator_options() {
         spec.nodes[1].kind,
         NodeKind::Sink(SinkSpec::File {
             path: PathBuf::from("/srv/out/x.json"),
-            format: OutputFormat { encoding: FileFormat::JsonLines, float_precision: None }
+            format: OutputFormat { encoding: FileFormat::JsonLines, float_precision: None },
+            allow_symlink: false,
+            mode: 0o644,
         })
     );
 }
@@ -678,7 +691,7 @@ inputs = ["w"]
         variants.extend((0..config.len()).map(|i| format!("{}{}", &config[..i], &config[i + 1..])));
         variants.extend((0..config.len()).map(|i| format!("{}\"{}", &config[..i], &config[i..])));
         for text in variants {
-            if let Err(e) = parse_with_env(&text, Path::new("/etc/weir"), None, &env) {
+            if let Err(e) = parse(&text, Path::new("/etc/weir"), &env) {
                 let line = e.to_string();
                 assert!(line.starts_with("config: ") && !line.contains('\n'), "{line}\nfor:\n{text}");
                 let located = line.contains("(line ")
@@ -697,7 +710,7 @@ fn supervision_table_overrides_defaults_and_rejects_unknown_keys() {
     let got = spec(&text).supervision;
     assert_eq!(got, SupervisionSpec { max_restarts: 1, within_ms: 5000, ..SupervisionSpec::default() });
     let bad = format!("{SENSOR_WINDOW}\n[supervision]\nmax_restart = 1\n");
-    let err = super::parse(&bad, Path::new("/cfg"), None).unwrap_err().to_string();
+    let err = parse(&bad, Path::new("/cfg"), &env).unwrap_err().to_string();
     assert!(err.starts_with("config: supervision: unknown key \"max_restart\" (line "), "{err}");
     assert!(err.ends_with("did you mean \"max_restarts\"?"), "{err}");
 }
@@ -714,11 +727,75 @@ fn restart_and_recovery_strategies_are_read_and_bad_ones_named() {
     );
     assert_eq!(spec(SENSOR_WINDOW).supervision.recovery, RecoveryStrategy::Local, "local by default");
     let bad = format!("{SENSOR_WINDOW}\n[recovery]\nstrategy = \"partial\"\n");
-    let err = super::parse(&bad, Path::new("/cfg"), None).unwrap_err().to_string();
+    let err = parse(&bad, Path::new("/cfg"), &env).unwrap_err().to_string();
     assert!(
         err.starts_with(
             "config: recovery.strategy: expected \"local\" or \"global\", found \"partial\" (line "
         ),
         "{err}"
+    );
+}
+
+#[test]
+fn hopping_windows_are_capped_per_record() {
+    let window = |size: u64, hop: u64| {
+        with(
+            &format!(
+                "[transforms.w]\ntype = \"window\"\ninputs = [\"readings\"]\ntime_field = \"ts\"\n\
+                 kind = \"hopping\"\nsize_ms = {size}\nhop_ms = {hop}\naggregates = [\"count\"]\n"
+            ),
+            "w",
+        )
+    };
+    spec(&window(1000, 1));
+    spec(&window(200_000, 200));
+    assert_eq!(
+        error(&window(1001, 1)),
+        "config: transforms.w.hop_ms: size_ms = 1001 and hop_ms = 1 put each record in 1001 windows, more \
+         than the 1000 allowed; raise hop_ms to at least 2 (line 12)"
+    );
+    // Rounded up: a record can fall in one more window than size_ms / hop_ms.
+    assert!(error(&window(200_001, 200)).contains("put each record in 1001 windows"));
+}
+
+#[test]
+fn file_sinks_take_allow_symlink_and_an_octal_mode() {
+    let sink = |extra: &str| {
+        format!(
+            "[sources.readings]\ntype = \"generator\"\nshape = \"sensors\"\nrecords = 10\n\
+             [sinks.out]\ntype = \"file\"\ninputs = [\"readings\"]\npath = \"o.csv\"\nformat = \"csv\"\n{extra}"
+        )
+    };
+    let file = |text: &str| match &spec(text).nodes[1].kind {
+        NodeKind::Sink(SinkSpec::File { allow_symlink, mode, .. }) => (*allow_symlink, *mode),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(file(&sink("")), (false, 0o644));
+    assert_eq!(file(&sink("allow_symlink = true\nmode = \"0640\"")), (true, 0o640));
+    assert_eq!(file(&sink("mode = \"600\"")), (false, 0o600));
+    assert_eq!(
+        error(&sink("mode = \"0999\"")),
+        "config: sinks.out.mode: expected an octal mode such as \"0640\", found \"0999\" (line 10)"
+    );
+    for bad in ["\"4755\"", "\"64\"", "\"0o640\"", "\"\"", "640"] {
+        let line = error(&sink(&format!("mode = {bad}")));
+        assert!(line.starts_with("config: sinks.out.mode: expected an octal mode such as"), "{line}");
+    }
+    assert_eq!(
+        error(&sink("mode = \"0440\"")),
+        "config: sinks.out.mode: mode \"0440\" does not let the owner read and write the file, which weir \
+         reopens after a restart (line 10)"
+    );
+    assert_eq!(
+        error(&sink("allow_symlink = \"yes\"")),
+        "config: sinks.out.allow_symlink: expected true or false, found \"yes\" (line 10)"
+    );
+    assert_eq!(
+        error(&sink("alow_symlink = true")),
+        "config: sinks.out: unknown key \"alow_symlink\" (line 10), did you mean \"allow_symlink\"?"
+    );
+    assert_eq!(
+        error(&with("", "readings").replace("type = \"stdout\"", "type = \"stdout\"\nmode = \"0640\"")),
+        "config: sinks.out: key \"mode\" does not apply to type = \"stdout\" (line 9)"
     );
 }

@@ -4,7 +4,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use crate::connectors::encode::encode;
 use crate::log::{CommitRecord, Log, LogError, SnapshotRecord, WriteOp};
 use crate::operators::Operator;
 use crate::pipeline::faults::FaultKind;
-use crate::pipeline::spec::OutputFormat;
+use crate::pipeline::spec::{OutputFormat, SinkSpec};
 use crate::pipeline::supervise::{Decision, Restart, RestartReport};
 use crate::protocol::participant::{Action, Task, TaskConfig};
 use crate::protocol::recovery::plan_local;
@@ -50,28 +51,14 @@ pub struct SinkWriter {
 }
 
 impl SinkWriter {
-    /// A sink writer whose last durable commit record is `committed`. A file is cut back
-    /// to the length recorded there: whatever follows it was appended by a commit whose
+    /// A sink writer for `spec` whose last durable commit record is `committed`. A file is cut
+    /// back to the length recorded there: whatever follows it was appended by a commit whose
     /// record never became durable, and the repair commit appends it again.
-    pub fn open(
-        format: OutputFormat,
-        path: Option<PathBuf>,
-        committed: CommitRecord,
-    ) -> Result<SinkWriter, String> {
-        let destination = match path {
-            None => Destination::Stdout,
-            Some(path) => {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-                }
-                let file = OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    pub fn open(spec: &SinkSpec, committed: CommitRecord) -> Result<SinkWriter, String> {
+        let (format, destination) = match spec {
+            SinkSpec::Stdout { format } => (*format, Destination::Stdout),
+            SinkSpec::File { path, format, allow_symlink, mode } => {
+                let file = open_output(path, *allow_symlink, *mode)?;
                 let len = file.metadata().map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
                 if len < committed.file_len {
                     return Err(format!(
@@ -82,7 +69,7 @@ impl SinkWriter {
                 }
                 file.set_len(committed.file_len)
                     .map_err(|e| format!("cannot truncate {}: {e}", path.display()))?;
-                Destination::File { path, file }
+                (*format, Destination::File { path: path.clone(), file })
             }
         };
         Ok(SinkWriter { format, destination, pending: Vec::new(), committed })
@@ -121,6 +108,72 @@ impl SinkWriter {
         self.committed = CommitRecord { through: c.0, file_len: self.committed.file_len + bytes as u64 };
         Ok(self.committed)
     }
+}
+
+/// A file sink's output, open for reading and writing. Unless `allow_symlink`, a symbolic link
+/// at `path` is refused (`O_NOFOLLOW`), not followed onto whatever file it names. A missing
+/// file is created with exactly `mode` (the umask does not apply: the config says what it
+/// wants). Its folder is synced, so that the file's entry survives a power cut along with the
+/// output committed into it.
+fn open_output(path: &Path, allow_symlink: bool, mode: u32) -> Result<File, String> {
+    open_output_within(path, allow_symlink, mode, MAX_OUTPUT_LINKS)
+}
+
+/// How many dangling links [`open_output`] follows to create the file one names, as the kernel
+/// limits the links it follows in one path.
+const MAX_OUTPUT_LINKS: u32 = 8;
+
+fn open_output_within(path: &Path, allow_symlink: bool, mode: u32, links: u32) -> Result<File, String> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    if !allow_symlink {
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    let refused = |e: std::io::Error| {
+        if e.raw_os_error() == Some(libc::ELOOP) && !allow_symlink {
+            format!(
+                "cannot open {}: it is a symbolic link (set allow_symlink = true to write through it)",
+                path.display()
+            )
+        } else {
+            format!("cannot open {}: {e}", path.display())
+        }
+    };
+    // Opening an existing file first keeps its mode; only a file made here gets `mode`.
+    let file = match options.open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match options.clone().create_new(true).mode(mode).open(path) {
+                Ok(file) => {
+                    file.set_permissions(std::fs::Permissions::from_mode(mode))
+                        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+                    file
+                }
+                // An allowed link to a missing file: `create_new` never follows a link, so
+                // create the file it names, with the same care.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && allow_symlink && links > 0 => {
+                    match std::fs::read_link(path) {
+                        Ok(target) => return open_output_within(&dir.join(target), true, mode, links - 1),
+                        // Not a link: made by someone else since the first attempt.
+                        Err(_) => options.open(path).map_err(refused)?,
+                    }
+                }
+                // Made by someone else since the first attempt: theirs, as it is.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    options.open(path).map_err(refused)?
+                }
+                Err(e) => return Err(refused(e)),
+            }
+        }
+        opened => opened.map_err(refused)?,
+    };
+    // On every open, not only after creating: a run that created the file and died before
+    // this sync left an entry that a power cut may still take, with the output in it.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("cannot sync {} (the folder of {}): {e}", dir.display(), path.display()))?;
+    Ok(file)
 }
 
 /// What a task subtask does with the batches it processes.
@@ -719,5 +772,44 @@ impl Handler<Abort> for TaskActor {
     fn handle(&mut self, Abort(c): Abort, ctx: &mut Context<Self>) {
         self.gate.handle_abort(c);
         self.drain(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlinked_output_is_refused_at_open_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.csv");
+        std::fs::write(&target, "theirs\n").unwrap();
+        let link = dir.path().join("out.csv");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert_eq!(
+            open_output(&link, false, 0o644).unwrap_err(),
+            format!(
+                "cannot open {}: it is a symbolic link (set allow_symlink = true to write through it)",
+                link.display()
+            )
+        );
+        // A dangling link is not followed to create its target either.
+        std::fs::remove_file(&target).unwrap();
+        assert!(open_output(&link, false, 0o644).is_err());
+        assert!(!target.exists());
+        assert!(open_output(&link, true, 0o644).is_ok());
+        assert!(target.exists());
+    }
+
+    #[test]
+    fn a_new_output_gets_exactly_its_mode_and_an_old_one_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/out.csv");
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+        open_output(&path, false, 0o664).unwrap();
+        assert_eq!(mode(&path), 0o664);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        open_output(&path, false, 0o644).unwrap();
+        assert_eq!(mode(&path), 0o600);
     }
 }

@@ -445,15 +445,12 @@ fn attempt(
                         (build, false)
                     }
                     NodeKind::Sink(sink_spec) => {
-                        let (path, format) = match sink_spec {
-                            SinkSpec::File { path, format } => (Some(path.clone()), *format),
-                            SinkSpec::Stdout { format } => (None, *format),
-                        };
+                        let sink_spec: SinkSpec = sink_spec.clone();
                         let p = s.participant;
                         let build: task::BuildBody = Box::new(move |log: &Log| {
                             let committed =
                                 log.read_commit(p).map_err(|e| e.to_string())?.unwrap_or_default();
-                            SinkWriter::open(format, path.clone(), committed).map(Body::Sink)
+                            SinkWriter::open(&sink_spec, committed).map(Body::Sink)
                         });
                         (build, true)
                     }

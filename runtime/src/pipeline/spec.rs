@@ -270,6 +270,13 @@ pub enum SinkSpec {
         path: PathBuf,
         /// Line format.
         format: OutputFormat,
+        /// `allow_symlink`: whether `path` may be a symbolic link (its last component; the
+        /// folders above it may always be links). Off by default, so that a link planted at the
+        /// output path cannot redirect the output onto another file.
+        allow_symlink: bool,
+        /// `mode`: the permission bits the file is created with, exactly (the umask does not
+        /// apply); an existing file keeps its own. [`DEFAULT_OUTPUT_MODE`] unless set.
+        mode: u32,
     },
     /// `type = "stdout"`.
     Stdout {
@@ -277,6 +284,9 @@ pub enum SinkSpec {
         format: OutputFormat,
     },
 }
+
+/// The permission bits of a file sink's output unless its `mode` says otherwise: `rw-r--r--`.
+pub const DEFAULT_OUTPUT_MODE: u32 = 0o644;
 
 /// How a sink writes records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,5 @@
+//! The weir agent as a library: the config layer ([`config`]) that turns a pipeline's TOML
+//! into a validated [`weir_runtime::pipeline::spec::PipelineSpec`], kept apart from the `weir`
+//! binary so that it can be fuzzed and embedded.
+
+pub mod config;
