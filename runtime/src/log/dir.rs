@@ -152,11 +152,13 @@ fn meta(page: &[u8]) -> Option<Meta> {
 }
 
 /// Check `dir/data.mdb`, if it exists, before LMDB maps it: both meta pages readable, the
-/// newer one valid, and the file long enough to hold the root pages it names. LMDB reads
-/// pages through a memory map, so a page past the end of a truncated file is a SIGBUS, not
-/// an error; this turns the common case (a file cut short) into one line. (LMDB may leave
-/// freed pages at the very end unwritten, so the file's length is compared with the pages
-/// that must exist, not with the last page number.)
+/// newer one valid, and every page reachable from it (the trees of the free-page list, of the
+/// main database and of each named database, and their overflow pages) inside the file,
+/// carrying its own page number and a plausible header. LMDB reads pages through a memory
+/// map, so a page past the end of a truncated file is a SIGBUS, not an error, and a damaged
+/// header can send it anywhere; this turns both into one line. (LMDB may leave freed pages
+/// at the very end unwritten, so the file's length is compared with the pages that are
+/// reachable, not with the last page number.)
 pub fn check_data_file(dir: &Path) -> Result<(), LogError> {
     let path: PathBuf = dir.join(DATA_FILE);
     let mut file = match File::open(&path) {
@@ -201,19 +203,122 @@ pub fn check_data_file(dir: &Path) -> Result<(), LogError> {
         }
         (None, None) => return Err(damaged(&path, "is not an LMDB file (no valid meta page)".into())),
     };
-    let pages = len / newest.page_size;
-    for root in newest.roots {
-        if root != NO_PAGE && root >= pages {
-            return Err(damaged(
-                &path,
-                format!(
-                    "is truncated ({len} bytes, but its newest meta page needs page {root}, at least {} bytes)",
-                    (root + 1) * newest.page_size
-                ),
+    let mut walk = Walk {
+        file: &file,
+        page_size: newest.page_size,
+        pages: len / newest.page_size,
+        seen: Default::default(),
+    };
+    walk.trees(&newest.roots).map_err(|what| damaged(&path, what))
+}
+
+// Page header: page number u64, pad u16, flags u16, lower u16, upper u16 (an overflow page
+// has its page count u32 where lower and upper are); then the node offsets, u16 each. A
+// node: lo u16, hi u16, flags u16, key size u16, key, data (liblmdb `MDB_page`, `MDB_node`).
+const HEADER_SIZE: usize = 16;
+const P_BRANCH: u16 = 0x01;
+const P_LEAF: u16 = 0x02;
+const P_OVERFLOW: u16 = 0x04;
+const P_LEAF2: u16 = 0x20;
+const F_BIGDATA: u16 = 0x01;
+const F_SUBDATA: u16 = 0x02;
+
+/// A walk over the B-trees of an LMDB file, reading pages with `pread` (never mapped).
+struct Walk<'f> {
+    file: &'f File,
+    page_size: u64,
+    /// Whole pages the file holds.
+    pages: u64,
+    seen: std::collections::BTreeSet<u64>,
+}
+
+impl Walk<'_> {
+    /// Page `pgno`, which must lie inside the file (and, `own`, carry its own number).
+    fn read(&self, pgno: u64, own: bool) -> Result<Vec<u8>, String> {
+        use std::os::unix::fs::FileExt;
+        if pgno >= self.pages {
+            return Err(format!(
+                "is truncated or damaged: it needs page {pgno} but holds {} pages of {} bytes",
+                self.pages, self.page_size
             ));
         }
+        let mut page = vec![0u8; self.page_size as usize];
+        self.file
+            .read_exact_at(&mut page, pgno * self.page_size)
+            .map_err(|e| format!("cannot be read: {e}"))?;
+        let says = u64::from_ne_bytes(page[..8].try_into().expect("8 bytes"));
+        if own && says != pgno {
+            return Err(format!("has a damaged page {pgno} (its header says page {says})"));
+        }
+        Ok(page)
     }
-    Ok(())
+
+    /// Visit every tree from `roots`, and the tree of every named database found on the way.
+    fn trees(&mut self, roots: &[u64]) -> Result<(), String> {
+        let mut stack: Vec<u64> = roots.iter().copied().filter(|&r| r != NO_PAGE).collect();
+        while let Some(pgno) = stack.pop() {
+            if self.seen.insert(pgno) {
+                self.tree_page(pgno, &mut stack)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Check one branch or leaf page; push the pages it points to.
+    fn tree_page(&mut self, pgno: u64, stack: &mut Vec<u64>) -> Result<(), String> {
+        let page = self.read(pgno, true)?;
+        let bad = |what: &str| format!("has a damaged page {pgno} ({what})");
+        let u16_at = |at: usize| u16::from_ne_bytes([page[at], page[at + 1]]);
+        let flags = u16_at(10) & (P_BRANCH | P_LEAF | P_OVERFLOW | P_LEAF2);
+        let (lower, upper) = (usize::from(u16_at(12)), usize::from(u16_at(14)));
+        if lower < HEADER_SIZE || lower > upper || upper > page.len() || lower % 2 != 0 {
+            return Err(bad("its bounds are impossible"));
+        }
+        if flags == P_LEAF | P_LEAF2 {
+            return Ok(()); // fixed-size duplicates: nothing to follow (Weir creates none)
+        }
+        if flags != P_BRANCH && flags != P_LEAF {
+            return Err(bad("not a tree page where one is expected"));
+        }
+        for i in 0..(lower - HEADER_SIZE) / 2 {
+            let at = usize::from(u16_at(HEADER_SIZE + 2 * i));
+            if at < upper || at + 8 > page.len() {
+                return Err(bad("a node out of place"));
+            }
+            let (lo, hi, node_flags) = (u16_at(at), u16_at(at + 2), u16_at(at + 4));
+            if flags == P_BRANCH {
+                stack.push(u64::from(lo) | (u64::from(hi) << 16) | (u64::from(node_flags) << 32));
+                continue;
+            }
+            let data_at = at + 8 + usize::from(u16_at(at + 6));
+            let data_len = usize::from(lo) | (usize::from(hi) << 16);
+            if node_flags & F_BIGDATA != 0 {
+                let first = page.get(data_at..data_at + 8).ok_or_else(|| bad("a value out of place"))?;
+                self.overflow(u64::from_ne_bytes(first.try_into().expect("8 bytes")), data_len)?;
+            } else if data_at + data_len > page.len() {
+                return Err(bad("a value out of place"));
+            } else if node_flags & F_SUBDATA != 0 && data_len >= DB_SIZE {
+                let root = &page[data_at + DB_SIZE - 8..data_at + DB_SIZE];
+                let root = u64::from_ne_bytes(root.try_into().expect("8 bytes"));
+                if root != NO_PAGE {
+                    stack.push(root);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Check a run of overflow pages holding a value of `len` bytes.
+    fn overflow(&self, first: u64, len: usize) -> Result<(), String> {
+        let head = self.read(first, true)?;
+        let count = u64::from(u32::from_ne_bytes(head[12..16].try_into().expect("4 bytes")));
+        let needed = (HEADER_SIZE + len).div_ceil(self.page_size as usize) as u64;
+        if u16::from_ne_bytes([head[10], head[11]]) & P_OVERFLOW == 0 || count < needed {
+            return Err(format!("has a damaged overflow page {first}"));
+        }
+        // Only the first page of the run has a header; the last one must be in the file.
+        self.read(first + count - 1, false).map(drop)
+    }
 }
 
 #[cfg(test)]
@@ -274,19 +379,32 @@ mod tests {
         drop(log);
         let path = dir.path().join(DATA_FILE);
         let len = std::fs::metadata(&path).unwrap().len();
-        // Cut inside the meta pages, and right after them: refused for certain. (A cut further
-        // on is refused when it removes a root page; past that, the binary's SIGBUS handler
-        // turns the first read beyond the end into one line.)
+        // Every cut that removes a page the trees reach is refused before mapping; a cut of
+        // unused pages at the end only is harmless.
         assert!(len > 3 * 4096);
-        for keep in [100, 4096 + 100, 2 * 4096] {
+        let mut refused = 0;
+        for keep in [100, 4096 + 100].into_iter().chain((2..len / 4096).map(|p| p * 4096)) {
             let copy = tempfile::tempdir().unwrap();
             let bytes = std::fs::read(&path).unwrap();
             std::fs::write(copy.path().join(DATA_FILE), &bytes[..keep as usize]).unwrap();
-            let err = check_data_file(copy.path()).unwrap_err().to_string();
-            assert!(
-                err.contains("data.mdb") && (err.contains("truncated") || err.contains("too short")),
-                "{err}"
-            );
+            match check_data_file(copy.path()) {
+                Err(e) => {
+                    let err = e.to_string();
+                    assert!(
+                        err.contains("data.mdb") && (err.contains("truncated") || err.contains("too short")),
+                        "{err}"
+                    );
+                    refused += 1;
+                }
+                // Only unused pages were cut: LMDB reads every record without going past the end.
+                Ok(()) => {
+                    let log = super::super::Log::open(copy.path(), 16 << 20).unwrap();
+                    for c in 1..50u64 {
+                        log.read_snapshot(0, crate::protocol::CheckpointId(c)).unwrap();
+                    }
+                }
+            }
         }
+        assert!(refused as u64 >= len / 4096 / 2, "only {refused} cuts of {} pages refused", len / 4096);
     }
 }
