@@ -115,10 +115,30 @@ pub fn encode_source_state(position: Vec<u8>, ended: bool) -> Vec<u8> {
     state
 }
 
-/// The inverse of [`encode_source_state`].
-pub fn decode_source_state(state: &[u8]) -> Option<(&[u8], bool)> {
-    let (&ended, position) = state.split_last()?;
-    Some((position, ended == 1))
+/// The inverse of [`encode_source_state`]: the reader's position and whether `End` was sent.
+/// Refuses an empty state and an end flag other than 0 or 1, so that whatever it accepts
+/// re-encodes to `state`. Never panics, whatever the bytes: a fuzz target's entry point.
+pub fn decode_source_state(state: &[u8]) -> Result<(&[u8], bool), String> {
+    match state.split_last() {
+        None => Err("empty source state".into()),
+        Some((&ended @ (0 | 1), position)) => Ok((position, ended == 1)),
+        Some((&other, _)) => Err(format!("source state ends in {other}, not an end flag (0 or 1)")),
+    }
+}
+
+/// The source state of snapshot `record` of a source with `outputs` output channels, checked
+/// against that topology: no input positions, a sequence number per output.
+pub fn check_source_record(record: &SnapshotRecord, outputs: usize) -> Result<(&[u8], bool), String> {
+    if !record.positions.is_empty() {
+        return Err(format!("a source's snapshot has positions for {} inputs", record.positions.len()));
+    }
+    if record.out_seqs.len() != outputs {
+        return Err(format!(
+            "snapshot has sequence numbers for {} outputs, the pipeline {outputs}",
+            record.out_seqs.len()
+        ));
+    }
+    decode_source_state(&record.state)
 }
 
 impl SourceActor {
@@ -439,4 +459,51 @@ impl Handler<Complete> for SourceActor {
 impl Handler<Abort> for SourceActor {
     type Result = ();
     fn handle(&mut self, _: Abort, _: &mut Context<Self>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_state_round_trips_and_refuses_a_bad_end_flag() {
+        for (position, ended) in [(vec![], false), (vec![0, 0, 0, 7], true), (vec![1], false)] {
+            let state = encode_source_state(position.clone(), ended);
+            assert_eq!(decode_source_state(&state), Ok((&position[..], ended)));
+        }
+        assert_eq!(decode_source_state(&[]), Err("empty source state".into()));
+        assert_eq!(
+            decode_source_state(&[0, 0, 2]),
+            Err("source state ends in 2, not an end flag (0 or 1)".into())
+        );
+        // Whatever is accepted re-encodes to the same bytes.
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                if let Ok((position, ended)) = decode_source_state(&[a, b]) {
+                    assert_eq!(encode_source_state(position.to_vec(), ended), [a, b]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_source_record_must_fit_the_topology() {
+        let record = SnapshotRecord {
+            positions: vec![],
+            out_seqs: vec![4, 5],
+            state: encode_source_state(vec![9], true),
+        };
+        assert_eq!(check_source_record(&record, 2), Ok((&[9][..], true)));
+        assert_eq!(
+            check_source_record(&record, 3),
+            Err("snapshot has sequence numbers for 2 outputs, the pipeline 3".into())
+        );
+        let with_inputs = SnapshotRecord { positions: vec![1], ..record.clone() };
+        assert_eq!(
+            check_source_record(&with_inputs, 2),
+            Err("a source's snapshot has positions for 1 inputs".into())
+        );
+        let bad_flag = SnapshotRecord { state: vec![9, 3], ..record };
+        assert!(check_source_record(&bad_flag, 2).is_err());
+    }
 }

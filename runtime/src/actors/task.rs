@@ -185,12 +185,46 @@ pub enum Body {
 }
 
 /// A task's snapshot state: which inputs ended, and the operator's own state.
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default, PartialEq, Eq)]
 pub struct TaskState {
     /// Inputs whose `End` was processed.
     pub ended: Vec<bool>,
     /// The operator's snapshot (empty for sinks).
     pub operator: Vec<u8>,
+}
+
+impl TaskState {
+    /// The state as it is stored in a snapshot record (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("encoding to a Vec cannot fail")
+    }
+
+    /// The state of a subtask with `inputs` inputs, from `bytes` as [`TaskState::encode`]
+    /// wrote them. Refuses trailing bytes, any other encoding of the same state (so that
+    /// whatever it accepts re-encodes to `bytes`) and an end flag per input that does not
+    /// match `inputs`. Never panics, whatever the bytes: a fuzz target's entry point.
+    pub fn decode(bytes: &[u8], inputs: usize) -> Result<TaskState, String> {
+        let (state, rest): (TaskState, _) = postcard::take_from_bytes(bytes).map_err(|e| e.to_string())?;
+        if !rest.is_empty() {
+            return Err(format!("{} trailing bytes after the task state", rest.len()));
+        }
+        // postcard reads a length written in more bytes than it needs; weir never writes one.
+        let canonical = postcard::serialize_with_flavor(&state, postcard::ser_flavors::Size::default())
+            .map_err(|e| e.to_string())?;
+        if canonical != bytes.len() {
+            return Err(format!(
+                "task state not in canonical form ({} bytes, {canonical} as written by weir)",
+                bytes.len()
+            ));
+        }
+        if state.ended.len() != inputs {
+            return Err(format!(
+                "snapshot has end flags for {} inputs, the pipeline {inputs}",
+                state.ended.len()
+            ));
+        }
+        Ok(state)
+    }
 }
 
 /// Builds a subtask's body afresh (an unrestored operator, or a sink writer opened at its
@@ -211,33 +245,60 @@ pub struct Restored {
 }
 
 impl Restored {
-    /// Subtask `name` with `inputs` inputs, from its snapshot `record` (none: a fresh start);
-    /// every error names the subtask or its operator.
+    /// Subtask `name` with `inputs` inputs and `outputs` output channels, from its snapshot
+    /// `record` (none: a fresh start); every error names the subtask or its operator.
     pub fn from_record(
         name: &str,
         record: Option<SnapshotRecord>,
-        inputs: usize,
+        (inputs, outputs): (usize, usize),
         build: &BuildBody,
         log: &Log,
     ) -> Result<Restored, String> {
         let (positions, out_seqs, state) = match record {
             Some(r) => {
-                let state: TaskState = postcard::from_bytes(&r.state)
+                let state = check_record(&r, inputs, outputs)
                     .map_err(|e| format!("{name}: snapshot cannot be decoded: {e}"))?;
                 (r.positions, r.out_seqs, Some(state))
             }
             None => (vec![0; inputs], Vec::new(), None),
         };
         let ended = state.as_ref().map_or(vec![false; inputs], |s| s.ended.clone());
-        if positions.len() != inputs || ended.len() != inputs {
-            return Err(format!("{name}: snapshot has {} inputs, the pipeline {inputs}", positions.len()));
-        }
         let mut body = build(log).map_err(|e| format!("{name}: {e}"))?;
-        if let (Body::Operator(op), Some(state)) = (&mut body, &state) {
-            op.restore(&state.operator).map_err(|e| e.to_string())?;
+        match (&mut body, &state) {
+            (Body::Operator(op), Some(state)) => op.restore(&state.operator).map_err(|e| e.to_string())?,
+            (Body::Sink(_), Some(state)) if !state.operator.is_empty() => {
+                return Err(format!(
+                    "{name}: snapshot cannot be decoded: a sink's snapshot holds {} bytes of operator state",
+                    state.operator.len()
+                ));
+            }
+            _ => {}
         }
         Ok(Restored { positions, out_seqs, ended, body })
     }
+}
+
+/// The task state of snapshot `record` of a subtask with `inputs` inputs and `outputs` output
+/// channels, checked against that topology: a position per input, a sequence number per
+/// output, and an input that ended has delivered its `End` (which takes a sequence number).
+fn check_record(record: &SnapshotRecord, inputs: usize, outputs: usize) -> Result<TaskState, String> {
+    if record.positions.len() != inputs {
+        return Err(format!(
+            "snapshot has positions for {} inputs, the pipeline {inputs}",
+            record.positions.len()
+        ));
+    }
+    if record.out_seqs.len() != outputs {
+        return Err(format!(
+            "snapshot has sequence numbers for {} outputs, the pipeline {outputs}",
+            record.out_seqs.len()
+        ));
+    }
+    let state = TaskState::decode(&record.state, inputs)?;
+    if let Some(i) = (0..inputs).find(|&i| state.ended[i] && record.positions[i] == 0) {
+        return Err(format!("input {i} ended at position 0"));
+    }
+    Ok(state)
 }
 
 /// Wiring, sent once before anything else.
@@ -508,8 +569,13 @@ impl TaskActor {
         let durable = log.participant_log(p, self.config.sink).map_err(err)?;
         let plan = plan_local(p, &durable, completed).map_err(|e| e.to_string())?;
         let record = completed.map(|c| log.read_snapshot(p, c)).transpose().map_err(err)?;
-        let Restored { positions, out_seqs, ended, body } =
-            Restored::from_record(&self.cx.name, record, self.config.inputs, &self.build, log)?;
+        let Restored { positions, out_seqs, ended, body } = Restored::from_record(
+            &self.cx.name,
+            record,
+            (self.config.inputs, self.outputs.channels.len()),
+            &self.build,
+            log,
+        )?;
         let restored = completed.unwrap_or_default();
         self.body = body;
         self.core = Task::restore(self.config, &plan, &positions);
@@ -583,11 +649,8 @@ impl TaskActor {
                     Body::Sink(sink) => (Vec::new(), Some(std::mem::take(&mut sink.pending))),
                 };
                 let state = TaskState { ended: self.ended.clone(), operator };
-                let record = SnapshotRecord {
-                    positions,
-                    out_seqs: self.outputs.seqs(),
-                    state: postcard::to_allocvec(&state).expect("encoding to a Vec cannot fail"),
-                };
+                let record =
+                    SnapshotRecord { positions, out_seqs: self.outputs.seqs(), state: state.encode() };
                 let participant = self.cx.participant;
                 let mut ops = vec![WriteOp::Snapshot { participant, checkpoint, record }];
                 if let Some(bytes) = staged {
@@ -778,6 +841,87 @@ impl Handler<Abort> for TaskActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::spec::FileFormat;
+
+    fn state() -> TaskState {
+        TaskState { ended: vec![true, false, true], operator: vec![1, 2, 3, 200] }
+    }
+
+    #[test]
+    fn task_state_round_trips_and_refuses_other_encodings() {
+        let bytes = state().encode();
+        assert_eq!(TaskState::decode(&bytes, 3), Ok(state()));
+        assert_eq!(
+            TaskState::decode(&bytes, 2),
+            Err("snapshot has end flags for 3 inputs, the pipeline 2".into())
+        );
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(TaskState::decode(&longer, 3), Err("1 trailing bytes after the task state".into()));
+        // The length 3 of `ended` written in two bytes: postcard reads it, weir never writes it.
+        let mut overlong = bytes.clone();
+        overlong.splice(0..1, [0x83, 0x00]);
+        assert_eq!(postcard::from_bytes::<TaskState>(&overlong).unwrap(), state());
+        assert_eq!(
+            TaskState::decode(&overlong, 3),
+            Err("task state not in canonical form (10 bytes, 9 as written by weir)".into())
+        );
+    }
+
+    // Every bit flipped in turn and every cut: refused, or re-encodes to the same bytes.
+    #[test]
+    fn damaged_task_states_are_refused_or_canonical() {
+        let bytes = state().encode();
+        let mut damaged = bytes.clone();
+        for bit in 0..bytes.len() * 8 {
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            if let Ok(decoded) = TaskState::decode(&damaged, 3) {
+                assert_eq!(decoded.encode(), damaged, "bit {bit}");
+            }
+            damaged[bit / 8] ^= 1 << (bit % 8);
+        }
+        for len in 0..bytes.len() {
+            assert!(TaskState::decode(&bytes[..len], 3).is_err(), "cut at {len}");
+        }
+    }
+
+    #[test]
+    fn a_task_record_must_fit_the_topology() {
+        let record = SnapshotRecord { positions: vec![4, 0, 9], out_seqs: vec![7], state: state().encode() };
+        assert_eq!(check_record(&record, 3, 1), Ok(state()));
+        let error = |r: &SnapshotRecord, inputs, outputs| check_record(r, inputs, outputs).unwrap_err();
+        assert_eq!(error(&record, 3, 2), "snapshot has sequence numbers for 1 outputs, the pipeline 2");
+        assert_eq!(error(&record, 2, 1), "snapshot has positions for 3 inputs, the pipeline 2");
+        let ended_early = SnapshotRecord { positions: vec![0, 0, 9], ..record.clone() };
+        assert_eq!(error(&ended_early, 3, 1), "input 0 ended at position 0");
+        let short_state =
+            SnapshotRecord { state: TaskState { ended: vec![true], operator: vec![] }.encode(), ..record };
+        assert_eq!(error(&short_state, 3, 1), "snapshot has end flags for 1 inputs, the pipeline 3");
+    }
+
+    #[test]
+    fn a_sink_snapshot_with_operator_state_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), 1 << 20).unwrap();
+        let format = OutputFormat { encoding: FileFormat::Csv, float_precision: None };
+        let build: BuildBody = Box::new(move |_: &Log| {
+            SinkWriter::open(&SinkSpec::Stdout { format }, CommitRecord::default()).map(Body::Sink)
+        });
+        let record = |operator: Vec<u8>| SnapshotRecord {
+            positions: vec![3],
+            out_seqs: vec![],
+            state: TaskState { ended: vec![false], operator }.encode(),
+        };
+        let restored = Restored::from_record("out", Some(record(vec![])), (1, 0), &build, &log).unwrap();
+        assert_eq!(restored.positions, vec![3]);
+        let e = Restored::from_record("out", Some(record(vec![1])), (1, 0), &build, &log).err().unwrap();
+        assert_eq!(e, "out: snapshot cannot be decoded: a sink's snapshot holds 1 bytes of operator state");
+        let e = Restored::from_record("out", Some(record(vec![])), (1, 1), &build, &log).err().unwrap();
+        assert_eq!(
+            e,
+            "out: snapshot cannot be decoded: snapshot has sequence numbers for 0 outputs, the pipeline 1"
+        );
+    }
 
     #[test]
     fn a_symlinked_output_is_refused_at_open_unless_allowed() {

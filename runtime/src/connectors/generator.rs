@@ -69,7 +69,15 @@ impl SourceReader for Generator {
         let bytes: [u8; 8] = position.try_into().map_err(|_| {
             SourceError(format!("generator: bad position of {} bytes in snapshot", position.len()))
         })?;
-        self.next = u64::from_be_bytes(bytes);
+        let next = u64::from_be_bytes(bytes);
+        // `records` is where a finished generator stands; past it, a position is damaged.
+        if next > self.records {
+            return Err(SourceError(format!(
+                "generator: position {next} in snapshot is past its {} records",
+                self.records
+            )));
+        }
+        self.next = next;
         Ok(())
     }
 }
@@ -96,5 +104,21 @@ mod tests {
         h.seek(&pos).unwrap();
         assert_eq!(h.next_batch(400).unwrap().unwrap(), rest[0]);
         assert!(h.seek(&[1, 2]).is_err());
+    }
+
+    #[test]
+    fn a_position_past_the_end_is_refused() {
+        let mut g = Generator::new(&spec(1002));
+        g.seek(&500u64.to_be_bytes()).unwrap();
+        assert_eq!(
+            g.seek(&1003u64.to_be_bytes()).unwrap_err().to_string(),
+            "generator: position 1003 in snapshot is past its 1002 records"
+        );
+        assert_eq!(g.position(), 500u64.to_be_bytes(), "a refused position changes nothing");
+        assert!(g.seek(&[0; 9]).is_err());
+        // The position of a finished generator is its end.
+        g.seek(&1002u64.to_be_bytes()).unwrap();
+        assert_eq!(g.next_batch(10).unwrap(), None);
+        assert_eq!(g.position(), 1002u64.to_be_bytes());
     }
 }

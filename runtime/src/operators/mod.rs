@@ -67,14 +67,31 @@ pub fn build(
 const STATELESS_SNAPSHOT: [u8; 1] = [1];
 
 fn restore_stateless(operator: &str, snapshot: &[u8]) -> Result<(), OperatorError> {
-    if snapshot == STATELESS_SNAPSHOT {
-        Ok(())
-    } else {
-        Err(OperatorError::Snapshot {
-            operator: operator.to_owned(),
-            message: format!("expected a stateless snapshot (version 1), found {} bytes", snapshot.len()),
-        })
-    }
+    let message = match snapshot {
+        _ if snapshot == STATELESS_SNAPSHOT => return Ok(()),
+        [version] => format!("unknown format version {version} (expected 1)"),
+        _ => format!("expected a stateless snapshot (1 byte), found {} bytes", snapshot.len()),
+    };
+    Err(OperatorError::Snapshot { operator: operator.to_owned(), message })
+}
+
+/// Restore `snapshot` into a fresh operator of transform `spec` (over `input`, with `inputs`
+/// input channels) and return what that operator snapshots to. For fuzz targets and tests:
+/// it never panics, whatever the bytes, and whatever it accepts re-encodes to the same bytes
+/// (`Ok(b)` implies `b == snapshot`), because every decoder refuses all encodings but its
+/// own. A spec that does not build is an error too (naming the spec's key).
+pub fn check_snapshot(
+    spec: &TransformSpec,
+    input: SchemaRef,
+    inputs: usize,
+    snapshot: &[u8],
+) -> Result<Vec<u8>, OperatorError> {
+    let mut operator = build("check", spec, input, inputs).map_err(|e| OperatorError::Snapshot {
+        operator: "check".into(),
+        message: format!("the spec does not build: {}: {}", e.key, e.message),
+    })?;
+    operator.restore(snapshot)?;
+    Ok(operator.snapshot())
 }
 
 /// An operator's failure on bad data or a damaged snapshot. One line, naming the problem.
@@ -126,5 +143,63 @@ pub trait Operator: Send {
     /// Records dropped because they arrived after the watermark had passed their window.
     fn late_records(&self) -> u64 {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::spec::{MapSpec, WindowKind, WindowSpec, sensors_schema};
+
+    // Stateless snapshots: only the one byte `[1]` is accepted, of every string of up to
+    // two bytes, and it re-encodes to itself.
+    #[test]
+    fn stateless_operators_accept_their_one_snapshot_only() {
+        let specs = [
+            TransformSpec::Filter { condition: "ts > 3".into() },
+            TransformSpec::Map(MapSpec { select: None, drop: vec![], rename: vec![], compute: vec![] }),
+        ];
+        for spec in &specs {
+            let mut accepted = Vec::new();
+            let short = (0..=255u8).map(|a| vec![a]);
+            let pairs = (0..=255u8).flat_map(|a| (0..=255u8).map(move |b| vec![a, b]));
+            for bytes in std::iter::once(vec![]).chain(short).chain(pairs) {
+                if let Ok(again) = check_snapshot(spec, sensors_schema(), 1, &bytes) {
+                    assert_eq!(again, bytes);
+                    accepted.push(bytes);
+                }
+            }
+            assert_eq!(accepted, vec![vec![1]]);
+        }
+        let e = check_snapshot(&specs[0], sensors_schema(), 1, &[2]).unwrap_err();
+        assert_eq!(e.to_string(), "check: snapshot cannot be decoded: unknown format version 2 (expected 1)");
+        let e = check_snapshot(&specs[0], sensors_schema(), 1, &[1, 0]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "check: snapshot cannot be decoded: expected a stateless snapshot (1 byte), found 2 bytes"
+        );
+    }
+
+    #[test]
+    fn check_snapshot_round_trips_a_window_and_names_a_bad_spec() {
+        let window = WindowSpec {
+            key: Some("sensor".into()),
+            time_field: "ts".into(),
+            kind: WindowKind::Tumbling { size_ms: 10 },
+            max_out_of_order_ms: 0,
+            aggregates: vec![],
+        };
+        let spec = TransformSpec::Window(window.clone());
+        let mut op = build("w", &spec, sensors_schema(), 1).unwrap();
+        op.process(0, &testutil::sensor_batch(0..50), &mut Vec::new()).unwrap();
+        let snapshot = op.snapshot();
+        assert_eq!(check_snapshot(&spec, sensors_schema(), 1, &snapshot).unwrap(), snapshot);
+        assert!(check_snapshot(&spec, sensors_schema(), 2, &snapshot).is_err());
+        let bad = TransformSpec::Window(WindowSpec { time_field: "tss".into(), ..window });
+        let e = check_snapshot(&bad, sensors_schema(), 1, &snapshot).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "check: snapshot cannot be decoded: the spec does not build: time_field: unknown field \"tss\" (fields: sensor, ts, value)"
+        );
     }
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::actors::coordinator::{self, CoordinatorActor};
 use crate::actors::shared::{CheckpointTiming, CoordinatorShared};
-use crate::actors::source::{self, SourceActor, decode_source_state};
+use crate::actors::source::{self, SourceActor, check_source_record};
 use crate::actors::task::{self, Body, Restored, SinkWriter, TaskActor};
 use crate::actors::{
     Counters, Failure, Fatal, OutChannel, OutGroup, Outputs, Partition, SubtaskContext, Upstream,
@@ -407,8 +407,8 @@ fn attempt(
                 let mut reader = reader(source_spec);
                 let mut ended = false;
                 if let Some(record) = &record {
-                    let (position, was_ended) = decode_source_state(&record.state)
-                        .ok_or_else(|| RunError::Build(format!("{name}: empty source snapshot")))?;
+                    let (position, was_ended) = check_source_record(record, outputs_of[s.participant].len())
+                        .map_err(|e| RunError::Build(format!("{name}: snapshot cannot be decoded: {e}")))?;
                     reader.seek(position).map_err(|e| RunError::Build(format!("{name}: {e}")))?;
                     ended = was_ended;
                 }
@@ -456,8 +456,14 @@ fn attempt(
                     }
                     NodeKind::Source(_) => unreachable!(),
                 };
-                let Restored { positions, ended, body, .. } =
-                    Restored::from_record(&name, record, n_inputs, &build, &log).map_err(RunError::Build)?;
+                let Restored { positions, ended, body, .. } = Restored::from_record(
+                    &name,
+                    record,
+                    (n_inputs, outputs_of[s.participant].len()),
+                    &build,
+                    &log,
+                )
+                .map_err(RunError::Build)?;
                 let config = TaskConfig { inputs: n_inputs, mode, sink, mutations: Default::default() };
                 let core = Task::restore(config, restore, &positions);
                 let restored = restore.from.unwrap_or_default();
