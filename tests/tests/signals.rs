@@ -245,3 +245,27 @@ fn sighup_mid_run_changes_nothing_and_the_run_finishes_exactly() {
     assert_eq!(report["stopped"], serde_json::Value::Null, "{report}");
     assert_eq!(report["restored_from"], serde_json::Value::Null, "{report}");
 }
+
+/// A stop during a global rollback's backoff ends the run at once at the restore point, the
+/// latest completed checkpoint, without starting the pipeline again.
+#[test]
+fn a_stop_during_a_global_rollback_ends_the_run_at_the_restore_point() {
+    let reference = reference_lines(RECORDS);
+    let job = Job::new("", &format!("{SINK_STALLED}[recovery]\nstrategy = \"global\"\n"));
+    let mut weir = job.start("rollback.json", &["--inject", "panic:windows:300000"], &[]);
+    weir.wait_for("the window's panic", |w| w.stderr().contains("injected fault panic:windows/0:300000"));
+    weir.signal(libc::SIGTERM);
+    // Well before the backoff ends and the rolled-back pipeline could run again.
+    let (status, stderr) = weir.exit_within(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let report = job.report("rollback.json");
+    assert_eq!(report["stopped"], "SIGTERM", "{report}");
+    let at = report["stopped_at"].as_u64().expect("a checkpoint completed before the panic");
+    assert_eq!(
+        stderr.lines().last(),
+        Some(format!("weir: SIGTERM: stopped at checkpoint {at}; run the same command to resume").as_str()),
+        "{stderr}"
+    );
+    assert_committed_prefix(&job.output(), &reference);
+    assert_eq!(job.rerun_is_exact(&reference)["restored_from"], at);
+}
