@@ -1,7 +1,8 @@
 //! `weir`: run and validate stream-processing pipelines described in TOML.
 //!
-//! Exit codes: 0 success; 1 the run failed (storage, I/O, bad input data); 2 a bad config
-//! or bad flags.
+//! Exit codes: 0 success (also a run stopped at a checkpoint by SIGTERM or SIGINT); 1 the
+//! run failed (storage, I/O, bad input data); 2 a bad config or bad flags; 143 or 130 a
+//! second SIGTERM or SIGINT stopped it at once.
 
 mod sigbus;
 
@@ -16,7 +17,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use weir_runtime::log::LogError;
 use weir_runtime::pipeline::faults::Injection;
-use weir_runtime::pipeline::run::{Progress, ProgressFn, RunError, RunReport, run};
+use weir_runtime::pipeline::run::{Progress, ProgressFn, RunError, RunReport, StopRequest, run};
 use weir_runtime::pipeline::spec::PipelineSpec;
 
 #[derive(Parser)]
@@ -214,6 +215,7 @@ fn faults(spec: &PipelineSpec, inject: &[String]) -> Result<Vec<Arc<Injection>>,
                     fault.node, node.parallelism
                 ));
             }
+            fault.check_node(&node.kind).map_err(|e| format!("--inject {text}: {e}"))?;
             Ok(Arc::new(fault))
         })
         .collect()
@@ -243,7 +245,8 @@ fn run_pipeline(
             );
         }) as ProgressFn
     });
-    let outcome = match run(spec, progress, faults, fresh) {
+    let stop = stop_on_signals()?;
+    let outcome = match run(spec, progress, faults, &stop, fresh) {
         Ok(outcome) => outcome,
         Err(RunError::Escalated { message, report: partial }) => {
             if let Some(path) = &report {
@@ -266,5 +269,44 @@ fn run_pipeline(
     if let Some(path) = report {
         write_report(&path, &outcome)?;
     }
+    if let Some(signal) = &outcome.stopped {
+        let at =
+            outcome.stopped_at.map_or("before the first checkpoint".into(), |c| format!("at checkpoint {c}"));
+        eprintln!("weir: {signal}: stopped {at}; run the same command to resume");
+    }
+    let ended = if outcome.stopped.is_some() { "the run stopped first" } else { "the run ended first" };
+    for fault in outcome.injections.iter().filter(|f| !f.fired) {
+        eprintln!("weir: warning: --inject {} did not fire ({ended})", fault.fault);
+    }
     Ok(())
+}
+
+/// The first SIGTERM or SIGINT stops the run at a checkpoint (exit 0); a second one exits at
+/// once, as kill -9 would, which the log survives. SIGHUP is ignored: a closed terminal or
+/// a reload request must not throw away work.
+fn stop_on_signals() -> anyhow::Result<Arc<StopRequest>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .context("installing signal handlers")?;
+    let stop = Arc::new(StopRequest::default());
+    let request = stop.clone();
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            let name = match signal {
+                SIGTERM => "SIGTERM",
+                SIGINT => "SIGINT",
+                _ => {
+                    tracing::info!("SIGHUP ignored");
+                    continue;
+                }
+            };
+            if request.request(name) {
+                tracing::info!("{name}: stopping at the next checkpoint (again to stop at once)");
+            } else {
+                eprintln!("weir: {name} again: stopped at once; run the same command to resume");
+                signal_hook::low_level::exit(128 + signal);
+            }
+        }
+    });
+    Ok(stop)
 }

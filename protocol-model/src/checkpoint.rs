@@ -740,7 +740,10 @@ impl CheckpointModel {
                         send(state, C, Node::Source(s), Msg::Trigger(c), log);
                     }
                 }
-                CoordinatorAction::ArmTimeout(_) | CoordinatorAction::Finished => {}
+                CoordinatorAction::ArmTimeout(_)
+                | CoordinatorAction::Finished
+                | CoordinatorAction::Stopped(_)
+                | CoordinatorAction::StopFailed(_) => {}
                 CoordinatorAction::PersistCompletion(c) => {
                     state.writes[C.index()].push_back(Write::Completion(c))
                 }

@@ -1,7 +1,8 @@
 //! The coordinator actor: the interval timer and checkpoint timeouts feed the protocol
 //! core's [`Coordinator`]; its actions become triggers, completion records and notices.
 //! It also ends the run: after the final checkpoint completed and every sink has made that
-//! checkpoint's output durable, it stops the actor system.
+//! checkpoint's output durable, it stops the actor system. A requested stop (SIGTERM) ends
+//! the run the same way at the checkpoint the core names (SPEC §6.7).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -61,6 +62,11 @@ pub struct Wire {
 #[rtype(result = "()")]
 pub struct Start;
 
+/// End the run early at a checkpoint (SPEC §6.7).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopRequested;
+
 /// The coordinator of one pipeline run.
 pub struct CoordinatorActor {
     core: Coordinator,
@@ -72,6 +78,8 @@ pub struct CoordinatorActor {
     sinks: BTreeMap<ParticipantId, CheckpointId>,
     triggered_at: BTreeMap<CheckpointId, Instant>,
     final_checkpoint: Option<CheckpointId>,
+    /// The run ends at `final_checkpoint` because a stop was requested.
+    stopping: bool,
     shared: Arc<CoordinatorShared>,
     fatal: Arc<Fatal>,
 }
@@ -97,6 +105,7 @@ impl CoordinatorActor {
             sinks: sinks.iter().map(|&p| (p, CheckpointId::default())).collect(),
             triggered_at: BTreeMap::new(),
             final_checkpoint: None,
+            stopping: false,
             shared,
             fatal,
         }
@@ -153,6 +162,27 @@ impl CoordinatorActor {
                     self.final_checkpoint = self.core.completed();
                     self.stop_if_done();
                 }
+                CoordinatorAction::Stopped(c) => {
+                    tracing::info!("stopping at {c}");
+                    self.final_checkpoint = Some(c);
+                    self.stopping = true;
+                    // The commits are already under way; a sink that cannot make them must
+                    // not hold the stop forever.
+                    ctx.run_later(self.timeout, move |act, _| {
+                        act.fatal.fail(format!(
+                            "stop: the sinks did not commit {c} within the checkpoint timeout ({} ms); run the same command to resume",
+                            act.timeout.as_millis()
+                        ));
+                    });
+                    self.stop_if_done();
+                }
+                CoordinatorAction::StopFailed(c) => {
+                    let last = self.core.completed().map_or("no checkpoint".to_owned(), |l| l.to_string());
+                    self.fatal.fail(format!(
+                        "stop: {c} did not complete within the checkpoint timeout ({} ms); the log keeps {last}, run the same command to resume",
+                        self.timeout.as_millis()
+                    ));
+                }
             }
         }
     }
@@ -160,7 +190,11 @@ impl CoordinatorActor {
     fn stop_if_done(&mut self) {
         let Some(last) = self.final_checkpoint else { return };
         if self.sinks.values().all(|&c| c >= last) {
-            self.shared.finished.store(1, Ordering::Relaxed);
+            if self.stopping {
+                self.shared.stopped_at.store(last.0, Ordering::Relaxed);
+            } else {
+                self.shared.finished.store(1, Ordering::Relaxed);
+            }
             System::current().stop();
         }
     }
@@ -187,6 +221,14 @@ impl Handler<Start> for CoordinatorActor {
                 act.drain(ctx);
             });
         }
+    }
+}
+
+impl Handler<StopRequested> for CoordinatorActor {
+    type Result = ();
+    fn handle(&mut self, _: StopRequested, ctx: &mut Context<Self>) {
+        self.core.handle_stop_requested();
+        self.drain(ctx);
     }
 }
 

@@ -3,8 +3,10 @@
 
 use actix::System;
 
+use std::time::{Duration, Instant};
+
 use crate::sync::atomic::{AtomicU64, Ordering};
-use crate::sync::{Mutex, lock};
+use crate::sync::{Condvar, Mutex, lock};
 
 /// Records counted by one subtask, read by the progress display and the run report.
 #[derive(Debug, Default)]
@@ -133,6 +135,107 @@ pub struct CoordinatorShared {
     pub last_completed: AtomicU64,
     /// Set when the run finished normally.
     pub finished: AtomicU64,
+    /// The checkpoint a requested stop ended the run at (0 for none).
+    pub stopped_at: AtomicU64,
+}
+
+/// Tells the current attempt's coordinator that a stop was requested.
+type StopNotify = Box<dyn Fn() + Send>;
+
+#[derive(Default)]
+struct StopState {
+    reason: Option<String>,
+    notify: Option<StopNotify>,
+}
+
+/// A request to end the run early at a checkpoint (SPEC §6.7), made from any thread (the
+/// signal handler's); it outlives attempts, so a stop made during a global rollback is
+/// seen by the next step of the runner, and one made before an attempt's coordinator runs
+/// reaches it as soon as it is attached.
+#[derive(Default)]
+pub struct StopRequest {
+    state: Mutex<StopState>,
+    changed: Condvar,
+}
+
+impl StopRequest {
+    /// Ask the run to stop; `reason` says why (`SIGTERM`). True for the first request.
+    pub fn request(&self, reason: &str) -> bool {
+        let mut state = lock(&self.state);
+        if state.reason.is_some() {
+            return false;
+        }
+        state.reason = Some(reason.to_owned());
+        // Under the lock, so that a coordinator being attached hears it exactly once.
+        if let Some(notify) = &state.notify {
+            notify();
+        }
+        self.changed.notify_all();
+        true
+    }
+
+    /// Why the run was asked to stop, if it was.
+    pub fn reason(&self) -> Option<String> {
+        lock(&self.state).reason.clone()
+    }
+
+    /// Route requests to a running attempt's coordinator; called at once if one was made.
+    pub(crate) fn attach(&self, notify: impl Fn() + Send + 'static) {
+        let mut state = lock(&self.state);
+        if state.reason.is_some() {
+            notify();
+        }
+        state.notify = Some(Box::new(notify));
+    }
+
+    /// The attempt ended: its coordinator is gone.
+    pub(crate) fn detach(&self) {
+        lock(&self.state).notify = None;
+    }
+
+    /// Wait up to `timeout` (a backoff) for a request; true if one was made.
+    pub(crate) fn wait(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.state);
+        while state.reason.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state =
+                self.changed.wait_timeout(state, left).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+        }
+        state.reason.is_some()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::sync::{Arc, thread};
+
+    #[test]
+    fn stop_request_wakes_a_waiting_runner_and_is_remembered() {
+        let stop = Arc::new(StopRequest::default());
+        assert!(!stop.wait(Duration::ZERO));
+        let requester = {
+            let stop = stop.clone();
+            thread::spawn(move || stop.request("SIGINT"))
+        };
+        // A generous deadline: returning true shows the request woke the wait.
+        assert!(stop.wait(Duration::from_secs(60)));
+        assert!(requester.join().unwrap());
+        assert_eq!(stop.reason().as_deref(), Some("SIGINT"));
+        let heard = Arc::new(crate::sync::atomic::AtomicUsize::new(0));
+        let counted = heard.clone();
+        stop.attach(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(heard.load(Ordering::Relaxed), 1, "attached after the request: told at once");
+        stop.detach();
+        assert!(!stop.request("SIGTERM"));
+        assert_eq!(heard.load(Ordering::Relaxed), 1);
+    }
 }
 
 #[cfg(all(test, loom))]
@@ -243,6 +346,28 @@ mod loom_tests {
                 ]
             );
             assert!([1, 2].contains(&shared.last_completed.load(Ordering::Relaxed)));
+        });
+    }
+
+    /// A stop requested while an attempt's coordinator is being attached reaches it exactly
+    /// once, whichever comes first; a second request is not the first.
+    #[test]
+    fn loom_stop_request_reaches_an_attaching_coordinator_once() {
+        loom::model(|| {
+            let stop = Arc::new(StopRequest::default());
+            let heard = Arc::new(AtomicUsize::new(0));
+            let requester = {
+                let stop = stop.clone();
+                thread::spawn(move || stop.request("SIGTERM"))
+            };
+            let counted = heard.clone();
+            stop.attach(move || {
+                counted.fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(requester.join().unwrap());
+            assert!(!stop.request("SIGINT"));
+            assert_eq!(heard.load(Ordering::Relaxed), 1);
+            assert_eq!(stop.reason().as_deref(), Some("SIGTERM"));
         });
     }
 }

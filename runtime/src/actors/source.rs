@@ -16,7 +16,8 @@ use super::{
     Abort, CONGESTED, Complete, Credit, Item, OutGroup, Outputs, Payload, Resume, SubtaskContext, route,
 };
 use crate::connectors::SourceReader;
-use crate::log::{SnapshotRecord, WriteOp};
+use crate::log::{LogError, SnapshotRecord, WriteOp};
+use crate::pipeline::faults::FaultKind;
 use crate::protocol::buffer::ReplayGap;
 use crate::protocol::participant::{Action, SourceTask};
 use crate::protocol::{CheckpointId, Seq};
@@ -106,6 +107,8 @@ pub struct SourceActor {
     pending: Vec<Base>,
     restored: CheckpointId,
     cursors: Vec<Cursor>,
+    /// Snapshots taken in this attempt, which are also its log writes (for `--inject`).
+    snapshots: u64,
 }
 
 /// A source's snapshot state: the reader's position, then 1 if `End` was already sent.
@@ -174,6 +177,7 @@ impl SourceActor {
             pending: Vec::new(),
             restored,
             cursors: Vec::new(),
+            snapshots: 0,
         }
     }
 
@@ -340,6 +344,18 @@ impl SourceActor {
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::Snapshot { checkpoint, .. } => {
+                    self.snapshots += 1;
+                    let (cx, n) = (&self.cx, self.snapshots);
+                    let injected = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        cx.inject_at(FaultKind::Snapshot, n)
+                    }));
+                    if let Err(payload) = injected {
+                        return self.cx.panicked(&*payload);
+                    }
+                    if self.cx.write_fails(n) {
+                        let error = LogError::Injected(format!("write {n} of {}", self.cx.name));
+                        return self.cx.escalate("write_error", error.to_string());
+                    }
                     let record = SnapshotRecord {
                         positions: Vec::new(),
                         out_seqs: self.outputs.seqs(),

@@ -7,10 +7,16 @@
 //!   (staged durably) and before it is appended (a crash between pre-commit and commit);
 //! - `write-error:NODE:N`: its N-th log write fails as if LMDB had returned an error.
 //!
+//! Every kind fires in sources, transforms and sinks except `commit`, which fires only in
+//! sinks (the only subtasks that commit); [`Injection::check_node`] refuses it elsewhere. A
+//! source's log writes are its snapshots, so there `snapshot` and `write-error` count the
+//! same events. The run report says which faults fired: one that did not tested nothing.
+//!
 //! A subtask without an injection checks an empty list, which costs nothing measurable.
 
 use std::fmt;
 
+use crate::pipeline::spec::NodeKind;
 use crate::sync::atomic::{AtomicBool, Ordering};
 
 /// Where a fault fires.
@@ -52,6 +58,8 @@ pub struct Injection {
     /// Fire at this count: records processed (sources: read), or the N-th snapshot, commit
     /// or write.
     pub after_records: u64,
+    /// As given on the command line, for messages and the report.
+    pub text: String,
     fired: AtomicBool,
 }
 
@@ -74,12 +82,40 @@ impl Injection {
         if node.is_empty() {
             return Err(bad());
         }
-        Ok(Injection { kind, node: node.to_owned(), subtask, after_records, fired: AtomicBool::new(false) })
+        Ok(Injection {
+            kind,
+            node: node.to_owned(),
+            subtask,
+            after_records,
+            text: spec.to_owned(),
+            fired: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether this fault can fire in a node of `kind`: an error naming both if it cannot,
+    /// since a drill whose fault never fires tests nothing.
+    pub fn check_node(&self, kind: &NodeKind) -> Result<(), String> {
+        let (sink, what) = match kind {
+            NodeKind::Source(_) => (false, "a source"),
+            NodeKind::Transform(_) => (false, "a transform"),
+            NodeKind::Sink(_) => (true, "a sink"),
+        };
+        match self.kind {
+            FaultKind::Commit if !sink => {
+                Err(format!("commit faults fire only in sinks; \"{}\" is {what}", self.node))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Whether this fault fires now, `processed` records into the attempt. True at most once.
     pub fn fire(&self, processed: u64) -> bool {
         processed >= self.after_records && !self.fired.swap(true, Ordering::Relaxed)
+    }
+
+    /// Whether it fired.
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::Relaxed)
     }
 }
 
@@ -109,6 +145,36 @@ mod tests {
         assert_eq!(Injection::parse("commit:out:3").unwrap().to_string(), "commit:out/0:3");
         assert!(Injection::parse("panic:a:x").is_err());
         assert!(Injection::parse("panic::3").is_err());
+    }
+
+    #[test]
+    fn fired_is_remembered_and_the_text_kept() {
+        let i = Injection::parse("snapshot:a/1:2").unwrap();
+        assert_eq!(i.text, "snapshot:a/1:2");
+        assert!(!i.fired());
+        assert!(!i.fire(1));
+        assert!(!i.fired());
+        assert!(i.fire(2));
+        assert!(i.fired());
+    }
+
+    #[test]
+    fn commit_faults_are_refused_outside_sinks() {
+        use crate::pipeline::spec::{FileFormat, OutputFormat, SinkSpec, TransformSpec};
+        let format = OutputFormat { encoding: FileFormat::Csv, float_precision: None };
+        let sink = NodeKind::Sink(SinkSpec::Stdout { format });
+        let transform = NodeKind::Transform(TransformSpec::Filter { condition: "true".into() });
+        let commit = Injection::parse("commit:windows:1").unwrap();
+        assert_eq!(
+            commit.check_node(&transform).unwrap_err(),
+            "commit faults fire only in sinks; \"windows\" is a transform"
+        );
+        assert_eq!(commit.check_node(&sink), Ok(()));
+        for kind in ["panic", "snapshot", "write-error"] {
+            let fault = Injection::parse(&format!("{kind}:windows:1")).unwrap();
+            assert_eq!(fault.check_node(&transform), Ok(()), "{kind}");
+            assert_eq!(fault.check_node(&sink), Ok(()), "{kind}");
+        }
     }
 }
 

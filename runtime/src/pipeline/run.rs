@@ -5,6 +5,9 @@
 //! the log holds says which checkpoint every subtask restores; the discards happen durably
 //! before any actor starts, and a sink whose staged output up to the restore point was not
 //! yet visible commits it first. A fresh data directory simply restores nothing.
+//!
+//! A [`StopRequest`] (SIGTERM) ends the run early at a completed checkpoint (SPEC §6.7); one
+//! made during a global rollback ends it at once at the restore point, without restarting.
 
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -13,6 +16,7 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use crate::actors::coordinator::{self, CoordinatorActor};
+pub use crate::actors::shared::StopRequest;
 use crate::actors::shared::{CheckpointTiming, CoordinatorShared};
 use crate::actors::source::{self, SourceActor, check_source_record};
 use crate::actors::task::{self, Body, Restored, SinkWriter, TaskActor};
@@ -100,8 +104,24 @@ pub struct RunReport {
     pub escalation: Option<String>,
     /// The checkpoint this run restored, if it resumed after a stop or crash.
     pub restored_from: Option<u64>,
+    /// Why the run stopped before its input ended (`SIGTERM`, `SIGINT`), if it did.
+    pub stopped: Option<String>,
+    /// The completed checkpoint a stopped run ends at (a rerun resumes from it); none if no
+    /// checkpoint ever completed.
+    pub stopped_at: Option<u64>,
+    /// Every `--inject` fault, and whether it fired.
+    pub injections: Vec<InjectionReport>,
     /// Wall time of the run in milliseconds.
     pub wall_ms: u64,
+}
+
+/// An injected fault (`weir run --inject`).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct InjectionReport {
+    /// As given on the command line.
+    pub fault: String,
+    /// Whether it fired; one that did not tested nothing.
+    pub fired: bool,
 }
 
 /// A live view for progress displays.
@@ -140,11 +160,14 @@ struct Attempt {
     running_at: Instant,
     /// Set when it stopped for a global rollback: node, subtask, reason, message, when.
     panic: Option<(String, usize, String, String, Instant)>,
+    /// Set when a requested stop ended it at this checkpoint.
+    stopped_at: Option<u64>,
 }
 
-/// Run `spec` until its sources are exhausted and all output is committed. A panic in
-/// operator code restarts the pipeline from the last completed checkpoint (a global
-/// rollback inside this process), within the restart intensity of `spec.supervision`.
+/// Run `spec` until its sources are exhausted and all output is committed, or until `stop`
+/// is requested. A panic in operator code restarts the pipeline from the last completed
+/// checkpoint (a global rollback inside this process), within the restart intensity of
+/// `spec.supervision`.
 ///
 /// `fresh` removes what the data directory holds first (`weir run --fresh`): the run starts
 /// from the beginning of its input and the file sinks write their output anew.
@@ -152,6 +175,7 @@ pub fn run(
     spec: &PipelineSpec,
     progress: Option<ProgressFn>,
     faults: &[Arc<Injection>],
+    stop: &Arc<StopRequest>,
     fresh: bool,
 ) -> Result<RunReport, RunError> {
     let started = Instant::now();
@@ -169,13 +193,16 @@ pub fn run(
         restarts: Vec::new(),
         escalation: None,
         restored_from: None,
+        stopped: None,
+        stopped_at: None,
+        injections: Vec::new(),
         wall_ms: 0,
     };
     let supervisor = Arc::new(supervisor_for(spec, started));
     let mut pending: Option<(RestartReport, Instant)> = None;
     let mut first = true;
     loop {
-        let attempt = attempt(spec, &log, &writer, progress.clone(), faults, started, &supervisor)?;
+        let attempt = attempt(spec, &log, &writer, progress.clone(), faults, started, &supervisor, stop)?;
         if first {
             report.restored_from = attempt.restored_from;
             first = false;
@@ -191,10 +218,16 @@ pub fn run(
             supervisor.record(restart);
         }
         let Some((node, subtask, reason, message, at)) = attempt.panic else {
-            report.restarts = supervisor.reports();
-            report.wall_ms = started.elapsed().as_millis() as u64;
-            return Ok(report);
+            if attempt.stopped_at.is_some() {
+                report.stopped = stop.reason();
+                report.stopped_at = attempt.stopped_at;
+            }
+            return Ok(finish(report, &supervisor, faults, started));
         };
+        if stop.reason().is_some() {
+            tracing::warn!("{node}/{subtask} failed ({reason}: {message}); stopping as requested");
+            return Ok(stopped_in_rollback(report, stop, &supervisor, faults, started));
+        }
         let Some(backoff) = supervisor.admit_global(at) else {
             let message = format!(
                 "supervision: {node}/{subtask} failed after {} global rollback(s) within {} ms (max_restarts = {}), giving up; last failure ({reason}): {message}",
@@ -203,16 +236,17 @@ pub fn run(
                 supervision.max_restarts
             );
             tracing::error!("{message}");
-            report.restarts = supervisor.reports();
             report.escalation = Some(message.clone());
-            report.wall_ms = started.elapsed().as_millis() as u64;
+            let report = finish(report, &supervisor, faults, started);
             return Err(RunError::Escalated { message, report: Box::new(report) });
         };
         tracing::warn!(
             "{node}/{subtask} failed ({reason}: {message}); rolling the pipeline back in {} ms",
             backoff.as_millis()
         );
-        std::thread::sleep(backoff);
+        if stop.wait(backoff) {
+            return Ok(stopped_in_rollback(report, stop, &supervisor, faults, started));
+        }
         let restart = RestartReport {
             node,
             subtask,
@@ -227,6 +261,34 @@ pub fn run(
         };
         pending = Some((restart, at));
     }
+}
+
+/// The report's closing fields.
+fn finish(
+    mut report: RunReport,
+    supervisor: &Supervisor,
+    faults: &[Arc<Injection>],
+    started: Instant,
+) -> RunReport {
+    report.restarts = supervisor.reports();
+    report.injections =
+        faults.iter().map(|f| InjectionReport { fault: f.text.clone(), fired: f.fired() }).collect();
+    report.wall_ms = started.elapsed().as_millis() as u64;
+    report
+}
+
+/// A stop requested between attempts: the log is at the restore point the next attempt
+/// would roll back to, the latest completed checkpoint, so the run ends there.
+fn stopped_in_rollback(
+    mut report: RunReport,
+    stop: &StopRequest,
+    supervisor: &Supervisor,
+    faults: &[Arc<Injection>],
+    started: Instant,
+) -> RunReport {
+    report.stopped = stop.reason();
+    report.stopped_at = report.checkpoints.iter().map(|c| c.id).chain(report.restored_from).max();
+    finish(report, supervisor, faults, started)
 }
 
 /// The supervisor of a run: which subtasks are downstream of which (for `rest_for_one`), and
@@ -270,7 +332,9 @@ fn supervisor_for(spec: &PipelineSpec, started: Instant) -> Supervisor {
     Supervisor::new(spec.supervision, started, downstream, local, names)
 }
 
-/// One attempt: a global rollback to what the log holds, then run until finished or failed.
+/// One attempt: a global rollback to what the log holds, then run until finished, stopped
+/// or failed.
+#[allow(clippy::too_many_arguments)]
 fn attempt(
     spec: &PipelineSpec,
     log: &Log,
@@ -279,6 +343,7 @@ fn attempt(
     faults: &[Arc<Injection>],
     started: Instant,
     supervisor: &Arc<Supervisor>,
+    stop: &Arc<StopRequest>,
 ) -> Result<Attempt, RunError> {
     let log = log.clone();
 
@@ -563,6 +628,9 @@ fn attempt(
         }
         coordinator.do_send(coordinator::Wire { sources: source_addrs.clone(), participants: notices });
         coordinator.do_send(coordinator::Start);
+        // After the wiring, so that a stop made before this attempt reaches a wired coordinator.
+        let to = coordinator.clone();
+        stop.attach(move || to.do_send(coordinator::StopRequested));
         for addr in &source_addrs {
             addr.do_send(source::Start);
         }
@@ -587,6 +655,7 @@ fn attempt(
     });
     let running_at = Instant::now();
     let run_result = system.run();
+    stop.detach();
     stop_progress.store(true, Ordering::Relaxed);
     if let Some(t) = progress_thread {
         let _ = t.join();
@@ -606,7 +675,8 @@ fn attempt(
         None => None,
     };
     run_result.map_err(|e| RunError::Failed(format!("actor system: {e}")))?;
-    if panic.is_none() && shared.finished.load(Ordering::Relaxed) != 1 {
+    let stopped_at = Some(shared.stopped_at.load(Ordering::Relaxed)).filter(|&c| c > 0);
+    if panic.is_none() && stopped_at.is_none() && shared.finished.load(Ordering::Relaxed) != 1 {
         return Err(RunError::Failed("the pipeline stopped before it finished".into()));
     }
 
@@ -641,5 +711,6 @@ fn attempt(
         restored_from: plan.checkpoint.map(|c: CheckpointId| c.0),
         running_at,
         panic,
+        stopped_at,
     })
 }

@@ -13,6 +13,9 @@
 //! [`Coordinator::handle_timeout`] a timer armed by [`CoordinatorAction::ArmTimeout`].
 //! When every source has reported that its input is exhausted, the coordinator triggers a
 //! *final* checkpoint at once; its completion commits the last output and finishes the job.
+//!
+//! A stop request (SIGTERM) ends the run early at a completed checkpoint (SPEC §6.7): the
+//! checkpoint in flight, or one triggered at once, is the last one; a rerun resumes from it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -51,6 +54,12 @@ pub enum CoordinatorAction {
     NotifyAbort(CheckpointId),
     /// The final checkpoint completed: all input is processed and all output committed.
     Finished,
+    /// A stop was requested and checkpoint `c` completed: end the run once its output is
+    /// committed; a rerun resumes from `c` (SPEC §6.7).
+    Stopped(CheckpointId),
+    /// A stop was requested and checkpoint `c`, triggered for it, was aborted: end the run
+    /// now, without a new restore point (SPEC §6.7).
+    StopFailed(CheckpointId),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -58,6 +67,15 @@ struct Pending {
     acks: BTreeSet<ParticipantId>,
     is_final: bool,
     persisting: bool,
+}
+
+/// A requested stop (SPEC §6.7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+struct Stop {
+    /// The checkpoint triggered for the stop, if one had to be.
+    own: Option<CheckpointId>,
+    /// `Stopped` or `StopFailed` was emitted: nothing more happens.
+    ended: bool,
 }
 
 /// The checkpoint coordinator of one pipeline.
@@ -69,6 +87,7 @@ pub struct Coordinator {
     completed: Option<CheckpointId>,
     sources_finished: BTreeSet<usize>,
     finished: bool,
+    stop: Option<Stop>,
     out: VecDeque<CoordinatorAction>,
 }
 
@@ -90,12 +109,16 @@ impl Coordinator {
             completed,
             sources_finished: BTreeSet::new(),
             finished: false,
+            stop: None,
             out: VecDeque::new(),
         }
     }
 
     /// The checkpoint interval elapsed.
     pub fn handle_tick(&mut self) {
+        if self.stop.is_some() {
+            return; // the stop triggers what it needs (SPEC §6.7)
+        }
         if self.all_sources_finished() {
             self.trigger_final_if_needed();
         } else if !self.finished && self.pending.len() < self.config.max_concurrent {
@@ -139,6 +162,9 @@ impl Coordinator {
         if pending.is_some_and(|p| p.is_final) {
             self.finished = true;
             self.out.push_back(CoordinatorAction::Finished);
+        } else if let Some(stop) = &mut self.stop {
+            stop.ended = true;
+            self.out.push_back(CoordinatorAction::Stopped(checkpoint));
         } else if self.all_sources_finished() {
             self.trigger_final_if_needed();
         }
@@ -153,7 +179,14 @@ impl Coordinator {
         }
         self.pending.remove(&checkpoint);
         self.out.push_back(CoordinatorAction::NotifyAbort(checkpoint));
-        if self.all_sources_finished() {
+        if let Some(stop) = &mut self.stop {
+            if stop.own == Some(checkpoint) {
+                stop.ended = true;
+                self.out.push_back(CoordinatorAction::StopFailed(checkpoint));
+            } else {
+                self.trigger_stop_if_idle();
+            }
+        } else if self.all_sources_finished() {
             self.trigger_final_if_needed();
         }
     }
@@ -162,9 +195,20 @@ impl Coordinator {
     pub fn handle_source_finished(&mut self, source: usize) {
         assert!(source < self.config.sources, "end of input from unknown source {source}");
         self.sources_finished.insert(source);
-        if self.all_sources_finished() {
+        if self.all_sources_finished() && self.stop.is_none() {
             self.trigger_final_if_needed();
         }
+    }
+
+    /// A stop was requested (SPEC §6.7): the next checkpoint to complete ends the run. One
+    /// in flight is waited for; with none in flight, one is triggered now. A repeated
+    /// request, or one after the job finished, changes nothing.
+    pub fn handle_stop_requested(&mut self) {
+        if self.finished || self.stop.is_some() {
+            return;
+        }
+        self.stop = Some(Stop::default());
+        self.trigger_stop_if_idle();
     }
 
     /// The next thing the driver must do.
@@ -192,6 +236,11 @@ impl Coordinator {
         self.finished
     }
 
+    /// Whether a stop was requested.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.is_some()
+    }
+
     fn all_sources_finished(&self) -> bool {
         self.sources_finished.len() == self.config.sources
     }
@@ -203,12 +252,24 @@ impl Coordinator {
         }
     }
 
-    fn trigger(&mut self, is_final: bool) {
+    /// While stopping with nothing in flight, trigger the stop's own checkpoint (final if the
+    /// input has ended, so that its completion finishes the job instead).
+    fn trigger_stop_if_idle(&mut self) {
+        let Some(stop) = self.stop else { return };
+        if stop.ended || !self.pending.is_empty() {
+            return;
+        }
+        let own = self.trigger(self.all_sources_finished());
+        self.stop = Some(Stop { own: Some(own), ended: false });
+    }
+
+    fn trigger(&mut self, is_final: bool) -> CheckpointId {
         let c = self.next;
         self.next = c.next();
         self.pending.insert(c, Pending { acks: BTreeSet::new(), is_final, persisting: false });
         self.out.push_back(CoordinatorAction::Trigger(c));
         self.out.push_back(CoordinatorAction::ArmTimeout(c));
+        c
     }
 }
 
@@ -294,6 +355,94 @@ mod tests {
         c.on_completion_durable(C2);
         assert_eq!(drain(&mut c), vec![PersistCompletion(C2), NotifyAbort(C1), NotifyComplete(C2)]);
         c.handle_tick();
+        assert_eq!(drain(&mut c), vec![Trigger(C3), ArmTimeout(C3)]);
+    }
+
+    fn complete(c: &mut Coordinator, participants: usize, checkpoint: CheckpointId) {
+        for p in 0..participants {
+            c.handle_ack(p, checkpoint);
+        }
+        c.on_completion_durable(checkpoint);
+    }
+
+    // Reference: SPEC §6.7, a stop with nothing in flight triggers a checkpoint at once, and
+    // its completion ends the run; nothing is triggered afterwards, and the sources are not
+    // treated as finished.
+    #[test]
+    fn stop_with_nothing_in_flight_triggers_a_checkpoint_whose_completion_stops() {
+        let mut c = Coordinator::new(CoordinatorConfig::new(1, 1));
+        c.handle_stop_requested();
+        assert!(c.is_stopping());
+        assert_eq!(drain(&mut c), vec![Trigger(C1), ArmTimeout(C1)]);
+        c.handle_tick();
+        c.handle_stop_requested();
+        assert_eq!(drain(&mut c), vec![]);
+        complete(&mut c, 1, C1);
+        assert_eq!(drain(&mut c), vec![PersistCompletion(C1), NotifyComplete(C1), Stopped(C1)]);
+        c.handle_tick();
+        c.handle_source_finished(0);
+        assert_eq!(drain(&mut c), vec![]);
+        assert!(!c.is_finished());
+    }
+
+    // Reference: SPEC §6.7, a checkpoint in flight when the stop arrives is the stop point.
+    #[test]
+    fn stop_waits_for_the_checkpoint_in_flight() {
+        let mut c = Coordinator::new(CoordinatorConfig::new(2, 1));
+        c.handle_tick();
+        drain(&mut c);
+        c.handle_ack(0, C1);
+        c.handle_stop_requested();
+        assert_eq!(drain(&mut c), vec![]);
+        complete(&mut c, 2, C1);
+        assert_eq!(drain(&mut c), vec![PersistCompletion(C1), NotifyComplete(C1), Stopped(C1)]);
+    }
+
+    // Reference: SPEC §6.7, bounded: an in-flight checkpoint aborted after the stop is
+    // replaced once; the stop's own checkpoint aborted ends the run with `StopFailed`.
+    #[test]
+    fn stop_retries_once_then_fails_when_its_own_checkpoint_is_aborted() {
+        let mut c = Coordinator::new(CoordinatorConfig::new(1, 1));
+        c.handle_tick();
+        drain(&mut c);
+        c.handle_stop_requested();
+        c.handle_timeout(C1);
+        assert_eq!(drain(&mut c), vec![NotifyAbort(C1), Trigger(C2), ArmTimeout(C2)]);
+        c.handle_timeout(C2);
+        assert_eq!(drain(&mut c), vec![NotifyAbort(C2), StopFailed(C2)]);
+        c.handle_tick();
+        c.handle_ack(0, C2);
+        assert_eq!(drain(&mut c), vec![]);
+    }
+
+    // Reference: SPEC §6.7 and §6.6, a stop after the input ended lets the final checkpoint
+    // finish the job (its retry after an abort is the stop's own, and final).
+    #[test]
+    fn stop_after_end_of_input_finishes_the_job() {
+        let mut c = Coordinator::new(CoordinatorConfig::new(1, 1));
+        c.handle_source_finished(0);
+        drain(&mut c);
+        c.handle_stop_requested();
+        c.handle_timeout(C1);
+        assert_eq!(drain(&mut c), vec![NotifyAbort(C1), Trigger(C2), ArmTimeout(C2)]);
+        complete(&mut c, 1, C2);
+        assert_eq!(drain(&mut c), vec![PersistCompletion(C2), NotifyComplete(C2), Finished]);
+
+        let mut done = Coordinator::new(CoordinatorConfig::new(1, 1));
+        done.handle_source_finished(0);
+        complete(&mut done, 1, C1);
+        drain(&mut done);
+        done.handle_stop_requested();
+        assert!(!done.is_stopping());
+        assert_eq!(drain(&mut done), vec![]);
+    }
+
+    // Reference: SPEC §6.7 and §7.4, a stop right after a rollback checkpoints above the
+    // restore point.
+    #[test]
+    fn stop_after_a_rollback_continues_the_ids() {
+        let mut c = Coordinator::restore(CoordinatorConfig::new(1, 1), Some(C2));
+        c.handle_stop_requested();
         assert_eq!(drain(&mut c), vec![Trigger(C3), ArmTimeout(C3)]);
     }
 }
