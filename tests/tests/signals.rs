@@ -35,6 +35,9 @@ impl Weir {
             .arg("--report")
             .arg(report)
             .args(args)
+            // The tests wait on the supervisor's warnings (a panic, a rollback) before they
+            // signal; weir prints logs only when asked.
+            .env("WEIR_LOG", "warn")
             .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
