@@ -135,14 +135,14 @@ fn a_checkpoint_reported_complete_survives_an_immediate_kill_9() {
     let mut reported = None;
     for line in stderr.lines() {
         let line = line.unwrap();
-        if let Some(pos) = line.rfind("checkpoint ") {
-            if line.ends_with(" complete") {
-                let id: u64 = line[pos + 11..].trim_end_matches(" complete").parse().unwrap();
-                if id >= 2 {
-                    child.kill().unwrap(); // right after the report
-                    reported = Some(id);
-                    break;
-                }
+        if let Some(pos) = line.rfind("checkpoint ")
+            && line.ends_with(" complete")
+        {
+            let id: u64 = line[pos + 11..].trim_end_matches(" complete").parse().unwrap();
+            if id >= 2 {
+                child.kill().unwrap(); // right after the report
+                reported = Some(id);
+                break;
             }
         }
     }

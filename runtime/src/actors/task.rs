@@ -711,11 +711,11 @@ impl Handler<Deliver> for TaskActor {
             Item::Barrier(c) => Arrival::Barrier(c),
         };
         self.gate.handle_arrival(msg.input, arrival);
-        if let Some(target) = &self.catch_up {
-            if self.gate.positions().iter().zip(target).all(|(now, then)| now >= then) {
-                self.cx.supervisor.caught_up(self.cx.participant, Instant::now());
-                self.catch_up = None;
-            }
+        if let Some(target) = &self.catch_up
+            && self.gate.positions().iter().zip(target).all(|(now, then)| now >= then)
+        {
+            self.cx.supervisor.caught_up(self.cx.participant, Instant::now());
+            self.catch_up = None;
         }
         self.drain(ctx);
     }

@@ -135,10 +135,10 @@ impl<B> Task<B> {
     /// The coordinator completed `checkpoint` (its completion record is durable).
     pub fn handle_checkpoint_complete(&mut self, checkpoint: CheckpointId) {
         self.completed = self.completed.max(checkpoint);
-        if let Some(commit) = &self.commit {
-            if commit.staged.first().is_some_and(|&c| c <= checkpoint) {
-                self.out.push_back(Action::Commit(checkpoint));
-            }
+        if let Some(commit) = &self.commit
+            && commit.staged.first().is_some_and(|&c| c <= checkpoint)
+        {
+            self.out.push_back(Action::Commit(checkpoint));
         }
         self.out.push_back(Action::DropSnapshotsBelow(checkpoint));
     }

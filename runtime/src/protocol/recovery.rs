@@ -112,10 +112,10 @@ pub fn plan_global_rollback(input: &RecoveryInput) -> Result<RestorePlan, Recove
         .iter()
         .enumerate()
         .map(|(participant, log)| {
-            if let Some(c) = restore_point {
-                if !log.snapshots.contains(&c) {
-                    return Err(RecoveryError::MissingSnapshot { participant, checkpoint: c });
-                }
+            if let Some(c) = restore_point
+                && !log.snapshots.contains(&c)
+            {
+                return Err(RecoveryError::MissingSnapshot { participant, checkpoint: c });
             }
             let discard_snapshots =
                 log.snapshots.iter().copied().filter(|&s| Some(s) != restore_point).collect();
@@ -139,10 +139,10 @@ pub fn plan_local(
     log: &ParticipantLog,
     completed: Option<CheckpointId>,
 ) -> Result<ParticipantRestore, RecoveryError> {
-    if let Some(c) = completed {
-        if !log.snapshots.contains(&c) {
-            return Err(RecoveryError::MissingSnapshot { participant, checkpoint: c });
-        }
+    if let Some(c) = completed
+        && !log.snapshots.contains(&c)
+    {
+        return Err(RecoveryError::MissingSnapshot { participant, checkpoint: c });
     }
     let sink = log.sink.as_ref().map(|sink| {
         let mut plan = plan_sink(sink, completed);
