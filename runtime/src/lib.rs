@@ -60,6 +60,7 @@
 #[cfg(feature = "io")]
 pub mod actors;
 pub mod batch;
+pub mod codec;
 #[cfg(feature = "io")]
 pub mod connectors;
 #[cfg(feature = "io")]

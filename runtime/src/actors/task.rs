@@ -204,19 +204,7 @@ impl TaskState {
     /// whatever it accepts re-encodes to `bytes`) and an end flag per input that does not
     /// match `inputs`. Never panics, whatever the bytes: a fuzz target's entry point.
     pub fn decode(bytes: &[u8], inputs: usize) -> Result<TaskState, String> {
-        let (state, rest): (TaskState, _) = postcard::take_from_bytes(bytes).map_err(|e| e.to_string())?;
-        if !rest.is_empty() {
-            return Err(format!("{} trailing bytes after the task state", rest.len()));
-        }
-        // postcard reads a length written in more bytes than it needs; weir never writes one.
-        let canonical = postcard::serialize_with_flavor(&state, postcard::ser_flavors::Size::default())
-            .map_err(|e| e.to_string())?;
-        if canonical != bytes.len() {
-            return Err(format!(
-                "task state not in canonical form ({} bytes, {canonical} as written by weir)",
-                bytes.len()
-            ));
-        }
+        let state: TaskState = crate::codec::decode_exact(bytes).map_err(|e| format!("task state: {e}"))?;
         if state.ended.len() != inputs {
             return Err(format!(
                 "snapshot has end flags for {} inputs, the pipeline {inputs}",
@@ -857,14 +845,14 @@ mod tests {
         );
         let mut longer = bytes.clone();
         longer.push(0);
-        assert_eq!(TaskState::decode(&longer, 3), Err("1 trailing bytes after the task state".into()));
+        assert_eq!(TaskState::decode(&longer, 3), Err("task state: 1 trailing bytes".into()));
         // The length 3 of `ended` written in two bytes: postcard reads it, weir never writes it.
         let mut overlong = bytes.clone();
         overlong.splice(0..1, [0x83, 0x00]);
         assert_eq!(postcard::from_bytes::<TaskState>(&overlong).unwrap(), state());
         assert_eq!(
             TaskState::decode(&overlong, 3),
-            Err("task state not in canonical form (10 bytes, 9 as written by weir)".into())
+            Err("task state: not in canonical form (10 bytes, 9 as written by weir)".into())
         );
     }
 

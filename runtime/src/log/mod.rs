@@ -307,8 +307,12 @@ pub fn encode<T: Serialize>(key: &[u8], value: &T) -> Vec<u8> {
 }
 
 /// Decode a record stored under `key` in `db`, verifying its version, checksum and that
-/// the payload is exactly one value (no trailing bytes).
-pub fn decode<T: DeserializeOwned>(db: &'static str, key: &[u8], bytes: &[u8]) -> Result<T, LogError> {
+/// the payload is exactly one value in its one encoding ([`crate::codec::decode_exact`]).
+pub fn decode<T: DeserializeOwned + Serialize>(
+    db: &'static str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, LogError> {
     let corrupt = |reason: String| LogError::Corrupt { db, key: show_key(key), reason };
     let Some((&version, rest)) = bytes.split_first() else {
         return Err(corrupt("empty value".into()));
@@ -322,11 +326,7 @@ pub fn decode<T: DeserializeOwned>(db: &'static str, key: &[u8], bytes: &[u8]) -
     if stored != checksum(key, payload) {
         return Err(corrupt("checksum mismatch (the data directory is damaged)".into()));
     }
-    match postcard::take_from_bytes(payload) {
-        Ok((value, [])) => Ok(value),
-        Ok((_, trailing)) => Err(corrupt(format!("{} trailing bytes", trailing.len()))),
-        Err(e) => Err(corrupt(e.to_string())),
-    }
+    crate::codec::decode_exact(payload).map_err(|e| corrupt(e.to_string()))
 }
 
 impl Log {

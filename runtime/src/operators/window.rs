@@ -2534,7 +2534,7 @@ mod tests {
         assert_eq!(encode(&snap), good);
         let mut longer = good.clone();
         longer.push(0);
-        assert_eq!(refusal(&longer), "1 trailing bytes after the snapshot");
+        assert_eq!(refusal(&longer), "1 trailing bytes");
         // `late` (0, one byte after the input watermark) written in two bytes: the same
         // value, which postcard reads.
         let at = 1 + 1 + postcard::to_allocvec(&snap.inputs[0]).unwrap().len();

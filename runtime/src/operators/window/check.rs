@@ -23,18 +23,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<SnapshotIn<'_>, String> {
     if version != SNAPSHOT_VERSION {
         return Err(format!("unknown format version {version} (expected {SNAPSHOT_VERSION})"));
     }
-    let (snap, rest): (SnapshotIn, _) = postcard::take_from_bytes(body).map_err(|e| e.to_string())?;
-    if !rest.is_empty() {
-        return Err(format!("{} trailing bytes after the snapshot", rest.len()));
-    }
-    // postcard reads an integer written in more bytes than it needs; the encoder never
-    // writes one, and a state must have one encoding only.
-    let canonical = postcard::serialize_with_flavor(&snap, postcard::ser_flavors::Size::default())
-        .map_err(|e| e.to_string())?;
-    if canonical != body.len() {
-        return Err(format!("not in canonical form ({} bytes, {canonical} as written by weir)", body.len()));
-    }
-    Ok(snap)
+    crate::codec::decode_exact(body).map_err(|e| e.to_string())
 }
 
 /// A window, for error messages: `window [0, 1000) of key "s0001"`.
