@@ -102,7 +102,16 @@ fn main() -> ExitCode {
                 Err(e) => return fail(2, e),
             };
             sigbus::explain_as_damaged_log(&spec.data_dir);
-            match run_pipeline(&spec, report, &faults, fresh) {
+            // Panics in operator code are caught where they happen; one that reaches this far
+            // is a bug in weir, and still gets its one line (the hook above is silent).
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_pipeline(&spec, report, &faults, fresh)
+            }))
+            .unwrap_or_else(|payload| {
+                let message = weir_runtime::actors::panic_message(&*payload);
+                Err(anyhow::anyhow!("internal error (a bug in weir, please report it): {message}"))
+            });
+            match outcome {
                 Ok(()) => ExitCode::SUCCESS,
                 // Another process holds the data directory, or it belongs to another pipeline:
                 // usage mistakes, as a bad flag is.
