@@ -803,14 +803,14 @@ mod tests {
             ("t", DataType::Str),
         ]);
         let strings = [
-            "plain",
+            "\u{feff}bom first",
             "a,b",
             "say \"hi\"",
             "\"",
             ",",
             "",
             " padded ",
-            "\u{feff}bom",
+            "plain",
             "ünï,cödé",
             "cr\rlf\r\n",
         ];
