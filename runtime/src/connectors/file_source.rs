@@ -618,7 +618,16 @@ impl SourceReader for FileSource {
             self.start += decoded.bytes;
             self.offset += decoded.bytes as u64;
             self.line_no += decoded.lines;
-            if batch.len() < max && !self.eof {
+            if batch.len() == max {
+                break;
+            }
+            if self.eof && self.start < self.buf.len() {
+                // At the end of the file the decoder takes every byte or fails: stop rather
+                // than wait for bytes that will not come.
+                let (path, line) = (self.path.display(), self.line_no);
+                return Err(SourceError(format!("{path} line {line}: the end of the file was not decoded")));
+            }
+            if !self.eof {
                 self.fill()?;
             }
         }
