@@ -29,7 +29,7 @@ pub fn encode(batch: &Batch, format: OutputFormat, out: &mut Vec<u8>) {
                 Column::Float(c) => float(c[row], format, out),
                 Column::Str(c) => match format.encoding {
                     FileFormat::JsonLines => json_string(c.get(row), out),
-                    FileFormat::Csv => csv_string(c.get(row), out),
+                    FileFormat::Csv => csv_string(c.get(row), columns.len() == 1, out),
                 },
             }
         }
@@ -56,8 +56,11 @@ fn float(v: f64, format: OutputFormat, out: &mut Vec<u8>) {
     }
 }
 
-fn csv_string(s: &str, out: &mut Vec<u8>) {
-    if s.contains([',', '"', '\n', '\r']) {
+/// A CSV field, quoted when a reader would otherwise take it for something else: a field
+/// with a delimiter, quote or line end; an empty field alone on its line (a blank line,
+/// which readers skip); a leading U+FEFF (a byte order mark at the start of a file).
+fn csv_string(s: &str, alone: bool, out: &mut Vec<u8>) {
+    if s.contains([',', '"', '\n', '\r']) || (alone && s.is_empty()) || s.starts_with('\u{feff}') {
         out.push(b'"');
         for b in s.bytes() {
             if b == b'"' {
