@@ -1269,6 +1269,15 @@ impl Window {
         if let Some(k) = snap.keys.iter().find(|k| !key_fits(k)) {
             return Err(format!("key {k:?} does not fit the key field"));
         }
+        // Counters that no run reaches (2^62 records is 1,400 years at 100 M/s) would overflow
+        // on the next record: a damaged snapshot, refused here rather than wrapped later.
+        const COUNTER_LIMIT: u64 = 1 << 62;
+        if snap.next_arrival >= COUNTER_LIMIT || snap.late >= COUNTER_LIMIT {
+            return Err(format!(
+                "record counters out of range ({} arrived, {} late)",
+                snap.next_arrival, snap.late
+            ));
+        }
         let mut bounds =
             check::Bounds::new(self.kind, &snap.inputs, self.max_out_of_order_ms, snap.next_arrival);
         let cell_rules = check::CellRules::new(&self.aggregates, &self.input);
@@ -2195,6 +2204,16 @@ mod tests {
         assert_eq!(
             error(&reencode(&|s| s.keys[0] = KeyValue::Int(3))),
             "key Int(3) does not fit the key field"
+        );
+        // Found by the window_snapshot fuzz target: counters near u64::MAX were accepted and
+        // the next record overflowed them.
+        assert_eq!(
+            error(&reencode(&|s| s.next_arrival = u64::MAX - 1)),
+            format!("record counters out of range ({} arrived, 0 late)", u64::MAX - 1)
+        );
+        assert_eq!(
+            error(&reencode(&|s| s.late = 1 << 62)),
+            format!("record counters out of range (100 arrived, {} late)", 1u64 << 62)
         );
     }
 
