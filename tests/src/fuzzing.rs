@@ -10,10 +10,19 @@
 
 use std::fmt::{Debug, Write as _};
 
+use std::path::Path;
+use std::sync::Arc;
+
 use arbitrary::Unstructured;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use weir_edge_agent::config::{self as weir_config, ConfigError};
+use weir_runtime::batch::{Batch, Column, DataType, Field, Schema, SchemaRef, StrColumn};
 use weir_runtime::log::{self, CommitRecord, LogError, Setting, SnapshotRecord};
+use weir_runtime::operators::{self, Operator};
+use weir_runtime::pipeline::spec::{
+    AggregateFunction, AggregateSpec, TransformSpec, WindowKind, WindowSpec, sensors_schema,
+};
 
 /// One fuzz target.
 pub struct Target {
@@ -31,6 +40,8 @@ pub const TARGETS: &[Target] = &[
     // every protocol mutant.
     Target { name: "protocol_events", run: weir_protocol_model::fuzzing::run, seeds: Vec::new },
     Target { name: "log_records", run: log_records, seeds: log_records_seeds },
+    Target { name: "config", run: config, seeds: config_seeds },
+    Target { name: "window_snapshot", run: window_snapshot, seeds: window_snapshot_seeds },
 ];
 
 /// A key of the shape `snapshots` and `staged` use: participant 1, checkpoint 2.
@@ -193,4 +204,243 @@ fn hex(bytes: &[u8]) -> String {
         let _ = write!(out, "... ({} bytes)", bytes.len());
     }
     out
+}
+
+/// The variables a fuzzed config sees; any other `${NAME}` is unset.
+fn config_env(name: &str) -> Option<String> {
+    match name {
+        "WEIR_RECORDS" => Some("1000".into()),
+        "WEIR_INTERVAL_MS" => Some("250".into()),
+        "EMPTY" => Some(String::new()),
+        "NEWLINE" => Some("\n".into()),
+        _ => None,
+    }
+}
+
+fn parse_config(text: &str) -> Result<weir_runtime::pipeline::spec::PipelineSpec, ConfigError> {
+    weir_config::parse(text, Path::new("/fuzz"), &config_env)
+}
+
+/// The config parser (`weir_edge_agent::config::parse`) on arbitrary UTF-8 text. It never
+/// panics; a refusal starts with `config: ` and any line it names is a line of the text; and a
+/// comment line put before the text changes nothing but the line numbers, one more in every
+/// error (so the line named is the line parsed, and parsing is deterministic).
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let first = parse_config(text);
+    let shifted = parse_config(&format!("# a comment first\n{text}"));
+    match (&first, &shifted) {
+        (Ok(spec), Ok(again)) => assert!(spec == again, "a comment line first changed the spec"),
+        (Err(error), Err(again)) => {
+            let message = error.to_string();
+            assert!(message.starts_with("config: "), "a config error without its prefix: {message}");
+            if let Some(line) = error_line(error) {
+                let lines = text.split('\n').count();
+                assert!((1..=lines).contains(&line), "{message}: the text has {lines} lines");
+            }
+            let expected = one_line_later(error);
+            assert!(again.to_string() == expected, "a comment line first: {again}, expected {expected}");
+        }
+        _ => panic!("a comment line first changed the result from {first:?} to {shifted:?}"),
+    }
+}
+
+fn error_line(error: &ConfigError) -> Option<usize> {
+    match error {
+        ConfigError::Line { line, .. } | ConfigError::Key { line, .. } => Some(*line),
+        _ => None,
+    }
+}
+
+/// The text of `error` with its line one later.
+fn one_line_later(error: &ConfigError) -> String {
+    match error {
+        ConfigError::Line { line, message } => {
+            ConfigError::Line { line: line + 1, message: message.clone() }.to_string()
+        }
+        ConfigError::Key { path, message, line, hint } => ConfigError::Key {
+            path: path.clone(),
+            message: message.clone(),
+            line: line + 1,
+            hint: hint.clone(),
+        }
+        .to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Seeds for [`config`]: the example pipeline, and variations that reach each kind of node,
+/// each section's errors, and interpolation.
+pub fn config_seeds() -> Vec<Vec<u8>> {
+    let example = include_str!("../../examples/sensor-window.toml");
+    let mut seeds: Vec<String> = vec![
+        example.to_owned(),
+        example.replace("size_ms", "sise_ms"),
+        example.replace(
+            "kind = \"tumbling\"\nsize_ms = 1000",
+            "kind = \"hopping\"\nsize_ms = 1000\nhop_ms = 250",
+        ),
+        example.replace("kind = \"tumbling\"\nsize_ms = 1000", "kind = \"session\"\ngap_ms = 300"),
+        example.replace("inputs = [\"readings\"]", "inputs = [\"windows\"]"),
+        example.replace("${WEIR_RECORDS:-2000000}", "${UNSET}"),
+        example.replace("format = \"csv\"", "format = \"jsonl\""),
+    ];
+    seeds.push(
+        r#"[sources.in]
+type = "file"
+path = "in.json"
+format = "json"
+schema = { id = "int", name = "string", ok = "bool", x = "float" }
+[transforms.keep]
+type = "filter"
+inputs = ["in"]
+condition = "ok && x > 1.5"
+[transforms.shape]
+type = "map"
+inputs = ["keep"]
+select = ["id", "name"]
+compute = { double = "id * 2" }
+[sinks.out]
+type = "stdout"
+inputs = ["shape"]
+[supervision]
+strategy = "one_for_one"
+max_restarts = 3
+[recovery]
+strategy = "local"
+buffer_mb = 8
+"#
+        .to_owned(),
+    );
+    seeds.push("data_dir = \"$$dir\"\nmap_size_mb = 1${EMPTY}\n[checkpoint]\ninterval_ms = 0\n".into());
+    seeds.push("[checkpoint] # ${UNSET}\ninterval_ms = ${NEWLINE}\n".into());
+    seeds.into_iter().map(String::into_bytes).collect()
+}
+
+/// The window operators [`window_snapshot`] restores into: every kind, with and without a
+/// key (string and int), one to three inputs, and every aggregate function. Each entry: the
+/// spec, its input schema, its number of inputs.
+fn window_specs() -> Vec<(TransformSpec, SchemaRef, usize)> {
+    use AggregateFunction::*;
+    let aggregates = |list: &[(AggregateFunction, Option<&str>)]| {
+        list.iter()
+            .map(|&(function, field)| AggregateSpec { function, field: field.map(str::to_owned) })
+            .collect::<Vec<_>>()
+    };
+    let window = |key: Option<&str>, kind, list: &[(AggregateFunction, Option<&str>)]| {
+        TransformSpec::Window(WindowSpec {
+            key: key.map(str::to_owned),
+            time_field: "ts".into(),
+            kind,
+            max_out_of_order_ms: 100,
+            aggregates: aggregates(list),
+        })
+    };
+    let sum_min_max_mean = [
+        (Count, None),
+        (Sum, Some("value")),
+        (Min, Some("value")),
+        (Max, Some("value")),
+        (Mean, Some("value")),
+    ];
+    let ints = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int),
+        Field::new("ts", DataType::Int),
+        Field::new("value", DataType::Int),
+    ]));
+    vec![
+        (
+            window(Some("sensor"), WindowKind::Tumbling { size_ms: 1000 }, &sum_min_max_mean),
+            sensors_schema(),
+            1,
+        ),
+        (
+            window(
+                None,
+                WindowKind::Hopping { size_ms: 1000, hop_ms: 250 },
+                &[(Count, None), (First, Some("value")), (Last, Some("sensor"))],
+            ),
+            sensors_schema(),
+            2,
+        ),
+        (window(Some("sensor"), WindowKind::Session { gap_ms: 300 }, &sum_min_max_mean), sensors_schema(), 1),
+        (
+            window(
+                Some("id"),
+                WindowKind::Tumbling { size_ms: 100 },
+                &[(Sum, Some("value")), (Min, Some("value")), (Last, Some("id"))],
+            ),
+            ints,
+            3,
+        ),
+    ]
+}
+
+/// The window operator's `restore` on arbitrary bytes (the first byte picks the operator
+/// from [`window_specs`]). It never panics, and refuses with an error about the snapshot, or
+/// accepts a snapshot that re-encodes to the same bytes.
+pub fn window_snapshot(data: &[u8]) {
+    let Some((&pick, snapshot)) = data.split_first() else { return };
+    let specs = window_specs();
+    let (spec, schema, inputs) = &specs[usize::from(pick) % specs.len()];
+    let mut operator = build_window(spec, schema, *inputs);
+    match operator.restore(snapshot) {
+        Ok(()) => {
+            let again = operator.snapshot();
+            assert!(again == snapshot, "two snapshots of one state: {} and {}", hex(snapshot), hex(&again));
+        }
+        Err(e) => {
+            let text = e.to_string();
+            assert!(
+                text.starts_with("fuzz: snapshot cannot be decoded: "),
+                "a refusal that does not say so: {text}"
+            );
+        }
+    }
+}
+
+fn build_window(spec: &TransformSpec, schema: &SchemaRef, inputs: usize) -> Box<dyn Operator> {
+    operators::build("fuzz", spec, schema.clone(), inputs).expect("the fuzz target's window specs build")
+}
+
+/// Readings `range` over `schema` (the sensors schema, or three ints), out of order within
+/// 50 ms, cut into one batch per input.
+fn window_batches(schema: &SchemaRef, inputs: usize, range: std::ops::Range<u64>) -> Vec<Batch> {
+    (0..inputs)
+        .map(|input| {
+            let rows: Vec<u64> = range.clone().filter(|i| *i as usize % inputs == input).collect();
+            let ts: Vec<i64> = rows.iter().map(|&i| (i * 10 + (i * 37) % 50) as i64).collect();
+            let columns = if schema.fields()[0].ty == DataType::Str {
+                let mut sensor = StrColumn::with_capacity(rows.len(), 3);
+                for &i in &rows {
+                    sensor.push(&format!("s{}", i % 5));
+                }
+                let value = rows.iter().map(|&i| ((i * 7919 + 13) % 10007) as f64 / 100.0).collect();
+                vec![Column::Str(sensor), Column::Int(ts), Column::Float(value)]
+            } else {
+                let id = rows.iter().map(|&i| (i % 4) as i64 - 1).collect();
+                let value = rows.iter().map(|&i| (i * 7919 % 1001) as i64 - 500).collect();
+                vec![Column::Int(id), Column::Int(ts), Column::Int(value)]
+            };
+            Batch::new(schema.clone(), columns)
+        })
+        .collect()
+}
+
+/// Seeds for [`window_snapshot`]: real snapshots of every operator of [`window_specs`], empty
+/// and after processing readings (with some windows fired and some late records).
+pub fn window_snapshot_seeds() -> Vec<Vec<u8>> {
+    let mut seeds = Vec::new();
+    for (pick, (spec, schema, inputs)) in window_specs().iter().enumerate() {
+        let mut operator = build_window(spec, schema, *inputs);
+        let mut out = Vec::new();
+        seeds.push([&[pick as u8][..], &operator.snapshot()].concat());
+        for range in [0..40, 40..100, 5..20] {
+            for (input, batch) in window_batches(schema, *inputs, range).into_iter().enumerate() {
+                operator.process(input, &batch, &mut out).expect("seed readings process");
+            }
+            seeds.push([&[pick as u8][..], &operator.snapshot()].concat());
+        }
+    }
+    seeds
 }
