@@ -1,6 +1,8 @@
 //! Support for the end-to-end tests and the benchmark: find the `weir` binary, write a
 //! pipeline config, compute the sensor-window reference independently, compare outputs.
 
+pub mod fuzzing;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
