@@ -304,3 +304,20 @@ format = "csv"
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr(&out), "weir: run failed: hot: compute.bad: modulo by zero in \"ts % (ts - ts)\"\n");
 }
+
+#[test]
+fn a_data_mdb_that_is_not_lmdb_is_one_line_without_repeated_causes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = sensor_window_config(dir.path(), 2_000, 50, None);
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/data.mdb"), vec![b'x'; 3 * 4096]).unwrap();
+    let out = run(&config);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "weir: run failed: log: {} is not an LMDB file (no valid meta page); the data directory is damaged (move it away, or start afresh with --fresh)\n",
+            dir.path().join("data/data.mdb").display()
+        )
+    );
+}
