@@ -151,3 +151,34 @@ pub fn sum_of_counts(lines: &[String]) -> u64 {
         .map(|l| l.split(',').nth(2).and_then(|c| c.parse::<u64>().ok()).expect("a count column"))
         .sum()
 }
+
+/// Run `weir run CONFIG` and `kill -9` it right after it reports checkpoint `at_least` (or a
+/// later one) complete, from the coordinator's debug log. Returns the checkpoint reported, or
+/// `None` if the run ended first.
+pub fn kill_9_after_a_checkpoint(config: &Path, at_least: u64) -> Option<u64> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(weir_bin())
+        .arg("run")
+        .arg(config)
+        .env("WEIR_LOG", "weir_runtime::actors::coordinator=debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weir starts");
+    let stderr = BufReader::new(child.stderr.take().expect("piped"));
+    let mut reported = None;
+    for line in stderr.lines() {
+        let Ok(line) = line else { break };
+        let id = line
+            .strip_suffix(" complete")
+            .and_then(|l| l.rfind("checkpoint ").map(|pos| &l[pos + 11..]))
+            .and_then(|id| id.parse::<u64>().ok());
+        if let Some(id) = id.filter(|&id| id >= at_least) {
+            child.kill().expect("kill -9"); // right after the report
+            reported = Some(id);
+            break;
+        }
+    }
+    let _ = child.wait();
+    reported
+}

@@ -1,7 +1,6 @@
 //! End-to-end: the `weir` binary run as a user runs it, killed with `kill -9`, rerun; the
 //! output compared with a reference computed in the test.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -124,29 +123,7 @@ fn kill_9_at_seeded_random_moments_then_rerun_gives_exactly_the_reference() {
 fn a_checkpoint_reported_complete_survives_an_immediate_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let config = sensor_window_config(dir.path(), 400_000, 100, Some(200_000));
-    let mut child = Command::new(weir_bin())
-        .arg("run")
-        .arg(&config)
-        .env("WEIR_LOG", "weir_runtime::actors::coordinator=debug")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut reported = None;
-    for line in stderr.lines() {
-        let line = line.unwrap();
-        if let Some(pos) = line.rfind("checkpoint ")
-            && line.ends_with(" complete")
-        {
-            let id: u64 = line[pos + 11..].trim_end_matches(" complete").parse().unwrap();
-            if id >= 2 {
-                child.kill().unwrap(); // right after the report
-                reported = Some(id);
-                break;
-            }
-        }
-    }
-    let _ = child.wait();
+    let reported = kill_9_after_a_checkpoint(&config, 2);
     let reported = reported.expect("a checkpoint was reported complete");
     let report = dir.path().join("report.json");
     run_to_completion(&config, Some(&report));

@@ -3,11 +3,10 @@
 //! do not fit their type stop the run with one located line, and an input that shrank or was
 //! replaced since the last checkpoint stops a resumed run instead of ending it early.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use weir_tests::weir_bin;
+use weir_tests::{kill_9_after_a_checkpoint, weir_bin};
 
 /// A pipeline `src` (a file source) -> `pass` (a map that changes nothing)
 /// -> `out` (a file sink), written into `dir`.
@@ -226,25 +225,8 @@ fn a_run_killed_mid_file_resumes_at_its_position_with_every_record_once() {
         (0..records).map(|i| format!("{{\"sensor\":\"s{:04}\",\"v\":{i}.5}}\n", i % 1000)).collect();
     std::fs::write(&path, &text).unwrap();
     let config = config(dir.path(), "in.jsonl", "json", SENSOR, "out.csv", "csv");
-    let mut child = Command::new(weir_bin())
-        .arg("run")
-        .arg(&config)
-        .env("WEIR_LOG", "weir_runtime::actors::coordinator=debug")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut killed = false;
-    for line in stderr.lines() {
-        if line.unwrap().ends_with(" complete") {
-            child.kill().unwrap(); // SIGKILL
-            killed = true;
-            break;
-        }
-    }
-    let status = child.wait().unwrap();
+    let killed = kill_9_after_a_checkpoint(&config, 1).is_some();
     eprintln!("first run: {}", if killed { "killed after a checkpoint" } else { "finished" });
-    assert!(killed || status.success(), "{status}");
     run_ok(&config);
     let expected: String = (0..records).map(|i| format!("s{:04},{i}.5\n", i % 1000)).collect();
     assert!(read(&dir.path().join("out.csv")) == expected, "not every record exactly once, in order");
