@@ -921,7 +921,16 @@ impl CheckpointModel {
                 task.out_seq = snapshot.map_or(0, |s| s.out_seq);
                 task.gate.restart(&positions, restored);
                 task.watermarks = Watermark::restored(&positions, restored);
-                task.buffer.restart_from(restored, task.out_seq);
+                if let Err(gap) = task.buffer.restart_from(restored, task.out_seq) {
+                    // The sink restarted too and still needs what this task will not send
+                    // again: the actor escalates (a failed restore), as here.
+                    log.note(|| {
+                        format!("{node:?} cannot continue its output: {gap}: escalate to a global rollback")
+                    });
+                    props::check_replay_gap(state, gap.restored);
+                    self.global_rollback(state, log);
+                    return;
+                }
                 for (s, &from_seq) in positions.iter().enumerate() {
                     let ch = channel(Node::Source(s as u8), T);
                     state.net[ch].clear();
@@ -953,8 +962,8 @@ impl CheckpointModel {
         let Resume { from_seq, restored } = resume;
         let ch = channel(from, to);
         let buffer = match from {
-            Node::Source(s) => &state.sources[s as usize].buffer,
-            _ => &state.task.buffer,
+            Node::Source(s) => &mut state.sources[s as usize].buffer,
+            _ => &mut state.task.buffer,
         };
         let replay: Result<Vec<Msg>, _> = buffer.replay(from_seq, restored).map(|entries| {
             entries

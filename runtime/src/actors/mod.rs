@@ -331,7 +331,7 @@ impl Outputs {
     /// after its position, then go on live.
     pub fn resume(&mut self, resume: Resume) -> Result<(), ReplayGap> {
         let channel = &mut self.channels[resume.output];
-        let Some(buffer) = &channel.buffer else {
+        let Some(buffer) = &mut channel.buffer else {
             return Err(ReplayGap { base: CheckpointId(u64::MAX), restored: resume.restored });
         };
         let items: VecDeque<Item> = buffer
@@ -348,17 +348,22 @@ impl Outputs {
     }
 
     /// This subtask restarted from its snapshot of `c` (0: none) with these output sequence
-    /// numbers: what it sent after that is produced again, identically.
-    pub fn restart_from(&mut self, c: CheckpointId, seqs: &[Seq]) {
+    /// numbers: what it sent after that is produced again, identically. Fails with the first
+    /// channel whose receiver still needs items this sender will not produce again.
+    pub fn restart_from(&mut self, c: CheckpointId, seqs: &[Seq]) -> Result<(), (usize, ReplayGap)> {
         self.buffered = 0;
+        let mut gap = None;
         for (ch, channel) in self.channels.iter_mut().enumerate() {
             channel.seq = seqs.get(ch).copied().unwrap_or(0);
             channel.queue.clear();
             if let Some(buffer) = &mut channel.buffer {
-                buffer.restart_from(c, channel.seq);
+                if let Err(e) = buffer.restart_from(c, channel.seq) {
+                    gap.get_or_insert((ch, e));
+                }
                 self.buffered += buffer_bytes(buffer);
             }
         }
+        gap.map_or(Ok(()), Err)
     }
 
     /// Whether a channel is being replayed by re-reading.

@@ -569,7 +569,9 @@ impl TaskActor {
         self.core = Task::restore(self.config, &plan, &positions);
         self.ended = ended;
         self.gate.restart(&positions, restored);
-        self.outputs.restart_from(restored, &out_seqs);
+        if let Err((output, gap)) = self.outputs.restart_from(restored, &out_seqs) {
+            return Err(format!("cannot continue output {output}: {gap}"));
+        }
         for (input, up) in self.upstream.iter().enumerate() {
             up.resume.do_send(Resume {
                 output: up.output,

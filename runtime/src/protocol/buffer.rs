@@ -68,6 +68,12 @@ pub struct BufferQueue<T> {
     base_seq: Seq,
     /// Over its memory budget: nothing is kept until the next barrier.
     overflowed: bool,
+    /// The highest sequence number the receiver's current incarnation has been sent: what
+    /// it can have applied. A sender that restarts from a snapshot past it cannot continue
+    /// the channel (SPEC §10.2).
+    sent_high: Seq,
+    /// The checkpoint the receiver last restored (0: it never restarted).
+    receiver_restored: CheckpointId,
     mutations: Mutations,
 }
 
@@ -80,6 +86,8 @@ impl<T> BufferQueue<T> {
             base,
             base_seq,
             overflowed: false,
+            sent_high: base_seq,
+            receiver_restored: CheckpointId(0),
             mutations: Mutations::NONE,
         }
     }
@@ -92,6 +100,7 @@ impl<T> BufferQueue<T> {
 
     /// The sender put a sequenced item on the channel.
     pub fn push_batch(&mut self, seq: Seq, item: T) {
+        self.sent_high = self.sent_high.max(seq);
         if self.overflowed {
             self.base_seq = seq;
         } else {
@@ -130,9 +139,10 @@ impl<T> BufferQueue<T> {
     }
 
     /// The entries a receiver restored from checkpoint `restored`, whose last applied sequence
-    /// number on this channel is `from_seq`, must receive again, in channel order.
+    /// number on this channel is `from_seq`, must receive again, in channel order. From now on
+    /// the receiver has been sent exactly these (and what follows live).
     pub fn replay(
-        &self,
+        &mut self,
         from_seq: Seq,
         restored: CheckpointId,
     ) -> Result<impl Iterator<Item = &Buffered<T>>, ReplayGap> {
@@ -148,6 +158,12 @@ impl<T> BufferQueue<T> {
                 .position(|e| matches!(e, Buffered::Batch { seq, .. } if *seq == from_seq))
                 .map_or(self.entries.len(), |i| i + 1)
         };
+        let last = self.entries.iter().skip(start).filter_map(|e| match e {
+            Buffered::Batch { seq, .. } => Some(*seq),
+            Buffered::Barrier(_) => None,
+        });
+        self.sent_high = last.last().unwrap_or(from_seq);
+        self.receiver_restored = restored;
         Ok(self.entries.iter().skip(start))
     }
 
@@ -156,7 +172,13 @@ impl<T> BufferQueue<T> {
     /// `Barrier(c)` will be produced again (identically), so it is dropped here and pushed
     /// again as it is produced. Without `Barrier(c)` in the queue (none for `c` = 0, or a
     /// completion or an overflow dropped it) the queue starts afresh after `Barrier(c)`.
-    pub fn restart_from(&mut self, c: CheckpointId, seq: Seq) {
+    ///
+    /// The channel cannot go on if the receiver has not been sent everything up to `seq`:
+    /// a receiver that restarted from an older checkpoint while this sender was replaying to
+    /// it still needs items the sender will now never produce again (the sender resumes
+    /// after `seq`). That is a replay gap, healed by a global rollback; the protocol model's
+    /// fuzzer found the trace (SPEC §10.2).
+    pub fn restart_from(&mut self, c: CheckpointId, seq: Seq) -> Result<(), ReplayGap> {
         match self.entries.iter().position(|e| matches!(e, Buffered::Barrier(b) if *b == c)) {
             Some(at) => self.entries.truncate(at + 1),
             None => {
@@ -166,6 +188,11 @@ impl<T> BufferQueue<T> {
                 self.overflowed = false;
             }
         }
+        if seq > self.sent_high && !self.mutations.has(Mutant::NoRestartGap) {
+            return Err(ReplayGap { base: c, restored: self.receiver_restored });
+        }
+        self.sent_high = self.sent_high.max(seq);
+        Ok(())
     }
 
     /// The entries held.
@@ -208,7 +235,49 @@ mod tests {
     const C1: CheckpointId = CheckpointId(1);
     const C2: CheckpointId = CheckpointId(2);
 
-    fn replayed(q: &BufferQueue<&'static str>, from: Seq, r: CheckpointId) -> Vec<Buffered<&'static str>> {
+    // Reference: SPEC §10.2, the sender's own restart. The trace the fuzzer found, reduced.
+    #[test]
+    fn a_sender_restarting_past_what_its_restarted_receiver_was_sent_is_a_replay_gap() {
+        let mut q = BufferQueue::new(CheckpointId(0), 0);
+        for seq in 1..=8 {
+            q.push_batch(seq, "b");
+        }
+        // The sender restarts from nothing and produces 1..4 again.
+        q.restart_from(CheckpointId(0), 0).unwrap();
+        for seq in 1..=4 {
+            q.push_batch(seq, "b");
+        }
+        // The receiver restarts too, from nothing, and is sent 1..4.
+        assert_eq!(q.replay(0, CheckpointId(0)).unwrap().count(), 4);
+        // The sender fails again and restores a checkpoint at seq 8: 5..8 would never come.
+        assert_eq!(
+            q.restart_from(CheckpointId(4), 8),
+            Err(ReplayGap { base: CheckpointId(4), restored: CheckpointId(0) })
+        );
+    }
+
+    #[test]
+    fn a_sender_restarting_within_what_its_receiver_was_sent_goes_on() {
+        let mut q = BufferQueue::new(CheckpointId(0), 0);
+        for seq in 1..=8 {
+            q.push_batch(seq, "b");
+        }
+        q.restart_from(CheckpointId(0), 0).unwrap();
+        for seq in 1..=4 {
+            q.push_batch(seq, "b");
+        }
+        // The receiver never restarted: it has 1..8, so the sender may resume after 8.
+        q.restart_from(CheckpointId(4), 8).unwrap();
+        // And after a replay of everything, too.
+        assert_eq!(q.replay(8, CheckpointId(4)).unwrap().count(), 0);
+        q.restart_from(CheckpointId(4), 8).unwrap();
+    }
+
+    fn replayed(
+        q: &mut BufferQueue<&'static str>,
+        from: Seq,
+        r: CheckpointId,
+    ) -> Vec<Buffered<&'static str>> {
         q.replay(from, r).unwrap().cloned().collect()
     }
 
@@ -221,12 +290,15 @@ mod tests {
         q.push_batch(2, "b");
         q.push_barrier(C2);
         assert_eq!(
-            replayed(&q, 1, C1),
+            replayed(&mut q, 1, C1),
             vec![Buffered::Barrier(C1), Buffered::Batch { seq: 2, item: "b" }, Buffered::Barrier(C2)]
         );
         q.complete(C1);
         assert_eq!(q.base(), C1);
-        assert_eq!(replayed(&q, 1, C1), vec![Buffered::Batch { seq: 2, item: "b" }, Buffered::Barrier(C2)]);
+        assert_eq!(
+            replayed(&mut q, 1, C1),
+            vec![Buffered::Batch { seq: 2, item: "b" }, Buffered::Barrier(C2)]
+        );
         assert_eq!(
             q.replay(0, CheckpointId(0)).err(),
             Some(ReplayGap { base: C1, restored: CheckpointId(0) })
@@ -240,10 +312,10 @@ mod tests {
         q.push_batch(1, "a");
         q.push_barrier(C1);
         q.push_batch(2, "b");
-        q.restart_from(C1, 1);
+        q.restart_from(C1, 1).unwrap();
         assert_eq!(q.len(), 2);
         q.push_batch(2, "b");
-        assert_eq!(replayed(&q, 1, C1).len(), 2);
+        assert_eq!(replayed(&mut q, 1, C1).len(), 2);
     }
 
     // Reference: SPEC §10.2, a sender restarted from nothing, or from a checkpoint whose
@@ -254,10 +326,10 @@ mod tests {
         q.push_batch(1, "a");
         q.push_barrier(C1);
         q.push_batch(2, "b");
-        q.restart_from(CheckpointId(0), 0);
+        q.restart_from(CheckpointId(0), 0).unwrap();
         assert!(q.is_empty());
         q.push_batch(1, "a");
-        assert_eq!(replayed(&q, 0, CheckpointId(0)), vec![Buffered::Batch { seq: 1, item: "a" }]);
+        assert_eq!(replayed(&mut q, 0, CheckpointId(0)), vec![Buffered::Batch { seq: 1, item: "a" }]);
 
         let mut q = BufferQueue::new(CheckpointId(0), 0);
         q.push_batch(1, "a");
@@ -266,12 +338,12 @@ mod tests {
         q.push_batch(2, "b");
         q.push_barrier(C2);
         q.push_batch(3, "c");
-        q.restart_from(C2, 2);
-        assert_eq!(replayed(&q, 2, C2), vec![Buffered::Barrier(C2)]);
+        q.restart_from(C2, 2).unwrap();
+        assert_eq!(replayed(&mut q, 2, C2), vec![Buffered::Barrier(C2)]);
         q.overflow();
-        q.restart_from(C1, 1); // its barrier went with the overflow
+        q.restart_from(C1, 1).unwrap(); // its barrier went with the overflow
         assert_eq!((q.base(), q.len()), (C1, 0));
         q.push_batch(2, "b");
-        assert_eq!(replayed(&q, 1, C1), vec![Buffered::Batch { seq: 2, item: "b" }]);
+        assert_eq!(replayed(&mut q, 1, C1), vec![Buffered::Batch { seq: 2, item: "b" }]);
     }
 }

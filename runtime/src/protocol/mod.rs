@@ -80,11 +80,14 @@ pub enum Mutant {
     /// A locally recovered subtask consumes replayed input in arrival order instead of the
     /// logged order.
     NoDeterminants,
+    /// A sender that restarts past what its (itself restarted) receiver has been sent goes on
+    /// as if the receiver had it all.
+    NoRestartGap,
 }
 
 impl Mutant {
     /// Every mutant, in a fixed order.
-    pub const ALL: [Mutant; 7] = [
+    pub const ALL: [Mutant; 8] = [
         Mutant::NoAlignment,
         Mutant::AckBeforeDurable,
         Mutant::CommitBeforeComplete,
@@ -92,6 +95,7 @@ impl Mutant {
         Mutant::NoDedup,
         Mutant::TruncateAtSnapshot,
         Mutant::NoDeterminants,
+        Mutant::NoRestartGap,
     ];
 
     /// The mutant's name on the command line (`weir-model check checkpoint --mutant NAME`).
@@ -104,6 +108,7 @@ impl Mutant {
             Mutant::NoDedup => "no-dedup",
             Mutant::TruncateAtSnapshot => "truncate-at-snapshot",
             Mutant::NoDeterminants => "no-determinants",
+            Mutant::NoRestartGap => "no-restart-gap",
         }
     }
 
