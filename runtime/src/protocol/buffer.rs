@@ -235,18 +235,23 @@ mod tests {
     const C1: CheckpointId = CheckpointId(1);
     const C2: CheckpointId = CheckpointId(2);
 
-    // Reference: SPEC §10.2, the sender's own restart. The trace the fuzzer found, reduced.
-    #[test]
-    fn a_sender_restarting_past_what_its_restarted_receiver_was_sent_is_a_replay_gap() {
+    /// A sender that sent seq 1..8, restarted from nothing and has produced 1..4 again.
+    fn sent_8_then_restarted_and_sent_4_again() -> BufferQueue<&'static str> {
         let mut q = BufferQueue::new(CheckpointId(0), 0);
         for seq in 1..=8 {
             q.push_batch(seq, "b");
         }
-        // The sender restarts from nothing and produces 1..4 again.
         q.restart_from(CheckpointId(0), 0).unwrap();
         for seq in 1..=4 {
             q.push_batch(seq, "b");
         }
+        q
+    }
+
+    // Reference: SPEC §10.2, the sender's own restart. The trace the fuzzer found, reduced.
+    #[test]
+    fn a_sender_restarting_past_what_its_restarted_receiver_was_sent_is_a_replay_gap() {
+        let mut q = sent_8_then_restarted_and_sent_4_again();
         // The receiver restarts too, from nothing, and is sent 1..4.
         assert_eq!(q.replay(0, CheckpointId(0)).unwrap().count(), 4);
         // The sender fails again and restores a checkpoint at seq 8: 5..8 would never come.
@@ -258,14 +263,7 @@ mod tests {
 
     #[test]
     fn a_sender_restarting_within_what_its_receiver_was_sent_goes_on() {
-        let mut q = BufferQueue::new(CheckpointId(0), 0);
-        for seq in 1..=8 {
-            q.push_batch(seq, "b");
-        }
-        q.restart_from(CheckpointId(0), 0).unwrap();
-        for seq in 1..=4 {
-            q.push_batch(seq, "b");
-        }
+        let mut q = sent_8_then_restarted_and_sent_4_again();
         // The receiver never restarted: it has 1..8, so the sender may resume after 8.
         q.restart_from(CheckpointId(4), 8).unwrap();
         // And after a replay of everything, too.
