@@ -10,9 +10,9 @@
 
 use std::path::PathBuf;
 
+use weir_protocol::Mutant;
 use weir_protocol_model::checkpoint::CheckpointModel;
 use weir_protocol_model::fuzzing;
-use weir_runtime::protocol::Mutant;
 
 /// xorshift64*: enough to spread inputs, and reproducible from the seed.
 struct Rng(u64);

@@ -38,13 +38,13 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 
 use stateright::{Model, Property};
-use weir_runtime::protocol::aligner::AlignmentMode;
-use weir_runtime::protocol::buffer::{BufferQueue, Buffered};
-use weir_runtime::protocol::coordinator::{Coordinator, CoordinatorAction, CoordinatorConfig};
-use weir_runtime::protocol::participant::{Action as TaskAction, SourceTask, Task, TaskConfig};
-use weir_runtime::protocol::recovery::{self, ParticipantLog, ParticipantRestore, RecoveryInput, SinkLog};
-use weir_runtime::protocol::replay::{Arrival, Feed, Gate};
-use weir_runtime::protocol::{CheckpointId, Mutant, Mutations, ParticipantId, Seq};
+use weir_protocol::aligner::AlignmentMode;
+use weir_protocol::buffer::{BufferQueue, Buffered};
+use weir_protocol::coordinator::{Coordinator, CoordinatorAction, CoordinatorConfig};
+use weir_protocol::participant::{Action as TaskAction, SourceTask, Task, TaskConfig};
+use weir_protocol::recovery::{self, ParticipantLog, ParticipantRestore, RecoveryInput, SinkLog};
+use weir_protocol::replay::{Arrival, Feed, Gate};
+use weir_protocol::{CheckpointId, Mutant, Mutations, ParticipantId, Seq};
 
 use crate::props::{self, Violation};
 

@@ -11,7 +11,7 @@
 //! committed corpus on stable Rust.
 
 use stateright::{Expectation, Model};
-use weir_runtime::protocol::Mutant;
+use weir_protocol::Mutant;
 
 use crate::checkpoint::{Action, CheckpointModel, Log, Scope};
 use crate::trace;

@@ -1,6 +1,6 @@
 //! # weir-protocol-model
 //!
-//! Stateright models that drive `weir-runtime`'s own protocol core (`runtime/src/protocol/`)
+//! Stateright models that drive `weir-runtime`'s own protocol core (`runtime/protocol/src/`)
 //! through every interleaving of a small pipeline, with crashes, and check the properties
 //! stated in this crate's README. The model holds the runtime's types, not a copy of them:
 //! when the protocol changes, the model checks the change.

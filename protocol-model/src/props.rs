@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 
 use stateright::Property;
-use weir_runtime::protocol::{CheckpointId, Seq};
+use weir_protocol::{CheckpointId, Seq};
 
 use crate::checkpoint::{BatchId, CheckpointModel, Node, SOURCES, Scope, State};
 
@@ -270,9 +270,8 @@ pub fn l1_checkpoint_termination(model: &CheckpointModel, state: &State) -> bool
 /// L2: every run ends with no checkpoint pending, no alignment in progress, nothing held and
 /// no replay waiting for input.
 pub fn l2_abort_progress(model: &CheckpointModel, state: &State) -> bool {
-    let quiet = |a: &weir_runtime::protocol::aligner::Aligner<BatchId>| {
-        a.aligning().is_none() && a.held_batches() == 0
-    };
+    let quiet =
+        |a: &weir_protocol::aligner::Aligner<BatchId>| a.aligning().is_none() && a.held_batches() == 0;
     !model.is_terminal(state)
         || (state.coordinator.pending().next().is_none()
             && quiet(state.task.core.aligner())

@@ -5,9 +5,9 @@
 //! unique states, so a change to the protocol or the model that changes the state space is
 //! noticed and reviewed.
 
+use weir_protocol::Mutant;
 use weir_protocol_model::checkpoint::{CheckpointModel, Scope};
 use weir_protocol_model::{Search, check};
-use weir_runtime::protocol::Mutant;
 
 /// Unique states of the default scope. A change here is a change to the protocol or the
 /// model: review the diff, then update the number.
@@ -126,9 +126,9 @@ fn mutant_no_determinants_violates_s8_deterministic_replay() {
 /// the barrier before the abort, as it happened, and the output is committed once.
 #[test]
 fn regression_a_restarted_sink_stages_its_output_once() {
+    use weir_protocol::CheckpointId;
     use weir_protocol_model::checkpoint::Action::*;
     use weir_protocol_model::checkpoint::Node::{Coordinator as C, Sink as K, Source, Task as T};
-    use weir_runtime::protocol::CheckpointId;
     let (s0, s1, c1) = (Source(0), Source(1), CheckpointId(1));
     let path = [
         // Both batches reach the sink; checkpoint 1 is snapshotted everywhere, then times out.

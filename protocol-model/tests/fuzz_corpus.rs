@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
+use weir_protocol::Mutant;
 use weir_protocol_model::checkpoint::CheckpointModel;
 use weir_protocol_model::fuzzing;
-use weir_runtime::protocol::Mutant;
 
 fn corpus() -> Vec<(PathBuf, Vec<u8>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/protocol_events");

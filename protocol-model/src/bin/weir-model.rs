@@ -11,9 +11,9 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use stateright::Model;
+use weir_protocol::Mutant;
 use weir_protocol_model::checkpoint::{CheckpointModel, Scope};
 use weir_protocol_model::{Search, check};
-use weir_runtime::protocol::Mutant;
 
 #[derive(Parser)]
 #[command(name = "weir-model", about = "Model-check Weir's protocol core with stateright", version)]

@@ -261,7 +261,7 @@ impl SourceTask {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::recovery::SinkRestore;
+    use crate::recovery::SinkRestore;
 
     const C1: CheckpointId = CheckpointId(1);
     const C2: CheckpointId = CheckpointId(2);

@@ -5,8 +5,9 @@
 //! action values with `poll_action`. Nothing in this module sends a message, reads a clock,
 //! draws a random number, spawns a thread or touches a disk; time and failures are inputs.
 //! That is what lets `weir-protocol-model` drive these exact types through every interleaving,
-//! and it must stay so: `tests/sans_io.rs` rejects forbidden names in these files, and
-//! `.ci/run` builds this module without the `io` feature.
+//! and it must stay so: the crate has no dependencies (`.ci/run` checks its dependency tree),
+//! and `tests/sans_io.rs` rejects clocks, threads, file and network I/O and hash maps in its
+//! files.
 //!
 //! The parts, each a state machine of its own:
 //! - [`aligner`]: barrier alignment and de-duplication on a subtask's inputs (SPEC §3).
@@ -18,6 +19,55 @@
 //! - [`buffer`]: the buffer queue of one output channel, for upstream replay (SPEC §10).
 //! - [`replay`]: the input gate of a subtask: de-duplication, and the determinant log that
 //!   makes a local recovery consume replayed input in the original order (SPEC §10).
+//!
+//! ## A checkpoint, driven by hand
+//!
+//! A coordinator, one source and one sink. The driver (an actor in the runtime, the model
+//! checker in `protocol-model`, plain code here) feeds inputs in and carries actions out.
+//!
+//! ```
+//! use weir_protocol::{
+//!     CheckpointId,
+//!     aligner::AlignmentMode,
+//!     coordinator::{Coordinator, CoordinatorAction, CoordinatorConfig},
+//!     participant::{Action, SourceTask, Task, TaskConfig},
+//! };
+//!
+//! // Participants 0 (the source) and 1 (the sink); one source.
+//! let mut coordinator = Coordinator::new(CoordinatorConfig::new(2, 1));
+//! let mut source = SourceTask::new();
+//! let mut sink: Task<&str> = Task::new(TaskConfig::sink(1, AlignmentMode::ExactlyOnce));
+//!
+//! // The interval timer fired: trigger checkpoint 1.
+//! coordinator.handle_tick();
+//! assert_eq!(coordinator.poll_action(), Some(CoordinatorAction::Trigger(CheckpointId(1))));
+//! assert_eq!(coordinator.poll_action(), Some(CoordinatorAction::ArmTimeout(CheckpointId(1))));
+//!
+//! // The source records its position, emits a batch it read earlier, then the barrier.
+//! source.handle_trigger(CheckpointId(1));
+//! assert_eq!(source.poll_action(), Some(Action::Snapshot { checkpoint: CheckpointId(1), positions: vec![] }));
+//! sink.handle_batch(0, 1, "batch 1");
+//! sink.handle_barrier(0, CheckpointId(1));
+//! assert_eq!(sink.poll_action(), Some(Action::Process { input: 0, seq: 1, batch: "batch 1" }));
+//! // The sink pre-commits: it stages what it wrote under checkpoint 1 and writes its snapshot.
+//! assert_eq!(sink.poll_action(), Some(Action::Snapshot { checkpoint: CheckpointId(1), positions: vec![1] }));
+//!
+//! // Nobody acknowledges before its snapshot is durable.
+//! assert_eq!(source.poll_action(), None);
+//! source.on_snapshot_durable(CheckpointId(1));
+//! sink.on_snapshot_durable(CheckpointId(1));
+//! assert_eq!(source.poll_action(), Some(Action::Ack(CheckpointId(1))));
+//! assert_eq!(sink.poll_action(), Some(Action::Ack(CheckpointId(1))));
+//! coordinator.handle_ack(0, CheckpointId(1));
+//! coordinator.handle_ack(1, CheckpointId(1));
+//!
+//! // Complete only once the completion record is durable; then the sink commits.
+//! assert_eq!(coordinator.poll_action(), Some(CoordinatorAction::PersistCompletion(CheckpointId(1))));
+//! coordinator.on_completion_durable(CheckpointId(1));
+//! assert_eq!(coordinator.poll_action(), Some(CoordinatorAction::NotifyComplete(CheckpointId(1))));
+//! sink.handle_checkpoint_complete(CheckpointId(1));
+//! assert_eq!(sink.poll_action(), Some(Action::Commit(CheckpointId(1))));
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod aligner;
