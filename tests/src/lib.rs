@@ -25,7 +25,10 @@ pub fn weir_bin() -> PathBuf {
     let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug").to_owned();
     let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let newest = ["runtime/src", "edge-agent/src"].iter().filter_map(|d| newest_mtime(&root.join(d))).max();
+    let newest = ["runtime/src", "runtime/protocol/src", "edge-agent/src"]
+        .iter()
+        .filter_map(|d| newest_mtime(&root.join(d)))
+        .max();
     if built.is_none() || newest.is_some_and(|n| Some(n) > built) {
         panic!(
             "{} is missing or older than the sources: run `cargo build -p weir-edge-agent --profile {}` \

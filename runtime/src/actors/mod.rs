@@ -250,7 +250,22 @@ impl Outputs {
     /// Outputs over `channels` in `groups`; buffer queues (if the channels keep them) may
     /// hold `budget` bytes.
     pub fn new(channels: Vec<OutChannel>, groups: Vec<OutGroup>, budget: usize, name: String) -> Outputs {
-        Outputs { channels, groups, budget, buffered: 0, overflowed: false, name }
+        let mut outputs = Outputs { channels, groups, budget, buffered: 0, overflowed: false, name };
+        outputs.restore_routers();
+        outputs
+    }
+
+    /// Put every round-robin group back where it was when its channels last had these
+    /// sequence numbers. Each batch a group routes takes the next sequence number on exactly
+    /// one of its channels, so the batches it has routed are the sum of its channels'
+    /// sequence numbers (the end of input, which takes one on each, comes after the last):
+    /// the router's state is snapshotted with the sequence numbers and restored from them.
+    /// Without this a restarted sender spreads replayed batches differently than before, and
+    /// a receiver gets another batch under a sequence number it has already applied.
+    fn restore_routers(&mut self) {
+        for group in &mut self.groups {
+            group.next = group.channels.iter().map(|&ch| self.channels[ch].seq as usize).sum();
+        }
     }
 
     /// Last sequence number sent per channel, for a snapshot.
@@ -363,6 +378,7 @@ impl Outputs {
                 self.buffered += buffer_bytes(buffer);
             }
         }
+        self.restore_routers();
         gap.map_or(Ok(()), Err)
     }
 
