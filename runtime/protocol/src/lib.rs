@@ -19,6 +19,11 @@
 //! - [`buffer`]: the buffer queue of one output channel, for upstream replay (SPEC §10).
 //! - [`replay`]: the input gate of a subtask: de-duplication, and the determinant log that
 //!   makes a local recovery consume replayed input in the original order (SPEC §10).
+//! - [`route`]: the output side of a subtask: sequence numbers, buffer queues, routers and
+//!   the buffer budget (SPEC §10.2, §11).
+//! - [`driver`]: the driver of a transform or sink subtask, which owns all of the above and
+//!   the local-restart sequence; the runtime's actor and the model both drive it (SPEC §11).
+//! - [`storage`]: what a restart reads from durable storage, and its in-memory twin.
 //!
 //! ## A checkpoint, driven by hand
 //!
@@ -73,9 +78,12 @@
 pub mod aligner;
 pub mod buffer;
 pub mod coordinator;
+pub mod driver;
 pub mod participant;
 pub mod recovery;
 pub mod replay;
+pub mod route;
+pub mod storage;
 
 use std::fmt;
 
@@ -133,11 +141,14 @@ pub enum Mutant {
     /// A sender that restarts past what its (itself restarted) receiver has been sent goes on
     /// as if the receiver had it all.
     NoRestartGap,
+    /// A restarted sender starts its round-robin routers from the first channel instead of
+    /// where they were at its snapshot.
+    RouterNotRestored,
 }
 
 impl Mutant {
     /// Every mutant, in a fixed order.
-    pub const ALL: [Mutant; 8] = [
+    pub const ALL: [Mutant; 9] = [
         Mutant::NoAlignment,
         Mutant::AckBeforeDurable,
         Mutant::CommitBeforeComplete,
@@ -146,6 +157,7 @@ impl Mutant {
         Mutant::TruncateAtSnapshot,
         Mutant::NoDeterminants,
         Mutant::NoRestartGap,
+        Mutant::RouterNotRestored,
     ];
 
     /// The mutant's name on the command line (`weir-model check checkpoint --mutant NAME`).
@@ -159,6 +171,7 @@ impl Mutant {
             Mutant::TruncateAtSnapshot => "truncate-at-snapshot",
             Mutant::NoDeterminants => "no-determinants",
             Mutant::NoRestartGap => "no-restart-gap",
+            Mutant::RouterNotRestored => "router-not-restored",
         }
     }
 
@@ -172,7 +185,7 @@ impl Mutant {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Mutations {
     #[cfg(feature = "mutants")]
-    bits: u8,
+    bits: u16,
 }
 
 impl Mutations {
@@ -185,7 +198,7 @@ impl Mutations {
     /// These mutations plus `mutant`.
     #[cfg(feature = "mutants")]
     pub fn with(self, mutant: Mutant) -> Mutations {
-        Mutations { bits: self.bits | (1 << mutant as u8) }
+        Mutations { bits: self.bits | (1 << mutant as u16) }
     }
 
     /// Whether `mutant` is switched on.
@@ -193,7 +206,7 @@ impl Mutations {
     pub fn has(self, mutant: Mutant) -> bool {
         #[cfg(feature = "mutants")]
         {
-            self.bits & (1 << mutant as u8) != 0
+            self.bits & (1 << mutant as u16) != 0
         }
         #[cfg(not(feature = "mutants"))]
         {

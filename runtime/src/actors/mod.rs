@@ -27,7 +27,8 @@ use actix::prelude::*;
 
 use crate::batch::{Batch, Column};
 use crate::pipeline::faults::FaultKind;
-use crate::protocol::buffer::{BufferQueue, Buffered, ReplayGap};
+use crate::protocol::driver::{self, Epoch};
+use crate::protocol::route;
 use crate::protocol::{CheckpointId, ParticipantId, Seq};
 
 /// Sequenced items a sender may have in flight on one channel.
@@ -43,19 +44,42 @@ pub enum Payload {
     End,
 }
 
-/// An item on a channel.
-#[derive(Debug)]
-pub enum Item {
-    /// A sequenced item.
-    Batch {
-        /// Its sequence number on the channel.
-        seq: Seq,
-        /// What it carries.
-        payload: Payload,
-    },
-    /// A checkpoint barrier.
-    Barrier(CheckpointId),
+impl route::Payload for Payload {
+    type Key = String;
+
+    fn end() -> Payload {
+        Payload::End
+    }
+
+    fn is_end(&self) -> bool {
+        matches!(self, Payload::End)
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Payload::Data(b) if b.is_empty())
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Payload::Data(b) => b.bytes(),
+            Payload::End => 0,
+        }
+    }
+
+    fn split(&self, field: &String, parts: usize) -> Vec<Option<Payload>> {
+        let Payload::Data(batch) = self else { unreachable!("the end of input is never routed") };
+        split_by_key(batch, field, parts).into_iter().map(|b| b.map(|b| Payload::Data(Arc::new(b)))).collect()
+    }
 }
+
+/// An item on a channel.
+pub type Item = route::Item<Payload>;
+
+/// How a node's output is spread over the subtasks of one downstream node.
+pub type Partition = route::Partition<String>;
+
+/// The channels to one downstream node.
+pub type OutGroup = route::Group<String>;
 
 /// Upstream to downstream: an item on input `input` of the receiver.
 #[derive(Message, Debug)]
@@ -63,28 +87,17 @@ pub enum Item {
 pub struct Deliver {
     /// The receiver's input index.
     pub input: usize,
-    /// The receiver's incarnation the sender knows of: a restarted receiver drops what was
-    /// sent to its previous incarnation (the replay sends it again, in order).
-    pub incarnation: u32,
+    /// The receiver's epoch the sender knows of: a restarted receiver drops what was sent to
+    /// its previous epoch (the replay sends it again, in order).
+    pub epoch: Epoch,
     /// The item.
     pub item: Item,
 }
 
-/// Restarted receiver to upstream: send output channel `output` again from just after
-/// sequence number `from_seq` (the receiver restored checkpoint `restored`), then go on live,
-/// tagging everything with `incarnation`.
+/// Restarted receiver to upstream: replay an output channel (the protocol's request).
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
-pub struct Resume {
-    /// The sender's output channel.
-    pub output: usize,
-    /// The receiver's restored position on that channel.
-    pub from_seq: Seq,
-    /// The checkpoint the receiver restored (0: none).
-    pub restored: CheckpointId,
-    /// The receiver's new incarnation.
-    pub incarnation: u32,
-}
+pub struct Resume(pub driver::Resume);
 
 /// Downstream to upstream: `n` more sequenced items may be sent on output channel `output`.
 #[derive(Message, Debug, Clone, Copy)]
@@ -106,80 +119,30 @@ pub struct Complete(pub CheckpointId);
 #[rtype(result = "()")]
 pub struct Abort(pub CheckpointId);
 
-/// How a node's output is spread over the subtasks of one downstream node.
-#[derive(Clone, Debug)]
-pub enum Partition {
-    /// Every batch to the one channel of the group.
-    Forward,
-    /// Records by a hash of this field, the same key always to the same channel.
-    Hash(String),
-    /// Whole batches in turn to each channel.
-    RoundRobin,
-}
-
-/// One output channel of a subtask.
-pub struct OutChannel {
+/// The wire of one output channel: the receiver, flow-control credit and what waits for it.
+/// What goes on it, in what order and to which epoch is the protocol core's decision
+/// ([`route::Outputs`]); this only carries it.
+pub struct Link {
     to: Recipient<Deliver>,
     /// Input index at the receiver.
     input: usize,
-    seq: Seq,
     credit: u32,
-    queue: VecDeque<Item>,
-    /// The receiver's incarnation.
-    incarnation: u32,
-    /// What was sent since the latest completed checkpoint (transforms; sources re-read).
-    buffer: Option<BufferQueue<Payload>>,
+    queue: VecDeque<(Epoch, Item)>,
     /// A source re-reads for this channel: live items are not queued (the re-read produces
     /// them in order).
     pub(crate) replaying: bool,
 }
 
-impl OutChannel {
-    /// A channel to `to`, arriving there as input `input`, whose last sequence number was
-    /// `seq` in the snapshot of `restored` (or 0 and none). With `buffered`, it keeps a
-    /// buffer queue for replays.
-    pub fn new(
-        to: Recipient<Deliver>,
-        input: usize,
-        seq: Seq,
-        restored: CheckpointId,
-        buffered: bool,
-    ) -> OutChannel {
-        OutChannel {
-            to,
-            input,
-            seq,
-            credit: CREDIT,
-            queue: VecDeque::new(),
-            incarnation: 0,
-            buffer: buffered.then(|| BufferQueue::new(restored, seq)),
-            replaying: false,
-        }
+impl Link {
+    /// A link to `to`, arriving there as input `input`.
+    pub fn new(to: Recipient<Deliver>, input: usize) -> Link {
+        Link { to, input, credit: CREDIT, queue: VecDeque::new(), replaying: false }
     }
 
-    fn push(&mut self, item: Item) {
-        if let Some(buffer) = &mut self.buffer {
-            match &item {
-                Item::Batch { seq, payload } => buffer.push_batch(*seq, payload.clone()),
-                Item::Barrier(c) => buffer.push_barrier(*c),
-            }
-        }
-        if self.replaying {
-            return;
-        }
-        self.queue.push_back(item);
+    /// Queue `item` for the receiver's `epoch` and send what credit allows.
+    pub(crate) fn push(&mut self, epoch: Epoch, item: Item) {
+        self.queue.push_back((epoch, item));
         self.flush();
-    }
-
-    /// Queue an item produced by a re-read replay (bypasses `replaying`).
-    pub(crate) fn push_replayed(&mut self, item: Item) {
-        self.queue.push_back(item);
-        self.flush();
-    }
-
-    /// Last sequence number sent.
-    pub(crate) fn seq(&self) -> Seq {
-        self.seq
     }
 
     /// Items queued, not yet sent.
@@ -187,15 +150,14 @@ impl OutChannel {
         self.queue.len()
     }
 
-    /// The receiver restarted: forget what is in flight to its previous incarnation.
-    pub(crate) fn reset_for(&mut self, incarnation: u32) {
-        self.incarnation = incarnation;
+    /// The receiver restarted: forget what is queued for its previous epoch.
+    pub(crate) fn reset(&mut self) {
         self.credit = CREDIT;
         self.queue.clear();
     }
 
     fn flush(&mut self) {
-        while let Some(front) = self.queue.front() {
+        while let Some((_, front)) = self.queue.front() {
             let needs_credit = matches!(front, Item::Batch { .. });
             if needs_credit && self.credit == 0 {
                 break;
@@ -203,241 +165,103 @@ impl OutChannel {
             if needs_credit {
                 self.credit -= 1;
             }
-            let item = self.queue.pop_front().expect("front exists");
-            self.to.do_send(Deliver { input: self.input, incarnation: self.incarnation, item });
+            let (epoch, item) = self.queue.pop_front().expect("front exists");
+            self.to.do_send(Deliver { input: self.input, epoch, item });
         }
     }
 }
 
-/// A group of output channels to the subtasks of one downstream node.
-#[derive(Clone)]
-pub struct OutGroup {
-    /// How records are spread.
-    pub partition: Partition,
-    /// Channel indexes into [`Outputs::channels`], by downstream subtask.
-    pub channels: Vec<usize>,
-    next: usize,
-}
-
-impl OutGroup {
-    /// A group over `channels`.
-    pub fn new(partition: Partition, channels: Vec<usize>) -> OutGroup {
-        OutGroup { partition, channels, next: 0 }
-    }
-}
-
-/// All outputs of a subtask.
+/// The links of all output channels of a subtask.
 #[derive(Default)]
-pub struct Outputs {
-    /// The channels, in output index order.
-    pub channels: Vec<OutChannel>,
-    /// One group per downstream node.
-    pub groups: Vec<OutGroup>,
-    /// Bytes the buffer queues may hold before they give up until the next checkpoint.
-    pub budget: usize,
-    /// Bytes the buffer queues hold (approximately).
-    buffered: usize,
-    /// The buffer queues gave up until the next barrier.
-    overflowed: bool,
-    /// For messages.
-    pub name: String,
-}
+pub struct Links(pub Vec<Link>);
 
 /// Above this many queued items on any output channel, a subtask stops granting credits.
 pub(crate) const CONGESTED: usize = 2;
 
-impl Outputs {
-    /// Outputs over `channels` in `groups`; buffer queues (if the channels keep them) may
-    /// hold `budget` bytes.
-    pub fn new(channels: Vec<OutChannel>, groups: Vec<OutGroup>, budget: usize, name: String) -> Outputs {
-        let mut outputs = Outputs { channels, groups, budget, buffered: 0, overflowed: false, name };
-        outputs.restore_routers();
-        outputs
-    }
-
-    /// Put every round-robin group back where it was when its channels last had these
-    /// sequence numbers. Each batch a group routes takes the next sequence number on exactly
-    /// one of its channels, so the batches it has routed are the sum of its channels'
-    /// sequence numbers (the end of input, which takes one on each, comes after the last):
-    /// the router's state is snapshotted with the sequence numbers and restored from them.
-    /// Without this a restarted sender spreads replayed batches differently than before, and
-    /// a receiver gets another batch under a sequence number it has already applied.
-    fn restore_routers(&mut self) {
-        for group in &mut self.groups {
-            group.next = group.channels.iter().map(|&ch| self.channels[ch].seq as usize).sum();
-        }
-    }
-
-    /// Last sequence number sent per channel, for a snapshot.
-    pub fn seqs(&self) -> Vec<Seq> {
-        self.channels.iter().map(|c| c.seq).collect()
-    }
-
+impl Links {
     /// Whether a channel has more queued than it may send (or is being replayed): upstream
     /// should wait.
     pub fn congested(&self) -> bool {
-        self.channels.iter().any(|c| c.queue.len() > CONGESTED || c.replaying)
+        self.0.iter().any(|c| c.queue.len() > CONGESTED || c.replaying)
     }
 
     /// A credit arrived for channel `output`.
     pub fn on_credit(&mut self, credit: Credit) {
-        let channel = &mut self.channels[credit.output];
-        channel.credit += credit.n;
-        channel.flush();
+        let link = &mut self.0[credit.output];
+        link.credit += credit.n;
+        link.flush();
     }
 
-    fn send_seq(&mut self, channel: usize, payload: Payload) {
-        let c = &mut self.channels[channel];
-        c.seq += 1;
-        let seq = c.seq;
-        c.push(Item::Batch { seq, payload });
+    /// Put `item` on channel `channel`, to the receiver's `epoch` (unless a re-read replays
+    /// that channel: it produces the items itself).
+    pub fn send(&mut self, channel: usize, epoch: Epoch, item: Item) {
+        let link = &mut self.0[channel];
+        if !link.replaying {
+            link.push(epoch, item);
+        }
+    }
+
+    /// Whether a channel is being replayed by re-reading.
+    pub fn replaying(&self) -> bool {
+        self.0.iter().any(|c| c.replaying)
+    }
+}
+
+/// All outputs of a source subtask: the protocol core's output side and the links it sends
+/// on. (A transform's or sink's output side is inside its driver.)
+#[derive(Default)]
+pub struct Outputs {
+    /// What is sent where (sequence numbers, routers).
+    pub core: Option<route::Outputs<Payload>>,
+    /// The wires.
+    pub links: Links,
+    /// For messages.
+    pub name: String,
+}
+
+impl Outputs {
+    fn core(&mut self) -> &mut route::Outputs<Payload> {
+        self.core.as_mut().expect("wired before any output")
+    }
+
+    /// Last sequence number sent per channel, for a snapshot.
+    pub fn seqs(&self) -> Vec<Seq> {
+        self.core.as_ref().map(|c| c.seqs()).unwrap_or_default()
     }
 
     /// Send a batch downstream, spread as each group says. Returns the records sent.
     pub fn send(&mut self, batch: Batch) -> usize {
         let records = batch.len();
-        if records == 0 {
-            return 0;
-        }
-        let count = self.budget > 0 && !self.overflowed;
-        let (channels, buffered) = (&mut self.channels, &mut self.buffered);
-        route(&mut self.groups, batch, |ch, part| {
-            if count {
-                *buffered += part.bytes();
-            }
-            let c = &mut channels[ch];
-            c.seq += 1;
-            let seq = c.seq;
-            c.push(Item::Batch { seq, payload: Payload::Data(Arc::new(part)) });
-        });
-        if self.budget > 0 && self.buffered > self.budget {
-            self.overflow();
-        }
+        let core = self.core.as_mut().expect("wired before any output");
+        let links = &mut self.links;
+        core.send(Payload::Data(Arc::new(batch)), |ch, epoch, item| links.send(ch, epoch, item));
         records
-    }
-
-    fn overflow(&mut self) {
-        tracing::warn!(
-            "{}: buffer queues over {} MiB: until the next checkpoint completes, a failure downstream is healed by a global rollback",
-            self.name,
-            self.budget >> 20
-        );
-        for channel in &mut self.channels {
-            if let Some(buffer) = &mut channel.buffer {
-                buffer.overflow();
-            }
-        }
-        self.buffered = 0;
-        self.overflowed = true;
-    }
-
-    /// Checkpoint `c` completed: buffer queues drop what no replay can need any more.
-    pub fn complete(&mut self, c: CheckpointId) {
-        self.buffered = 0;
-        for channel in &mut self.channels {
-            if let Some(buffer) = &mut channel.buffer {
-                buffer.complete(c);
-                self.buffered += buffer_bytes(buffer);
-            }
-        }
-    }
-
-    /// The receiver of channel `resume.output` restarted: queue the buffer queue's entries
-    /// after its position, then go on live.
-    pub fn resume(&mut self, resume: Resume) -> Result<(), ReplayGap> {
-        let channel = &mut self.channels[resume.output];
-        let Some(buffer) = &mut channel.buffer else {
-            return Err(ReplayGap { base: CheckpointId(u64::MAX), restored: resume.restored });
-        };
-        let items: VecDeque<Item> = buffer
-            .replay(resume.from_seq, resume.restored)?
-            .map(|e| match e {
-                Buffered::Batch { seq, item } => Item::Batch { seq: *seq, payload: item.clone() },
-                Buffered::Barrier(c) => Item::Barrier(*c),
-            })
-            .collect();
-        channel.reset_for(resume.incarnation);
-        channel.queue = items;
-        channel.flush();
-        Ok(())
-    }
-
-    /// This subtask restarted from its snapshot of `c` (0: none) with these output sequence
-    /// numbers: what it sent after that is produced again, identically. Fails with the first
-    /// channel whose receiver still needs items this sender will not produce again.
-    pub fn restart_from(&mut self, c: CheckpointId, seqs: &[Seq]) -> Result<(), (usize, ReplayGap)> {
-        self.buffered = 0;
-        let mut gap = None;
-        for (ch, channel) in self.channels.iter_mut().enumerate() {
-            channel.seq = seqs.get(ch).copied().unwrap_or(0);
-            channel.queue.clear();
-            if let Some(buffer) = &mut channel.buffer {
-                if let Err(e) = buffer.restart_from(c, channel.seq) {
-                    gap.get_or_insert((ch, e));
-                }
-                self.buffered += buffer_bytes(buffer);
-            }
-        }
-        self.restore_routers();
-        gap.map_or(Ok(()), Err)
-    }
-
-    /// Whether a channel is being replayed by re-reading.
-    pub fn replaying(&self) -> bool {
-        self.channels.iter().any(|c| c.replaying)
     }
 
     /// Send `Barrier(c)` on every channel, behind everything sent before.
     pub fn send_barrier(&mut self, c: CheckpointId) {
-        self.overflowed = false;
-        for channel in &mut self.channels {
-            channel.push(Item::Barrier(c));
-        }
+        let links = &mut self.links;
+        self.core.as_mut().expect("wired").send_barrier(c, |ch, epoch, item| links.send(ch, epoch, item));
     }
 
     /// Tell every channel that no more records will come.
     pub fn send_end(&mut self) {
-        for ch in 0..self.channels.len() {
-            self.send_seq(ch, Payload::End);
-        }
+        let links = &mut self.links;
+        self.core.as_mut().expect("wired").send_end(|ch, epoch, item| links.send(ch, epoch, item));
+    }
+
+    /// The groups, for a re-read.
+    pub fn groups(&mut self) -> Vec<OutGroup> {
+        self.core().groups().to_vec()
     }
 }
 
-fn buffer_bytes(buffer: &BufferQueue<Payload>) -> usize {
-    buffer
-        .entries()
-        .map(|e| match e {
-            Buffered::Batch { item: Payload::Data(b), .. } => b.bytes(),
-            _ => 0,
-        })
-        .sum()
-}
-
-/// Spread `batch` over the groups' channels as each group says, calling `emit(channel, part)`
-/// for every non-empty part, in channel order within each group.
-pub fn route(groups: &mut [OutGroup], batch: Batch, mut emit: impl FnMut(usize, Batch)) {
-    let n = groups.len();
-    let mut batch = Some(batch);
-    for (g, group) in groups.iter_mut().enumerate() {
-        let last = g + 1 == n;
-        let this = if last { batch.take().expect("sent once") } else { batch.clone().expect("kept") };
-        match &group.partition {
-            Partition::Forward => emit(group.channels[0], this),
-            Partition::RoundRobin => {
-                let ch = group.channels[group.next % group.channels.len()];
-                group.next += 1;
-                emit(ch, this);
-            }
-            Partition::Hash(field) => {
-                let parts = split_by_key(&this, field, group.channels.len());
-                for (part, &ch) in parts.into_iter().zip(&group.channels) {
-                    if let Some(part) = part {
-                        emit(ch, part);
-                    }
-                }
-            }
-        }
-    }
+/// Warn that the buffer queues of `name` went over `budget` bytes.
+pub fn warn_overflow(name: &str, budget: usize) {
+    tracing::warn!(
+        "{name}: buffer queues over {} MiB: until the next checkpoint completes, a failure downstream is healed by a global rollback",
+        budget >> 20
+    );
 }
 
 /// The channel a key goes to: a fixed hash (the same in every run and on every machine).

@@ -12,14 +12,13 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::coordinator::{Ack, CoordinatorActor, SourceFinished};
-use super::{
-    Abort, CONGESTED, Complete, Credit, Item, OutGroup, Outputs, Payload, Resume, SubtaskContext, route,
-};
+use super::{Abort, CONGESTED, Complete, Credit, Item, OutGroup, Outputs, Payload, Resume, SubtaskContext};
 use crate::connectors::SourceReader;
 use crate::log::{LogError, SnapshotRecord, WriteOp};
 use crate::pipeline::faults::FaultKind;
 use crate::protocol::buffer::ReplayGap;
 use crate::protocol::participant::{Action, SourceTask};
+use crate::protocol::route::route;
 use crate::protocol::{CheckpointId, Seq};
 use crate::sync::Arc;
 
@@ -111,6 +110,11 @@ pub struct SourceActor {
     snapshots: u64,
 }
 
+/// The epoch of the receiver of `channel`, which a re-read tags its items with.
+fn resume_epoch(outputs: &Outputs, channel: usize) -> crate::protocol::driver::Epoch {
+    outputs.core.as_ref().map_or(0, |c| c.epoch(channel))
+}
+
 /// A source's snapshot state: the reader's position, then 1 if `End` was already sent.
 pub fn encode_source_state(position: Vec<u8>, ended: bool) -> Vec<u8> {
     let mut state = position;
@@ -181,20 +185,20 @@ impl SourceActor {
         }
     }
 
-    fn base_here(&self, checkpoint: CheckpointId) -> Base {
+    fn base_here(&mut self, checkpoint: CheckpointId) -> Base {
         Base {
             checkpoint,
             position: self.reader.position(),
             seqs: self.outputs.seqs(),
-            groups: self.outputs.groups.clone(),
+            groups: self.outputs.groups(),
             event: self.events_from + self.events.len(),
         }
     }
 
     /// A downstream subtask restarted: re-read its channel from the base.
-    fn resume(&mut self, resume: Resume, ctx: &mut Context<Self>) {
+    fn resume(&mut self, Resume(resume): Resume, ctx: &mut Context<Self>) {
         let Some(base) = &self.base else { return };
-        let ch = resume.output;
+        let ch = resume.channel;
         if let Err(gap) = ReplayGap::check(base.checkpoint, base.seqs[ch], resume.restored, resume.from_seq) {
             return self.cx.escalate("replay_gap", format!("cannot replay output {ch}: {gap}"));
         }
@@ -211,9 +215,10 @@ impl SourceActor {
             from_seq: resume.from_seq,
             next: base.event,
         });
-        let channel = &mut self.outputs.channels[ch];
-        channel.reset_for(resume.incarnation);
-        channel.replaying = true;
+        let link = &mut self.outputs.links.0[ch];
+        link.reset();
+        link.replaying = true;
+        self.outputs.core.as_mut().expect("wired").set_epoch(ch, resume.epoch);
         self.pump(ctx);
     }
 
@@ -221,7 +226,8 @@ impl SourceActor {
     fn pump(&mut self, ctx: &mut Context<Self>) {
         let mut done = Vec::new();
         for (i, cursor) in self.cursors.iter_mut().enumerate() {
-            let channel = &mut self.outputs.channels[cursor.channel];
+            let epoch = resume_epoch(&self.outputs, cursor.channel);
+            let channel = &mut self.outputs.links.0[cursor.channel];
             while channel.queued() <= CONGESTED {
                 let Some(&event) = self.events.get(cursor.next - self.events_from) else {
                     done.push(i);
@@ -238,28 +244,27 @@ impl SourceActor {
                             }
                         };
                         let mut mine = None;
-                        route(&mut cursor.groups, batch, |ch, part| {
+                        route(&mut cursor.groups, Payload::Data(Arc::new(batch)), |ch, part| {
                             if ch == cursor.channel {
                                 mine = Some(part);
                             }
                         });
-                        if let Some(part) = mine {
+                        if let Some(payload) = mine {
                             cursor.seq += 1;
                             if cursor.seq > cursor.from_seq {
-                                let payload = Payload::Data(Arc::new(part));
-                                channel.push_replayed(Item::Batch { seq: cursor.seq, payload });
+                                channel.push(epoch, Item::Batch { seq: cursor.seq, payload });
                             }
                         }
                     }
                     Event::Barrier(c) => {
                         if cursor.seq >= cursor.from_seq {
-                            channel.push_replayed(Item::Barrier(c));
+                            channel.push(epoch, Item::Barrier(c));
                         }
                     }
                     Event::End => {
                         cursor.seq += 1;
                         if cursor.seq > cursor.from_seq {
-                            channel.push_replayed(Item::Batch { seq: cursor.seq, payload: Payload::End });
+                            channel.push(epoch, Item::Batch { seq: cursor.seq, payload: Payload::End });
                         }
                     }
                 }
@@ -267,9 +272,12 @@ impl SourceActor {
         }
         for i in done.into_iter().rev() {
             let cursor = self.cursors.remove(i);
-            let channel = &mut self.outputs.channels[cursor.channel];
-            debug_assert_eq!(cursor.seq, channel.seq(), "a re-read ends where live output is");
-            channel.replaying = false;
+            debug_assert_eq!(
+                cursor.seq,
+                self.outputs.seqs()[cursor.channel],
+                "a re-read ends where live output is"
+            );
+            self.outputs.links.0[cursor.channel].replaying = false;
             tracing::debug!("{}: replay of output {} caught up", self.cx.name, cursor.channel);
         }
         if self.cursors.is_empty() && !self.producing && !self.exhausted && self.started.is_some() {
@@ -297,7 +305,7 @@ impl SourceActor {
 
     fn produce(&mut self, ctx: &mut Context<Self>) {
         self.producing = false;
-        if self.exhausted || self.outputs.congested() || self.cx.fatal.failed() {
+        if self.exhausted || self.outputs.links.congested() || self.cx.fatal.failed() {
             return; // a credit or the end of the run resumes
         }
         let mut max = self.batch_size;
@@ -431,7 +439,7 @@ impl Handler<Produce> for SourceActor {
 impl Handler<Credit> for SourceActor {
     type Result = ();
     fn handle(&mut self, credit: Credit, ctx: &mut Context<Self>) {
-        self.outputs.on_credit(credit);
+        self.outputs.links.on_credit(credit);
         if !self.cursors.is_empty() {
             self.pump(ctx);
         } else if !self.producing && !self.exhausted && self.started.is_some() {

@@ -13,7 +13,7 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::coordinator::{Ack, CoordinatorActor, SinkCommitted};
-use super::{Abort, Complete, Credit, Deliver, Item, Outputs, Payload, Resume, SubtaskContext, Upstream};
+use super::{Abort, Complete, Credit, Deliver, Links, Payload, Resume, SubtaskContext, Upstream};
 use crate::batch::Batch;
 use crate::connectors::encode::encode;
 use crate::log::{CommitRecord, Log, LogError, SnapshotRecord, WriteOp};
@@ -21,10 +21,10 @@ use crate::operators::Operator;
 use crate::pipeline::faults::FaultKind;
 use crate::pipeline::spec::{OutputFormat, SinkSpec};
 use crate::pipeline::supervise::{Decision, Restart, RestartReport};
-use crate::protocol::participant::{Action, Task, TaskConfig};
-use crate::protocol::recovery::plan_local;
-use crate::protocol::replay::{Arrival, Feed, Gate};
-use crate::protocol::{CheckpointId, Seq};
+use crate::protocol::driver::{Effect, Epoch, Escalation, Subtask};
+use crate::protocol::recovery::ParticipantLog;
+use crate::protocol::storage::{Snapshot, Storage};
+use crate::protocol::{CheckpointId, ParticipantId, Seq};
 
 /// Where a sink's committed output goes.
 pub enum Destination {
@@ -251,18 +251,68 @@ impl Restored {
             None => (vec![0; inputs], Vec::new(), None),
         };
         let ended = state.as_ref().map_or(vec![false; inputs], |s| s.ended.clone());
-        let mut body = build(log).map_err(|e| format!("{name}: {e}"))?;
-        match (&mut body, &state) {
-            (Body::Operator(op), Some(state)) => op.restore(&state.operator).map_err(|e| e.to_string())?,
-            (Body::Sink(_), Some(state)) if !state.operator.is_empty() => {
-                return Err(format!(
-                    "{name}: snapshot cannot be decoded: a sink's snapshot holds {} bytes of operator state",
-                    state.operator.len()
-                ));
-            }
-            _ => {}
-        }
+        let body = restore_body(name, build, log, state.map(|s| s.operator))?;
         Ok(Restored { positions, out_seqs, ended, body })
+    }
+}
+
+/// The body of subtask `name` built afresh and restored from `operator` (the operator state
+/// of its snapshot; none: fresh).
+fn restore_body(name: &str, build: &BuildBody, log: &Log, operator: Option<Vec<u8>>) -> Result<Body, String> {
+    let mut body = build(log).map_err(|e| format!("{name}: {e}"))?;
+    match (&mut body, operator) {
+        (Body::Operator(op), Some(state)) => op.restore(&state).map_err(|e| e.to_string())?,
+        (Body::Sink(_), Some(state)) if !state.is_empty() => {
+            return Err(format!(
+                "{name}: snapshot cannot be decoded: a sink's snapshot holds {} bytes of operator state",
+                state.len()
+            ));
+        }
+        _ => {}
+    }
+    Ok(body)
+}
+
+/// The runtime's log as the protocol driver's storage seam: what a restart of one subtask
+/// (with `inputs` inputs and `outputs` output channels) reads, its snapshot checked against
+/// that topology and decoded into the driver's part and the operator's bytes.
+pub struct LogStorage<'a> {
+    /// The log.
+    pub log: &'a Log,
+    /// The subtask, for messages.
+    pub name: &'a str,
+    /// Its inputs and output channels.
+    pub shape: (usize, usize),
+}
+
+impl Storage<Payload> for LogStorage<'_> {
+    type State = Vec<u8>;
+    type Error = String;
+
+    fn completed(&self) -> Result<Option<CheckpointId>, String> {
+        self.log.completed().map_err(|e| e.to_string())
+    }
+
+    fn participant_log(&self, p: ParticipantId, sink: bool) -> Result<ParticipantLog, String> {
+        self.log.participant_log(p, sink).map_err(|e| e.to_string())
+    }
+
+    fn snapshot(&self, p: ParticipantId, c: CheckpointId) -> Result<Snapshot<Vec<u8>>, String> {
+        let record = self.log.read_snapshot(p, c).map_err(|e| e.to_string())?;
+        let (inputs, outputs) = self.shape;
+        let state = check_record(&record, inputs, outputs)
+            .map_err(|e| format!("{}: snapshot cannot be decoded: {e}", self.name))?;
+        Ok(Snapshot {
+            positions: record.positions,
+            out_seqs: record.out_seqs,
+            ended: state.ended,
+            state: state.operator,
+        })
+    }
+
+    fn committed_through(&self, p: ParticipantId) -> Result<Option<CheckpointId>, String> {
+        let record = self.log.read_commit(p).map_err(|e| e.to_string())?;
+        Ok(record.filter(|r| r.through > 0).map(|r| CheckpointId(r.through)))
     }
 }
 
@@ -293,18 +343,18 @@ fn check_record(record: &SnapshotRecord, inputs: usize, outputs: usize) -> Resul
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Wire {
-    /// The outputs.
-    pub outputs: Outputs,
+    /// The wires of the output channels.
+    pub links: Links,
     /// Where each input comes from.
     pub upstream: Vec<Upstream>,
     /// The coordinator.
     pub coordinator: Addr<CoordinatorActor>,
 }
 
-/// A write of incarnation `.0` is durable (or failed).
+/// A write of epoch `.0` is durable (or failed).
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Written(u32, Durable);
+struct Written(Epoch, Durable);
 
 enum Durable {
     Snapshot(CheckpointId),
@@ -327,26 +377,20 @@ struct Restarting {
     restarted: Vec<String>,
 }
 
-/// One transform or sink subtask.
+/// One transform or sink subtask: the protocol driver ([`Subtask`]) decides; this carries
+/// out its effects (the operator or the sink writer, the wires, the log, the coordinator).
 pub struct TaskActor {
     cx: SubtaskContext,
-    config: TaskConfig,
-    core: Task<Payload>,
-    gate: Gate<Payload>,
+    driver: Subtask<Payload>,
     body: Body,
     build: BuildBody,
-    ended: Vec<bool>,
-    outputs: Outputs,
+    links: Links,
     upstream: Vec<Upstream>,
     /// Credits owed upstream, held back while the outputs are congested.
     owed: Vec<u32>,
     coordinator: Option<Addr<CoordinatorActor>>,
     scratch: Vec<Batch>,
-    /// Bumped by every restart; messages for an older incarnation are dropped.
-    incarnation: u32,
     restarting: Option<Restarting>,
-    /// Replay requests that came while this subtask was restarting itself.
-    stashed: Vec<Resume>,
     /// Input positions at a failure this subtask is catching up from (for the report).
     catch_up: Option<Vec<Seq>>,
     /// Fault-injection counts: snapshots taken, commits started, writes submitted.
@@ -356,38 +400,23 @@ pub struct TaskActor {
 }
 
 impl TaskActor {
-    /// A subtask with its restored core, body and per-input end flags, restored from
-    /// `restored` (0: none) with `positions`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        cx: SubtaskContext,
-        config: TaskConfig,
-        core: Task<Payload>,
-        body: Body,
-        build: BuildBody,
-        ended: Vec<bool>,
-        positions: &[Seq],
-        restored: CheckpointId,
-    ) -> TaskActor {
-        let inputs = ended.len();
+    /// A subtask driven by `driver` (restored as the run's recovery plan says), applying
+    /// `body`; `build` makes a fresh body for a local restart.
+    pub fn new(cx: SubtaskContext, driver: Subtask<Payload>, body: Body, build: BuildBody) -> TaskActor {
+        let inputs = driver.positions().len();
         let catch_up = cx.supervisor.catch_up_target(cx.participant);
         TaskActor {
             catch_up,
             cx,
-            config,
-            core,
-            gate: Gate::new(positions, restored),
+            driver,
             body,
             build,
-            ended,
-            outputs: Outputs::default(),
+            links: Links::default(),
             upstream: Vec::new(),
             owed: vec![0; inputs],
             coordinator: None,
             scratch: Vec::new(),
-            incarnation: 0,
             restarting: None,
-            stashed: Vec::new(),
             snapshots: 0,
             commits: 0,
             writes: 0,
@@ -399,7 +428,7 @@ impl TaskActor {
     }
 
     fn give_credit(&mut self, input: usize) {
-        if self.outputs.congested() {
+        if self.links.congested() {
             self.owed[input] += 1;
         } else {
             let up = &self.upstream[input];
@@ -408,7 +437,7 @@ impl TaskActor {
     }
 
     fn pay_owed(&mut self) {
-        if self.outputs.congested() {
+        if self.links.congested() {
             return;
         }
         for (input, owed) in self.owed.iter_mut().enumerate() {
@@ -420,84 +449,67 @@ impl TaskActor {
         }
     }
 
+    /// Hand what the operator output to the driver, which routes it.
     fn forward(&mut self) {
         for batch in self.scratch.drain(..) {
-            let n = self.outputs.send(batch);
-            self.cx.counters.add_out(n);
+            self.cx.counters.add_out(batch.len());
+            if self.driver.emit(Payload::Data(crate::sync::Arc::new(batch))) {
+                super::warn_overflow(&self.cx.name, self.driver.outputs().budget());
+            }
         }
     }
 
-    fn process(&mut self, input: usize, payload: Payload) -> Result<(), String> {
+    /// Apply one batch (or, with `None`, the end of `input`) to the operator or the sink.
+    fn process(&mut self, input: usize, payload: Option<Payload>) -> Result<(), String> {
         match (payload, &mut self.body) {
-            (Payload::Data(batch), Body::Operator(op)) => {
+            (Some(Payload::Data(batch)), Body::Operator(op)) => {
                 self.cx.counters.add_in(batch.len());
                 self.cx.inject(self.cx.counters.records_in());
                 op.process(input, &batch, &mut self.scratch).map_err(|e| e.to_string())?;
             }
-            (Payload::Data(batch), Body::Sink(sink)) => {
+            (Some(Payload::Data(batch)), Body::Sink(sink)) => {
                 self.cx.counters.add_in(batch.len());
                 self.cx.inject(self.cx.counters.records_in());
                 self.cx.counters.add_out(batch.len());
                 sink.write(&batch);
             }
-            (Payload::End, body) => {
-                if !self.ended[input] {
-                    self.ended[input] = true;
-                    if let Body::Operator(op) = body {
-                        op.on_input_end(input, &mut self.scratch).map_err(|e| e.to_string())?;
-                    }
-                }
-                let all_ended = self.ended.iter().all(|&e| e);
-                self.forward();
-                if all_ended {
-                    self.outputs.send_end();
+            (Some(Payload::End), _) => unreachable!("the driver reports the end of input as InputEnded"),
+            (None, body) => {
+                if let Body::Operator(op) = body {
+                    op.on_input_end(input, &mut self.scratch).map_err(|e| e.to_string())?;
                 }
                 tracing::debug!("{}: input {input} ended", self.cx.name);
-                return Ok(());
             }
         }
         self.forward();
         Ok(())
     }
 
-    /// Feed what the gate released into the core, then carry out the core's actions.
+    /// Carry out the driver's effects until it has nothing more to do.
     fn drain(&mut self, ctx: &mut Context<Self>) {
         if self.restarting.is_some() {
             return;
         }
-        loop {
+        while let Some(effect) = self.driver.poll_effect() {
             if self.cx.fatal.failed() {
                 return; // the attempt is stopping: nothing done now would count
             }
-            if let Some(action) = self.core.poll_action() {
-                // A panic in operator code (or anywhere in carrying out the action) is caught
-                // and handed to the supervisor; the subtask's state is not trusted after it.
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.carry_out(action, ctx))) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        // Operator errors name their node already: say it once, as the subtask.
-                        let text = e.to_string();
-                        let text = text.strip_prefix(&format!("{}: ", self.cx.node)).unwrap_or(&text);
-                        self.cx.fatal.fail(format!("{}: {text}", self.cx.name));
-                        return;
-                    }
-                    Err(payload) => {
-                        let message = super::panic_message(&*payload);
-                        return self.fail("panic", message, ctx);
-                    }
+            // A panic in operator code (or anywhere in carrying out the effect) is caught and
+            // handed to the supervisor; the subtask's state is not trusted after it.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.carry_out(effect, ctx))) {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return,
+                Ok(Err(e)) => {
+                    // Operator errors name their node already: say it once, as the subtask.
+                    let text = e.to_string();
+                    let text = text.strip_prefix(&format!("{}: ", self.cx.node)).unwrap_or(&text);
+                    self.cx.fatal.fail(format!("{}: {text}", self.cx.name));
+                    return;
                 }
-                continue;
-            }
-            match self.gate.poll() {
-                Some(Feed::Batch { input, seq, batch }) => self.core.handle_batch(input, seq, batch),
-                Some(Feed::Barrier { input, checkpoint }) => self.core.handle_barrier(input, checkpoint),
-                Some(Feed::Abort(c)) => self.core.handle_checkpoint_abort(c),
-                Some(Feed::Duplicate { input }) => self.give_credit(input), // it used a credit
-                Some(Feed::Diverged { detail }) => {
-                    let message = format!("local recovery cannot reproduce the logged input order: {detail}");
-                    return self.cx.escalate("replay_diverged", message);
+                Err(payload) => {
+                    let message = super::panic_message(&*payload);
+                    return self.fail("panic", message, ctx);
                 }
-                None => return,
             }
         }
     }
@@ -507,7 +519,7 @@ impl TaskActor {
     fn fail(&mut self, reason: &str, message: String, ctx: &mut Context<Self>) {
         let at = Instant::now();
         tracing::error!("{}: {reason}: {message}", self.cx.name);
-        let positions = self.gate.positions().to_vec();
+        let positions = self.driver.positions().to_vec();
         self.cx.supervisor.note_failure(self.cx.participant, at, positions.clone());
         match self.cx.supervisor.on_failure(self.cx.participant, at) {
             Decision::Global => self.cx.escalate(reason, message),
@@ -532,11 +544,10 @@ impl TaskActor {
     }
 
     /// Drop everything volatile and restore after the backoff. The actor keeps its address,
-    /// mailbox, output channels (with their flow-control accounting and buffer queues) and
-    /// input gate (with its determinant log); the operator, the core and the pending output
-    /// are rebuilt from the log.
+    /// mailbox and wires; the driver keeps its gate (with its determinant log) and output
+    /// side (buffer queues); the operator and the pending output are rebuilt from the log.
     fn begin_restart(&mut self, restarting: Restarting, ctx: &mut Context<Self>) {
-        self.incarnation += 1;
+        self.driver.fail();
         let backoff = restarting.backoff;
         self.restarting = Some(restarting);
         self.scratch.clear();
@@ -544,61 +555,17 @@ impl TaskActor {
         ctx.run_later(backoff, |_, ctx| ctx.notify(Restore));
     }
 
-    /// Restore from the log: the snapshot of the latest completed checkpoint, then ask each
-    /// upstream to replay.
-    fn restore(&mut self, ctx: &mut Context<Self>) -> Result<CheckpointId, String> {
+    /// Restore from the log: the driver plans and restores itself from the snapshot of the
+    /// latest completed checkpoint; the body is rebuilt from the operator's part of it.
+    fn restore(&mut self) -> Result<CheckpointId, String> {
         // Every write queued before the failure lands first, so what is read is settled.
         self.cx.writer.flush();
-        let p = self.cx.participant;
         let log = self.cx.log.clone();
-        let log = &log;
-        let err = |e: LogError| e.to_string();
-        let completed = log.completed().map_err(err)?;
-        let durable = log.participant_log(p, self.config.sink).map_err(err)?;
-        let plan = plan_local(p, &durable, completed).map_err(|e| e.to_string())?;
-        let record = completed.map(|c| log.read_snapshot(p, c)).transpose().map_err(err)?;
-        let Restored { positions, out_seqs, ended, body } = Restored::from_record(
-            &self.cx.name,
-            record,
-            (self.config.inputs, self.outputs.channels.len()),
-            &self.build,
-            log,
-        )?;
-        let restored = completed.unwrap_or_default();
-        self.body = body;
-        self.core = Task::restore(self.config, &plan, &positions);
-        self.ended = ended;
-        self.gate.restart(&positions, restored);
-        if let Err((output, gap)) = self.outputs.restart_from(restored, &out_seqs) {
-            return Err(format!("cannot continue output {output}: {gap}"));
-        }
-        for (input, up) in self.upstream.iter().enumerate() {
-            up.resume.do_send(Resume {
-                output: up.output,
-                from_seq: positions[input],
-                restored,
-                incarnation: self.incarnation,
-            });
-        }
-        for resume in std::mem::take(&mut self.stashed) {
-            self.serve(resume);
-        }
-        if self.config.sink {
-            // A commit that became durable while this subtask failed was never reported.
-            if let Some(through) = log.read_commit(p).map_err(err)?.filter(|r| r.through > 0) {
-                let checkpoint = CheckpointId(through.through);
-                self.coordinator().do_send(SinkCommitted { participant: p, checkpoint });
-            }
-        }
-        let _ = ctx;
-        Ok(restored)
-    }
-
-    /// A downstream subtask restarted: replay its channel from the buffer queue.
-    fn serve(&mut self, resume: Resume) {
-        if let Err(gap) = self.outputs.resume(resume) {
-            self.cx.escalate("replay_gap", format!("cannot replay output {}: {gap}", resume.output));
-        }
+        let shape = (self.driver.positions().len(), self.links.0.len());
+        let storage = LogStorage { log: &log, name: &self.cx.name, shape };
+        let restored = self.driver.restart(&storage).map_err(|e| e.to_string())?;
+        self.body = restore_body(&self.cx.name, &self.build, &log, restored.state)?;
+        Ok(restored.checkpoint)
     }
 
     fn submit(
@@ -609,50 +576,55 @@ impl TaskActor {
         c: CheckpointId,
     ) {
         self.writes += 1;
-        let (addr, incarnation) = (ctx.address(), self.incarnation);
+        let (addr, epoch) = (ctx.address(), self.driver.epoch());
         if self.cx.write_fails(self.writes) {
             let error =
                 std::sync::Arc::new(LogError::Injected(format!("write {} of {}", self.writes, self.cx.name)));
-            addr.do_send(Written(incarnation, Durable::Failed(error)));
+            addr.do_send(Written(epoch, Durable::Failed(error)));
             return;
         }
         self.cx.writer.submit(
             ops,
             Box::new(move |r| match r {
-                Ok(()) => addr.do_send(Written(incarnation, done(c))),
-                Err(e) => addr.do_send(Written(incarnation, Durable::Failed(e))),
+                Ok(()) => addr.do_send(Written(epoch, done(c))),
+                Err(e) => addr.do_send(Written(epoch, Durable::Failed(e))),
             }),
         );
     }
 
-    fn carry_out(&mut self, action: Action<Payload>, ctx: &mut Context<Self>) -> Result<(), String> {
-        match action {
-            Action::Process { input, batch, .. } => {
-                self.process(input, batch)?;
-                self.give_credit(input);
+    /// Carry out one effect; false when draining must stop (the run escalates).
+    fn carry_out(&mut self, effect: Effect<Payload>, ctx: &mut Context<Self>) -> Result<bool, String> {
+        match effect {
+            Effect::Process { input, batch, .. } => {
+                self.process(input, Some(batch))?;
+                self.processed();
             }
-            Action::Snapshot { checkpoint, positions } => {
+            Effect::InputEnded { input } => {
+                self.process(input, None)?;
+                self.processed();
+            }
+            Effect::Send { channel, epoch, item } => self.links.send(channel, epoch, item),
+            Effect::Reset { channel } => self.links.0[channel].reset(),
+            Effect::Snapshot { checkpoint, positions, out_seqs, ended } => {
                 self.snapshots += 1;
                 self.cx.inject_at(FaultKind::Snapshot, self.snapshots);
                 let (operator, staged) = match &mut self.body {
                     Body::Operator(op) => (op.snapshot(), None),
                     Body::Sink(sink) => (Vec::new(), Some(std::mem::take(&mut sink.pending))),
                 };
-                let state = TaskState { ended: self.ended.clone(), operator };
                 let record =
-                    SnapshotRecord { positions, out_seqs: self.outputs.seqs(), state: state.encode() };
+                    SnapshotRecord { positions, out_seqs, state: TaskState { ended, operator }.encode() };
                 let participant = self.cx.participant;
                 let mut ops = vec![WriteOp::Snapshot { participant, checkpoint, record }];
                 if let Some(bytes) = staged {
                     ops.push(WriteOp::Stage { participant, checkpoint, bytes });
                 }
                 self.submit(ops, ctx, Durable::Snapshot, checkpoint);
-                self.outputs.send_barrier(checkpoint);
             }
-            Action::Ack(c) => {
+            Effect::Ack(c) => {
                 self.coordinator().do_send(Ack { participant: self.cx.participant, checkpoint: c })
             }
-            Action::Commit(c) => {
+            Effect::Commit(c) => {
                 self.commits += 1;
                 self.cx.inject_at(FaultKind::Commit, self.commits);
                 let Body::Sink(sink) = &mut self.body else { unreachable!("only sinks commit") };
@@ -660,7 +632,7 @@ impl TaskActor {
                 let participant = self.cx.participant;
                 self.submit(vec![WriteOp::Commit { participant, record }], ctx, Durable::Commit, c);
             }
-            Action::DropSnapshotsBelow(c) => {
+            Effect::DropSnapshotsBelow(c) => {
                 let fatal = self.cx.fatal.clone();
                 self.cx.writer.submit(
                     vec![WriteOp::DropSnapshotsBelow { participant: self.cx.participant, checkpoint: c }],
@@ -671,8 +643,33 @@ impl TaskActor {
                     }),
                 );
             }
+            Effect::Credit { input } => self.give_credit(input),
+            Effect::ResumeUpstream { input, from_seq, restored, epoch } => {
+                let up = &self.upstream[input];
+                let resume =
+                    crate::protocol::driver::Resume { channel: up.output, from_seq, restored, epoch };
+                up.resume.do_send(Resume(resume));
+            }
+            Effect::Committed(checkpoint) => {
+                self.coordinator().do_send(SinkCommitted { participant: self.cx.participant, checkpoint })
+            }
+            Effect::Escalate(escalation) => {
+                let reason = match escalation {
+                    Escalation::ReplayGap { .. } => "replay_gap",
+                    Escalation::Diverged(_) => "replay_diverged",
+                };
+                self.cx.escalate(reason, escalation.to_string());
+                return Ok(false);
+            }
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// The operator is done with what the driver gave it: return the input's credit.
+    fn processed(&mut self) {
+        if let Some(input) = self.driver.processed() {
+            self.give_credit(input);
+        }
     }
 }
 
@@ -683,7 +680,7 @@ impl Actor for TaskActor {
 impl Handler<Wire> for TaskActor {
     type Result = ();
     fn handle(&mut self, wire: Wire, ctx: &mut Context<Self>) {
-        self.outputs = wire.outputs;
+        self.links = wire.links;
         self.upstream = wire.upstream;
         self.coordinator = Some(wire.coordinator);
         self.drain(ctx); // a restored sink's repair commit
@@ -693,16 +690,9 @@ impl Handler<Wire> for TaskActor {
 impl Handler<Deliver> for TaskActor {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        if msg.incarnation != self.incarnation || self.restarting.is_some() {
-            return; // sent to an earlier incarnation: the replay sends it again
-        }
-        let arrival = match msg.item {
-            Item::Batch { seq, payload } => Arrival::Batch { seq, batch: payload },
-            Item::Barrier(c) => Arrival::Barrier(c),
-        };
-        self.gate.handle_arrival(msg.input, arrival);
+        self.driver.handle_deliver(msg.input, msg.epoch, msg.item);
         if let Some(target) = &self.catch_up
-            && self.gate.positions().iter().zip(target).all(|(now, then)| now >= then)
+            && self.driver.positions().iter().zip(target).all(|(now, then)| now >= then)
         {
             self.cx.supervisor.caught_up(self.cx.participant, Instant::now());
             self.catch_up = None;
@@ -714,7 +704,7 @@ impl Handler<Deliver> for TaskActor {
 impl Handler<Credit> for TaskActor {
     type Result = ();
     fn handle(&mut self, credit: Credit, _: &mut Context<Self>) {
-        self.outputs.on_credit(credit);
+        self.links.on_credit(credit);
         if self.restarting.is_none() {
             self.pay_owed();
         }
@@ -723,12 +713,9 @@ impl Handler<Credit> for TaskActor {
 
 impl Handler<Resume> for TaskActor {
     type Result = ();
-    fn handle(&mut self, resume: Resume, _: &mut Context<Self>) {
-        if self.restarting.is_some() {
-            self.stashed.push(resume); // served once this subtask has restored itself
-        } else {
-            self.serve(resume);
-        }
+    fn handle(&mut self, Resume(resume): Resume, ctx: &mut Context<Self>) {
+        self.driver.handle_resume(resume);
+        self.drain(ctx);
     }
 }
 
@@ -755,7 +742,7 @@ impl Handler<Restore> for TaskActor {
     type Result = ();
     fn handle(&mut self, _: Restore, ctx: &mut Context<Self>) {
         let Some(restarting) = self.restarting.take() else { return };
-        let restored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.restore(ctx)));
+        let restored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.restore()));
         match restored {
             Ok(Ok(c)) => {
                 tracing::info!("{}: restored from {c}; upstream replays", self.cx.name);
@@ -784,18 +771,13 @@ impl Handler<Restore> for TaskActor {
 
 impl Handler<Written> for TaskActor {
     type Result = ();
-    fn handle(&mut self, Written(incarnation, durable): Written, ctx: &mut Context<Self>) {
-        if incarnation != self.incarnation {
-            return; // a write of an earlier incarnation: the restarted core does not wait for it
+    fn handle(&mut self, Written(epoch, durable): Written, ctx: &mut Context<Self>) {
+        if epoch != self.driver.epoch() {
+            return; // a write of an earlier epoch: the restarted driver does not wait for it
         }
         match durable {
-            Durable::Snapshot(c) => {
-                self.core.on_snapshot_durable(c);
-            }
-            Durable::Commit(c) => {
-                self.core.on_commit_durable(c);
-                self.coordinator().do_send(SinkCommitted { participant: self.cx.participant, checkpoint: c });
-            }
+            Durable::Snapshot(c) => self.driver.on_snapshot_durable(epoch, c),
+            Durable::Commit(c) => self.driver.on_commit_durable(epoch, c),
             Durable::Failed(e) if !e.is_healable() => {
                 // A full map or disk, an I/O error: the person must act; a restart would
                 // only retry the same write.
@@ -811,19 +793,15 @@ impl Handler<Written> for TaskActor {
 impl Handler<Complete> for TaskActor {
     type Result = ();
     fn handle(&mut self, Complete(c): Complete, ctx: &mut Context<Self>) {
-        self.outputs.complete(c);
-        self.gate.handle_complete(c);
-        if self.restarting.is_none() {
-            self.core.handle_checkpoint_complete(c);
-            self.drain(ctx);
-        }
+        self.driver.handle_complete(c);
+        self.drain(ctx);
     }
 }
 
 impl Handler<Abort> for TaskActor {
     type Result = ();
     fn handle(&mut self, Abort(c): Abort, ctx: &mut Context<Self>) {
-        self.gate.handle_abort(c);
+        self.driver.handle_abort(c);
         self.drain(ctx);
     }
 }

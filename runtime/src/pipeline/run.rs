@@ -21,7 +21,7 @@ use crate::actors::shared::{CheckpointTiming, CoordinatorShared};
 use crate::actors::source::{self, SourceActor, check_source_record};
 use crate::actors::task::{self, Body, Restored, SinkWriter, TaskActor};
 use crate::actors::{
-    Counters, Failure, Fatal, OutChannel, OutGroup, Outputs, Partition, SubtaskContext, Upstream,
+    Counters, Failure, Fatal, Link, Links, OutGroup, Outputs, Partition, Payload, SubtaskContext, Upstream,
 };
 use crate::batch::SchemaRef;
 use crate::connectors::SourceReader;
@@ -38,8 +38,10 @@ pub use crate::pipeline::supervise::RestartReport;
 use crate::pipeline::supervise::Supervisor;
 use crate::protocol::aligner::AlignmentMode;
 use crate::protocol::coordinator::{Coordinator, CoordinatorConfig};
+use crate::protocol::driver::Subtask as Driver;
 use crate::protocol::participant::{SourceTask, Task, TaskConfig};
 use crate::protocol::recovery::{RecoveryError, plan_global_rollback};
+use crate::protocol::route;
 use crate::protocol::{CheckpointId, ParticipantId};
 use crate::sync::Arc;
 use crate::sync::atomic::Ordering;
@@ -454,6 +456,19 @@ fn attempt(
         CheckpointMode::AtLeastOnce => AlignmentMode::AtLeastOnce,
     };
 
+    // The output side of subtask `p` (its sequence numbers `seqs` from the snapshot): what
+    // it sends where, with buffer queues for local recovery (transforms; sources re-read).
+    let local = spec.supervision.recovery == RecoveryStrategy::Local;
+    let core_outputs = |p: ParticipantId, seqs: &[u64]| {
+        let seqs: Vec<u64> = (0..outputs_of[p].len()).map(|ch| seqs.get(ch).copied().unwrap_or(0)).collect();
+        let buffered = local && !matches!(subtasks[p].node.kind, NodeKind::Source(_));
+        let groups =
+            groups_of[p].iter().map(|(part, chans)| OutGroup::new(part.clone(), chans.clone())).collect();
+        let budget = if buffered { spec.supervision.buffer_bytes } else { 0 };
+        let restored = plan.checkpoint.unwrap_or_default();
+        route::Outputs::<Payload>::new(&seqs, restored, groups, (buffered, budget), Default::default())
+    };
+
     // Build every actor's state before the system starts: errors here are plain returns.
     enum Built {
         Source(Box<SourceActor>),
@@ -521,7 +536,7 @@ fn attempt(
                     }
                     NodeKind::Source(_) => unreachable!(),
                 };
-                let Restored { positions, ended, body, .. } = Restored::from_record(
+                let Restored { positions, ended, body, out_seqs: seqs } = Restored::from_record(
                     &name,
                     record,
                     (n_inputs, outputs_of[s.participant].len()),
@@ -532,8 +547,9 @@ fn attempt(
                 let config = TaskConfig { inputs: n_inputs, mode, sink, mutations: Default::default() };
                 let core = Task::restore(config, restore, &positions);
                 let restored = restore.from.unwrap_or_default();
-                let actor =
-                    TaskActor::new(context(s), config, core, body, build, ended, &positions, restored);
+                let outputs = core_outputs(s.participant, &seqs);
+                let driver = Driver::new(s.participant, core, config, (&positions, ended, restored), outputs);
+                let actor = TaskActor::new(context(s), driver, body, build);
                 built.push(Built::Task(Box::new(actor)));
             }
         }
@@ -592,23 +608,15 @@ fn attempt(
             }
         }
         supervisor.set_members(members);
-        let local = spec.supervision.recovery == RecoveryStrategy::Local;
-        let outputs = |p: ParticipantId| {
-            let seqs = &out_seqs[p];
-            let buffered = local && !matches!(subtasks[p].node.kind, NodeKind::Source(_));
-            let channels = outputs_of[p]
-                .iter()
-                .enumerate()
-                .map(|(ch, &(to, input))| {
-                    let to = deliver_to[to].clone().expect("only tasks receive data");
-                    let restored = plan.checkpoint.unwrap_or_default();
-                    OutChannel::new(to, input, seqs.get(ch).copied().unwrap_or(0), restored, buffered)
-                })
-                .collect();
-            let groups =
-                groups_of[p].iter().map(|(part, chans)| OutGroup::new(part.clone(), chans.clone())).collect();
-            let budget = if buffered { spec.supervision.buffer_bytes } else { 0 };
-            Outputs::new(channels, groups, budget, context(&subtasks[p]).name)
+        let links = |p: ParticipantId| {
+            Links(
+                outputs_of[p]
+                    .iter()
+                    .map(|&(to, input)| {
+                        Link::new(deliver_to[to].clone().expect("only tasks receive data"), input)
+                    })
+                    .collect(),
+            )
         };
         for p in 0..subtasks.len() {
             if let Some(addr) = &task_addrs[p] {
@@ -620,11 +628,16 @@ fn attempt(
                         output,
                     })
                     .collect();
-                addr.do_send(task::Wire { outputs: outputs(p), upstream, coordinator: coordinator.clone() });
+                addr.do_send(task::Wire { links: links(p), upstream, coordinator: coordinator.clone() });
             }
         }
         for (s, addr) in source_addrs.iter().enumerate() {
-            addr.do_send(source::Wire { outputs: outputs(s), coordinator: coordinator.clone() });
+            let outputs = Outputs {
+                core: Some(core_outputs(s, &out_seqs[s])),
+                links: links(s),
+                name: context(&subtasks[s]).name,
+            };
+            addr.do_send(source::Wire { outputs, coordinator: coordinator.clone() });
         }
         coordinator.do_send(coordinator::Wire { sources: source_addrs.clone(), participants: notices });
         coordinator.do_send(coordinator::Start);

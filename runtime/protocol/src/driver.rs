@@ -1,0 +1,468 @@
+//! The per-subtask driver of a transform or sink (SPEC §11): everything a subtask decides,
+//! in one state machine that the runtime's `TaskActor` and the protocol model both drive.
+//!
+//! It owns the checkpoint core ([`Task`]), the input [`Gate`] (de-duplication and the
+//! determinant log), the [`Outputs`] (sequence numbers, buffer queues, the router and the
+//! buffer budget), the end-of-input flags, the epoch (the incarnation a restart bumps), and
+//! the local-restart sequence. Inputs are method calls (`handle_*`, `on_*`); outputs are
+//! [`Effect`]s drained with [`Subtask::poll_effect`]. The shell carries effects out: it runs
+//! the operator on [`Effect::Process`] (feeding what the operator outputs back through
+//! [`Subtask::emit`] and then calling [`Subtask::processed`]), puts [`Effect::Send`] on the
+//! wire, writes [`Effect::Snapshot`] and reports durability back with the epoch it was
+//! issued in. "When may a restarted subtask consume input" is answered here and only here:
+//! after [`Subtask::restart`], in the order its gate's determinant log says.
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use crate::buffer::ReplayGap;
+use crate::participant::{Action, Task, TaskConfig};
+use crate::recovery::{ParticipantLog, RecoveryError, plan_local};
+use crate::replay::{Arrival, Feed, Gate};
+use crate::route::{Item, Outputs, Payload};
+use crate::storage::{Snapshot, Storage};
+use crate::{CheckpointId, ParticipantId, Seq};
+
+/// The incarnation of a subtask: bumped by every local restart. What was sent to, or
+/// written by, an earlier epoch is dropped when it arrives (the replay sends it again).
+pub type Epoch = u32;
+
+/// A replay request from a restarted receiver: send output channel `channel` again from
+/// just after `from_seq` (it restored checkpoint `restored`), tagged with its new `epoch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Resume {
+    /// The sender's output channel.
+    pub channel: usize,
+    /// The receiver's restored position on that channel.
+    pub from_seq: Seq,
+    /// The checkpoint the receiver restored (0: none).
+    pub restored: CheckpointId,
+    /// The receiver's new epoch.
+    pub epoch: Epoch,
+}
+
+/// Why local recovery cannot go on: the run must roll back globally.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Escalation {
+    /// A buffer queue no longer holds what a restarted receiver needs, or a restarted
+    /// sender would not produce again what its receiver still needs (SPEC §10.2).
+    ReplayGap {
+        /// The output channel.
+        channel: usize,
+        /// The gap.
+        gap: ReplayGap,
+    },
+    /// Replayed input differs from the determinant log (SPEC §10.3).
+    Diverged(String),
+}
+
+impl fmt::Display for Escalation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Escalation::ReplayGap { channel, gap } => write!(f, "cannot replay output {channel}: {gap}"),
+            Escalation::Diverged(detail) => {
+                write!(f, "local recovery cannot reproduce the logged input order: {detail}")
+            }
+        }
+    }
+}
+
+/// What the shell must do, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Effect<P> {
+    /// Apply `batch` from `input` to the operator (sinks: write it); pass what the operator
+    /// outputs to [`Subtask::emit`], then call [`Subtask::processed`].
+    Process {
+        /// The input.
+        input: usize,
+        /// Its sequence number there.
+        seq: Seq,
+        /// The batch.
+        batch: P,
+    },
+    /// Input `input` ended (for the first time): let the operator flush what it holds for
+    /// it (through [`Subtask::emit`]), then call [`Subtask::processed`].
+    InputEnded {
+        /// The input.
+        input: usize,
+    },
+    /// Put `item` on output channel `channel`, to its receiver's `epoch`.
+    Send {
+        /// The channel.
+        channel: usize,
+        /// The receiver's epoch.
+        epoch: Epoch,
+        /// The item.
+        item: Item<P>,
+    },
+    /// The receiver of `channel` restarted: drop whatever is still queued for its earlier
+    /// epoch (a replay follows, as `Send`s).
+    Reset {
+        /// The channel.
+        channel: usize,
+    },
+    /// Capture the operator's state and write it durably with these positions, output
+    /// sequence numbers and end flags (a sink stages its output since the previous snapshot
+    /// in the same write). Report it with [`Subtask::on_snapshot_durable`].
+    Snapshot {
+        /// The checkpoint.
+        checkpoint: CheckpointId,
+        /// Last applied sequence number per input.
+        positions: Vec<Seq>,
+        /// Last sent sequence number per output channel.
+        out_seqs: Vec<Seq>,
+        /// Inputs whose end was processed.
+        ended: Vec<bool>,
+    },
+    /// Acknowledge the checkpoint to the coordinator.
+    Ack(CheckpointId),
+    /// Sinks: make staged output through this checkpoint visible, durably. Report it with
+    /// [`Subtask::on_commit_durable`].
+    Commit(CheckpointId),
+    /// Snapshots older than this checkpoint are not needed any more.
+    DropSnapshotsBelow(CheckpointId),
+    /// Return a flow-control credit on `input` (a duplicate used one and was dropped).
+    Credit {
+        /// The input.
+        input: usize,
+    },
+    /// Ask the sender of `input` to replay it from `from_seq`, tagged with `epoch`.
+    ResumeUpstream {
+        /// The input.
+        input: usize,
+        /// The restored position on it.
+        from_seq: Seq,
+        /// The checkpoint restored (0: none).
+        restored: CheckpointId,
+        /// This subtask's new epoch.
+        epoch: Epoch,
+    },
+    /// Sinks: output through this checkpoint is durably committed (tell the coordinator).
+    Committed(CheckpointId),
+    /// Local recovery cannot go on: roll the run back globally.
+    Escalate(Escalation),
+}
+
+/// Why a restart failed before it could begin (the storage, or its contents).
+#[derive(Debug, PartialEq, Eq)]
+pub enum RestartError<E> {
+    /// The storage failed.
+    Storage(E),
+    /// The log holds no snapshot to restore.
+    Recovery(RecoveryError),
+    /// The snapshot does not fit this subtask.
+    Mismatch(String),
+}
+
+impl<E: fmt::Display> fmt::Display for RestartError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RestartError::Storage(e) => e.fmt(f),
+            RestartError::Recovery(e) => e.fmt(f),
+            RestartError::Mismatch(e) => f.write_str(e),
+        }
+    }
+}
+
+/// What a subtask restores: from the snapshot of the latest completed checkpoint, or fresh.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restored<S> {
+    /// The checkpoint restored (0: none).
+    pub checkpoint: CheckpointId,
+    /// The operator's state in the snapshot (none: start fresh).
+    pub state: Option<S>,
+}
+
+/// The driver of one transform or sink subtask.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Subtask<P: Payload> {
+    participant: ParticipantId,
+    config: TaskConfig,
+    core: Task<P>,
+    gate: Gate<P>,
+    outputs: Outputs<P>,
+    ended: Vec<bool>,
+    epoch: Epoch,
+    /// Between a failure and the restore: input and replay requests wait.
+    restarting: bool,
+    /// Replay requests that came while restarting, served once restored.
+    stashed: Vec<Resume>,
+    /// The input whose `Process` or `InputEnded` the shell is carrying out.
+    processing: Option<(usize, bool)>,
+    effects: VecDeque<Effect<P>>,
+}
+
+impl<P: Payload> Subtask<P> {
+    /// Participant `participant`, restored (at the start of a run attempt: a global
+    /// rollback) from `checkpoint` (0: none) with these input positions and end flags, and
+    /// these `outputs` (restored with their sequence numbers). A sink's repair commit, if
+    /// the plan has one, is the first effect.
+    pub fn new(
+        participant: ParticipantId,
+        core: Task<P>,
+        config: TaskConfig,
+        (positions, ended, checkpoint): (&[Seq], Vec<bool>, CheckpointId),
+        outputs: Outputs<P>,
+    ) -> Subtask<P> {
+        let gate = Gate::new(positions, checkpoint).with_mutations(config.mutations);
+        Subtask {
+            participant,
+            config,
+            core,
+            gate,
+            outputs,
+            ended,
+            epoch: 0,
+            restarting: false,
+            stashed: Vec::new(),
+            processing: None,
+            effects: VecDeque::new(),
+        }
+    }
+
+    /// The next thing to do.
+    pub fn poll_effect(&mut self) -> Option<Effect<P>> {
+        loop {
+            if let Some(effect) = self.effects.pop_front() {
+                return Some(effect);
+            }
+            if self.restarting || self.processing.is_some() {
+                return None;
+            }
+            if let Some(action) = self.core.poll_action() {
+                self.take(action);
+                continue;
+            }
+            match self.gate.poll()? {
+                Feed::Batch { input, seq, batch } => self.core.handle_batch(input, seq, batch),
+                Feed::Barrier { input, checkpoint } => self.core.handle_barrier(input, checkpoint),
+                Feed::Abort(c) => self.core.handle_checkpoint_abort(c),
+                Feed::Duplicate { input } => self.effects.push_back(Effect::Credit { input }),
+                Feed::Diverged { detail } => {
+                    self.effects.push_back(Effect::Escalate(Escalation::Diverged(detail)))
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, action: Action<P>) {
+        match action {
+            Action::Process { input, batch, .. } if batch.is_end() => {
+                if self.ended[input] {
+                    self.effects.push_back(Effect::Credit { input });
+                    return;
+                }
+                self.ended[input] = true;
+                self.processing = Some((input, true));
+                self.effects.push_back(Effect::InputEnded { input });
+            }
+            Action::Process { input, seq, batch } => {
+                self.processing = Some((input, false));
+                self.effects.push_back(Effect::Process { input, seq, batch });
+            }
+            Action::Snapshot { checkpoint, positions } => {
+                let out_seqs = self.outputs.seqs();
+                let ended = self.ended.clone();
+                self.effects.push_back(Effect::Snapshot { checkpoint, positions, out_seqs, ended });
+                let effects = &mut self.effects;
+                self.outputs.send_barrier(checkpoint, |channel, epoch, item| {
+                    effects.push_back(Effect::Send { channel, epoch, item })
+                });
+            }
+            Action::Ack(c) => self.effects.push_back(Effect::Ack(c)),
+            Action::Commit(c) => self.effects.push_back(Effect::Commit(c)),
+            Action::DropSnapshotsBelow(c) => self.effects.push_back(Effect::DropSnapshotsBelow(c)),
+        }
+    }
+
+    /// The operator output `batch` while carrying out `Process` or `InputEnded`: route it.
+    /// Returns true when this took the buffer queues over their budget (see
+    /// [`Outputs::send`]).
+    pub fn emit(&mut self, batch: P) -> bool {
+        let effects = &mut self.effects;
+        self.outputs
+            .send(batch, |channel, epoch, item| effects.push_back(Effect::Send { channel, epoch, item }))
+    }
+
+    /// The shell finished carrying out the last `Process` or `InputEnded`. After the last
+    /// input's end, the end goes out on every channel. Returns the input (whose credit the
+    /// shell returns, as flow control allows).
+    pub fn processed(&mut self) -> Option<usize> {
+        let (input, end) = self.processing.take()?;
+        if end && self.ended.iter().all(|&e| e) {
+            let effects = &mut self.effects;
+            self.outputs
+                .send_end(|channel, epoch, item| effects.push_back(Effect::Send { channel, epoch, item }));
+        }
+        Some(input)
+    }
+
+    /// `item` arrived on `input`, sent to `epoch`.
+    pub fn handle_deliver(&mut self, input: usize, epoch: Epoch, item: Item<P>) {
+        if epoch != self.epoch || self.restarting {
+            return; // sent to an earlier epoch: the replay sends it again
+        }
+        let arrival = match item {
+            Item::Batch { seq, payload } => Arrival::Batch { seq, batch: payload },
+            Item::Barrier(c) => Arrival::Barrier(c),
+        };
+        self.gate.handle_arrival(input, arrival);
+    }
+
+    /// The coordinator completed `c`.
+    pub fn handle_complete(&mut self, c: CheckpointId) {
+        self.outputs.complete(c);
+        self.gate.handle_complete(c);
+        if !self.restarting {
+            self.core.handle_checkpoint_complete(c);
+        }
+    }
+
+    /// The coordinator aborted `c`.
+    pub fn handle_abort(&mut self, c: CheckpointId) {
+        self.gate.handle_abort(c);
+    }
+
+    /// A restarted receiver asks for a replay.
+    pub fn handle_resume(&mut self, resume: Resume) {
+        if self.restarting {
+            self.stashed.push(resume); // served once this subtask has restored itself
+        } else {
+            self.serve(resume);
+        }
+    }
+
+    fn serve(&mut self, resume: Resume) {
+        let effects = &mut self.effects;
+        let replay = self.outputs.resume(resume, |channel, epoch, item| match item {
+            None => effects.push_back(Effect::Reset { channel }),
+            Some(item) => effects.push_back(Effect::Send { channel, epoch, item }),
+        });
+        if let Err(gap) = replay {
+            let channel = resume.channel;
+            self.effects.push_back(Effect::Escalate(Escalation::ReplayGap { channel, gap }));
+        }
+    }
+
+    /// A snapshot written by `epoch` is durable.
+    pub fn on_snapshot_durable(&mut self, epoch: Epoch, c: CheckpointId) {
+        if epoch == self.epoch {
+            self.core.on_snapshot_durable(c);
+        }
+    }
+
+    /// A commit written by `epoch` is durable.
+    pub fn on_commit_durable(&mut self, epoch: Epoch, c: CheckpointId) {
+        if epoch == self.epoch {
+            self.core.on_commit_durable(c);
+            self.effects.push_back(Effect::Committed(c));
+        }
+    }
+
+    /// This subtask failed (its operator state is not trusted any more): a new epoch
+    /// begins; nothing is consumed or served until [`Subtask::restart`].
+    pub fn fail(&mut self) {
+        self.epoch += 1;
+        self.restarting = true;
+        self.processing = None;
+        self.effects.clear();
+    }
+
+    /// The local-restart sequence (SPEC §10.1), once every write this subtask issued is
+    /// settled in `storage`: plan from what the log holds, restore the core, the gate (which
+    /// then feeds replayed input in the logged order), the end flags and the outputs (buffer
+    /// queues and routers), ask every upstream to replay, serve the replay requests that
+    /// waited, and have a sink report a commit that became durable while it failed. Returns
+    /// the operator state to restore; the effects follow.
+    pub fn restart<S: Storage<P>>(
+        &mut self,
+        storage: &S,
+    ) -> Result<Restored<S::State>, RestartError<S::Error>> {
+        let p = self.participant;
+        let completed = storage.completed().map_err(RestartError::Storage)?;
+        let log: ParticipantLog =
+            storage.participant_log(p, self.config.sink).map_err(RestartError::Storage)?;
+        let plan = plan_local(p, &log, completed).map_err(RestartError::Recovery)?;
+        let restored = completed.unwrap_or_default();
+        let (positions, out_seqs, ended, state) = match completed {
+            Some(c) => {
+                let Snapshot { positions, out_seqs, ended, state } =
+                    storage.snapshot(p, c).map_err(RestartError::Storage)?;
+                (positions, out_seqs, ended, Some(state))
+            }
+            None => (
+                vec![0; self.config.inputs],
+                vec![0; self.outputs.channels()],
+                vec![false; self.config.inputs],
+                None,
+            ),
+        };
+        if positions.len() != self.config.inputs || ended.len() != self.config.inputs {
+            return Err(RestartError::Mismatch(format!(
+                "snapshot has positions for {} inputs, the subtask {}",
+                positions.len(),
+                self.config.inputs
+            )));
+        }
+        self.core = Task::restore(self.config, &plan, &positions);
+        self.ended = ended;
+        self.gate.restart(&positions, restored);
+        self.restarting = false;
+        if let Err((channel, gap)) = self.outputs.restart_from(restored, &out_seqs) {
+            self.effects.push_back(Effect::Escalate(Escalation::ReplayGap { channel, gap }));
+            return Ok(Restored { checkpoint: restored, state });
+        }
+        for (input, &from_seq) in positions.iter().enumerate() {
+            self.effects.push_back(Effect::ResumeUpstream { input, from_seq, restored, epoch: self.epoch });
+        }
+        for resume in std::mem::take(&mut self.stashed) {
+            self.serve(resume);
+        }
+        if self.config.sink
+            && let Some(c) = storage.committed_through(p).map_err(RestartError::Storage)?
+        {
+            self.effects.push_back(Effect::Committed(c));
+        }
+        Ok(Restored { checkpoint: restored, state })
+    }
+
+    /// The epoch (0 until the first local restart).
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Whether it is between a failure and its restore.
+    pub fn restarting(&self) -> bool {
+        self.restarting
+    }
+
+    /// The highest sequence number arrived per input.
+    pub fn positions(&self) -> &[Seq] {
+        self.gate.positions()
+    }
+
+    /// Its outputs.
+    pub fn outputs(&self) -> &Outputs<P> {
+        &self.outputs
+    }
+
+    /// Its outputs, for the shell's flow control (credits do not change what is sent).
+    pub fn outputs_mut(&mut self) -> &mut Outputs<P> {
+        &mut self.outputs
+    }
+
+    /// Its input gate.
+    pub fn gate(&self) -> &Gate<P> {
+        &self.gate
+    }
+
+    /// Its checkpoint core.
+    pub fn core(&self) -> &Task<P> {
+        &self.core
+    }
+
+    /// Whether the gate is feeding replayed input in the logged order.
+    pub fn replaying(&self) -> bool {
+        self.gate.replaying()
+    }
+}
