@@ -1,11 +1,14 @@
 //! The checkpoint model: two sources, one two-input transform subtask, one sink and the
 //! coordinator, driven through every interleaving by stateright.
 //!
-//! The state holds the runtime's own cores ([`Coordinator`], [`SourceTask`], [`Task`], the
-//! input [`Gate`] of each receiver and the [`BufferQueue`] of each data channel); this file
-//! plays the part the actors play in the runtime (the *shell*, `runtime/src/actors/`): it
-//! feeds messages into `handle_*`, carries out the actions the cores return, and stands in
-//! for the log with an explicit [`Disk`]. Nothing here decides anything about the protocol.
+//! The state holds the runtime's own state machines: the [`Coordinator`], each source's
+//! [`SourceTask`], and for the transform and the sink the runtime's subtask driver
+//! ([`Subtask`]: the checkpoint core, the input gate with its determinant log, the output
+//! side with its buffer queue and router, the epoch and the local-restart sequence), the
+//! same type `TaskActor` drives. This file is the environment around them: the network
+//! (FIFO channels), the disk (an explicit [`Disk`], read by a restart through the driver's
+//! storage seam), crashes, and the operator as a function of batch ids. It feeds events in
+//! and carries effects out; nothing here decides anything about the protocol.
 //!
 //! What the environment may do at any step (each a model [`Action`]):
 //! - a source reads and sends its next batch;
@@ -41,9 +44,11 @@ use stateright::{Model, Property};
 use weir_protocol::aligner::AlignmentMode;
 use weir_protocol::buffer::{BufferQueue, Buffered};
 use weir_protocol::coordinator::{Coordinator, CoordinatorAction, CoordinatorConfig};
+use weir_protocol::driver::{self, Effect, Escalation, Subtask};
 use weir_protocol::participant::{Action as TaskAction, SourceTask, Task, TaskConfig};
 use weir_protocol::recovery::{self, ParticipantLog, ParticipantRestore, RecoveryInput, SinkLog};
-use weir_protocol::replay::{Arrival, Feed, Gate};
+use weir_protocol::route::{self, Group, Item, Partition, Payload};
+use weir_protocol::storage::{Snapshot, Storage};
 use weir_protocol::{CheckpointId, Mutant, Mutations, ParticipantId, Seq};
 
 use crate::props::{self, Violation};
@@ -135,6 +140,35 @@ pub struct BatchId {
     pub source: u8,
     /// Its position in that source's input.
     pub index: u8,
+}
+
+/// The end of a source's input, as the driver's payload (the model reports the end of input
+/// to the coordinator directly and never sends it on a channel).
+const END: BatchId = BatchId { source: u8::MAX, index: u8::MAX };
+
+/// The model's records are whole batches: a hash partition sends a batch by its index.
+impl Payload for BatchId {
+    type Key = ();
+
+    fn end() -> BatchId {
+        END
+    }
+
+    fn is_end(&self) -> bool {
+        *self == END
+    }
+
+    fn is_empty(&self) -> bool {
+        false
+    }
+
+    fn bytes(&self) -> usize {
+        1
+    }
+
+    fn split(&self, _: &(), parts: usize) -> Vec<Option<BatchId>> {
+        (0..parts).map(|p| (p == self.index as usize % parts).then_some(*self)).collect()
+    }
 }
 
 impl fmt::Debug for BatchId {
@@ -241,32 +275,36 @@ pub struct SourceNode {
     pub buffer: BufferQueue<BatchId>,
 }
 
-/// The transform subtask: its core, its operator state, and what survives a local restart
-/// (the input gate with its determinant log, and the buffer queue of its output channel).
+/// The transform subtask: the runtime's own driver (its checkpoint core, input gate with
+/// the determinant log, output side with the buffer queue, epoch and restart sequence) and
+/// the operator's state.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TaskNode {
-    /// The runtime's task core.
-    pub core: Task<BatchId>,
-    /// The input gate in front of the core (survives a local restart).
-    pub gate: Gate<BatchId>,
+    /// The runtime's subtask driver.
+    pub driver: Subtask<BatchId>,
     /// What the gate drops as duplicates; see [`Watermark`].
     pub watermarks: Vec<Watermark>,
     /// Operator state: the batches applied.
     pub applied: BTreeSet<BatchId>,
-    /// Sequence number of the last batch sent to the sink.
-    pub out_seq: Seq,
-    /// What it sent to the sink since the latest completed checkpoint (survives a local
-    /// restart).
-    pub buffer: BufferQueue<BatchId>,
 }
 
-/// The sink subtask: its core and its output.
+impl TaskNode {
+    /// Sequence number of the last batch sent to the sink.
+    pub fn out_seq(&self) -> Seq {
+        self.driver.outputs().seq(0)
+    }
+
+    /// What it sent to the sink since the latest completed checkpoint.
+    pub fn buffer(&self) -> &BufferQueue<BatchId> {
+        self.driver.outputs().buffer(0).expect("the transform keeps a buffer queue")
+    }
+}
+
+/// The sink subtask: its driver and its output.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SinkNode {
-    /// The runtime's task core, in sink mode.
-    pub core: Task<BatchId>,
-    /// The input gate in front of the core (survives a local restart).
-    pub gate: Gate<BatchId>,
+    /// The runtime's subtask driver, in sink mode.
+    pub driver: Subtask<BatchId>,
     /// What the gate drops as duplicates; see [`Watermark`].
     pub watermarks: Vec<Watermark>,
     /// Output written since the last snapshot (lost when the sink fails).
@@ -340,7 +378,7 @@ pub struct Ghost {
     pub task_sent: BTreeMap<Seq, BatchId>,
     /// Checkpoints aborted this run.
     pub aborted: BTreeSet<CheckpointId>,
-    /// Latest checkpoint each participant snapshotted in its current incarnation.
+    /// Latest checkpoint each participant snapshotted in its current epoch.
     pub last_snapshot: [CheckpointId; 4],
     /// A checkpoint completed in this run.
     pub completed_this_run: bool,
@@ -371,7 +409,7 @@ pub struct State {
     /// Channel contents, by index into [`CHANNELS`].
     pub net: [VecDeque<Msg>; CHANNELS.len()],
     /// Replay requests not yet served, by data channel. While one is outstanding, what the
-    /// sender sends on that channel goes to the receiver's previous incarnation and is
+    /// sender sends on that channel goes to the receiver's previous epoch and is
     /// dropped (it is in the buffer queue, so the replay sends it).
     pub resume: [Option<Resume>; DATA_CHANNELS],
     /// Durable state.
@@ -394,8 +432,8 @@ impl State {
     pub fn recovery_settled(&self) -> bool {
         self.budget.local_crashes == 0
             && self.resume.iter().all(Option::is_none)
-            && !self.task.gate.replaying()
-            && !self.sink.gate.replaying()
+            && !self.task.driver.replaying()
+            && !self.sink.driver.replaying()
     }
 }
 
@@ -419,10 +457,10 @@ impl Hash for State {
         for SourceNode { core, next, buffer } in sources {
             (core, next, buffer.base()).hash(h);
         }
-        let TaskNode { core, gate: _, watermarks, applied, out_seq, buffer } = task;
-        (core, watermarks, applied, out_seq, buffer.base()).hash(h);
-        let SinkNode { core, gate: _, watermarks, unstaged, output } = sink;
-        (core, watermarks, unstaged, output).hash(h);
+        let TaskNode { driver, watermarks, applied } = task;
+        (driver.core(), driver.epoch(), watermarks, applied, task.out_seq(), task.buffer().base()).hash(h);
+        let SinkNode { driver, watermarks, unstaged, output } = sink;
+        (driver.core(), driver.epoch(), watermarks, unstaged, output).hash(h);
         let Ghost {
             barrier_positions,
             task_snapshots,
@@ -545,12 +583,28 @@ impl CheckpointModel {
         TaskConfig { inputs, mode: AlignmentMode::ExactlyOnce, sink, mutations: self.mutations }
     }
 
-    fn gate(&self, positions: &[Seq], checkpoint: CheckpointId) -> Gate<BatchId> {
-        Gate::new(positions, checkpoint).with_mutations(self.mutations)
-    }
-
     fn buffer(&self, base: CheckpointId, seq: Seq) -> BufferQueue<BatchId> {
         BufferQueue::new(base, seq).with_mutations(self.mutations)
+    }
+
+    /// The transform's driver, restored as `plan` says with `positions` and output sequence
+    /// number `out_seq` (a global rollback, or the start).
+    fn task_driver(&self, plan: &ParticipantRestore, positions: &[Seq], out_seq: Seq) -> Subtask<BatchId> {
+        let config = self.task_config(false);
+        let restored = plan.from.unwrap_or_default();
+        let groups = vec![Group::new(Partition::Forward, vec![0])];
+        let outputs = route::Outputs::new(&[out_seq], restored, groups, (true, 0), self.mutations);
+        let core = Task::restore(config, plan, positions);
+        Subtask::new(T.participant(), core, config, (positions, vec![false; SOURCES], restored), outputs)
+    }
+
+    /// The sink's driver, restored as `plan` says with `positions`.
+    fn sink_driver(&self, plan: &ParticipantRestore, positions: &[Seq]) -> Subtask<BatchId> {
+        let config = self.task_config(true);
+        let restored = plan.from.unwrap_or_default();
+        let outputs = route::Outputs::new(&[], restored, Vec::new(), (false, 0), self.mutations);
+        let core = Task::restore(config, plan, positions);
+        Subtask::new(K.participant(), core, config, (positions, vec![false], restored), outputs)
     }
 
     /// Every batch the sources emit: the failure-free output, as a set (the two sources
@@ -634,17 +688,17 @@ impl CheckpointModel {
                 if from != C {
                     watermarks(state, to)[input].arrived(&msg);
                 }
+                // What the channel holds is for the receiver's current epoch: a restart
+                // empties it, and what is sent until the replay is dropped (see `send`).
+                let driver = driver(state, to);
+                let epoch = driver.epoch();
                 match msg {
                     Msg::Batch { seq, id } => {
-                        gate(state, to).handle_arrival(input, Arrival::Batch { seq, batch: id })
+                        driver.handle_deliver(input, epoch, Item::Batch { seq, payload: id })
                     }
-                    Msg::Barrier(c) => gate(state, to).handle_arrival(input, Arrival::Barrier(c)),
-                    Msg::Complete(c) => {
-                        // As the actor does: truncate, tell the gate, then the core.
-                        state.sink.gate.handle_complete(c);
-                        state.sink.core.handle_checkpoint_complete(c);
-                    }
-                    Msg::Abort(c) => gate(state, to).handle_abort(c),
+                    Msg::Barrier(c) => driver.handle_deliver(input, epoch, Item::Barrier(c)),
+                    Msg::Complete(c) => driver.handle_complete(c),
+                    Msg::Abort(c) => driver.handle_abort(c),
                     other => unreachable!("{to:?} got {other:?}"),
                 }
                 self.pump(state, to, log);
@@ -653,9 +707,8 @@ impl CheckpointModel {
         }
     }
 
-    /// A write became durable. `current`: it was issued by the node's current incarnation,
-    /// which is told (a write of an earlier incarnation lands, but the restarted core does
-    /// not wait for it: the actor drops the report).
+    /// A write became durable. `current`: it was issued by the node's current epoch, which
+    /// is told (a write of an earlier epoch lands, but its report goes nowhere).
     fn on_durable(&self, state: &mut State, node: Node, write: Write, current: bool, log: &mut Log) {
         log.note(|| {
             let stale = if current { "" } else { " (written before the failure)" };
@@ -674,7 +727,8 @@ impl CheckpointModel {
                 }
                 state.disk.task.insert(checkpoint, snapshot);
                 if current {
-                    state.task.core.on_snapshot_durable(checkpoint);
+                    let epoch = state.task.driver.epoch();
+                    state.task.driver.on_snapshot_durable(epoch, checkpoint);
                     self.pump(state, T, log);
                 }
             }
@@ -689,7 +743,8 @@ impl CheckpointModel {
                     disk.staged.insert(checkpoint, staged);
                 }
                 if current {
-                    state.sink.core.on_snapshot_durable(checkpoint);
+                    let epoch = state.sink.driver.epoch();
+                    state.sink.driver.on_snapshot_durable(epoch, checkpoint);
                     self.pump(state, K, log);
                 }
             }
@@ -708,7 +763,8 @@ impl CheckpointModel {
                 }
                 disk.committed_through = disk.committed_through.max(Some(checkpoint));
                 if current {
-                    state.sink.core.on_commit_durable(checkpoint);
+                    let epoch = state.sink.driver.epoch();
+                    state.sink.driver.on_commit_durable(epoch, checkpoint);
                     self.pump(state, K, log);
                 }
             }
@@ -754,11 +810,7 @@ impl CheckpointModel {
                         source.core.handle_checkpoint_complete(c);
                         self.drain_source(state, s, log);
                     }
-                    // As the actor does: truncate, tell the gate, then the core.
-                    let task = &mut state.task;
-                    task.buffer.complete(c);
-                    task.gate.handle_complete(c);
-                    task.core.handle_checkpoint_complete(c);
+                    state.task.driver.handle_complete(c);
                     self.pump(state, T, log);
                     send(state, C, K, Msg::Complete(c), log);
                 }
@@ -792,57 +844,53 @@ impl CheckpointModel {
         }
     }
 
-    /// Carry out what the core of the transform or the sink asks, and feed it what its gate
-    /// releases, until both are quiet (the actor's `drain`). Returns false when the gate
-    /// reported a divergent replay and the pipeline rolled back.
+    /// Carry out what the driver of the transform or the sink asks until it is quiet.
+    /// Returns false when it escalated and the pipeline rolled back.
     fn pump(&self, state: &mut State, node: Node, log: &mut Log) -> bool {
-        loop {
-            let action = core(state, node).poll_action();
-            if let Some(action) = action {
-                self.carry_out(state, node, action, log);
-                continue;
-            }
-            let Some(feed) = gate(state, node).poll() else { return true };
-            let core = core(state, node);
-            match feed {
-                Feed::Batch { input, seq, batch } => core.handle_batch(input, seq, batch),
-                Feed::Barrier { input, checkpoint } => core.handle_barrier(input, checkpoint),
-                Feed::Abort(c) => core.handle_checkpoint_abort(c),
-                Feed::Duplicate { input } => {
-                    log.note(|| format!("{node:?}: a duplicate on input {input} is dropped"))
-                }
-                Feed::Diverged { detail } => {
-                    log.note(|| format!("{node:?}: the replay diverges from the log ({detail}): escalate"));
-                    state.ghost.violations.insert(Violation::Diverged);
-                    self.global_rollback(state, log);
-                    return false;
-                }
+        while let Some(effect) = driver(state, node).poll_effect() {
+            if !self.carry_out(state, node, effect, log) {
+                return false;
             }
         }
+        true
     }
 
-    fn carry_out(&self, state: &mut State, node: Node, action: TaskAction<BatchId>, log: &mut Log) {
-        log.note(|| format!("{node:?}: {action:?}"));
-        match (node, action) {
-            (Node::Task, TaskAction::Process { input, seq, batch }) => {
+    /// One effect of the transform's or the sink's driver; false when it escalated (the
+    /// pipeline rolled back globally).
+    fn carry_out(&self, state: &mut State, node: Node, effect: Effect<BatchId>, log: &mut Log) -> bool {
+        log.note(|| format!("{node:?}: {effect:?}"));
+        match (node, effect) {
+            (Node::Task, Effect::Process { input, seq, batch }) => {
                 props::check_apply(state, T, input, seq, batch);
                 state.task.applied.insert(batch);
-                state.task.out_seq += 1;
-                let seq = state.task.out_seq;
-                state.task.buffer.push_batch(seq, batch);
-                props::check_task_output(state, seq, batch);
-                send(state, T, K, Msg::Batch { seq, id: batch }, log);
+                state.task.driver.emit(batch);
+                state.task.driver.processed();
             }
-            (Node::Sink, TaskAction::Process { input, seq, batch }) => {
+            (Node::Sink, Effect::Process { input, seq, batch }) => {
                 props::check_apply(state, K, input, seq, batch);
                 state.sink.unstaged.push(batch);
                 state.sink.output.push(batch);
+                state.sink.driver.processed();
             }
-            (Node::Task, TaskAction::Snapshot { checkpoint, positions }) => {
+            (_, Effect::InputEnded { .. }) => {
+                driver(state, node).processed();
+            }
+            (Node::Task, Effect::Send { item, .. }) => {
+                let msg = match item {
+                    Item::Batch { seq, payload } => {
+                        props::check_task_output(state, seq, payload);
+                        Msg::Batch { seq, id: payload }
+                    }
+                    Item::Barrier(c) => Msg::Barrier(c),
+                };
+                send(state, T, K, msg, log);
+            }
+            (Node::Task, Effect::Reset { .. }) => state.net[channel(T, K)].clear(),
+            (Node::Task, Effect::Snapshot { checkpoint, positions, out_seqs, .. }) => {
                 props::check_snapshot_order(state, T, checkpoint);
                 props::check_task_alignment(state, checkpoint);
                 let applied = state.task.applied.clone();
-                let out_seq = state.task.out_seq;
+                let out_seq = out_seqs[0];
                 if state
                     .ghost
                     .task_snapshots
@@ -854,21 +902,42 @@ impl CheckpointModel {
                 state.ghost.task_snapshots.insert(checkpoint, (applied.clone(), out_seq));
                 let snapshot = TaskSnapshot { applied, positions, out_seq };
                 state.writes[T.index()].push_back(Write::TaskSnapshot { checkpoint, snapshot });
-                state.task.buffer.push_barrier(checkpoint);
-                send(state, T, K, Msg::Barrier(checkpoint), log);
             }
-            (Node::Sink, TaskAction::Snapshot { checkpoint, positions }) => {
+            (Node::Sink, Effect::Snapshot { checkpoint, positions, .. }) => {
                 props::check_snapshot_order(state, K, checkpoint);
                 props::check_sink_alignment(state, checkpoint);
                 let staged = std::mem::take(&mut state.sink.unstaged);
                 state.writes[K.index()].push_back(Write::SinkSnapshot { checkpoint, positions, staged });
             }
-            (_, TaskAction::Ack(c)) => self.ack(state, node, c, log),
-            (Node::Sink, TaskAction::Commit(c)) => state.writes[K.index()].push_back(Write::Commit(c)),
-            (Node::Task, TaskAction::DropSnapshotsBelow(c)) => state.disk.task.retain(|&k, _| k >= c),
-            (Node::Sink, TaskAction::DropSnapshotsBelow(c)) => state.disk.sink.retain(|&k, _| k >= c),
-            (node, other) => unreachable!("{node:?} action {other:?}"),
+            (_, Effect::Ack(c)) => self.ack(state, node, c, log),
+            (Node::Sink, Effect::Commit(c)) => state.writes[K.index()].push_back(Write::Commit(c)),
+            (Node::Task, Effect::DropSnapshotsBelow(c)) => state.disk.task.retain(|&k, _| k >= c),
+            (Node::Sink, Effect::DropSnapshotsBelow(c)) => state.disk.sink.retain(|&k, _| k >= c),
+            (_, Effect::Credit { input }) => {
+                log.note(|| format!("{node:?}: a duplicate on input {input} is dropped"))
+            }
+            (_, Effect::ResumeUpstream { input, from_seq, restored, .. }) => {
+                let from = match node {
+                    Node::Task => Node::Source(input as u8),
+                    _ => T,
+                };
+                state.resume[channel(from, node)] = Some(Resume { from_seq, restored });
+            }
+            (Node::Sink, Effect::Committed(_)) => {}
+            (_, Effect::Escalate(escalation)) => {
+                log.note(|| format!("{node:?}: {escalation}: escalate to a global rollback"));
+                match escalation {
+                    Escalation::Diverged(_) => {
+                        state.ghost.violations.insert(Violation::Diverged);
+                    }
+                    Escalation::ReplayGap { gap, .. } => props::check_replay_gap(state, gap.restored),
+                }
+                self.global_rollback(state, log);
+                return false;
+            }
+            (node, other) => unreachable!("{node:?} effect {other:?}"),
         }
+        true
     }
 
     fn ack(&self, state: &mut State, node: Node, checkpoint: CheckpointId, log: &mut Log) {
@@ -886,85 +955,75 @@ impl CheckpointModel {
         }
     }
 
-    /// The transform or the sink failed alone (SPEC §10.1, the actor's `begin_restart` and
-    /// `restore`): the writes it issued land first, then it restores its snapshot of the
-    /// latest completed checkpoint as `plan_local` says; its gate and buffer queue survive;
-    /// what was in flight to it is dropped, and each upstream is asked to replay.
+    /// The transform or the sink failed alone (SPEC §10.1): the writes it issued land first
+    /// (the runtime flushes its log writer), then its driver restarts from what the disk
+    /// holds. What was in flight to it is lost with its mailbox; the driver's effects ask
+    /// each upstream to replay.
     fn local_recovery(&self, state: &mut State, node: Node, log: &mut Log) {
-        // "Every write queued before the failure lands first, so what is read is settled";
-        // their reports go to the old incarnation and are dropped.
+        // Their reports go to the old epoch and are dropped.
         while let Some(write) = state.writes[node.index()].pop_front() {
             self.on_durable(state, node, write, false, log);
         }
-        let completed = state.disk.completed;
-        let restored = completed.unwrap_or_default();
-        let plan =
-            match recovery::plan_local(node.participant(), &participant_log(&state.disk, node), completed) {
-                Ok(plan) => plan,
-                Err(e) => {
-                    log.note(|| format!("local recovery fails: {e}"));
-                    state.ghost.violations.insert(Violation::Unrecoverable);
-                    return;
-                }
-            };
-        log.note(|| format!("{node:?} restores {restored:?} and asks upstream to replay"));
+        let inputs: Vec<Node> = match node {
+            Node::Task => (0..SOURCES as u8).map(Node::Source).collect(),
+            _ => vec![T],
+        };
+        for &from in &inputs {
+            state.net[channel(from, node)].clear();
+        }
+        let mut restarted = driver(state, node).clone();
+        restarted.fail();
+        let restored = match restarted.restart(&DiskView { disk: &state.disk, node }) {
+            Ok(restored) => restored,
+            Err(e) => {
+                log.note(|| format!("local recovery fails: {e}"));
+                state.ghost.violations.insert(Violation::Unrecoverable);
+                return;
+            }
+        };
+        let (checkpoint, completed) = (restored.checkpoint, state.disk.completed);
+        log.note(|| format!("{node:?} restores {checkpoint:?} and asks upstream to replay"));
         let ghost = &mut state.ghost;
-        ghost.last_snapshot[node.participant()] = restored;
-        ghost.restored_locally = Some(ghost.restored_locally.map_or(restored, |r| r.min(restored)));
-        match node {
-            Node::Task => {
-                let snapshot = completed.map(|c| state.disk.task[&c].clone());
-                let positions = snapshot.as_ref().map_or(vec![0; SOURCES], |s| s.positions.clone());
-                let task = &mut state.task;
-                task.core = Task::restore(self.task_config(false), &plan, &positions);
-                task.applied = snapshot.as_ref().map(|s| s.applied.clone()).unwrap_or_default();
-                task.out_seq = snapshot.map_or(0, |s| s.out_seq);
-                task.gate.restart(&positions, restored);
-                task.watermarks = Watermark::restored(&positions, restored);
-                if let Err(gap) = task.buffer.restart_from(restored, task.out_seq) {
-                    // The sink restarted too and still needs what this task will not send
-                    // again: the actor escalates (a failed restore), as here.
-                    log.note(|| {
-                        format!("{node:?} cannot continue its output: {gap}: escalate to a global rollback")
-                    });
-                    props::check_replay_gap(state, gap.restored);
-                    self.global_rollback(state, log);
-                    return;
-                }
-                for (s, &from_seq) in positions.iter().enumerate() {
-                    let ch = channel(Node::Source(s as u8), T);
-                    state.net[ch].clear();
-                    state.resume[ch] = Some(Resume { from_seq, restored });
-                }
+        ghost.last_snapshot[node.participant()] = checkpoint;
+        ghost.restored_locally = Some(ghost.restored_locally.map_or(checkpoint, |r| r.min(checkpoint)));
+        let positions = restarted.positions().to_vec();
+        match (node, restored.state) {
+            (Node::Task, state_of) => {
+                state.task.driver = restarted;
+                state.task.applied = match state_of {
+                    Some(Restoring::Task(applied)) => applied,
+                    _ => BTreeSet::new(),
+                };
+                state.task.watermarks = Watermark::restored(&positions, checkpoint);
             }
-            Node::Sink => {
-                let positions = completed.map_or(vec![0], |c| state.disk.sink[&c].clone());
-                let output = restored_output(&state.disk, completed);
-                let sink = &mut state.sink;
-                sink.core = Task::restore(self.task_config(true), &plan, &positions);
-                sink.unstaged.clear();
-                sink.output = output;
-                sink.gate.restart(&positions, restored);
-                sink.watermarks = Watermark::restored(&positions, restored);
-                let ch = channel(T, K);
-                state.net[ch].clear();
-                state.resume[ch] = Some(Resume { from_seq: positions[0], restored });
+            (_, state_of) => {
+                state.sink.driver = restarted;
+                state.sink.unstaged.clear();
+                state.sink.output = match state_of {
+                    Some(Restoring::Sink(output)) => output,
+                    _ => restored_output(&state.disk, None),
+                };
+                state.sink.watermarks = Watermark::restored(&positions, checkpoint);
             }
-            other => unreachable!("{other:?} does not restart locally"),
         }
         props::check_restore(state, node, completed);
         self.pump(state, node, log);
     }
 
-    /// The sender of `from -> to` serves its restarted receiver's replay request (the
-    /// actor's `serve`): the buffer queue's entries after the receiver's position, then live.
+    /// The sender of `from -> to` serves its restarted receiver's replay request: a source
+    /// from its queue (the runtime re-reads), the transform through its driver.
     fn serve_resume(&self, state: &mut State, from: Node, to: Node, resume: Resume, log: &mut Log) {
         let Resume { from_seq, restored } = resume;
         let ch = channel(from, to);
-        let buffer = match from {
-            Node::Source(s) => &mut state.sources[s as usize].buffer,
-            _ => &mut state.task.buffer,
+        let Node::Source(s) = from else {
+            let epoch = state.sink.driver.epoch();
+            state.task.driver.handle_resume(driver::Resume { channel: 0, from_seq, restored, epoch });
+            if self.pump(state, T, log) && state.net[ch].iter().any(|m| matches!(m, Msg::Batch { .. })) {
+                state.ghost.replayed = true;
+            }
+            return;
         };
+        let buffer = &mut state.sources[s as usize].buffer;
         let replay: Result<Vec<Msg>, _> = buffer.replay(from_seq, restored).map(|entries| {
             entries
                 .map(|e| match *e {
@@ -1042,17 +1101,13 @@ impl CheckpointModel {
         let positions = task_snapshot.as_ref().map_or(vec![0; SOURCES], |s| s.positions.clone());
         let out_seq = task_snapshot.as_ref().map_or(0, |s| s.out_seq);
         state.task = TaskNode {
-            core: Task::restore(self.task_config(false), &plan.participants[2], &positions),
-            gate: self.gate(&positions, restored),
+            driver: self.task_driver(&plan.participants[2], &positions, out_seq),
             watermarks: Watermark::restored(&positions, restored),
             applied: task_snapshot.map(|s| s.applied).unwrap_or_default(),
-            out_seq,
-            buffer: self.buffer(restored, out_seq),
         };
         let positions = from.map_or(vec![0], |c| disk.sink[&c].clone());
         state.sink = SinkNode {
-            core: Task::restore(self.task_config(true), sink_plan, &positions),
-            gate: self.gate(&positions, restored),
+            driver: self.sink_driver(sink_plan, &positions),
             watermarks: Watermark::restored(&positions, restored),
             unstaged: Vec::new(),
             output: restored_output(disk, from),
@@ -1098,11 +1153,11 @@ fn checkpoint_ids<V>(snapshots: &BTreeMap<CheckpointId, V>) -> Vec<CheckpointId>
     snapshots.keys().copied().collect()
 }
 
-fn gate(state: &mut State, node: Node) -> &mut Gate<BatchId> {
+fn driver(state: &mut State, node: Node) -> &mut Subtask<BatchId> {
     match node {
-        Node::Task => &mut state.task.gate,
-        Node::Sink => &mut state.sink.gate,
-        other => unreachable!("{other:?} has no gate"),
+        Node::Task => &mut state.task.driver,
+        Node::Sink => &mut state.sink.driver,
+        other => unreachable!("{other:?} has no driver"),
     }
 }
 
@@ -1114,20 +1169,12 @@ fn watermarks(state: &mut State, node: Node) -> &mut Vec<Watermark> {
     }
 }
 
-fn core(state: &mut State, node: Node) -> &mut Task<BatchId> {
-    match node {
-        Node::Task => &mut state.task.core,
-        Node::Sink => &mut state.sink.core,
-        other => unreachable!("{other:?} has no task core"),
-    }
-}
-
 /// Put `msg` on the channel `from -> to`, unless its receiver restarted and has not been
-/// served its replay yet: then the message goes to its previous incarnation and is dropped.
+/// served its replay yet: then the message goes to its previous epoch and is dropped.
 fn send(state: &mut State, from: Node, to: Node, msg: Msg, log: &mut Log) {
     let ch = channel(from, to);
     if ch < DATA_CHANNELS && state.resume[ch].is_some() {
-        log.note(|| format!("{msg:?} to {to:?} goes to its previous incarnation and is dropped"));
+        log.note(|| format!("{msg:?} to {to:?} goes to its previous epoch and is dropped"));
         return;
     }
     state.net[ch].push_back(msg);
@@ -1173,16 +1220,12 @@ impl Model for CheckpointModel {
                 buffer: self.buffer(none, 0),
             }),
             task: TaskNode {
-                core: Task::new(self.task_config(false)),
-                gate: self.gate(&[0; SOURCES], none),
+                driver: self.task_driver(&ParticipantRestore::fresh(), &[0; SOURCES], 0),
                 watermarks: vec![Watermark::default(); SOURCES],
                 applied: BTreeSet::new(),
-                out_seq: 0,
-                buffer: self.buffer(none, 0),
             },
             sink: SinkNode {
-                core: Task::new(self.task_config(true)),
-                gate: self.gate(&[0], none),
+                driver: self.sink_driver(&ParticipantRestore::fresh(), &[0]),
                 watermarks: vec![Watermark::default()],
                 unstaged: Vec::new(),
                 output: Vec::new(),
@@ -1258,5 +1301,59 @@ impl Model for CheckpointModel {
 
     fn properties(&self) -> Vec<Property<Self>> {
         props::properties_for(&self.scope)
+    }
+}
+
+/// What a restarted driver restores from the model's disk besides its positions: the
+/// transform's applied batches, or the sink's output (committed, then staged up to the
+/// restore point).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Restoring {
+    /// The transform's operator state.
+    Task(BTreeSet<BatchId>),
+    /// The sink's output.
+    Sink(Vec<BatchId>),
+}
+
+/// The model's disk as the driver's storage seam, for one node.
+struct DiskView<'a> {
+    disk: &'a Disk,
+    node: Node,
+}
+
+impl Storage<BatchId> for DiskView<'_> {
+    type State = Restoring;
+    type Error = String;
+
+    fn completed(&self) -> Result<Option<CheckpointId>, String> {
+        Ok(self.disk.completed)
+    }
+
+    fn participant_log(&self, _: ParticipantId, _: bool) -> Result<ParticipantLog, String> {
+        Ok(participant_log(self.disk, self.node))
+    }
+
+    fn snapshot(&self, _: ParticipantId, c: CheckpointId) -> Result<Snapshot<Restoring>, String> {
+        match self.node {
+            Node::Task => {
+                let s = self.disk.task.get(&c).ok_or("no task snapshot")?;
+                let state = Restoring::Task(s.applied.clone());
+                Ok(Snapshot {
+                    positions: s.positions.clone(),
+                    out_seqs: vec![s.out_seq],
+                    ended: vec![false; SOURCES],
+                    state,
+                })
+            }
+            _ => {
+                let positions = self.disk.sink.get(&c).ok_or("no sink snapshot")?.clone();
+                let state = Restoring::Sink(restored_output(self.disk, Some(c)));
+                Ok(Snapshot { positions, out_seqs: Vec::new(), ended: vec![false], state })
+            }
+        }
+    }
+
+    fn committed_through(&self, _: ParticipantId) -> Result<Option<CheckpointId>, String> {
+        Ok(self.disk.committed_through)
     }
 }

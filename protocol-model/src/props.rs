@@ -206,7 +206,7 @@ pub fn s2_consistent_cut(_: &CheckpointModel, state: &State) -> bool {
 /// and none fails a replay that its receiver's restore point entitles it to.
 pub fn s6_safe_truncation(_: &CheckpointModel, state: &State) -> bool {
     let completed = state.disk.completed.unwrap_or_default();
-    let buffers = state.sources.iter().map(|s| &s.buffer).chain([&state.task.buffer]);
+    let buffers = state.sources.iter().map(|s| &s.buffer).chain([state.task.buffer()]);
     holds(state, Violation::Unrecoverable)
         && holds(state, Violation::UnsafeTruncation)
         && state.disk.completed.is_none_or(|c| every_snapshot_durable(state, c))
@@ -241,12 +241,12 @@ pub fn s8_deterministic_replay(_: &CheckpointModel, state: &State) -> bool {
 /// sequence number per channel is exactly the number of batches from that channel its
 /// state reflects (so it is restored with the snapshot, never reset).
 pub fn s9_idempotent_channels(_: &CheckpointModel, state: &State) -> bool {
-    let task_positions = state.task.core.aligner().positions();
+    let task_positions = state.task.driver.core().aligner().positions();
     let task_ok = (0..SOURCES).all(|s| {
         let applied = state.task.applied.iter().filter(|b| b.source as usize == s).count();
         task_positions[s] == applied as u64
     });
-    let sink_ok = state.sink.core.aligner().positions()[0] == state.sink.output.len() as u64;
+    let sink_ok = state.sink.driver.core().aligner().positions()[0] == state.sink.output.len() as u64;
     holds(state, Violation::ReappliedSeq) && task_ok && sink_ok
 }
 
@@ -274,10 +274,10 @@ pub fn l2_abort_progress(model: &CheckpointModel, state: &State) -> bool {
         |a: &weir_protocol::aligner::Aligner<BatchId>| a.aligning().is_none() && a.held_batches() == 0;
     !model.is_terminal(state)
         || (state.coordinator.pending().next().is_none()
-            && quiet(state.task.core.aligner())
-            && quiet(state.sink.core.aligner())
-            && !state.task.gate.replaying()
-            && !state.sink.gate.replaying())
+            && quiet(state.task.driver.core().aligner())
+            && quiet(state.sink.driver.core().aligner())
+            && !state.task.driver.replaying()
+            && !state.sink.driver.replaying())
 }
 
 /// Every property of the checkpoint model, in README order.
@@ -298,12 +298,12 @@ pub fn properties() -> Vec<Property<CheckpointModel>> {
         Property::always("L1 checkpoint termination", l1_checkpoint_termination),
         Property::always("L2 abort progress", l2_abort_progress),
         Property::sometimes("N1 a checkpoint completes", |_, s: &State| s.disk.completed.is_some()),
-        Property::sometimes(N4, |_, s: &State| s.task.core.aligner().held_batches() > 0),
+        Property::sometimes(N4, |_, s: &State| s.task.driver.core().aligner().held_batches() > 0),
         Property::sometimes(N5, |_, s: &State| s.ghost.replayed),
         Property::sometimes(N6, |m: &CheckpointModel, s: &State| {
             s.budget.crashes < m.scope.crashes && s.ghost.completed_this_run
         }),
-        Property::sometimes(N7, |_, s: &State| s.task.gate.replaying()),
+        Property::sometimes(N7, |_, s: &State| s.task.driver.replaying()),
     ]
 }
 

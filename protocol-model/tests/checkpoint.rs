@@ -14,7 +14,7 @@ use weir_protocol_model::{Search, check};
 const DEFAULT_SCOPE_UNIQUE_STATES: usize = 2_703_283;
 
 /// Unique states of the local-recovery scope (same rule).
-const LOCAL_SCOPE_UNIQUE_STATES: usize = 411_891;
+const LOCAL_SCOPE_UNIQUE_STATES: usize = 466_423;
 
 fn assert_exhaustive_and_all_hold(scope: Scope) -> usize {
     let report = check(CheckpointModel::new(scope), Search::Exhaustive { threads: 2 });
@@ -53,7 +53,7 @@ fn local_nightly_scope_is_exhaustive_and_every_property_holds() {
 /// Local recovery with a checkpoint timeout, so that aborts are logged and replayed: the
 /// scope that found the bug of `regression_a_restarted_sink_stages_its_output_once` below,
 /// so it runs in CI although it takes about two minutes.
-const LOCAL_ABORT_SCOPE_UNIQUE_STATES: usize = 5_937_511;
+const LOCAL_ABORT_SCOPE_UNIQUE_STATES: usize = 5_963_137;
 
 #[test]
 fn local_abort_scope_is_exhaustive_and_every_property_holds() {

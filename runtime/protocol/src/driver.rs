@@ -466,3 +466,209 @@ impl<P: Payload> Subtask<P> {
         self.gate.replaying()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Mutations;
+    use crate::aligner::AlignmentMode;
+    use crate::recovery::ParticipantRestore;
+    use crate::route::{Group, Partition};
+    use crate::storage::MemoryStorage;
+
+    /// A batch of records named by numbers; a hash partition sends a record by its parity.
+    #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+    enum B {
+        Data(Vec<u32>),
+        End,
+    }
+
+    impl Payload for B {
+        type Key = ();
+        fn end() -> B {
+            B::End
+        }
+        fn is_end(&self) -> bool {
+            *self == B::End
+        }
+        fn is_empty(&self) -> bool {
+            matches!(self, B::Data(r) if r.is_empty())
+        }
+        fn bytes(&self) -> usize {
+            match self {
+                B::Data(r) => 4 * r.len(),
+                B::End => 0,
+            }
+        }
+        fn split(&self, _: &(), parts: usize) -> Vec<Option<B>> {
+            let B::Data(records) = self else { unreachable!() };
+            (0..parts)
+                .map(|p| {
+                    let mine: Vec<u32> =
+                        records.iter().copied().filter(|r| *r as usize % parts == p).collect();
+                    (!mine.is_empty()).then_some(B::Data(mine))
+                })
+                .collect()
+        }
+    }
+
+    const C1: CheckpointId = CheckpointId(1);
+
+    /// Participant 3: a transform with `inputs` inputs whose output goes round-robin over two
+    /// channels, with buffer queues.
+    fn round_robin(inputs: usize) -> Subtask<B> {
+        let config = TaskConfig::transform(inputs, AlignmentMode::ExactlyOnce);
+        let groups = vec![Group::new(Partition::RoundRobin, vec![0, 1])];
+        let outputs = Outputs::new(&[0, 0], CheckpointId(0), groups, (true, 0), Mutations::NONE);
+        let positions = vec![0; inputs];
+        Subtask::new(
+            3,
+            Task::new(config),
+            config,
+            (&positions, vec![false; inputs], CheckpointId(0)),
+            outputs,
+        )
+    }
+
+    fn effects(d: &mut Subtask<B>) -> Vec<Effect<B>> {
+        std::iter::from_fn(|| d.poll_effect()).collect()
+    }
+
+    /// Deliver `batch` on input 0 as `seq`, let the operator pass it through unchanged.
+    fn pass(d: &mut Subtask<B>, seq: Seq, batch: B) -> Vec<Effect<B>> {
+        d.handle_deliver(0, d.epoch(), Item::Batch { seq, payload: batch.clone() });
+        let Some(Effect::Process { input: 0, batch: got, .. }) = d.poll_effect() else {
+            panic!("no process")
+        };
+        assert_eq!(got, batch);
+        d.emit(got);
+        assert_eq!(d.processed(), Some(0));
+        effects(d)
+    }
+
+    fn sent(effects: &[Effect<B>]) -> Vec<(usize, Item<B>)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { channel, item, .. } => Some((*channel, item.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn data(n: u32) -> B {
+        B::Data(vec![n])
+    }
+
+    #[test]
+    fn a_restarted_round_robin_sender_routes_each_replayed_batch_where_it_went_before() {
+        let mut d = round_robin(1);
+        assert_eq!(sent(&pass(&mut d, 1, data(1))), [(0, Item::Batch { seq: 1, payload: data(1) })]);
+        assert_eq!(sent(&pass(&mut d, 2, data(2))), [(1, Item::Batch { seq: 1, payload: data(2) })]);
+        assert_eq!(sent(&pass(&mut d, 3, data(3))), [(0, Item::Batch { seq: 2, payload: data(3) })]);
+        // Checkpoint 1 after three batches (out_seqs 2 and 1), completed; then a fourth
+        // batch, and the subtask fails.
+        d.handle_deliver(0, 0, Item::Barrier(C1));
+        let snapshot = effects(&mut d);
+        assert!(snapshot.contains(&Effect::Snapshot {
+            checkpoint: C1,
+            positions: vec![3],
+            out_seqs: vec![2, 1],
+            ended: vec![false]
+        }));
+        assert_eq!(sent(&pass(&mut d, 4, data(4))), [(1, Item::Batch { seq: 2, payload: data(4) })]);
+        let mut storage = MemoryStorage::<()>::default();
+        storage.completed = Some(C1);
+        let snapshot = Snapshot { positions: vec![3], out_seqs: vec![2, 1], ended: vec![false], state: () };
+        storage.snapshots.insert((3, C1), snapshot);
+        d.handle_complete(C1);
+        d.fail();
+        let restored = d.restart(&storage).unwrap();
+        assert_eq!(restored, Restored { checkpoint: C1, state: Some(()) });
+        assert_eq!(
+            effects(&mut d),
+            [Effect::ResumeUpstream { input: 0, from_seq: 3, restored: C1, epoch: 1 }]
+        );
+        // What was sent to the old epoch is dropped; the replay of batch 4 goes to channel 1
+        // under sequence number 2 again, as before the failure.
+        d.handle_deliver(0, 0, Item::Batch { seq: 4, payload: data(4) });
+        assert_eq!(d.poll_effect(), None);
+        assert_eq!(sent(&pass(&mut d, 4, data(4))), [(1, Item::Batch { seq: 2, payload: data(4) })]);
+    }
+
+    #[test]
+    fn the_end_goes_out_on_every_channel_after_the_last_input_ends_and_the_operator_flushed() {
+        let mut d = round_robin(2);
+        d.handle_deliver(1, 0, Item::Batch { seq: 1, payload: B::End });
+        assert_eq!(effects(&mut d), [Effect::InputEnded { input: 1 }]);
+        assert_eq!(d.processed(), Some(1));
+        assert_eq!(effects(&mut d), []);
+        d.handle_deliver(0, 0, Item::Batch { seq: 1, payload: B::End });
+        assert_eq!(effects(&mut d), [Effect::InputEnded { input: 0 }]);
+        d.emit(data(9)); // what the operator held for the input
+        assert_eq!(d.processed(), Some(0));
+        assert_eq!(
+            sent(&effects(&mut d)),
+            [
+                (0, Item::Batch { seq: 1, payload: data(9) }),
+                (0, Item::Batch { seq: 2, payload: B::End }),
+                (1, Item::Batch { seq: 1, payload: B::End })
+            ]
+        );
+    }
+
+    #[test]
+    fn replay_requests_wait_for_the_restore_and_a_gap_escalates() {
+        let mut d = round_robin(1);
+        pass(&mut d, 1, data(1));
+        pass(&mut d, 2, data(2));
+        d.fail();
+        // A receiver restarted meanwhile: served after this subtask's own restore.
+        d.handle_resume(Resume { channel: 0, from_seq: 0, restored: CheckpointId(0), epoch: 7 });
+        assert_eq!(effects(&mut d), []);
+        d.restart(&MemoryStorage::<()>::default()).unwrap();
+        let after = effects(&mut d);
+        assert_eq!(
+            after[0],
+            Effect::ResumeUpstream { input: 0, from_seq: 0, restored: CheckpointId(0), epoch: 1 }
+        );
+        assert_eq!(after[1], Effect::Reset { channel: 0 });
+        assert_eq!(
+            after.len(),
+            2,
+            "restarted from nothing, this subtask produces its output again: {after:?}"
+        );
+        // A receiver restored from a checkpoint the queue no longer reaches back to.
+        let mut d = round_robin(1);
+        pass(&mut d, 1, data(1));
+        d.handle_deliver(0, 0, Item::Barrier(C1));
+        effects(&mut d);
+        d.handle_complete(C1);
+        d.handle_resume(Resume { channel: 1, from_seq: 0, restored: CheckpointId(0), epoch: 2 });
+        let escalated = effects(&mut d);
+        assert!(
+            matches!(escalated.first(), Some(Effect::Escalate(Escalation::ReplayGap { channel: 1, .. }))),
+            "{escalated:?}"
+        );
+    }
+
+    #[test]
+    fn writes_of_an_earlier_epoch_are_ignored() {
+        let config = TaskConfig::sink(1, AlignmentMode::ExactlyOnce);
+        let outputs = Outputs::new(&[], CheckpointId(0), Vec::new(), (false, 0), Mutations::NONE);
+        let mut d: Subtask<B> = Subtask::new(
+            0,
+            Task::restore(config, &ParticipantRestore::fresh(), &[0]),
+            config,
+            (&[0], vec![false], CheckpointId(0)),
+            outputs,
+        );
+        d.handle_deliver(0, 0, Item::Barrier(C1));
+        assert!(matches!(effects(&mut d)[..], [Effect::Snapshot { checkpoint: C1, .. }]));
+        d.fail();
+        d.restart(&MemoryStorage::<()>::default()).unwrap();
+        effects(&mut d);
+        d.on_snapshot_durable(0, C1);
+        assert_eq!(effects(&mut d), [], "the old epoch's snapshot is not acknowledged");
+    }
+}
