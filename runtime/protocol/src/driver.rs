@@ -577,8 +577,7 @@ mod tests {
             ended: vec![false]
         }));
         assert_eq!(sent(&pass(&mut d, 4, data(4))), [(1, Item::Batch { seq: 2, payload: data(4) })]);
-        let mut storage = MemoryStorage::<()>::default();
-        storage.completed = Some(C1);
+        let mut storage = MemoryStorage::<()> { completed: Some(C1), ..Default::default() };
         let snapshot = Snapshot { positions: vec![3], out_seqs: vec![2, 1], ended: vec![false], state: () };
         storage.snapshots.insert((3, C1), snapshot);
         d.handle_complete(C1);
