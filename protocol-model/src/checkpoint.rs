@@ -121,16 +121,37 @@ impl Node {
 /// them); `Complete` reaches sources and the task at once (there it only truncates buffer
 /// queues and the determinant log, and the earliest truncation is the worst case for S6 and
 /// for replays); sources get no `Abort` (they ignore it).
-pub const CHANNELS: [(Node, Node); 7] = [(S0, T), (S1, T), (T, K), (C, S0), (C, S1), (C, T), (C, K)];
+///
+/// The last is the transform's second output channel to the sink (its input 1), used only
+/// by the fan-out scopes ([`FanOut`]); it is appended so that the other scopes' steps keep
+/// their order.
+pub const CHANNELS: [(Node, Node); 8] = [(S0, T), (S1, T), (T, K), (C, S0), (C, S1), (C, T), (C, K), (T, K)];
 
-/// The data channels are `CHANNELS[..DATA_CHANNELS]`; each has a buffer queue at its sender.
-pub const DATA_CHANNELS: usize = 3;
+/// The data channels (each has a buffer queue at its sender), by index into [`CHANNELS`].
+pub const DATA_CHANNELS: [usize; 4] = [0, 1, 2, 7];
 
-fn channel(from: Node, to: Node) -> usize {
+fn is_data(ch: usize) -> bool {
+    DATA_CHANNELS.contains(&ch)
+}
+
+/// The index of the `lane`-th channel `from -> to` (lane 1: the transform's second output).
+fn channel_lane(from: Node, to: Node, lane: u8) -> usize {
     CHANNELS
         .iter()
-        .position(|&ch| ch == (from, to))
-        .unwrap_or_else(|| panic!("no channel {from:?} -> {to:?}"))
+        .enumerate()
+        .filter(|(_, ch)| **ch == (from, to))
+        .nth(lane as usize)
+        .map(|(i, _)| i)
+        .unwrap_or_else(|| panic!("no channel {from:?} -> {to:?} lane {lane}"))
+}
+
+fn channel(from: Node, to: Node) -> usize {
+    channel_lane(from, to, 0)
+}
+
+/// Which of the channels `from -> to` channel `ch` is.
+fn lane_of(ch: usize) -> u8 {
+    CHANNELS[..ch].iter().filter(|&&c| c == CHANNELS[ch]).count() as u8
 }
 
 /// One source record batch: the `index`-th batch of source `source`.
@@ -218,8 +239,8 @@ pub enum Write {
     SinkSnapshot {
         /// The checkpoint.
         checkpoint: CheckpointId,
-        /// Last applied sequence number on its input.
-        positions: Vec<Seq>,
+        /// Its positions and end flags.
+        snapshot: SinkSnapshot,
         /// Output since the previous snapshot.
         staged: Vec<BatchId>,
     },
@@ -236,8 +257,19 @@ pub struct TaskSnapshot {
     pub applied: BTreeSet<BatchId>,
     /// Last applied sequence number per input.
     pub positions: Vec<Seq>,
-    /// Sequence number of the last batch sent to the sink.
-    pub out_seq: Seq,
+    /// Sequence number of the last batch sent to the sink, per output channel.
+    pub out_seqs: Vec<Seq>,
+    /// Inputs whose end was processed.
+    pub ended: Vec<bool>,
+}
+
+/// The sink's snapshot: channel positions and end flags (its output is staged beside it).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SinkSnapshot {
+    /// Last applied sequence number per input.
+    pub positions: Vec<Seq>,
+    /// Inputs whose end was processed.
+    pub ended: Vec<bool>,
 }
 
 /// What survives a crash.
@@ -249,8 +281,8 @@ pub struct Disk {
     pub sources: [BTreeMap<CheckpointId, u8>; SOURCES],
     /// Task snapshots by checkpoint.
     pub task: BTreeMap<CheckpointId, TaskSnapshot>,
-    /// Sink snapshots (input positions) by checkpoint.
-    pub sink: BTreeMap<CheckpointId, Vec<Seq>>,
+    /// Sink snapshots (input positions and end flags) by checkpoint.
+    pub sink: BTreeMap<CheckpointId, SinkSnapshot>,
     /// Sink output staged by checkpoint, not yet visible.
     pub staged: BTreeMap<CheckpointId, Vec<BatchId>>,
     /// Sink output made visible, in commit order.
@@ -289,14 +321,10 @@ pub struct TaskNode {
 }
 
 impl TaskNode {
-    /// Sequence number of the last batch sent to the sink.
-    pub fn out_seq(&self) -> Seq {
-        self.driver.outputs().seq(0)
-    }
-
-    /// What it sent to the sink since the latest completed checkpoint.
-    pub fn buffer(&self) -> &BufferQueue<BatchId> {
-        self.driver.outputs().buffer(0).expect("the transform keeps a buffer queue")
+    /// What it sent to the sink since the latest completed checkpoint, per output channel.
+    pub fn buffers(&self) -> impl Iterator<Item = &BufferQueue<BatchId>> {
+        let outputs = self.driver.outputs();
+        (0..outputs.channels()).map(|ch| outputs.buffer(ch).expect("the transform keeps buffer queues"))
     }
 }
 
@@ -313,6 +341,8 @@ pub struct SinkNode {
     /// restore point or its own later snapshots) and unstaged. `applied(sink)` of
     /// VERIFICATION.md 1.0; rebuilt from the disk on every restore.
     pub output: Vec<BatchId>,
+    /// Batches applied per input (the end excluded), restored from the snapshot's positions.
+    pub received: Vec<Seq>,
 }
 
 /// The highest sequence number and barrier that arrived at a gate on one input since the
@@ -372,10 +402,10 @@ pub struct Ghost {
     pub barrier_positions: BTreeMap<CheckpointId, [Option<u8>; SOURCES]>,
     /// What the task had applied, and its output sequence number, when it snapshotted `c`,
     /// this run.
-    pub task_snapshots: BTreeMap<CheckpointId, (BTreeSet<BatchId>, Seq)>,
+    pub task_snapshots: BTreeMap<CheckpointId, (BTreeSet<BatchId>, Vec<Seq>)>,
     /// What the task first sent to the sink under each sequence number, this run, above its
     /// output position at the latest completed checkpoint (S8).
-    pub task_sent: BTreeMap<Seq, BatchId>,
+    pub task_sent: BTreeMap<(usize, Seq), BatchId>,
     /// Checkpoints aborted this run.
     pub aborted: BTreeSet<CheckpointId>,
     /// Latest checkpoint each participant snapshotted in its current epoch.
@@ -411,7 +441,7 @@ pub struct State {
     /// Replay requests not yet served, by data channel. While one is outstanding, what the
     /// sender sends on that channel goes to the receiver's previous epoch and is
     /// dropped (it is in the buffer queue, so the replay sends it).
-    pub resume: [Option<Resume>; DATA_CHANNELS],
+    pub resume: [Option<Resume>; CHANNELS.len()],
     /// Durable state.
     pub disk: Disk,
     /// Pending writes per node (by node index), durable in order.
@@ -458,9 +488,10 @@ impl Hash for State {
             (core, next, buffer.base()).hash(h);
         }
         let TaskNode { driver, watermarks, applied } = task;
-        (driver.core(), driver.epoch(), watermarks, applied, task.out_seq(), task.buffer().base()).hash(h);
-        let SinkNode { driver, watermarks, unstaged, output } = sink;
-        (driver.core(), driver.epoch(), watermarks, unstaged, output).hash(h);
+        (driver.core(), driver.epoch(), driver.ended(), watermarks, applied, driver.outputs().seqs()).hash(h);
+        task.buffers().for_each(|b| b.base().hash(h));
+        let SinkNode { driver, watermarks, unstaged, output, received } = sink;
+        (driver.core(), driver.epoch(), driver.ended(), watermarks, unstaged, output, received).hash(h);
         let Ghost {
             barrier_positions,
             task_snapshots,
@@ -483,8 +514,9 @@ impl Hash for State {
 pub enum Action {
     /// Source `s` reads and sends its next batch.
     Emit(u8),
-    /// The channel `from -> to` delivers its oldest message.
-    Deliver(Node, Node),
+    /// The channel `from -> to` (the `.2`-th of them: lane 1 is the transform's second
+    /// output) delivers its oldest message.
+    Deliver(Node, Node, u8),
     /// The checkpoint interval fires.
     Tick,
     /// The timeout of a collecting checkpoint fires.
@@ -495,8 +527,9 @@ pub enum Action {
     Crash(Node),
     /// The transform or the sink fails alone and restarts locally.
     Fail(Node),
-    /// The sender of channel `from -> to` serves the replay request of its restarted receiver.
-    Resume(Node, Node),
+    /// The sender of channel `from -> to` (lane `.2`) serves the replay request of its
+    /// restarted receiver.
+    Resume(Node, Node, u8),
 }
 
 /// The size of the checked world.
@@ -512,8 +545,24 @@ pub struct Scope {
     pub crashes: u8,
     /// Local failures of the transform or the sink (each followed by a local recovery).
     pub local_crashes: u8,
+    /// How the transform's output reaches the sink.
+    pub fan_out: FanOut,
+    /// Sources send the end of their input as a sequenced item after their last batch, and
+    /// the transform passes it on when both inputs ended (SPEC §11).
+    pub end_of_input: bool,
 }
 
+/// How the transform's output reaches the sink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FanOut {
+    /// One channel.
+    One,
+    /// Two channels (the sink's two inputs), batches in turn: the keyless node feeding a
+    /// node of parallelism 2. The router's place is restored with the transform.
+    RoundRobin,
+    /// Two channels, each batch to the channel of its key (its index, modulo 2).
+    Hash,
+}
 impl Default for Scope {
     /// The default scope, which CI checks exhaustively: two batches per source (so a
     /// checkpoint can fall mid-input on either side), one interval checkpoint plus the final
@@ -521,7 +570,15 @@ impl Default for Scope {
     /// and a crash), one timeout, one crash at any step, no local failure (see
     /// [`Scope::local`]).
     fn default() -> Scope {
-        Scope { batches_per_source: 2, ticks: 1, timeouts: 1, crashes: 1, local_crashes: 0 }
+        Scope {
+            batches_per_source: 2,
+            ticks: 1,
+            timeouts: 1,
+            crashes: 1,
+            local_crashes: 0,
+            fan_out: FanOut::One,
+            end_of_input: false,
+        }
     }
 }
 
@@ -538,7 +595,7 @@ impl Scope {
     /// restart restores nothing or a completed checkpoint, replays from each buffer queue
     /// and follows the determinant log. About 360 thousand states.
     pub fn local() -> Scope {
-        Scope { batches_per_source: 1, ticks: 1, timeouts: 0, crashes: 0, local_crashes: 1 }
+        Scope { batches_per_source: 1, ticks: 1, timeouts: 0, crashes: 0, local_crashes: 1, ..Scope::default() }
     }
 
     /// The larger local-recovery scope of the nightly check: two batches per source.
@@ -550,6 +607,30 @@ impl Scope {
     /// final checkpoint, so that aborts are logged as determinants and replayed.
     pub fn local_abort() -> Scope {
         Scope { ticks: 0, timeouts: 1, ..Scope::local() }
+    }
+
+    /// The routing scope, which CI checks exhaustively: the local scope with the transform's
+    /// output going round-robin over two channels into the sink's two inputs, and the end of
+    /// input sent as a sequenced item. A local failure of the transform restores its router
+    /// with its sequence numbers (mutant `router-not-restored`), one of the sink replays
+    /// both channels, and the end reaches the sink through every restart (L3).
+    pub fn routing() -> Scope {
+        Scope { fan_out: FanOut::RoundRobin, ..Scope::local() }
+    }
+
+    /// The local scope with the end of input sent as a sequenced item.
+    pub fn end_of_input() -> Scope {
+        Scope { end_of_input: true, ..Scope::local() }
+    }
+
+    /// The routing scope with a hash edge instead of round-robin.
+    pub fn hash() -> Scope {
+        Scope { fan_out: FanOut::Hash, ..Scope::routing() }
+    }
+
+    /// The sink's inputs.
+    pub fn sink_inputs(&self) -> usize {
+        if self.fan_out == FanOut::One { 1 } else { 2 }
     }
 }
 
@@ -579,7 +660,7 @@ impl CheckpointModel {
     }
 
     fn task_config(&self, sink: bool) -> TaskConfig {
-        let inputs = if sink { 1 } else { SOURCES };
+        let inputs = if sink { self.scope.sink_inputs() } else { SOURCES };
         TaskConfig { inputs, mode: AlignmentMode::ExactlyOnce, sink, mutations: self.mutations }
     }
 
@@ -587,24 +668,38 @@ impl CheckpointModel {
         BufferQueue::new(base, seq).with_mutations(self.mutations)
     }
 
-    /// The transform's driver, restored as `plan` says with `positions` and output sequence
-    /// number `out_seq` (a global rollback, or the start).
-    fn task_driver(&self, plan: &ParticipantRestore, positions: &[Seq], out_seq: Seq) -> Subtask<BatchId> {
+    /// The transform's driver, restored as `plan` says from `snapshot` (none: fresh).
+    fn task_driver(&self, plan: &ParticipantRestore, snapshot: Option<&TaskSnapshot>) -> Subtask<BatchId> {
         let config = self.task_config(false);
         let restored = plan.from.unwrap_or_default();
-        let groups = vec![Group::new(Partition::Forward, vec![0])];
-        let outputs = route::Outputs::new(&[out_seq], restored, groups, (true, 0), self.mutations);
-        let core = Task::restore(config, plan, positions);
-        Subtask::new(T.participant(), core, config, (positions, vec![false; SOURCES], restored), outputs)
+        let (partition, channels) = match self.scope.fan_out {
+            FanOut::One => (Partition::Forward, vec![0]),
+            FanOut::RoundRobin => (Partition::RoundRobin, vec![0, 1]),
+            FanOut::Hash => (Partition::Hash(()), vec![0, 1]),
+        };
+        let out_seqs = snapshot.map_or(vec![0; channels.len()], |s| s.out_seqs.clone());
+        let groups = vec![Group::new(partition, channels)];
+        let outputs = route::Outputs::new(&out_seqs, restored, groups, (true, 0), self.mutations);
+        let positions = snapshot.map_or(vec![0; SOURCES], |s| s.positions.clone());
+        let ended = snapshot.map_or(vec![false; SOURCES], |s| s.ended.clone());
+        let core = Task::restore(config, plan, &positions);
+        Subtask::new(T.participant(), core, config, (&positions, ended, restored), outputs)
     }
 
-    /// The sink's driver, restored as `plan` says with `positions`.
-    fn sink_driver(&self, plan: &ParticipantRestore, positions: &[Seq]) -> Subtask<BatchId> {
+    /// The sink's driver, restored as `plan` says from `snapshot` (none: fresh).
+    fn sink_driver(&self, plan: &ParticipantRestore, snapshot: Option<&SinkSnapshot>) -> Subtask<BatchId> {
         let config = self.task_config(true);
         let restored = plan.from.unwrap_or_default();
         let outputs = route::Outputs::new(&[], restored, Vec::new(), (false, 0), self.mutations);
-        let core = Task::restore(config, plan, positions);
-        Subtask::new(K.participant(), core, config, (positions, vec![false], restored), outputs)
+        let positions = snapshot.map_or(vec![0; config.inputs], |s| s.positions.clone());
+        let ended = snapshot.map_or(vec![false; config.inputs], |s| s.ended.clone());
+        let core = Task::restore(config, plan, &positions);
+        Subtask::new(K.participant(), core, config, (&positions, ended, restored), outputs)
+    }
+
+    /// The source's end of input goes out right after its last batch.
+    fn sends_end(&self, next: u8) -> bool {
+        self.scope.end_of_input && next == self.scope.batches_per_source
     }
 
     /// Every batch the sources emit: the failure-free output, as a set (the two sources
@@ -632,12 +727,18 @@ impl CheckpointModel {
                 let seq = Seq::from(source.next);
                 source.buffer.push_batch(seq, id);
                 log.note(|| format!("source{s} reads {id:?}, sends it as seq {seq}"));
-                send(state, Node::Source(s), T, Msg::Batch { seq, id }, log);
+                send(state, channel(Node::Source(s), T), Msg::Batch { seq, id }, log);
+                if self.sends_end(state.sources[s as usize].next) {
+                    state.sources[s as usize].buffer.push_batch(seq + 1, END);
+                    log.note(|| format!("source{s} sends the end of its input as seq {}", seq + 1));
+                    send(state, channel(Node::Source(s), T), Msg::Batch { seq: seq + 1, id: END }, log);
+                }
                 self.report_if_exhausted(state, s, log);
             }
-            Action::Deliver(from, to) => {
-                let msg = state.net[channel(from, to)].pop_front().expect("delivering from an empty channel");
-                self.deliver(state, from, to, msg, log);
+            Action::Deliver(from, to, lane) => {
+                let msg =
+                    state.net[channel_lane(from, to, lane)].pop_front().expect("delivering from an empty channel");
+                self.deliver(state, (from, to, lane), msg, log);
             }
             Action::Tick => {
                 state.budget.ticks -= 1;
@@ -665,15 +766,15 @@ impl CheckpointModel {
                 log.note(|| format!("{node:?} fails alone: its volatile state is lost, it restarts locally"));
                 self.local_recovery(state, node, log);
             }
-            Action::Resume(from, to) => {
-                let ch = channel(from, to);
+            Action::Resume(from, to, lane) => {
+                let ch = channel_lane(from, to, lane);
                 let resume = state.resume[ch].take().expect("no replay request");
-                self.serve_resume(state, from, to, resume, log);
+                self.serve_resume(state, ch, resume, log);
             }
         }
     }
 
-    fn deliver(&self, state: &mut State, from: Node, to: Node, msg: Msg, log: &mut Log) {
+    fn deliver(&self, state: &mut State, (from, to, lane): (Node, Node, u8), msg: Msg, log: &mut Log) {
         log.note(|| format!("{to:?} receives {msg:?} from {from:?}"));
         match (to, msg) {
             (Node::Source(s), Msg::Trigger(c)) => {
@@ -683,7 +784,7 @@ impl CheckpointModel {
             (Node::Task | Node::Sink, msg) => {
                 let input = match from {
                     Node::Source(s) => s as usize,
-                    _ => 0,
+                    _ => lane as usize,
                 };
                 if from != C {
                     watermarks(state, to)[input].arrived(&msg);
@@ -732,9 +833,9 @@ impl CheckpointModel {
                     self.pump(state, T, log);
                 }
             }
-            Write::SinkSnapshot { checkpoint, positions, staged } => {
+            Write::SinkSnapshot { checkpoint, snapshot, staged } => {
                 let disk = &mut state.disk;
-                disk.sink.insert(checkpoint, positions);
+                disk.sink.insert(checkpoint, snapshot);
                 // Output staged again by a replay after it was committed is visible already.
                 if Some(checkpoint) > disk.committed_through {
                     if disk.staged.get(&checkpoint).is_some_and(|old| *old != staged) {
@@ -779,7 +880,7 @@ impl CheckpointModel {
                 ghost.aborted.retain(|&c| c >= checkpoint);
                 if let Some(snapshot) = state.disk.task.get(&checkpoint) {
                     // No restart restores an older output position.
-                    ghost.task_sent.retain(|&seq, _| seq > snapshot.out_seq);
+                    ghost.task_sent.retain(|&(ch, seq), _| seq > snapshot.out_seqs[ch]);
                 }
                 state.coordinator.on_completion_durable(checkpoint);
                 self.drain_coordinator(state, log);
@@ -793,7 +894,7 @@ impl CheckpointModel {
             match action {
                 CoordinatorAction::Trigger(c) => {
                     for s in 0..SOURCES as u8 {
-                        send(state, C, Node::Source(s), Msg::Trigger(c), log);
+                        send(state, channel(C, Node::Source(s)), Msg::Trigger(c), log);
                     }
                 }
                 CoordinatorAction::ArmTimeout(_)
@@ -812,12 +913,12 @@ impl CheckpointModel {
                     }
                     state.task.driver.handle_complete(c);
                     self.pump(state, T, log);
-                    send(state, C, K, Msg::Complete(c), log);
+                    send(state, channel(C, K), Msg::Complete(c), log);
                 }
                 CoordinatorAction::NotifyAbort(c) => {
                     state.ghost.aborted.insert(c);
-                    send(state, C, T, Msg::Abort(c), log);
-                    send(state, C, K, Msg::Abort(c), log);
+                    send(state, channel(C, T), Msg::Abort(c), log);
+                    send(state, channel(C, K), Msg::Abort(c), log);
                 }
             }
         }
@@ -835,7 +936,7 @@ impl CheckpointModel {
                     props::check_snapshot_order(state, node, checkpoint);
                     state.ghost.barrier_positions.entry(checkpoint).or_default()[s as usize] = Some(position);
                     state.writes[node.index()].push_back(Write::SourceSnapshot { checkpoint, position });
-                    send(state, node, T, Msg::Barrier(checkpoint), log);
+                    send(state, channel(node, T), Msg::Barrier(checkpoint), log);
                 }
                 TaskAction::Ack(c) => self.ack(state, node, c, log),
                 TaskAction::DropSnapshotsBelow(c) => state.disk.sources[s as usize].retain(|&k, _| k >= c),
@@ -870,44 +971,41 @@ impl CheckpointModel {
                 props::check_apply(state, K, input, seq, batch);
                 state.sink.unstaged.push(batch);
                 state.sink.output.push(batch);
+                state.sink.received[input] += 1;
                 state.sink.driver.processed();
             }
             (_, Effect::InputEnded { .. }) => {
                 driver(state, node).processed();
             }
-            (Node::Task, Effect::Send { item, .. }) => {
+            (Node::Task, Effect::Send { channel, item, .. }) => {
                 let msg = match item {
                     Item::Batch { seq, payload } => {
-                        props::check_task_output(state, seq, payload);
+                        props::check_task_output(state, channel, seq, payload);
                         Msg::Batch { seq, id: payload }
                     }
                     Item::Barrier(c) => Msg::Barrier(c),
                 };
-                send(state, T, K, msg, log);
+                send(state, channel_lane(T, K, channel as u8), msg, log);
             }
-            (Node::Task, Effect::Reset { .. }) => state.net[channel(T, K)].clear(),
-            (Node::Task, Effect::Snapshot { checkpoint, positions, out_seqs, .. }) => {
+            (Node::Task, Effect::Reset { channel }) => state.net[channel_lane(T, K, channel as u8)].clear(),
+            (Node::Task, Effect::Snapshot { checkpoint, positions, out_seqs, ended }) => {
                 props::check_snapshot_order(state, T, checkpoint);
                 props::check_task_alignment(state, checkpoint);
                 let applied = state.task.applied.clone();
-                let out_seq = out_seqs[0];
-                if state
-                    .ghost
-                    .task_snapshots
-                    .get(&checkpoint)
-                    .is_some_and(|old| *old != (applied.clone(), out_seq))
-                {
+                let taken = (applied.clone(), out_seqs.clone());
+                if state.ghost.task_snapshots.get(&checkpoint).is_some_and(|old| *old != taken) {
                     state.ghost.violations.insert(Violation::Nondeterministic);
                 }
-                state.ghost.task_snapshots.insert(checkpoint, (applied.clone(), out_seq));
-                let snapshot = TaskSnapshot { applied, positions, out_seq };
+                state.ghost.task_snapshots.insert(checkpoint, taken);
+                let snapshot = TaskSnapshot { applied, positions, out_seqs, ended };
                 state.writes[T.index()].push_back(Write::TaskSnapshot { checkpoint, snapshot });
             }
-            (Node::Sink, Effect::Snapshot { checkpoint, positions, .. }) => {
+            (Node::Sink, Effect::Snapshot { checkpoint, positions, ended, .. }) => {
                 props::check_snapshot_order(state, K, checkpoint);
                 props::check_sink_alignment(state, checkpoint);
                 let staged = std::mem::take(&mut state.sink.unstaged);
-                state.writes[K.index()].push_back(Write::SinkSnapshot { checkpoint, positions, staged });
+                let snapshot = SinkSnapshot { positions, ended };
+                state.writes[K.index()].push_back(Write::SinkSnapshot { checkpoint, snapshot, staged });
             }
             (_, Effect::Ack(c)) => self.ack(state, node, c, log),
             (Node::Sink, Effect::Commit(c)) => state.writes[K.index()].push_back(Write::Commit(c)),
@@ -917,11 +1015,11 @@ impl CheckpointModel {
                 log.note(|| format!("{node:?}: a duplicate on input {input} is dropped"))
             }
             (_, Effect::ResumeUpstream { input, from_seq, restored, .. }) => {
-                let from = match node {
-                    Node::Task => Node::Source(input as u8),
-                    _ => T,
+                let ch = match node {
+                    Node::Task => channel(Node::Source(input as u8), T),
+                    _ => channel_lane(T, K, input as u8),
                 };
-                state.resume[channel(from, node)] = Some(Resume { from_seq, restored });
+                state.resume[ch] = Some(Resume { from_seq, restored });
             }
             (Node::Sink, Effect::Committed(_)) => {}
             (_, Effect::Escalate(escalation)) => {
@@ -964,12 +1062,12 @@ impl CheckpointModel {
         while let Some(write) = state.writes[node.index()].pop_front() {
             self.on_durable(state, node, write, false, log);
         }
-        let inputs: Vec<Node> = match node {
-            Node::Task => (0..SOURCES as u8).map(Node::Source).collect(),
-            _ => vec![T],
+        let inputs: Vec<usize> = match node {
+            Node::Task => (0..SOURCES as u8).map(|s| channel(Node::Source(s), T)).collect(),
+            _ => (0..self.scope.sink_inputs() as u8).map(|lane| channel_lane(T, K, lane)).collect(),
         };
-        for &from in &inputs {
-            state.net[channel(from, node)].clear();
+        for ch in inputs {
+            state.net[ch].clear();
         }
         let mut restarted = driver(state, node).clone();
         restarted.fail();
@@ -997,6 +1095,8 @@ impl CheckpointModel {
                 state.task.watermarks = Watermark::restored(&positions, checkpoint);
             }
             (_, state_of) => {
+                let ended = restarted.ended();
+                state.sink.received = positions.iter().zip(ended).map(|(&p, &e)| p - Seq::from(e)).collect();
                 state.sink.driver = restarted;
                 state.sink.unstaged.clear();
                 state.sink.output = match state_of {
@@ -1012,12 +1112,13 @@ impl CheckpointModel {
 
     /// The sender of `from -> to` serves its restarted receiver's replay request: a source
     /// from its queue (the runtime re-reads), the transform through its driver.
-    fn serve_resume(&self, state: &mut State, from: Node, to: Node, resume: Resume, log: &mut Log) {
+    fn serve_resume(&self, state: &mut State, ch: usize, resume: Resume, log: &mut Log) {
         let Resume { from_seq, restored } = resume;
-        let ch = channel(from, to);
+        let (from, to) = CHANNELS[ch];
         let Node::Source(s) = from else {
             let epoch = state.sink.driver.epoch();
-            state.task.driver.handle_resume(driver::Resume { channel: 0, from_seq, restored, epoch });
+            let channel = usize::from(lane_of(ch));
+            state.task.driver.handle_resume(driver::Resume { channel, from_seq, restored, epoch });
             if self.pump(state, T, log) && state.net[ch].iter().any(|m| matches!(m, Msg::Batch { .. })) {
                 state.ghost.replayed = true;
             }
@@ -1058,7 +1159,7 @@ impl CheckpointModel {
         for queue in &mut state.writes {
             queue.clear();
         }
-        state.resume = [None; DATA_CHANNELS];
+        state.resume = [None; CHANNELS.len()];
         let disk = &mut state.disk;
         let input = RecoveryInput {
             completed: disk.completed,
@@ -1095,20 +1196,23 @@ impl CheckpointModel {
         for s in 0..SOURCES {
             let next = from.map_or(0, |c| disk.sources[s][&c]);
             let core = SourceTask::restore(from).with_mutations(self.mutations);
-            state.sources[s] = SourceNode { core, next, buffer: self.buffer(restored, Seq::from(next)) };
+            let seq = Seq::from(next) + Seq::from(self.sends_end(next));
+            state.sources[s] = SourceNode { core, next, buffer: self.buffer(restored, seq) };
         }
         let task_snapshot = from.map(|c| disk.task[&c].clone());
-        let positions = task_snapshot.as_ref().map_or(vec![0; SOURCES], |s| s.positions.clone());
-        let out_seq = task_snapshot.as_ref().map_or(0, |s| s.out_seq);
+        let driver = self.task_driver(&plan.participants[2], task_snapshot.as_ref());
         state.task = TaskNode {
-            driver: self.task_driver(&plan.participants[2], &positions, out_seq),
-            watermarks: Watermark::restored(&positions, restored),
+            watermarks: Watermark::restored(driver.positions(), restored),
+            driver,
             applied: task_snapshot.map(|s| s.applied).unwrap_or_default(),
         };
-        let positions = from.map_or(vec![0], |c| disk.sink[&c].clone());
+        let sink_snapshot = from.map(|c| disk.sink[&c].clone());
+        let driver = self.sink_driver(sink_plan, sink_snapshot.as_ref());
+        let received = driver.positions().iter().zip(driver.ended()).map(|(&p, &e)| p - Seq::from(e)).collect();
         state.sink = SinkNode {
-            driver: self.sink_driver(sink_plan, &positions),
-            watermarks: Watermark::restored(&positions, restored),
+            received,
+            watermarks: Watermark::restored(driver.positions(), restored),
+            driver,
             unstaged: Vec::new(),
             output: restored_output(disk, from),
         };
@@ -1169,11 +1273,11 @@ fn watermarks(state: &mut State, node: Node) -> &mut Vec<Watermark> {
     }
 }
 
-/// Put `msg` on the channel `from -> to`, unless its receiver restarted and has not been
-/// served its replay yet: then the message goes to its previous epoch and is dropped.
-fn send(state: &mut State, from: Node, to: Node, msg: Msg, log: &mut Log) {
-    let ch = channel(from, to);
-    if ch < DATA_CHANNELS && state.resume[ch].is_some() {
+/// Put `msg` on channel `ch`, unless its receiver restarted and has not been served its
+/// replay yet: then the message goes to its previous epoch and is dropped.
+fn send(state: &mut State, ch: usize, msg: Msg, log: &mut Log) {
+    let to = CHANNELS[ch].1;
+    if is_data(ch) && state.resume[ch].is_some() {
         log.note(|| format!("{msg:?} to {to:?} goes to its previous epoch and is dropped"));
         return;
     }
@@ -1220,18 +1324,19 @@ impl Model for CheckpointModel {
                 buffer: self.buffer(none, 0),
             }),
             task: TaskNode {
-                driver: self.task_driver(&ParticipantRestore::fresh(), &[0; SOURCES], 0),
+                driver: self.task_driver(&ParticipantRestore::fresh(), None),
                 watermarks: vec![Watermark::default(); SOURCES],
                 applied: BTreeSet::new(),
             },
             sink: SinkNode {
-                driver: self.sink_driver(&ParticipantRestore::fresh(), &[0]),
-                watermarks: vec![Watermark::default()],
+                driver: self.sink_driver(&ParticipantRestore::fresh(), None),
+                received: vec![0; self.scope.sink_inputs()],
+                watermarks: vec![Watermark::default(); self.scope.sink_inputs()],
                 unstaged: Vec::new(),
                 output: Vec::new(),
             },
             net: Default::default(),
-            resume: [None; DATA_CHANNELS],
+            resume: [None; CHANNELS.len()],
             disk: Disk::default(),
             writes: Default::default(),
             budget: Budget {
@@ -1259,7 +1364,7 @@ impl Model for CheckpointModel {
         }
         for (i, &(from, to)) in CHANNELS.iter().enumerate() {
             if !state.net[i].is_empty() {
-                actions.push(Action::Deliver(from, to));
+                actions.push(Action::Deliver(from, to, lane_of(i)));
             }
         }
         // An interval firing while a checkpoint is pending changes nothing (max_concurrent 1),
@@ -1283,9 +1388,10 @@ impl Model for CheckpointModel {
         }
         // Appended after the older steps, so that a fuzz input of a scope without local
         // failures picks the same steps as before they existed.
-        for (i, &(from, to)) in CHANNELS[..DATA_CHANNELS].iter().enumerate() {
+        for i in DATA_CHANNELS {
             if state.resume[i].is_some() {
-                actions.push(Action::Resume(from, to));
+                let (from, to) = CHANNELS[i];
+                actions.push(Action::Resume(from, to, lane_of(i)));
             }
         }
         if state.budget.local_crashes > 0 {
@@ -1340,15 +1446,15 @@ impl Storage<BatchId> for DiskView<'_> {
                 let state = Restoring::Task(s.applied.clone());
                 Ok(Snapshot {
                     positions: s.positions.clone(),
-                    out_seqs: vec![s.out_seq],
-                    ended: vec![false; SOURCES],
+                    out_seqs: s.out_seqs.clone(),
+                    ended: s.ended.clone(),
                     state,
                 })
             }
             _ => {
-                let positions = self.disk.sink.get(&c).ok_or("no sink snapshot")?.clone();
+                let SinkSnapshot { positions, ended } = self.disk.sink.get(&c).ok_or("no sink snapshot")?.clone();
                 let state = Restoring::Sink(restored_output(self.disk, Some(c)));
-                Ok(Snapshot { positions, out_seqs: Vec::new(), ended: vec![false], state })
+                Ok(Snapshot { positions, out_seqs: Vec::new(), ended, state })
             }
         }
     }

@@ -18,7 +18,7 @@ use crate::trace;
 
 /// The scope the fuzzer explores.
 pub fn scope() -> Scope {
-    Scope { batches_per_source: 4, ticks: 6, timeouts: 3, crashes: 3, local_crashes: 3 }
+    Scope { batches_per_source: 4, ticks: 6, timeouts: 3, crashes: 3, local_crashes: 3, ..Scope::default() }
 }
 
 /// Drive the real protocol with the event sequence `bytes` encodes. Returns the name of the

@@ -89,7 +89,7 @@ pub(crate) fn check_apply(state: &mut State, node: Node, input: usize, seq: Seq,
             state.task.applied.iter().filter(|b| b.source as usize == input).count(),
             state.task.applied.contains(&batch),
         ),
-        _ => (state.sink.output.len(), state.sink.output.contains(&batch)),
+        _ => (state.sink.received[input] as usize, state.sink.output.contains(&batch)),
     };
     let violations = &mut state.ghost.violations;
     if seq <= last as Seq {
@@ -102,16 +102,16 @@ pub(crate) fn check_apply(state: &mut State, node: Node, input: usize, seq: Seq,
     }
 }
 
-/// S8, when the task sends `batch` to the sink under `seq`: within a run, a sequence number
-/// always carries the same batch, before and after a local recovery.
-pub(crate) fn check_task_output(state: &mut State, seq: Seq, batch: BatchId) {
-    match state.ghost.task_sent.get(&seq) {
+/// S8, when the task sends `batch` to the sink under `seq` on output `channel`: within a
+/// run, a sequence number always carries the same batch, before and after a local recovery.
+pub(crate) fn check_task_output(state: &mut State, channel: usize, seq: Seq, batch: BatchId) {
+    match state.ghost.task_sent.get(&(channel, seq)) {
         Some(&first) if first != batch => {
             state.ghost.violations.insert(Violation::Nondeterministic);
         }
         Some(_) => {}
         None => {
-            state.ghost.task_sent.insert(seq, batch);
+            state.ghost.task_sent.insert((channel, seq), batch);
         }
     }
 }
@@ -206,7 +206,7 @@ pub fn s2_consistent_cut(_: &CheckpointModel, state: &State) -> bool {
 /// and none fails a replay that its receiver's restore point entitles it to.
 pub fn s6_safe_truncation(_: &CheckpointModel, state: &State) -> bool {
     let completed = state.disk.completed.unwrap_or_default();
-    let buffers = state.sources.iter().map(|s| &s.buffer).chain([state.task.buffer()]);
+    let buffers = state.sources.iter().map(|s| &s.buffer).chain(state.task.buffers());
     holds(state, Violation::Unrecoverable)
         && holds(state, Violation::UnsafeTruncation)
         && state.disk.completed.is_none_or(|c| every_snapshot_durable(state, c))
@@ -242,11 +242,16 @@ pub fn s8_deterministic_replay(_: &CheckpointModel, state: &State) -> bool {
 /// state reflects (so it is restored with the snapshot, never reset).
 pub fn s9_idempotent_channels(_: &CheckpointModel, state: &State) -> bool {
     let task_positions = state.task.driver.core().aligner().positions();
+    let task_ended = state.task.driver.ended();
     let task_ok = (0..SOURCES).all(|s| {
         let applied = state.task.applied.iter().filter(|b| b.source as usize == s).count();
-        task_positions[s] == applied as u64
+        task_positions[s] == applied as u64 + u64::from(task_ended[s])
     });
-    let sink_ok = state.sink.driver.core().aligner().positions()[0] == state.sink.output.len() as u64;
+    let sink_positions = state.sink.driver.core().aligner().positions();
+    let sink_ended = state.sink.driver.ended();
+    let sink_ok = (0..sink_positions.len())
+        .all(|i| sink_positions[i] == state.sink.received[i] + u64::from(sink_ended[i]))
+        && state.sink.received.iter().sum::<u64>() == state.sink.output.len() as u64;
     holds(state, Violation::ReappliedSeq) && task_ok && sink_ok
 }
 
@@ -280,6 +285,15 @@ pub fn l2_abort_progress(model: &CheckpointModel, state: &State) -> bool {
             && !state.sink.driver.replaying())
 }
 
+/// L3: with the end of input sent as a sequenced item, every run ends with the end of every
+/// input processed at the transform and at the sink (it passed through every restart).
+pub fn l3_end_of_input(model: &CheckpointModel, state: &State) -> bool {
+    let all = |ended: &[bool]| ended.iter().all(|&e| e);
+    !model.scope.end_of_input
+        || !model.is_terminal(state)
+        || (all(state.task.driver.ended()) && all(state.sink.driver.ended()))
+}
+
 /// Every property of the checkpoint model, in README order.
 pub fn properties() -> Vec<Property<CheckpointModel>> {
     vec![
@@ -297,6 +311,7 @@ pub fn properties() -> Vec<Property<CheckpointModel>> {
         Property::always("S10 failure transparency", s10_failure_transparency),
         Property::always("L1 checkpoint termination", l1_checkpoint_termination),
         Property::always("L2 abort progress", l2_abort_progress),
+        Property::always("L3 end of input", l3_end_of_input),
         Property::sometimes("N1 a checkpoint completes", |_, s: &State| s.disk.completed.is_some()),
         Property::sometimes(N4, |_, s: &State| s.task.driver.core().aligner().held_batches() > 0),
         Property::sometimes(N5, |_, s: &State| s.ghost.replayed),
@@ -335,7 +350,7 @@ mod tests {
     use stateright::Model;
 
     use super::*;
-    use crate::checkpoint::TaskSnapshot;
+    use crate::checkpoint::{SinkSnapshot, TaskSnapshot};
 
     const C1: CheckpointId = CheckpointId(1);
 
@@ -365,7 +380,7 @@ mod tests {
     /// A pipeline whose sources are empty and whose environment can do nothing: the final
     /// checkpoint is triggered at once. Emptying the channels strands it.
     fn stranded() -> (CheckpointModel, State) {
-        let m = model(Scope { batches_per_source: 0, ticks: 0, timeouts: 0, crashes: 0, local_crashes: 0 });
+        let m = model(Scope { batches_per_source: 0, ticks: 0, timeouts: 0, crashes: 0, ..Scope::default() });
         let mut s = init(&m);
         assert!(!m.is_terminal(&s), "the final checkpoint's triggers are in flight");
         s.net.iter_mut().for_each(|q| q.clear());
@@ -398,8 +413,10 @@ mod tests {
         let mut s = init(&m);
         s.disk.completed = Some(C1);
         s.disk.sources = [[(C1, 1)].into(), [(C1, 0)].into()];
-        s.disk.task.insert(C1, TaskSnapshot { applied: [b(0, 0)].into(), positions: vec![1, 0], out_seq: 1 });
-        s.disk.sink.insert(C1, vec![1]);
+        let snapshot =
+            TaskSnapshot { applied: [b(0, 0)].into(), positions: vec![1, 0], out_seqs: vec![1], ended: vec![false; 2] };
+        s.disk.task.insert(C1, snapshot);
+        s.disk.sink.insert(C1, SinkSnapshot { positions: vec![1], ended: vec![false] });
         s.disk.staged.insert(C1, vec![b(0, 0)]);
         assert!(s2_consistent_cut(&m, &s));
         s.disk.task.get_mut(&C1).unwrap().applied.clear();

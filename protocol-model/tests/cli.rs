@@ -35,7 +35,7 @@ fn check_exits_zero_and_lists_every_property_when_all_hold() {
         ticks: 1,
         timeouts: 1,
         crashes: 1,
-        local_crashes: 0,
+        ..Default::default()
     };
     for property in weir_protocol_model::props::properties_for(&scope) {
         let verdict =

@@ -95,8 +95,15 @@ enum ScopeName {
     Nightly,
     /// The local scope with two batches per source (nightly).
     LocalNightly,
-    /// The local scope with a timeout and only the final checkpoint (nightly).
+    /// The local scope with a timeout and only the final checkpoint (CI).
     LocalAbort,
+    /// The local scope with the transform's output round-robin over two channels and the end
+    /// of input as a sequenced item (CI).
+    Routing,
+    /// The routing scope with a hash edge instead of round-robin (CI).
+    Hash,
+    /// The local scope with the end of input as a sequenced item (CI).
+    EndOfInput,
 }
 
 impl ModelOptions {
@@ -108,6 +115,9 @@ impl ModelOptions {
             Some(ScopeName::Nightly) => Scope::nightly(),
             Some(ScopeName::LocalNightly) => Scope::local_nightly(),
             Some(ScopeName::LocalAbort) => Scope::local_abort(),
+            Some(ScopeName::Routing) => Scope::routing(),
+            Some(ScopeName::Hash) => Scope::hash(),
+            Some(ScopeName::EndOfInput) => Scope::end_of_input(),
         };
         Scope {
             batches_per_source: self.batches.unwrap_or(base.batches_per_source),
@@ -115,6 +125,7 @@ impl ModelOptions {
             timeouts: self.timeouts.unwrap_or(base.timeouts),
             crashes: self.crashes.unwrap_or(base.crashes),
             local_crashes: self.local_crashes.unwrap_or(base.local_crashes),
+            ..base
         }
     }
 

@@ -436,6 +436,11 @@ impl<P: Payload> Subtask<P> {
         self.restarting
     }
 
+    /// Inputs whose end was processed.
+    pub fn ended(&self) -> &[bool] {
+        &self.ended
+    }
+
     /// The highest sequence number arrived per input.
     pub fn positions(&self) -> &[Seq] {
         self.gate.positions()
