@@ -861,6 +861,22 @@ fn aggregate_name(function: AggregateFunction) -> &'static str {
     }
 }
 
+/// Refuses a window without a key run by more than one subtask: records are spread over the
+/// subtasks with nothing to keep a window's records together, so each subtask would emit its
+/// own partial row for the same window.
+pub fn check_parallelism(spec: &WindowSpec, parallelism: usize) -> Result<(), BuildError> {
+    if spec.key.is_none() && parallelism > 1 {
+        return Err(BuildError::new(
+            "parallelism",
+            format!(
+                "a window without a key must have parallelism = 1 (each subtask would emit a partial \
+                 window), found {parallelism}: add key = \"FIELD\" to window per key, or set parallelism = 1"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Window {
     /// A window operator from `spec` over records of `input`, arriving on `inputs` channels.
     pub fn new(node: &str, spec: &WindowSpec, input: SchemaRef, inputs: usize) -> Result<Window, BuildError> {
