@@ -77,6 +77,7 @@ impl Cells {
         }
     }
 
+    #[inline]
     pub(super) fn push_default(&mut self) {
         match self {
             Cells::None => {}
@@ -90,6 +91,7 @@ impl Cells {
 
     /// Reset slot `s` for a new window (sums start at zero; the rest is set by the first
     /// record).
+    #[inline]
     pub(super) fn reset(&mut self, s: usize) {
         match self {
             Cells::None => {}

@@ -277,6 +277,7 @@ impl Keys {
 
     /// If it is time, drop the keys idle for more than `horizon` at `watermark` (all idle
     /// keys once the watermark is `i64::MAX`).
+    #[inline]
     pub(super) fn sweep(&mut self, watermark: i64, horizon: i64) {
         if watermark != i64::MAX && self.went_idle <= (self.live() / 4).max(1024) {
             return;

@@ -101,6 +101,7 @@ pub(super) struct Pending {
 }
 
 impl Pending {
+    #[inline]
     pub(super) fn add(&mut self, end: i64, arrival: u64, slot: u32) {
         let spare = &mut self.spare;
         self.by_end.entry(end).or_insert_with(|| spare.pop().unwrap_or_default()).push((arrival, slot));
