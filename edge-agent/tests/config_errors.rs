@@ -198,3 +198,24 @@ fn file_sink_mode_and_allow_symlink() {
     );
     assert_accepted(&validate(&edited("float_precision = 3", "mode = \"0640\"\nallow_symlink = true"), &[]));
 }
+
+// Each subtask of a window without a key would see part of the records and emit its own
+// partial row for the same window (exit 0 with wrong output): refused before anything runs.
+#[test]
+fn a_window_without_a_key_must_run_as_one_subtask() {
+    let config = edited("key = \"sensor\"", "parallelism = 2");
+    let message = "config: transforms.windows.parallelism: a window without a key must have parallelism = 1 \
+                   (each subtask would emit a partial window), found 2: add key = \"FIELD\" to window per key, \
+                   or set parallelism = 1 (line 15)";
+    assert_rejected(&validate(&config, &[]), message);
+
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(&path, &config).expect("the config is written");
+    let output = Command::new(env!("CARGO_BIN_EXE_weir")).arg("run").arg(&path).output().expect("weir runs");
+    assert_rejected(&output, message);
+    assert!(!dir.path().join("data").exists() && !dir.path().join("out").exists());
+
+    assert_accepted(&validate(&edited("key = \"sensor\"", "key = \"sensor\"\nparallelism = 2"), &[]));
+    assert_accepted(&validate(&edited("key = \"sensor\"", "parallelism = 1"), &[]));
+}

@@ -1,6 +1,8 @@
 //! One node's table (`[sources.NAME]`, `[transforms.NAME]`, `[sinks.NAME]`) read into a
 //! [`Draft`]: its keys checked, its values typed, its paths made absolute. Each table is read on
-//! its own; how nodes connect, and whether their fields exist, is `graph`'s business.
+//! its own; how nodes connect, and whether their fields exist, is `graph`'s business. A
+//! transform's parallelism is checked here, with its table: a window without a key must run as
+//! one subtask.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -11,8 +13,8 @@ use weir_runtime::pipeline::spec::{
     MapSpec, NodeKind, OutputFormat, SinkSpec, SourceSpec, TransformSpec, WindowKind, WindowSpec,
 };
 
-use super::ConfigError;
 use super::doc::{Item, Located, Table, closest, one_of};
+use super::{ConfigError, operator};
 
 /// The three sections of a pipeline, in the order nodes are listed in a `PipelineSpec`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -156,6 +158,12 @@ pub(super) fn read_node<'a>(
         }),
         (Section::Sink, _) => NodeKind::Sink(SinkSpec::Stdout { format: output_format(&table, false)? }),
     };
+    if let NodeKind::Transform(spec) = &kind {
+        operator::check_parallelism(spec, parallelism).map_err(|problem| {
+            let path = format!("{}.{}", item.path(), problem.key);
+            ConfigError::at(&path, problem.message, item.line_of(&problem.key))
+        })?;
+    }
 
     Ok(Draft { name: name.to_owned(), section, item, inputs, parallelism, kind })
 }

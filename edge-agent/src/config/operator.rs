@@ -1,7 +1,8 @@
-//! The config layer's one call into the operators: build a transform's operator once, to learn
+//! The config layer's calls into the operators: build a transform's operator once, to learn
 //! its output schema and to surface the errors its builder finds (unknown fields, type
-//! mismatches in expressions and aggregates). The operator itself is dropped; `weir run`
-//! builds its own per subtask.
+//! mismatches in expressions and aggregates), and check its parallelism (a window without a
+//! key must run as one subtask). The operator itself is dropped; `weir run` builds its own per
+//! subtask, after the same checks.
 
 use weir_runtime::batch::SchemaRef;
 use weir_runtime::operators;
@@ -25,4 +26,10 @@ pub(super) fn output_schema(
         Ok(operator) => Ok(operator.output_schema()),
         Err(error) => Err(OperatorProblem { key: error.key, message: error.message }),
     }
+}
+
+/// Whether transform `spec` can run as `parallelism` subtasks without wrong output.
+pub(super) fn check_parallelism(spec: &TransformSpec, parallelism: usize) -> Result<(), OperatorProblem> {
+    operators::check_parallelism(spec, parallelism)
+        .map_err(|error| OperatorProblem { key: error.key, message: error.message })
 }

@@ -278,8 +278,8 @@ fn windows_of_every_kind() {
     let window = |kind: &str| {
         let text = with(
             &format!(
-                "[transforms.w]\ntype = \"window\"\ninputs = [\"readings\"]\ntime_field = \"ts\"\n{kind}\n\
-                 aggregates = [\"last(value)\", \"first(sensor)\"]\nparallelism = 3\n"
+                "[transforms.w]\ntype = \"window\"\ninputs = [\"readings\"]\nkey = \"sensor\"\n\
+                 time_field = \"ts\"\n{kind}\naggregates = [\"last(value)\", \"first(sensor)\"]\nparallelism = 3\n"
             ),
             "w",
         );
@@ -287,7 +287,7 @@ fn windows_of_every_kind() {
         assert_eq!(spec.nodes[1].parallelism, 3);
         match &spec.nodes[1].kind {
             NodeKind::Transform(TransformSpec::Window(w)) => {
-                assert_eq!(w.key, None);
+                assert_eq!(w.key.as_deref(), Some("sensor"));
                 assert_eq!(w.max_out_of_order_ms, 0);
                 assert_eq!(
                     w.aggregates,
@@ -304,6 +304,22 @@ fn windows_of_every_kind() {
         WindowKind::Hopping { size_ms: 10, hop_ms: 5 }
     );
     assert_eq!(window("kind = \"session\"\ngap_ms = 7"), WindowKind::Session { gap_ms: 7 });
+}
+
+// Each subtask of a window without a key would see only part of the records and emit its own
+// partial row for the same window: wrong output, so the config is refused.
+#[test]
+fn a_window_without_a_key_must_run_as_one_subtask() {
+    assert_eq!(
+        error(&SENSOR_WINDOW.replace("key = \"sensor\"", "parallelism = 2")),
+        "config: transforms.windows.parallelism: a window without a key must have parallelism = 1 \
+         (each subtask would emit a partial window), found 2: add key = \"FIELD\" to window per key, \
+         or set parallelism = 1 (line 15)"
+    );
+    let keyless = spec(&SENSOR_WINDOW.replace("key = \"sensor\"", "parallelism = 1"));
+    assert_eq!(keyless.nodes[1].parallelism, 1);
+    let keyed = spec(&SENSOR_WINDOW.replace("key = \"sensor\"", "key = \"sensor\"\nparallelism = 2"));
+    assert_eq!(keyed.nodes[1].parallelism, 2);
 }
 
 #[test]
@@ -669,6 +685,7 @@ compute = { doubled = "v * 2.0" }
 [transforms.w]
 type = "window"
 inputs = ["shaped"]
+key = "sensor"
 time_field = "ts"
 kind = "session"
 gap_ms = 10

@@ -8,7 +8,8 @@
 //!
 //! [`build`] makes the operator of a `TransformSpec` and finds every type error (unknown
 //! fields, a non-bool condition, `sum` of a string, a bad size) before any data flows, as a
-//! [`BuildError`] naming the config key.
+//! [`BuildError`] naming the config key. [`check_parallelism`] refuses a node whose
+//! parallelism would make its output wrong (a window without a key).
 //!
 //! Event time: an operator that needs a watermark (the window) derives it from its input, per
 //! input channel (largest event time seen minus the bounded out-of-orderness), and takes the
@@ -61,6 +62,16 @@ pub fn build(
         TransformSpec::Map(map) => Box::new(map::Map::new(node, map, input)?),
         TransformSpec::Window(window) => Box::new(window::Window::new(node, window, input, inputs)?),
     })
+}
+
+/// Refuses transform `spec` run by `parallelism` subtasks when that would give wrong output:
+/// a window without a key, whose subtasks would each emit a partial window. The runtime calls
+/// it once per node before building its operators, as the config layer does for each table.
+pub fn check_parallelism(spec: &TransformSpec, parallelism: usize) -> Result<(), BuildError> {
+    match spec {
+        TransformSpec::Window(window) => window::check_parallelism(window, parallelism),
+        TransformSpec::Filter { .. } | TransformSpec::Map(_) => Ok(()),
+    }
 }
 
 /// The snapshot of an operator without state: its format version alone.

@@ -391,7 +391,8 @@ fn attempt(
             NodeKind::Transform(t) => {
                 let upstream = schemas[node_index(&node.inputs[0])].clone();
                 let inputs = node.inputs.iter().map(|i| spec.nodes[node_index(i)].parallelism).sum();
-                operators::build(&node.name, t, upstream, inputs)
+                operators::check_parallelism(t, node.parallelism)
+                    .and_then(|()| operators::build(&node.name, t, upstream, inputs))
                     .map_err(|e| RunError::Build(format!("{}: {e}", node.name)))?
                     .output_schema()
             }

