@@ -22,9 +22,9 @@ use crate::actors::source::{self, SourceActor, check_source_record};
 use crate::actors::task::{self, Body, Restored, SinkWriter, TaskActor};
 use crate::actors::{Counters, Failure, Fatal, OutChannel, OutGroup, Outputs, SubtaskContext, Upstream};
 use crate::batch::SchemaRef;
-use crate::connectors::SourceReader;
 use crate::connectors::file_source::FileSource;
 use crate::connectors::generator::Generator;
+use crate::connectors::{Share, SourceReader};
 use crate::log::{Log, LogError, SnapshotRecord, Writer};
 use crate::operators;
 use crate::pipeline::faults::Injection;
@@ -137,10 +137,10 @@ pub struct Progress {
 /// Called about once a second while the pipeline runs.
 pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
-fn reader(spec: &SourceSpec) -> Box<dyn SourceReader> {
+fn reader(spec: &SourceSpec, share: Share) -> Box<dyn SourceReader> {
     match spec {
-        SourceSpec::Generator(g) => Box::new(Generator::new(g)),
-        SourceSpec::File(f) => Box::new(FileSource::new(f)),
+        SourceSpec::Generator(g) => Box::new(Generator::new(g, share)),
+        SourceSpec::File(f) => Box::new(FileSource::new(f, share)),
     }
 }
 
@@ -306,7 +306,7 @@ fn output_schemas(spec: &PipelineSpec) -> Result<Vec<SchemaRef>, RunError> {
     let mut schemas: Vec<SchemaRef> = Vec::new();
     for node in &spec.nodes {
         let schema = match &node.kind {
-            NodeKind::Source(s) => reader(s).schema(),
+            NodeKind::Source(s) => reader(s, Share::WHOLE).schema(),
             NodeKind::Sink(_) => schemas[node_index(spec, &node.inputs[0])].clone(),
             NodeKind::Transform(t) => {
                 let upstream = schemas[node_index(spec, &node.inputs[0])].clone();
@@ -398,7 +398,8 @@ fn build_source(
 ) -> Result<Built, RunError> {
     let restore = &rollback.participants[p];
     let name = env.context(p).name;
-    let mut reader = reader(source_spec);
+    let share = Share { index: env.topology.subtasks[p].index, count: env.node(p).parallelism };
+    let mut reader = reader(source_spec, share);
     let mut ended = false;
     if let Some(record) = &record {
         let (position, was_ended) = check_source_record(record, env.topology.outputs[p].len())
@@ -407,12 +408,13 @@ fn build_source(
         ended = was_ended;
     }
     let (batch_size, rate) = match source_spec {
-        SourceSpec::Generator(g) => (g.batch_size, g.rate),
+        // The rate is the node's: its subtasks share it.
+        SourceSpec::Generator(g) => (g.batch_size, g.rate.map(|r| r.div_ceil(share.count as u64))),
         SourceSpec::File(f) => (f.batch_size, None),
     };
     let core = SourceTask::restore(restore.from);
     let again = source_spec.clone();
-    let make_reader: source::MakeReader = Box::new(move || self::reader(&again));
+    let make_reader: source::MakeReader = Box::new(move || self::reader(&again, share));
     let actor = SourceActor::new(
         env.context(p),
         p,
