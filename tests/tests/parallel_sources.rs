@@ -16,15 +16,6 @@ fn run_ok(config: &Path, report: Option<&Path>) {
     assert!(out.status.success(), "weir run failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// The sensor-window config with the source and the window at parallelism 2.
-fn parallel_sensor_window(dir: &Path, records: u64, interval_ms: u64, rate: Option<u64>) -> PathBuf {
-    let config = sensor_window_config_with(dir, records, interval_ms, rate, "parallelism = 2\n");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("key = \"sensor\"\n", "key = \"sensor\"\nparallelism = 2\n"))
-        .unwrap();
-    config
-}
-
 fn report_of(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -32,7 +23,7 @@ fn report_of(path: &Path) -> serde_json::Value {
 #[test]
 fn a_generator_with_parallelism_2_gives_exactly_the_parallelism_1_output() {
     let dir = tempfile::tempdir().unwrap();
-    let config = parallel_sensor_window(dir.path(), 200_000, 100, None);
+    let config = sensor_window_config_parallel(dir.path(), 200_000, 100, None, 2);
     let report = dir.path().join("report.json");
     run_ok(&config, Some(&report));
     let lines = sorted_lines(&dir.path().join("out/windows.csv"));
@@ -45,7 +36,7 @@ fn a_generator_with_parallelism_2_gives_exactly_the_parallelism_1_output() {
 #[test]
 fn a_generator_with_parallelism_2_killed_mid_run_resumes_to_exactly_the_output() {
     let dir = tempfile::tempdir().unwrap();
-    let config = parallel_sensor_window(dir.path(), 400_000, 100, Some(200_000));
+    let config = sensor_window_config_parallel(dir.path(), 400_000, 100, Some(200_000), 2);
     let reported = kill_9_after_a_checkpoint(&config, 2).expect("a checkpoint was reported complete");
     let report = dir.path().join("report.json");
     run_ok(&config, Some(&report));
