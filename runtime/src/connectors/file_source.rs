@@ -1080,7 +1080,7 @@ mod tests {
             csv.push_str(&format!("\"s,{i}\nx\",{i}.5\r\n"));
             json.push_str(&format!("{{\"sensor\":\"s{i}\",\"v\":{i}}}\n"));
             if i % 7 == 0 {
-                csv.push_str("\n");
+                csv.push('\n');
                 json.push_str("  \n");
             }
         }
