@@ -98,6 +98,23 @@ float_precision = 3
     path
 }
 
+/// The sensor-window config with the source and the window at `parallelism`.
+pub fn sensor_window_config_parallel(
+    dir: &Path,
+    records: u64,
+    interval_ms: u64,
+    rate: Option<u64>,
+    parallelism: usize,
+) -> PathBuf {
+    let config =
+        sensor_window_config_with(dir, records, interval_ms, rate, &format!("parallelism = {parallelism}\n"));
+    let text = std::fs::read_to_string(&config).expect("reading the config");
+    let text =
+        text.replace("key = \"sensor\"\n", &format!("key = \"sensor\"\nparallelism = {parallelism}\n"));
+    std::fs::write(&config, text).expect("writing the config");
+    config
+}
+
 /// The sensor-window output for `records` readings, computed here without Weir: the sorted
 /// CSV lines (shared/workloads/sensor-window.md).
 pub fn reference_lines(records: u64) -> Vec<String> {

@@ -62,14 +62,6 @@ impl Section {
         }
     }
 
-    fn noun(self) -> &'static str {
-        match self {
-            Section::Source => "source",
-            Section::Transform => "transform",
-            Section::Sink => "sink",
-        }
-    }
-
     fn types(self) -> &'static [(&'static str, &'static [&'static str])] {
         match self {
             Section::Source => SOURCE_TYPES,
@@ -132,11 +124,12 @@ pub(super) fn read_node<'a>(
         None => 1,
         Some(item) => {
             let n = to_usize(&item, item.positive()?)?;
-            if section != Section::Transform && n != 1 {
-                return Err(item.error(format!(
-                    "{ty} {}s support only parallelism = 1 for now, found {n}",
-                    section.noun()
-                )));
+            // Sources split their input over their subtasks; a sink is one writer of its
+            // output.
+            if section == Section::Sink && n != 1 {
+                return Err(
+                    item.error(format!("{ty} sinks are one writer each: parallelism must be 1, found {n}"))
+                );
             }
             n
         }

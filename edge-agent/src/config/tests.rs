@@ -459,14 +459,11 @@ fn wrong_value_types() {
         "config: checkpoint: expected a table, found true (line 1)"
     );
     assert_eq!(
-        error(&SENSOR_WINDOW.replace("[sources.readings]", "[sources.readings]\nparallelism = 2")),
-        "config: sources.readings.parallelism: generator sources support only parallelism = 1 for now, \
-         found 2 (line 8)"
-    );
-    assert_eq!(
         error(&SENSOR_WINDOW.replace("float_precision = 3", "parallelism = 2")),
-        "config: sinks.out.parallelism: file sinks support only parallelism = 1 for now, found 2 (line 27)"
+        "config: sinks.out.parallelism: file sinks are one writer each: parallelism must be 1, found 2 (line 27)"
     );
+    let parallel = spec(&SENSOR_WINDOW.replace("[sources.readings]", "[sources.readings]\nparallelism = 2"));
+    assert_eq!(parallel.nodes[0].parallelism, 2, "sources split their input");
     assert_eq!(
         error(&SENSOR_WINDOW.replace("aggregates = [", "aggregates = [\"sum(value)\", ")),
         "config: transforms.windows.aggregates: \"sum(value)\" is listed twice (line 20)"

@@ -11,6 +11,12 @@
 //! The position in a snapshot is the byte offset, the line number and a CRC-32C of the up to
 //! [`TAIL`] bytes before the offset. Seeking checks both, so an input that was truncated or
 //! replaced after a checkpoint is an error instead of a silently shorter or different run.
+//!
+//! With `parallelism = n`, subtask `k` reads records `r` (counting from 0, blank lines not
+//! counted) with `r % n == k`: every subtask frames every record (finding where a CSV
+//! record ends takes parsing its quotes, so no byte range can be cut without reading what
+//! precedes it) but decodes only its own, and reports errors in its own. Its position adds
+//! the number of records before the offset.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
@@ -18,7 +24,7 @@ use std::path::PathBuf;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
-use super::{SourceError, SourceReader};
+use super::{Share, SourceError, SourceReader};
 use crate::batch::{Batch, Column, Field, Schema, SchemaRef};
 use crate::pipeline::spec::{FileFormat, FileSourceSpec};
 
@@ -65,6 +71,8 @@ pub struct Decoded {
     pub bytes: usize,
     /// Line ends (`\n`) in the consumed bytes.
     pub lines: u64,
+    /// Records in the consumed bytes, in the share or not.
+    pub framed: u64,
 }
 
 /// Decodes records of one format into batches. It holds only reusable scratch space, so a
@@ -102,31 +110,47 @@ impl Decoder {
         max: usize,
         batch: &mut Batch,
     ) -> Result<Decoded, DecodeError> {
+        self.decode_share(chunk, Share::WHOLE, 0, max, batch)
+    }
+
+    /// [`Decoder::decode`] of the records in `share` only, the chunk's first record being
+    /// record number `first_record`: the others are framed and skipped, and not checked
+    /// against the schema (their own share does that). `max` counts records appended.
+    pub fn decode_share(
+        &mut self,
+        chunk: Chunk<'_>,
+        share: Share,
+        first_record: u64,
+        max: usize,
+        batch: &mut Batch,
+    ) -> Result<Decoded, DecodeError> {
         let skip = if chunk.starts_file && chunk.bytes.starts_with(BOM) { BOM.len() } else { 0 };
         let before = batch.len();
         let schema = batch.schema().clone();
-        let (records, end) = match self.format {
-            FileFormat::JsonLines => self.json(&schema, chunk, skip, max, batch.columns_mut())?,
-            FileFormat::Csv => self.csv(&schema, chunk, skip, max, batch.columns_mut())?,
+        let mut at = Framing { share, record: first_record, kept: 0, done: skip };
+        match self.format {
+            FileFormat::JsonLines => self.json(&schema, chunk, &mut at, max, batch.columns_mut())?,
+            FileFormat::Csv => self.csv(&schema, chunk, &mut at, max, batch.columns_mut())?,
         };
+        let framed = at.record - first_record;
         // A BOM alone is no progress: the next chunk starts at the file's start again.
-        let bytes = if records == 0 && end == skip && !chunk.ends_file { 0 } else { end };
-        batch.set_len(before + records);
-        Ok(Decoded { records, bytes, lines: count_lines(&chunk.bytes[..bytes]) })
+        let bytes = if framed == 0 && at.done == skip && !chunk.ends_file { 0 } else { at.done };
+        batch.set_len(before + at.kept);
+        Ok(Decoded { records: at.kept, bytes, lines: count_lines(&chunk.bytes[..bytes]), framed })
     }
 
     fn json(
         &mut self,
         schema: &Schema,
         chunk: Chunk<'_>,
-        mut at: usize,
+        f: &mut Framing,
         max: usize,
         columns: &mut [Column],
-    ) -> Result<(usize, usize), DecodeError> {
+    ) -> Result<(), DecodeError> {
         let bytes = chunk.bytes;
-        let mut records = 0;
         let mut line = chunk.first_line;
-        while records < max && at < bytes.len() {
+        while f.kept < max && f.done < bytes.len() {
+            let at = f.done;
             let (text, next) = match bytes[at..].iter().position(|&b| b == b'\n') {
                 Some(n) => (&bytes[at..at + n], at + n + 1),
                 None if chunk.ends_file => (&bytes[at..], bytes.len()),
@@ -134,26 +158,29 @@ impl Decoder {
             };
             let text = text.strip_suffix(b"\r").unwrap_or(text);
             if !text.iter().all(u8::is_ascii_whitespace) {
-                self.seen.clear();
-                self.seen.resize(schema.len(), false);
-                json_record(schema, columns, &mut self.seen, text)
-                    .map_err(|message| DecodeError { line, message })?;
-                records += 1;
+                if f.share.owns(f.record) {
+                    self.seen.clear();
+                    self.seen.resize(schema.len(), false);
+                    json_record(schema, columns, &mut self.seen, text)
+                        .map_err(|message| DecodeError { line, message })?;
+                    f.kept += 1;
+                }
+                f.record += 1;
             }
-            at = next;
+            f.done = next;
             line += 1;
         }
-        Ok((records, at))
+        Ok(())
     }
 
     fn csv(
         &mut self,
         schema: &Schema,
         chunk: Chunk<'_>,
-        skip: usize,
+        f: &mut Framing,
         max: usize,
         columns: &mut [Column],
-    ) -> Result<(usize, usize), DecodeError> {
+    ) -> Result<(), DecodeError> {
         let bytes = chunk.bytes;
         self.csv.reset();
         // csv-core strips a byte order mark from the first input it sees, wherever that is
@@ -162,8 +189,8 @@ impl Decoder {
         let _ = self.csv.read_record(b" ", &mut [], &mut []);
         // One more end than the schema has fields, to tell "too many" from "just right".
         self.ends.resize(schema.len() + 1, 0);
-        let (mut records, mut done) = (0, skip);
-        while records < max && done < bytes.len() {
+        while f.kept < max && f.done < bytes.len() {
+            let done = f.done;
             let step = self.csv_step(&bytes[done..], chunk.ends_file);
             let at = |len: usize| {
                 let blank = bytes[done..done + len].iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
@@ -172,7 +199,7 @@ impl Decoder {
             let (len, fields) = match step {
                 CsvStep::Record { len, fields } => (len, fields),
                 CsvStep::Blank { len } => {
-                    done += len;
+                    f.done += len;
                     continue;
                 }
                 CsvStep::Incomplete => break,
@@ -185,12 +212,15 @@ impl Decoder {
                     return Err(DecodeError { line: at(bytes.len() - done), message });
                 }
             };
-            csv_record(schema, columns, &self.fields, &self.ends[..fields])
-                .map_err(|message| DecodeError { line: at(len), message })?;
-            records += 1;
-            done += len;
+            if f.share.owns(f.record) {
+                csv_record(schema, columns, &self.fields, &self.ends[..fields])
+                    .map_err(|message| DecodeError { line: at(len), message })?;
+                f.kept += 1;
+            }
+            f.record += 1;
+            f.done += len;
         }
-        Ok((records, done))
+        Ok(())
     }
 
     /// Parse one CSV record (after any blank lines) from `input` into `fields` and `ends`.
@@ -225,6 +255,17 @@ impl Decoder {
             }
         }
     }
+}
+
+/// How far a chunk has been decoded.
+struct Framing {
+    share: Share,
+    /// The number of the next record, in the share or not.
+    record: u64,
+    /// Records of the share appended.
+    kept: usize,
+    /// Bytes consumed.
+    done: usize,
 }
 
 /// What [`Decoder::csv_step`] found.
@@ -536,15 +577,21 @@ pub struct FileSource {
     /// File offset of `buf[start]`, and its 1-based line number.
     offset: u64,
     line_no: u64,
+    /// The records this reader decodes, and the number of the record at `offset`.
+    share: Share,
+    record: u64,
 }
 
-/// Bytes of an encoded position: offset, line number, checksum.
+/// Bytes of an encoded position: offset, line number, checksum; then, for a share of a
+/// source with `parallelism > 1`, the record number.
 const POSITION_LEN: usize = 8 + 8 + 4;
 
 impl FileSource {
-    /// A reader at the start of the file (opened on first read).
-    pub fn new(spec: &FileSourceSpec) -> FileSource {
+    /// A reader of `share`'s records at the start of the file (opened on first read).
+    pub fn new(spec: &FileSourceSpec, share: Share) -> FileSource {
         FileSource {
+            share,
+            record: 0,
             path: spec.path.clone(),
             schema: spec.schema.clone(),
             decoder: Decoder::new(spec.format),
@@ -613,11 +660,12 @@ impl SourceReader for FileSource {
             };
             let decoded = self
                 .decoder
-                .decode(chunk, max - batch.len(), &mut batch)
+                .decode_share(chunk, self.share, self.record, max - batch.len(), &mut batch)
                 .map_err(|e| SourceError(format!("{} {e}", self.path.display())))?;
             self.start += decoded.bytes;
             self.offset += decoded.bytes as u64;
             self.line_no += decoded.lines;
+            self.record += decoded.framed;
             if batch.len() == max {
                 break;
             }
@@ -636,14 +684,25 @@ impl SourceReader for FileSource {
 
     fn position(&self) -> Vec<u8> {
         let crc = crc32c::crc32c(self.tail());
-        [&self.offset.to_be_bytes()[..], &self.line_no.to_be_bytes(), &crc.to_be_bytes()].concat()
+        let mut position =
+            [&self.offset.to_be_bytes()[..], &self.line_no.to_be_bytes(), &crc.to_be_bytes()].concat();
+        if self.share.count > 1 {
+            position.extend(self.record.to_be_bytes());
+        }
+        position
     }
 
     fn seek(&mut self, position: &[u8]) -> Result<(), SourceError> {
         let path = self.path.display();
-        let Ok(position) = <[u8; POSITION_LEN]>::try_from(position) else {
-            let n = position.len();
-            return Err(SourceError(format!("{path}: bad position of {n} bytes in snapshot")));
+        let (position, record) = match (position.split_at_checked(POSITION_LEN), self.share.count) {
+            (Some((position, [])), 1) => (position, 0),
+            (Some((position, record)), count) if count > 1 && record.len() == 8 => {
+                (position, u64::from_be_bytes(record.try_into().expect("8 bytes")))
+            }
+            _ => {
+                let n = position.len();
+                return Err(SourceError(format!("{path}: bad position of {n} bytes in snapshot")));
+            }
         };
         let offset = u64::from_be_bytes(position[..8].try_into().expect("8 bytes"));
         let line_no = u64::from_be_bytes(position[8..16].try_into().expect("8 bytes"));
@@ -674,6 +733,7 @@ impl SourceReader for FileSource {
         self.eof = false;
         self.offset = offset;
         self.line_no = line_no;
+        self.record = record;
         Ok(())
     }
 }
@@ -712,7 +772,7 @@ mod tests {
 
     fn read_file(path: &Path, format: FileFormat, text: &str) -> Result<Vec<Vec<Value>>, SourceError> {
         std::fs::write(path, text).unwrap();
-        read_all(&mut FileSource::new(&spec(path.to_owned(), format)), 3)
+        read_all(&mut FileSource::new(&spec(path.to_owned(), format), Share::WHOLE), 3)
     }
 
     /// Decode `bytes` whole.
@@ -741,11 +801,11 @@ mod tests {
             "{\"sensor\":\"a\",\"v\":1.5}\n\n{\"sensor\":\"b\",\"v\":2}\n{\"sensor\":\"c\",\"v\":3}\n",
         )
         .unwrap();
-        let mut s = FileSource::new(&spec(path.clone(), FileFormat::JsonLines));
+        let mut s = FileSource::new(&spec(path.clone(), FileFormat::JsonLines), Share::WHOLE);
         let first = s.next_batch(2).unwrap().unwrap();
         assert_eq!(first.row(1), row("b", 2.0));
         let pos = s.position();
-        let mut t = FileSource::new(&spec(path, FileFormat::JsonLines));
+        let mut t = FileSource::new(&spec(path, FileFormat::JsonLines), Share::WHOLE);
         t.seek(&pos).unwrap();
         assert_eq!(t.next_batch(5).unwrap().unwrap().row(0), row("c", 3.0));
         assert_eq!(t.next_batch(5).unwrap(), None);
@@ -986,7 +1046,7 @@ mod tests {
         }
         text.push_str("last,0"); // no line end
         std::fs::write(&path, &text).unwrap();
-        let mut source = FileSource::new(&spec(path.clone(), FileFormat::Csv));
+        let mut source = FileSource::new(&spec(path.clone(), FileFormat::Csv), Share::WHOLE);
         let mut positions = vec![source.position()];
         let mut all = Vec::new();
         while let Some(batch) = source.next_batch(1000).unwrap() {
@@ -996,16 +1056,82 @@ mod tests {
         assert_eq!(all.len(), 20_001);
         assert_eq!(all[12_345], row("s,12345", 12345.5));
         for (k, position) in positions.iter().enumerate() {
-            let mut resumed = FileSource::new(&spec(path.clone(), FileFormat::Csv));
+            let mut resumed = FileSource::new(&spec(path.clone(), FileFormat::Csv), Share::WHOLE);
             resumed.seek(position).unwrap();
             assert_eq!(read_all(&mut resumed, 777).unwrap(), all[(k * 1000).min(all.len())..], "batch {k}");
         }
         // A bad record is located by its line in the file, after a resume too.
         std::fs::write(&path, text.replace("\"s,15000\",15000.5", "\"s,15000\",x")).unwrap();
-        let mut resumed = FileSource::new(&spec(path.clone(), FileFormat::Csv));
+        let mut resumed = FileSource::new(&spec(path.clone(), FileFormat::Csv), Share::WHOLE);
         resumed.seek(&positions[12]).unwrap();
         let err = read_all(&mut resumed, 1000).unwrap_err();
         assert_eq!(err.0, format!("{} line 15001: field \"v\" should be float, found \"x\"", path.display()));
+    }
+
+    /// Each share of a file, read in batches each resumed from its position by a fresh
+    /// source, holds records `r % count == index` of the whole, in order; bad records are
+    /// reported by the share that holds them.
+    #[test]
+    fn shares_split_the_records_by_number_and_resume_from_their_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut csv = String::from("\u{feff}");
+        let mut json = String::new();
+        for i in 0..5000 {
+            csv.push_str(&format!("\"s,{i}\nx\",{i}.5\r\n"));
+            json.push_str(&format!("{{\"sensor\":\"s{i}\",\"v\":{i}}}\n"));
+            if i % 7 == 0 {
+                csv.push('\n');
+                json.push_str("  \n");
+            }
+        }
+        for (format, text) in [(FileFormat::Csv, &csv), (FileFormat::JsonLines, &json)] {
+            let path = dir.path().join("in");
+            std::fs::write(&path, text).unwrap();
+            let whole =
+                read_all(&mut FileSource::new(&spec(path.clone(), format), Share::WHOLE), 1000).unwrap();
+            assert_eq!(whole.len(), 5000);
+            for count in [2, 3] {
+                for index in 0..count {
+                    let share = Share { index, count };
+                    let mut rows = Vec::new();
+                    let mut position = FileSource::new(&spec(path.clone(), format), share).position();
+                    assert_eq!(position.len(), POSITION_LEN + 8);
+                    loop {
+                        let mut source = FileSource::new(&spec(path.clone(), format), share);
+                        source.seek(&position).unwrap();
+                        let Some(batch) = source.next_batch(333).unwrap() else { break };
+                        rows.extend((0..batch.len()).map(|i| batch.row(i)));
+                        position = source.position();
+                    }
+                    let mine: Vec<_> = whole.iter().skip(index).step_by(count).cloned().collect();
+                    assert_eq!(rows, mine, "{format:?}, share {index} of {count}");
+                }
+            }
+        }
+        // Record 3 (line 4) is bad: share 1 of 2 reports it, share 0 does not hold it.
+        let path = dir.path().join("bad.csv");
+        std::fs::write(&path, "a,1\nb,2\nc,3\nd,x\ne,5\n").unwrap();
+        let read = |index| {
+            read_all(
+                &mut FileSource::new(&spec(path.clone(), FileFormat::Csv), Share { index, count: 2 }),
+                10,
+            )
+        };
+        assert_eq!(read(0).unwrap(), [row("a", 1.0), row("c", 3.0), row("e", 5.0)]);
+        assert_eq!(
+            read(1).unwrap_err().0,
+            format!("{} line 4: field \"v\" should be float, found \"x\"", path.display())
+        );
+        // A position of the whole is not one of a share, nor the other way round.
+        let whole = FileSource::new(&spec(path.clone(), FileFormat::Csv), Share::WHOLE).position();
+        let half =
+            FileSource::new(&spec(path.clone(), FileFormat::Csv), Share { index: 0, count: 2 }).position();
+        let bad = |n| Err(format!("{}: bad position of {n} bytes in snapshot", path.display()));
+        let seek = |share, position: &[u8]| {
+            FileSource::new(&spec(path.clone(), FileFormat::Csv), share).seek(position).map_err(|e| e.0)
+        };
+        assert_eq!(seek(Share { index: 1, count: 2 }, &whole), bad(20));
+        assert_eq!(seek(Share::WHOLE, &half), bad(28));
     }
 
     #[test]
@@ -1014,13 +1140,15 @@ mod tests {
         let path = dir.path().join("in.csv");
         let text: String = (0..1000).map(|i| format!("s{i},{i}\n")).collect();
         std::fs::write(&path, &text).unwrap();
-        let mut source = FileSource::new(&spec(path.clone(), FileFormat::Csv));
+        let mut source = FileSource::new(&spec(path.clone(), FileFormat::Csv), Share::WHOLE);
         source.next_batch(600).unwrap().unwrap();
         let position = source.position();
         let offset = text.lines().take(600).map(|l| l.len() as u64 + 1).sum::<u64>();
         let seek = |contents: &[u8], position: &[u8]| {
             std::fs::write(&path, contents).unwrap();
-            FileSource::new(&spec(path.clone(), FileFormat::Csv)).seek(position).map_err(|e| e.0)
+            FileSource::new(&spec(path.clone(), FileFormat::Csv), Share::WHOLE)
+                .seek(position)
+                .map_err(|e| e.0)
         };
         assert_eq!(seek(text.as_bytes(), &position), Ok(()));
         assert_eq!(
@@ -1049,6 +1177,9 @@ mod tests {
             Err(format!("{}: bad position of 16 bytes in snapshot", path.display()))
         );
         // A position at the very start has nothing to check but the file's existence.
-        assert_eq!(seek(b"", &FileSource::new(&spec(path.clone(), FileFormat::Csv)).position()), Ok(()));
+        assert_eq!(
+            seek(b"", &FileSource::new(&spec(path.clone(), FileFormat::Csv), Share::WHOLE).position()),
+            Ok(())
+        );
     }
 }

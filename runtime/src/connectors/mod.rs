@@ -5,6 +5,10 @@
 //! encodes batches into lines ([`encode`]) that are staged at a barrier and appended to their
 //! destination only when the checkpoint completes (the two-phase commit lives in the sink
 //! actor and the protocol core).
+//!
+//! A source node with `parallelism = n` has `n` readers of the same input, each reading its
+//! [`Share`]: the generator by sensor (so each sensor's readings stay in one subtask, in
+//! order), the file source by record number. Each has its own position.
 
 pub mod encode;
 pub mod file_source;
@@ -27,4 +31,23 @@ pub trait SourceReader: Send {
     fn position(&self) -> Vec<u8>;
     /// Continue from a position returned by `position` (possibly in an earlier run).
     fn seek(&mut self, position: &[u8]) -> Result<(), SourceError>;
+}
+
+/// The part of a source's input one of its subtasks reads: subtask `index` of `count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    /// This subtask.
+    pub index: usize,
+    /// Subtasks of the source.
+    pub count: usize,
+}
+
+impl Share {
+    /// The whole input (a source with `parallelism = 1`).
+    pub const WHOLE: Share = Share { index: 0, count: 1 };
+
+    /// Whether item `n` (a sensor, a record number) is in this share.
+    pub fn owns(self, n: u64) -> bool {
+        n % self.count as u64 == self.index as u64
+    }
 }

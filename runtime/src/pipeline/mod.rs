@@ -1,9 +1,12 @@
-//! Pipelines: the validated description ([`spec`]) and, with the `io` feature, how one is
-//! built into actors and run.
+//! Pipelines: the validated description ([`spec`]) and, with the `io` feature, its topology
+//! ([`plan`]) and how one is built into actors and run.
 
 pub mod faults;
 pub mod fingerprint;
 pub mod spec;
+
+#[cfg(feature = "io")]
+pub mod plan;
 
 #[cfg(feature = "io")]
 pub mod run;

@@ -20,19 +20,18 @@ pub use crate::actors::shared::StopRequest;
 use crate::actors::shared::{CheckpointTiming, CoordinatorShared};
 use crate::actors::source::{self, SourceActor, check_source_record};
 use crate::actors::task::{self, Body, Restored, SinkWriter, TaskActor};
-use crate::actors::{
-    Counters, Failure, Fatal, Link, Links, OutGroup, Outputs, Partition, Payload, SubtaskContext, Upstream,
-};
+use crate::actors::{Counters, Failure, Fatal, Link, Links, OutGroup, Outputs, Payload, SubtaskContext, Upstream};
 use crate::batch::SchemaRef;
-use crate::connectors::SourceReader;
 use crate::connectors::file_source::FileSource;
 use crate::connectors::generator::Generator;
+use crate::connectors::{Share, SourceReader};
 use crate::log::{Log, LogError, SnapshotRecord, Writer};
 use crate::operators;
 use crate::pipeline::faults::Injection;
 use crate::pipeline::fingerprint;
+use crate::pipeline::plan::Plan;
 use crate::pipeline::spec::{
-    CheckpointMode, NodeKind, NodeSpec, PipelineSpec, RecoveryStrategy, SinkSpec, SourceSpec, TransformSpec,
+    CheckpointMode, NodeKind, NodeSpec, PipelineSpec, RecoveryStrategy, SinkSpec, SourceSpec,
 };
 pub use crate::pipeline::supervise::RestartReport;
 use crate::pipeline::supervise::Supervisor;
@@ -40,9 +39,9 @@ use crate::protocol::aligner::AlignmentMode;
 use crate::protocol::coordinator::{Coordinator, CoordinatorConfig};
 use crate::protocol::driver::Subtask as Driver;
 use crate::protocol::participant::{SourceTask, Task, TaskConfig};
-use crate::protocol::recovery::{RecoveryError, plan_global_rollback};
+use crate::protocol::recovery::{RecoveryError, RestorePlan, plan_global_rollback};
 use crate::protocol::route;
-use crate::protocol::{CheckpointId, ParticipantId};
+use crate::protocol::{CheckpointId, ParticipantId, Seq};
 use crate::sync::Arc;
 use crate::sync::atomic::Ordering;
 
@@ -140,16 +139,10 @@ pub struct Progress {
 /// Called about once a second while the pipeline runs.
 pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
-struct Subtask<'a> {
-    node: &'a NodeSpec,
-    index: usize,
-    participant: ParticipantId,
-}
-
-fn reader(spec: &SourceSpec) -> Box<dyn SourceReader> {
+fn reader(spec: &SourceSpec, share: Share) -> Box<dyn SourceReader> {
     match spec {
-        SourceSpec::Generator(g) => Box::new(Generator::new(g)),
-        SourceSpec::File(f) => Box::new(FileSource::new(f)),
+        SourceSpec::Generator(g) => Box::new(Generator::new(g, share)),
+        SourceSpec::File(f) => Box::new(FileSource::new(f, share)),
     }
 }
 
@@ -296,42 +289,338 @@ fn stopped_in_rollback(
 /// The supervisor of a run: which subtasks are downstream of which (for `rest_for_one`), and
 /// which can restart alone (transforms and sinks).
 fn supervisor_for(spec: &PipelineSpec, started: Instant) -> Supervisor {
-    let mut first = Vec::new();
-    let mut names = Vec::new();
-    let mut local = Vec::new();
+    let topology = Plan::new(spec, 1);
+    let (mut names, mut local) = (Vec::new(), Vec::new());
+    for s in &topology.subtasks {
+        let node = &spec.nodes[s.node];
+        names.push(format!("{}/{}", node.name, s.index));
+        local.push(!matches!(node.kind, NodeKind::Source(_)));
+    }
+    Supervisor::new(spec.supervision, started, topology.downstream, local, names)
+}
+
+fn node_index(spec: &PipelineSpec, name: &str) -> usize {
+    spec.nodes.iter().position(|n| n.name == name).expect("inputs were resolved")
+}
+
+/// Each node's output schema, in pipeline order.
+fn output_schemas(spec: &PipelineSpec) -> Result<Vec<SchemaRef>, RunError> {
+    let mut schemas: Vec<SchemaRef> = Vec::new();
     for node in &spec.nodes {
-        first.push(names.len());
-        for i in 0..node.parallelism {
-            names.push(format!("{}/{i}", node.name));
-            local.push(!matches!(node.kind, NodeKind::Source(_)));
+        let schema = match &node.kind {
+            NodeKind::Source(s) => reader(s, Share::WHOLE).schema(),
+            NodeKind::Sink(_) => schemas[node_index(spec, &node.inputs[0])].clone(),
+            NodeKind::Transform(t) => {
+                let upstream = schemas[node_index(spec, &node.inputs[0])].clone();
+                let inputs = node.inputs.iter().map(|i| spec.nodes[node_index(spec, i)].parallelism).sum();
+                operators::check_parallelism(t, node.parallelism)
+                    .and_then(|()| operators::build(&node.name, t, upstream, inputs))
+                    .map_err(|e| RunError::Build(format!("{}: {e}", node.name)))?
+                    .output_schema()
+            }
+        };
+        schemas.push(schema);
+    }
+    Ok(schemas)
+}
+
+/// What every subtask of an attempt shares, and the topology it runs in.
+struct Env<'a> {
+    spec: &'a PipelineSpec,
+    topology: &'a Plan,
+    faults: &'a [Arc<Injection>],
+    writer: &'a Writer,
+    log: &'a Log,
+    counters: Vec<Arc<Counters>>,
+    fatal: Arc<Fatal>,
+    supervisor: &'a Arc<Supervisor>,
+}
+
+impl Env<'_> {
+    fn node(&self, p: ParticipantId) -> &NodeSpec {
+        &self.spec.nodes[self.topology.subtasks[p].node]
+    }
+
+    fn context(&self, p: ParticipantId) -> SubtaskContext {
+        let (node, index) = (self.node(p), self.topology.subtasks[p].index);
+        SubtaskContext {
+            name: if node.parallelism > 1 { format!("{}/{index}", node.name) } else { node.name.clone() },
+            node: node.name.clone(),
+            subtask: index,
+            faults: self
+                .faults
+                .iter()
+                .filter(|f| f.node == node.name && f.subtask == index)
+                .cloned()
+                .collect(),
+            participant: p,
+            writer: self.writer.clone(),
+            log: self.log.clone(),
+            counters: self.counters[p].clone(),
+            fatal: self.fatal.clone(),
+            supervisor: self.supervisor.clone(),
         }
     }
-    let index = |name: &str| spec.nodes.iter().position(|n| n.name == name).expect("inputs were resolved");
-    // Nodes downstream of each node, transitively (nodes are in topological order).
-    let mut below: Vec<Vec<usize>> = vec![Vec::new(); spec.nodes.len()];
-    for (n, node) in spec.nodes.iter().enumerate().rev() {
-        for input in &node.inputs {
-            let u = index(input);
-            let mut more = vec![n];
-            more.extend(below[n].iter().copied());
-            for m in more {
-                if !below[u].contains(&m) {
-                    below[u].push(m);
-                }
+
+    /// The output side of subtask `p`, restored from checkpoint `restored` with the
+    /// sequence numbers `seqs` of its snapshot: what it sends where, with buffer queues for
+    /// local recovery (transforms and sinks; sources re-read).
+    fn core_outputs(&self, p: ParticipantId, seqs: &[Seq], restored: CheckpointId) -> route::Outputs<Payload> {
+        let channels = self.topology.outputs[p].len();
+        let seqs: Vec<Seq> = (0..channels).map(|ch| seqs.get(ch).copied().unwrap_or(0)).collect();
+        let supervision = self.spec.supervision;
+        let buffered =
+            supervision.recovery == RecoveryStrategy::Local && !matches!(self.node(p).kind, NodeKind::Source(_));
+        let groups =
+            self.topology.groups[p].iter().map(|g| OutGroup::new(g.partition.clone(), g.channels.clone())).collect();
+        let budget = if buffered { supervision.buffer_bytes } else { 0 };
+        route::Outputs::new(&seqs, restored, groups, (buffered, budget), Default::default())
+    }
+}
+
+/// A subtask's actor, built before the actor system starts.
+enum Built {
+    Source(Box<SourceActor>),
+    Task(Box<TaskActor>),
+}
+
+/// Build every subtask's actor from its snapshot of the restore point: errors here are
+/// plain returns. Also returns each subtask's restored output sequence numbers.
+fn build_all(
+    env: &Env<'_>,
+    rollback: &RestorePlan,
+    schemas: &[SchemaRef],
+) -> Result<(Vec<Built>, Vec<Vec<Seq>>), RunError> {
+    let mut built = Vec::new();
+    let mut out_seqs = Vec::new();
+    for p in 0..env.topology.subtasks.len() {
+        let record = match rollback.participants[p].from {
+            Some(c) => Some(env.log.read_snapshot(p, c)?),
+            None => None,
+        };
+        out_seqs.push(record.as_ref().map(|r| r.out_seqs.clone()).unwrap_or_default());
+        built.push(match &env.node(p).kind {
+            NodeKind::Source(source_spec) => build_source(env, p, source_spec, rollback, record)?,
+            _ => build_task(env, p, rollback, record, schemas)?,
+        });
+    }
+    Ok((built, out_seqs))
+}
+
+fn build_source(
+    env: &Env<'_>,
+    p: ParticipantId,
+    source_spec: &SourceSpec,
+    rollback: &RestorePlan,
+    record: Option<SnapshotRecord>,
+) -> Result<Built, RunError> {
+    let restore = &rollback.participants[p];
+    let name = env.context(p).name;
+    let share = Share { index: env.topology.subtasks[p].index, count: env.node(p).parallelism };
+    let mut reader = reader(source_spec, share);
+    let mut ended = false;
+    if let Some(record) = &record {
+        let (position, was_ended) = check_source_record(record, env.topology.outputs[p].len())
+            .map_err(|e| RunError::Build(format!("{name}: snapshot cannot be decoded: {e}")))?;
+        reader.seek(position).map_err(|e| RunError::Build(format!("{name}: {e}")))?;
+        ended = was_ended;
+    }
+    let (batch_size, rate) = match source_spec {
+        // The rate is the node's: its subtasks share it.
+        SourceSpec::Generator(g) => (g.batch_size, g.rate.map(|r| r.div_ceil(share.count as u64))),
+        SourceSpec::File(f) => (f.batch_size, None),
+    };
+    let core = SourceTask::restore(restore.from);
+    let again = source_spec.clone();
+    let make_reader: source::MakeReader = Box::new(move || self::reader(&again, share));
+    let actor = SourceActor::new(
+        env.context(p),
+        p,
+        reader,
+        make_reader,
+        core,
+        batch_size,
+        rate,
+        ended,
+        restore.from.unwrap_or_default(),
+    );
+    Ok(Built::Source(Box::new(actor)))
+}
+
+fn build_task(
+    env: &Env<'_>,
+    p: ParticipantId,
+    rollback: &RestorePlan,
+    record: Option<SnapshotRecord>,
+    schemas: &[SchemaRef],
+) -> Result<Built, RunError> {
+    let restore = &rollback.participants[p];
+    let node = env.node(p);
+    let n_inputs = env.topology.inputs[p].len();
+    let (build, sink): (task::BuildBody, bool) = match &node.kind {
+        NodeKind::Transform(t) => {
+            let upstream = schemas[node_index(env.spec, &node.inputs[0])].clone();
+            let (node, t) = (node.name.clone(), t.clone());
+            let build: task::BuildBody = Box::new(move |_: &Log| {
+                operators::build(&node, &t, upstream.clone(), n_inputs)
+                    .map(Body::Operator)
+                    .map_err(|e| e.to_string())
+            });
+            (build, false)
+        }
+        NodeKind::Sink(sink_spec) => {
+            let sink_spec: SinkSpec = sink_spec.clone();
+            let build: task::BuildBody = Box::new(move |log: &Log| {
+                let committed = log.read_commit(p).map_err(|e| e.to_string())?.unwrap_or_default();
+                SinkWriter::open(&sink_spec, committed).map(Body::Sink)
+            });
+            (build, true)
+        }
+        NodeKind::Source(_) => unreachable!("sources are built by build_source"),
+    };
+    let name = env.context(p).name;
+    let layout = (n_inputs, env.topology.outputs[p].len());
+    let Restored { positions, ended, body, out_seqs } =
+        Restored::from_record(&name, record, layout, &build, env.log).map_err(RunError::Build)?;
+    let mode = match env.spec.checkpoint.mode {
+        CheckpointMode::ExactlyOnce => AlignmentMode::ExactlyOnce,
+        CheckpointMode::AtLeastOnce => AlignmentMode::AtLeastOnce,
+    };
+    let config = TaskConfig { inputs: n_inputs, mode, sink, mutations: Default::default() };
+    let core = Task::restore(config, restore, &positions);
+    let restored = restore.from.unwrap_or_default();
+    let outputs = env.core_outputs(p, &out_seqs, restored);
+    let driver = Driver::new(p, core, config, (&positions, ended, restored), outputs);
+    let actor = TaskActor::new(env.context(p), driver, body, build);
+    Ok(Built::Task(Box::new(actor)))
+}
+
+/// Start every subtask's actor on its arbiter and wire the channels, the coordinator and
+/// the stop request; then start the sources.
+fn start_actors(
+    env: &Env<'_>,
+    built: Vec<Built>,
+    arbiters: &[Arbiter],
+    coordinator: &Addr<CoordinatorActor>,
+    out_seqs: &[Vec<Seq>],
+    restored: CheckpointId,
+    stop: &Arc<StopRequest>,
+) {
+    let topology = env.topology;
+    let mut source_addrs = Vec::new();
+    let mut task_addrs = Vec::new();
+    let mut credit_to: Vec<Recipient<crate::actors::Credit>> = Vec::new();
+    let mut resume_to: Vec<Recipient<crate::actors::Resume>> = Vec::new();
+    let mut members = Vec::new();
+    let mut deliver_to: Vec<Option<Recipient<crate::actors::Deliver>>> = Vec::new();
+    let mut notices = Vec::new();
+    for (p, b) in built.into_iter().enumerate() {
+        let arbiter = arbiters[topology.subtasks[p].arbiter].handle();
+        match b {
+            Built::Source(actor) => {
+                let addr = SourceActor::start_in_arbiter(&arbiter, move |_| *actor);
+                credit_to.push(addr.clone().recipient());
+                resume_to.push(addr.clone().recipient());
+                members.push(None);
+                deliver_to.push(None);
+                notices.push((addr.clone().recipient(), addr.clone().recipient()));
+                source_addrs.push(addr);
+                task_addrs.push(None);
+            }
+            Built::Task(actor) => {
+                let addr = TaskActor::start_in_arbiter(&arbiter, move |_| *actor);
+                credit_to.push(addr.clone().recipient());
+                resume_to.push(addr.clone().recipient());
+                members.push(Some(addr.clone().recipient()));
+                deliver_to.push(Some(addr.clone().recipient()));
+                notices.push((addr.clone().recipient(), addr.clone().recipient()));
+                task_addrs.push(Some(addr));
             }
         }
     }
-    let mut downstream = Vec::new();
-    for (n, node) in spec.nodes.iter().enumerate() {
-        let mut nodes = below[n].clone();
-        nodes.sort_unstable();
-        let subtasks: Vec<ParticipantId> =
-            nodes.iter().flat_map(|&m| first[m]..first[m] + spec.nodes[m].parallelism).collect();
-        for _ in 0..node.parallelism {
-            downstream.push(subtasks.clone());
-        }
+    env.supervisor.set_members(members);
+    let links = |p: ParticipantId| {
+        let link = |o: &crate::pipeline::plan::OutputChannel| {
+            Link::new(deliver_to[o.to].clone().expect("only tasks receive data"), o.input)
+        };
+        Links(topology.outputs[p].iter().map(link).collect())
+    };
+    for (p, addr) in task_addrs.iter().enumerate() {
+        let Some(addr) = addr else { continue };
+        let upstream = (topology.inputs[p].iter())
+            .map(|i| Upstream {
+                to: credit_to[i.from].clone(),
+                resume: resume_to[i.from].clone(),
+                output: i.output,
+            })
+            .collect();
+        addr.do_send(task::Wire { links: links(p), upstream, coordinator: coordinator.clone() });
     }
-    Supervisor::new(spec.supervision, started, downstream, local, names)
+    for (s, addr) in source_addrs.iter().enumerate() {
+        let outputs = Outputs {
+            core: Some(env.core_outputs(s, &out_seqs[s], restored)),
+            links: links(s),
+            name: env.context(s).name,
+        };
+        addr.do_send(source::Wire { outputs, coordinator: coordinator.clone() });
+    }
+    coordinator.do_send(coordinator::Wire { sources: source_addrs.clone(), participants: notices });
+    coordinator.do_send(coordinator::Start);
+    // After the wiring, so that a stop made before this attempt reaches a wired coordinator.
+    let to = coordinator.clone();
+    stop.attach(move || to.do_send(coordinator::StopRequested));
+    for addr in &source_addrs {
+        addr.do_send(source::Start);
+    }
+}
+
+/// Records through each node in this attempt.
+fn node_reports(spec: &PipelineSpec, topology: &Plan, counters: &[Arc<Counters>]) -> Vec<NodeReport> {
+    (spec.nodes.iter().enumerate())
+        .map(|(n, node)| {
+            let range = topology.subtasks_of(spec, n);
+            let sum = |f: fn(&Counters) -> u64| counters[range.clone()].iter().map(|c| f(c)).sum();
+            NodeReport {
+                name: node.name.clone(),
+                records_in: sum(|c| c.records_in.load(Ordering::Relaxed)),
+                records_out: sum(|c| c.records_out.load(Ordering::Relaxed)),
+            }
+        })
+        .collect()
+}
+
+/// The checkpoints completed in this attempt.
+fn checkpoint_reports(shared: &CoordinatorShared, started: Instant) -> Vec<CheckpointReport> {
+    (shared.completed.lock().expect("checkpoint list").iter())
+        .map(|&CheckpointTiming { id, duration_ms, at }| CheckpointReport {
+            id,
+            duration_ms,
+            completed_ms: at.map_or(0, |t| t.saturating_duration_since(started).as_millis() as u64),
+        })
+        .collect()
+}
+
+/// Call `show` about once a second until `stop` is set.
+fn show_progress(
+    show: ProgressFn,
+    stop: &Arc<AtomicBool>,
+    shared: &Arc<CoordinatorShared>,
+    sources: &[Arc<Counters>],
+    started: Instant,
+) -> std::thread::JoinHandle<()> {
+    let (stop, shared, counters) = (stop.clone(), shared.clone(), sources.to_vec());
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(250));
+            if started.elapsed().as_millis() % 1000 < 250 {
+                show(Progress {
+                    records: counters.iter().map(|c| c.records_out.load(Ordering::Relaxed)).sum(),
+                    elapsed: started.elapsed(),
+                    last_checkpoint: shared.last_completed.load(Ordering::Relaxed),
+                });
+            }
+        }
+    })
 }
 
 /// One attempt: a global rollback to what the log holds, then run until finished, stopped
@@ -348,221 +637,41 @@ fn attempt(
     stop: &Arc<StopRequest>,
 ) -> Result<Attempt, RunError> {
     let log = log.clone();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1);
+    let topology = Plan::new(spec, threads);
+    let sources = topology.sources;
+    let sinks = &topology.sinks;
 
-    // Subtasks get participant ids in pipeline order; sources come first, so a source's
-    // participant id is also its source index at the coordinator.
-    let mut subtasks = Vec::new();
-    let mut first_subtask = Vec::new();
-    for node in &spec.nodes {
-        first_subtask.push(subtasks.len());
-        for index in 0..node.parallelism {
-            subtasks.push(Subtask { node, index, participant: subtasks.len() });
-        }
-    }
-    let node_index =
-        |name: &str| spec.nodes.iter().position(|n| n.name == name).expect("inputs were resolved");
-    let sources = subtasks.iter().filter(|s| matches!(s.node.kind, NodeKind::Source(_))).count();
-    let sinks: Vec<ParticipantId> =
-        subtasks.iter().filter(|s| matches!(s.node.kind, NodeKind::Sink(_))).map(|s| s.participant).collect();
-
-    let input = log.recovery_input(subtasks.len(), &sinks)?;
+    let input = log.recovery_input(topology.subtasks.len(), sinks)?;
     let plan = plan_global_rollback(&input)?;
     log.apply_discards(&plan)?;
-    let snapshot = |p: ParticipantId| -> Result<Option<SnapshotRecord>, RunError> {
-        match plan.participants[p].from {
-            Some(c) => Ok(Some(log.read_snapshot(p, c)?)),
-            None => Ok(None),
-        }
-    };
     if let Some(c) = plan.checkpoint {
         tracing::info!("resuming from {c}");
     }
 
-    // Output schemas, node by node, and the channel layout: each subtask's inputs in order
-    // (upstream node by upstream node, subtask by subtask) and each subtask's output groups.
-    let mut schemas: Vec<SchemaRef> = Vec::new();
-    let mut inputs_of: Vec<Vec<(ParticipantId, usize)>> = vec![Vec::new(); subtasks.len()]; // (upstream subtask, its channel)
-    let mut outputs_of: Vec<Vec<(ParticipantId, usize)>> = vec![Vec::new(); subtasks.len()]; // (downstream subtask, its input)
-    let mut groups_of: Vec<Vec<(Partition, Vec<usize>)>> = vec![Vec::new(); subtasks.len()];
-    for (n, node) in spec.nodes.iter().enumerate() {
-        let schema = match &node.kind {
-            NodeKind::Source(s) => reader(s).schema(),
-            NodeKind::Sink(_) => schemas[node_index(&node.inputs[0])].clone(),
-            NodeKind::Transform(t) => {
-                let upstream = schemas[node_index(&node.inputs[0])].clone();
-                let inputs = node.inputs.iter().map(|i| spec.nodes[node_index(i)].parallelism).sum();
-                operators::check_parallelism(t, node.parallelism)
-                    .and_then(|()| operators::build(&node.name, t, upstream, inputs))
-                    .map_err(|e| RunError::Build(format!("{}: {e}", node.name)))?
-                    .output_schema()
-            }
-        };
-        schemas.push(schema);
-        let key = match &node.kind {
-            NodeKind::Transform(TransformSpec::Window(w)) => w.key.clone(),
-            _ => None,
-        };
-        for up_name in &node.inputs {
-            let u = node_index(up_name);
-            let up = &spec.nodes[u];
-            let forward = key.is_none() && up.parallelism == node.parallelism;
-            let partition = match (&key, node.parallelism) {
-                (_, 1) => Partition::Forward,
-                (Some(k), _) => Partition::Hash(k.clone()),
-                (None, _) if forward => Partition::Forward,
-                (None, _) => Partition::RoundRobin,
-            };
-            for i in 0..up.parallelism {
-                let from = first_subtask[u] + i;
-                let targets: Vec<usize> = if forward || node.parallelism == 1 && up.parallelism == 1 {
-                    vec![i]
-                } else {
-                    (0..node.parallelism).collect()
-                };
-                let mut group = Vec::new();
-                for j in targets {
-                    let to = first_subtask[n] + j;
-                    let channel = outputs_of[from].len();
-                    let input = inputs_of[to].len();
-                    outputs_of[from].push((to, input));
-                    inputs_of[to].push((from, channel));
-                    group.push(channel);
-                }
-                groups_of[from].push((partition.clone(), group));
-            }
-        }
-    }
-
     let fatal = Arc::new(Fatal::default());
     let shared = Arc::new(CoordinatorShared::default());
-    let counters: Vec<Arc<Counters>> = subtasks.iter().map(|_| Arc::new(Counters::default())).collect();
-    let context = |s: &Subtask| SubtaskContext {
-        name: if s.node.parallelism > 1 {
-            format!("{}/{}", s.node.name, s.index)
-        } else {
-            s.node.name.clone()
-        },
-        node: s.node.name.clone(),
-        subtask: s.index,
-        faults: faults.iter().filter(|f| f.node == s.node.name && f.subtask == s.index).cloned().collect(),
-        participant: s.participant,
-        writer: writer.clone(),
-        log: log.clone(),
-        counters: counters[s.participant].clone(),
+    let counters: Vec<Arc<Counters>> =
+        topology.subtasks.iter().map(|_| Arc::new(Counters::default())).collect();
+    let env = Env {
+        spec,
+        topology: &topology,
+        faults,
+        writer,
+        log: &log,
+        counters: counters.clone(),
         fatal: fatal.clone(),
-        supervisor: supervisor.clone(),
+        supervisor,
     };
-    let mode = match spec.checkpoint.mode {
-        CheckpointMode::ExactlyOnce => AlignmentMode::ExactlyOnce,
-        CheckpointMode::AtLeastOnce => AlignmentMode::AtLeastOnce,
-    };
-
-    // The output side of subtask `p` (its sequence numbers `seqs` from the snapshot): what
-    // it sends where, with buffer queues for local recovery (transforms; sources re-read).
-    let local = spec.supervision.recovery == RecoveryStrategy::Local;
-    let core_outputs = |p: ParticipantId, seqs: &[u64]| {
-        let seqs: Vec<u64> = (0..outputs_of[p].len()).map(|ch| seqs.get(ch).copied().unwrap_or(0)).collect();
-        let buffered = local && !matches!(subtasks[p].node.kind, NodeKind::Source(_));
-        let groups =
-            groups_of[p].iter().map(|(part, chans)| OutGroup::new(part.clone(), chans.clone())).collect();
-        let budget = if buffered { spec.supervision.buffer_bytes } else { 0 };
-        let restored = plan.checkpoint.unwrap_or_default();
-        route::Outputs::<Payload>::new(&seqs, restored, groups, (buffered, budget), Default::default())
-    };
-
-    // Build every actor's state before the system starts: errors here are plain returns.
-    enum Built {
-        Source(Box<SourceActor>),
-        Task(Box<TaskActor>),
-    }
-    let mut built = Vec::new();
-    let mut out_seqs = Vec::new();
-    for s in &subtasks {
-        let restore = &plan.participants[s.participant];
-        let record = snapshot(s.participant)?;
-        out_seqs.push(record.as_ref().map(|r| r.out_seqs.clone()).unwrap_or_default());
-        let n_inputs = inputs_of[s.participant].len();
-        let name = context(s).name;
-        match &s.node.kind {
-            NodeKind::Source(source_spec) => {
-                let mut reader = reader(source_spec);
-                let mut ended = false;
-                if let Some(record) = &record {
-                    let (position, was_ended) = check_source_record(record, outputs_of[s.participant].len())
-                        .map_err(|e| RunError::Build(format!("{name}: snapshot cannot be decoded: {e}")))?;
-                    reader.seek(position).map_err(|e| RunError::Build(format!("{name}: {e}")))?;
-                    ended = was_ended;
-                }
-                let (batch_size, rate) = match source_spec {
-                    SourceSpec::Generator(g) => (g.batch_size, g.rate),
-                    SourceSpec::File(f) => (f.batch_size, None),
-                };
-                let core = SourceTask::restore(restore.from);
-                let again = source_spec.clone();
-                let make_reader: source::MakeReader = Box::new(move || self::reader(&again));
-                let actor = SourceActor::new(
-                    context(s),
-                    s.participant,
-                    reader,
-                    make_reader,
-                    core,
-                    batch_size,
-                    rate,
-                    ended,
-                    restore.from.unwrap_or_default(),
-                );
-                built.push(Built::Source(Box::new(actor)));
-            }
-            kind => {
-                let (build, sink): (task::BuildBody, bool) = match kind {
-                    NodeKind::Transform(t) => {
-                        let upstream = schemas[node_index(&s.node.inputs[0])].clone();
-                        let (node, t) = (s.node.name.clone(), t.clone());
-                        let build: task::BuildBody = Box::new(move |_: &Log| {
-                            operators::build(&node, &t, upstream.clone(), n_inputs)
-                                .map(Body::Operator)
-                                .map_err(|e| e.to_string())
-                        });
-                        (build, false)
-                    }
-                    NodeKind::Sink(sink_spec) => {
-                        let sink_spec: SinkSpec = sink_spec.clone();
-                        let p = s.participant;
-                        let build: task::BuildBody = Box::new(move |log: &Log| {
-                            let committed =
-                                log.read_commit(p).map_err(|e| e.to_string())?.unwrap_or_default();
-                            SinkWriter::open(&sink_spec, committed).map(Body::Sink)
-                        });
-                        (build, true)
-                    }
-                    NodeKind::Source(_) => unreachable!(),
-                };
-                let Restored { positions, ended, body, out_seqs: seqs } = Restored::from_record(
-                    &name,
-                    record,
-                    (n_inputs, outputs_of[s.participant].len()),
-                    &build,
-                    &log,
-                )
-                .map_err(RunError::Build)?;
-                let config = TaskConfig { inputs: n_inputs, mode, sink, mutations: Default::default() };
-                let core = Task::restore(config, restore, &positions);
-                let restored = restore.from.unwrap_or_default();
-                let outputs = core_outputs(s.participant, &seqs);
-                let driver = Driver::new(s.participant, core, config, (&positions, ended, restored), outputs);
-                let actor = TaskActor::new(context(s), driver, body, build);
-                built.push(Built::Task(Box::new(actor)));
-            }
-        }
-    }
+    let schemas = output_schemas(spec)?;
+    let (built, out_seqs) = build_all(&env, &plan, &schemas)?;
 
     let coordinator_core =
-        Coordinator::restore(CoordinatorConfig::new(subtasks.len(), sources), plan.checkpoint);
+        Coordinator::restore(CoordinatorConfig::new(topology.subtasks.len(), sources), plan.checkpoint);
     let interval = spec.checkpoint.interval_ms.map(Duration::from_millis);
     let timeout = Duration::from_millis(spec.checkpoint.timeout_ms);
 
     let system = System::new();
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1);
     // The arbiters (one thread each) live until the system stops.
     let arbiters = system.block_on(async {
         fatal.set_system(System::current());
@@ -572,101 +681,19 @@ fn attempt(
             interval,
             timeout,
             writer.clone(),
-            &sinks,
+            sinks,
             shared.clone(),
             fatal.clone(),
         )
         .start();
-        let mut source_addrs = Vec::new();
-        let mut task_addrs = Vec::new();
-        let mut credit_to: Vec<Recipient<crate::actors::Credit>> = Vec::new();
-        let mut resume_to: Vec<Recipient<crate::actors::Resume>> = Vec::new();
-        let mut members = Vec::new();
-        let mut deliver_to: Vec<Option<Recipient<crate::actors::Deliver>>> = Vec::new();
-        let mut notices = Vec::new();
-        for (p, b) in built.into_iter().enumerate() {
-            let arbiter = arbiters[p % threads].handle();
-            match b {
-                Built::Source(actor) => {
-                    let addr = SourceActor::start_in_arbiter(&arbiter, move |_| *actor);
-                    credit_to.push(addr.clone().recipient());
-                    resume_to.push(addr.clone().recipient());
-                    members.push(None);
-                    deliver_to.push(None);
-                    notices.push((addr.clone().recipient(), addr.clone().recipient()));
-                    source_addrs.push(addr);
-                    task_addrs.push(None);
-                }
-                Built::Task(actor) => {
-                    let addr = TaskActor::start_in_arbiter(&arbiter, move |_| *actor);
-                    credit_to.push(addr.clone().recipient());
-                    resume_to.push(addr.clone().recipient());
-                    members.push(Some(addr.clone().recipient()));
-                    deliver_to.push(Some(addr.clone().recipient()));
-                    notices.push((addr.clone().recipient(), addr.clone().recipient()));
-                    task_addrs.push(Some(addr));
-                }
-            }
-        }
-        supervisor.set_members(members);
-        let links = |p: ParticipantId| {
-            Links(
-                outputs_of[p]
-                    .iter()
-                    .map(|&(to, input)| {
-                        Link::new(deliver_to[to].clone().expect("only tasks receive data"), input)
-                    })
-                    .collect(),
-            )
-        };
-        for p in 0..subtasks.len() {
-            if let Some(addr) = &task_addrs[p] {
-                let upstream = inputs_of[p]
-                    .iter()
-                    .map(|&(from, output)| Upstream {
-                        to: credit_to[from].clone(),
-                        resume: resume_to[from].clone(),
-                        output,
-                    })
-                    .collect();
-                addr.do_send(task::Wire { links: links(p), upstream, coordinator: coordinator.clone() });
-            }
-        }
-        for (s, addr) in source_addrs.iter().enumerate() {
-            let outputs = Outputs {
-                core: Some(core_outputs(s, &out_seqs[s])),
-                links: links(s),
-                name: context(&subtasks[s]).name,
-            };
-            addr.do_send(source::Wire { outputs, coordinator: coordinator.clone() });
-        }
-        coordinator.do_send(coordinator::Wire { sources: source_addrs.clone(), participants: notices });
-        coordinator.do_send(coordinator::Start);
-        // After the wiring, so that a stop made before this attempt reaches a wired coordinator.
-        let to = coordinator.clone();
-        stop.attach(move || to.do_send(coordinator::StopRequested));
-        for addr in &source_addrs {
-            addr.do_send(source::Start);
-        }
+        let restored = plan.checkpoint.unwrap_or_default();
+        start_actors(&env, built, &arbiters, &coordinator, &out_seqs, restored, stop);
         arbiters
     });
 
     let stop_progress = Arc::new(AtomicBool::new(false));
-    let progress_thread = progress.map(|show| {
-        let (stop, shared, counters) = (stop_progress.clone(), shared.clone(), counters[..sources].to_vec());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(250));
-                if started.elapsed().as_millis() % 1000 < 250 {
-                    show(Progress {
-                        records: counters.iter().map(|c| c.records_out.load(Ordering::Relaxed)).sum(),
-                        elapsed: started.elapsed(),
-                        last_checkpoint: shared.last_completed.load(Ordering::Relaxed),
-                    });
-                }
-            }
-        })
-    });
+    let progress_thread =
+        progress.map(|show| show_progress(show, &stop_progress, &shared, &counters[..sources], started));
     let running_at = Instant::now();
     let run_result = system.run();
     stop.detach();
@@ -694,34 +721,9 @@ fn attempt(
         return Err(RunError::Failed("the pipeline stopped before it finished".into()));
     }
 
-    let nodes = spec
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(n, node)| {
-            let range = first_subtask[n]..first_subtask[n] + node.parallelism;
-            let sum = |f: fn(&Counters) -> u64| counters[range.clone()].iter().map(|c| f(c)).sum();
-            NodeReport {
-                name: node.name.clone(),
-                records_in: sum(|c| c.records_in.load(Ordering::Relaxed)),
-                records_out: sum(|c| c.records_out.load(Ordering::Relaxed)),
-            }
-        })
-        .collect();
-    let checkpoints = shared
-        .completed
-        .lock()
-        .expect("checkpoint list")
-        .iter()
-        .map(|&CheckpointTiming { id, duration_ms, at }| CheckpointReport {
-            id,
-            duration_ms,
-            completed_ms: at.map_or(0, |t| t.saturating_duration_since(started).as_millis() as u64),
-        })
-        .collect();
     Ok(Attempt {
-        nodes,
-        checkpoints,
+        nodes: node_reports(spec, &topology, &counters),
+        checkpoints: checkpoint_reports(&shared, started),
         restored_from: plan.checkpoint.map(|c: CheckpointId| c.0),
         running_at,
         panic,

@@ -1,6 +1,7 @@
 //! `weir-bench`: the sensor-window benchmark. Runs the release `weir` binary on the workload
 //! at 2 M and 20 M readings, with checkpoints every second and with periodic checkpoints off,
-//! and in the same run a bare single-threaded loop of the same computation; prints
+//! and with the source and the window at parallelism 2 (checkpoints every second), and in
+//! the same run a bare single-threaded loop of the same computation; prints
 //! readings/s, checkpoint overhead, peak RSS, and the ratio to the bare loop. Every Weir
 //! run's output is checked against the workload's published checksum.
 //!
@@ -14,7 +15,7 @@ use std::fmt::Write as _;
 use std::process::Command;
 use std::time::Instant;
 
-use weir_tests::{sensor_window_config, sorted_lines, sorted_sha256, weir_bin};
+use weir_tests::{sensor_window_config_parallel, sorted_lines, sorted_sha256, weir_bin};
 
 /// Published checksums (shared/workloads/sensor-window.md).
 fn expected_sha(records: u64) -> Option<&'static str> {
@@ -115,16 +116,18 @@ fn main() {
             assert_eq!(bare_sha, expected, "the bare loop's output is wrong");
         }
         let reps: usize = std::env::var("WEIR_BENCH_REPS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+        // The overheads below compare the first two with the third.
         let runs = [
-            ("weir, checkpoints every 1 s", 1000),
-            ("weir, checkpoints every 100 ms", 100),
-            ("weir, periodic checkpoints off", 0),
+            ("weir, checkpoints every 1 s", 1000, 1),
+            ("weir, checkpoints every 100 ms", 100, 1),
+            ("weir, periodic checkpoints off", 0, 1),
+            ("weir, parallelism 2 (source, window), checkpoints every 1 s", 1000, 2),
         ];
         let mut samples: Vec<Vec<Measured>> = runs.iter().map(|_| Vec::new()).collect();
         for _ in 0..reps {
-            for (k, &(label, interval)) in runs.iter().enumerate() {
+            for (k, &(label, interval, parallelism)) in runs.iter().enumerate() {
                 let dir = tempfile::tempdir().expect("tempdir");
-                let config = sensor_window_config(dir.path(), records, interval, None);
+                let config = sensor_window_config_parallel(dir.path(), records, interval, None, parallelism);
                 let m = run_weir(&config);
                 let lines = sorted_lines(&dir.path().join("out/windows.csv"));
                 if let Some(expected) = expected_sha(records) {
@@ -134,7 +137,7 @@ fn main() {
             }
         }
         let mut medians = Vec::new();
-        for (k, &(label, _)) in runs.iter().enumerate() {
+        for (k, &(label, _, _)) in runs.iter().enumerate() {
             let mut walls: Vec<f64> = samples[k].iter().map(|m| m.seconds).collect();
             walls.sort_by(f64::total_cmp);
             let wall = walls[walls.len() / 2];
@@ -143,7 +146,7 @@ fn main() {
             medians.push(wall);
             println!("| {records} | {label} | {wall:.2} | {rate:.0} | {rss:.1} | {:.2} |", rate / bare_rate);
         }
-        for (k, &(label, _)) in runs.iter().enumerate().take(2) {
+        for (k, &(label, _, _)) in runs.iter().enumerate().take(2) {
             let overhead = (medians[k] / medians[2] - 1.0) * 100.0;
             println!("| {records} | overhead of {} | | {overhead:+.1} % | | |", &label[6..]);
         }
