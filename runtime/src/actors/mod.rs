@@ -17,7 +17,7 @@ pub mod shared;
 pub mod source;
 pub mod task;
 
-pub use shared::{Counters, Failure, Fatal, panic_message};
+pub use shared::{Counters, Failure, FailureReason, Fatal, panic_message};
 
 use std::collections::VecDeque;
 
@@ -493,16 +493,16 @@ impl SubtaskContext {
     pub fn panicked(&self, payload: &(dyn std::any::Any + Send)) {
         let message = panic_message(payload);
         tracing::error!("{}: panicked: {message}", self.name);
-        self.escalate("panic", message);
+        self.escalate(FailureReason::Panic, message);
     }
 
-    /// Stop the attempt: the runner heals `reason` (`panic`, `write_error`, ...) with a
-    /// global rollback, within the restart intensity.
-    pub fn escalate(&self, reason: &str, message: String) {
-        self.fatal.stop(Failure::Panic {
+    /// Stop the attempt: the runner heals `reason` with a global rollback, within the restart
+    /// intensity.
+    pub fn escalate(&self, reason: FailureReason, message: String) {
+        self.fatal.stop(Failure::Healable {
             node: self.node.clone(),
             subtask: self.subtask,
-            reason: reason.to_owned(),
+            reason,
             message,
             at: std::time::Instant::now(),
         });

@@ -30,20 +30,70 @@ impl Counters {
     }
 }
 
+/// Why a subtask (or the coordinator, or an actor thread) failed in a way a restart heals;
+/// [`FailureReason::name`] is what the run report's `reason` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    /// Code panicked in a message handler (operator code, or an injected fault).
+    Panic,
+    /// A log write failed with an error a retry may not meet again.
+    WriteError,
+    /// A sender cannot replay what its restarted receiver needs.
+    ReplayGap,
+    /// Local recovery cannot reproduce the logged input order.
+    ReplayDiverged,
+    /// A local restart could not restore the subtask.
+    RestoreFailed,
+    /// Restarted because a subtask upstream failed (`rest_for_one`).
+    RestForOne,
+    /// An actor ended by a panic that no handler's guard caught.
+    ActorDied,
+    /// An actor thread (arbiter) ended by a panic while the attempt ran.
+    ArbiterDied,
+}
+
+impl FailureReason {
+    /// Its name in the run report and in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureReason::Panic => "panic",
+            FailureReason::WriteError => "write_error",
+            FailureReason::ReplayGap => "replay_gap",
+            FailureReason::ReplayDiverged => "replay_diverged",
+            FailureReason::RestoreFailed => "restore_failed",
+            FailureReason::RestForOne => "rest_for_one",
+            FailureReason::ActorDied => "actor_died",
+            FailureReason::ArbiterDied => "arbiter_died",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for FailureReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
 /// Why an attempt stopped early.
 #[derive(Debug, Clone)]
 pub enum Failure {
     /// An error that a restart cannot heal (storage, bad input data): the run stops.
     Error(String),
-    /// Operator code panicked: the supervisor may restart.
-    Panic {
-        /// The node.
+    /// A failure a global rollback heals (within the restart intensity).
+    Healable {
+        /// The node (`(coordinator)` for the coordinator, `(arbiter)` for an actor thread).
         node: String,
-        /// The subtask.
+        /// The subtask (an actor thread: its index).
         subtask: usize,
-        /// Why: `panic`, `write_error`, `replay_gap`, ...
-        reason: String,
-        /// The panic message.
+        /// Why.
+        reason: FailureReason,
+        /// What happened (a panic's message).
         message: String,
         /// When it happened.
         at: std::time::Instant,
@@ -214,6 +264,29 @@ mod tests {
     use super::*;
     use crate::sync::{Arc, thread};
 
+    /// The run report's `reason` values are a format: tests and tools read them.
+    #[test]
+    fn failure_reasons_keep_their_report_names() {
+        use FailureReason::*;
+        let all =
+            [Panic, WriteError, ReplayGap, ReplayDiverged, RestoreFailed, RestForOne, ActorDied, ArbiterDied];
+        let names: Vec<String> = all.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "\"panic\"",
+                "\"write_error\"",
+                "\"replay_gap\"",
+                "\"replay_diverged\"",
+                "\"restore_failed\"",
+                "\"rest_for_one\"",
+                "\"actor_died\"",
+                "\"arbiter_died\""
+            ]
+        );
+        assert_eq!(RestForOne.to_string(), "rest_for_one");
+    }
+
     #[test]
     fn stop_request_wakes_a_waiting_runner_and_is_remembered() {
         let stop = Arc::new(StopRequest::default());
@@ -247,7 +320,7 @@ mod loom_tests {
     fn message(failure: Option<Failure>) -> Option<String> {
         match failure {
             Some(Failure::Error(message)) => Some(message),
-            Some(Failure::Panic { message, .. }) => Some(format!("panic: {message}")),
+            Some(Failure::Healable { message, .. }) => Some(format!("healable: {message}")),
             None => None,
         }
     }

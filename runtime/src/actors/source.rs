@@ -13,7 +13,8 @@ use actix::prelude::*;
 
 use super::coordinator::{Ack, CoordinatorActor, SourceFinished};
 use super::{
-    Abort, CONGESTED, Complete, Credit, Item, OutGroup, Outputs, Payload, Resume, SubtaskContext, route,
+    Abort, CONGESTED, Complete, Credit, FailureReason, Item, OutGroup, Outputs, Payload, Resume,
+    SubtaskContext, route,
 };
 use crate::connectors::SourceReader;
 use crate::log::{LogError, SnapshotRecord, WriteOp};
@@ -196,7 +197,7 @@ impl SourceActor {
         let Some(base) = &self.base else { return };
         let ch = resume.output;
         if let Err(gap) = ReplayGap::check(base.checkpoint, base.seqs[ch], resume.restored, resume.from_seq) {
-            return self.cx.escalate("replay_gap", format!("cannot replay output {ch}: {gap}"));
+            return self.cx.escalate(FailureReason::ReplayGap, format!("cannot replay output {ch}: {gap}"));
         }
         let mut reader = (self.make_reader)();
         if let Err(e) = reader.seek(&base.position) {
@@ -354,7 +355,7 @@ impl SourceActor {
                     }
                     if self.cx.write_fails(n) {
                         let error = LogError::Injected(format!("write {n} of {}", self.cx.name));
-                        return self.cx.escalate("write_error", error.to_string());
+                        return self.cx.escalate(FailureReason::WriteError, error.to_string());
                     }
                     let record = SnapshotRecord {
                         positions: Vec::new(),

@@ -13,7 +13,9 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::coordinator::{Ack, CoordinatorActor, SinkCommitted};
-use super::{Abort, Complete, Credit, Deliver, Item, Outputs, Payload, Resume, SubtaskContext, Upstream};
+use super::{
+    Abort, Complete, Credit, Deliver, FailureReason, Item, Outputs, Payload, Resume, SubtaskContext, Upstream,
+};
 use crate::batch::Batch;
 use crate::connectors::encode::encode;
 use crate::log::{CommitRecord, Log, LogError, SnapshotRecord, WriteOp};
@@ -319,7 +321,7 @@ struct Restore;
 
 /// A restart in progress: what the report will say.
 struct Restarting {
-    reason: String,
+    reason: FailureReason,
     message: String,
     at: Instant,
     backoff: Duration,
@@ -483,7 +485,7 @@ impl TaskActor {
                     }
                     Err(payload) => {
                         let message = super::panic_message(&*payload);
-                        return self.fail("panic", message, ctx);
+                        return self.fail(FailureReason::Panic, message, ctx);
                     }
                 }
                 continue;
@@ -495,7 +497,7 @@ impl TaskActor {
                 Some(Feed::Duplicate { input }) => self.give_credit(input), // it used a credit
                 Some(Feed::Diverged { detail }) => {
                     let message = format!("local recovery cannot reproduce the logged input order: {detail}");
-                    return self.cx.escalate("replay_diverged", message);
+                    return self.cx.escalate(FailureReason::ReplayDiverged, message);
                 }
                 None => return,
             }
@@ -504,7 +506,7 @@ impl TaskActor {
 
     /// Something failed in this subtask: ask the supervisor, then restart locally or
     /// escalate.
-    fn fail(&mut self, reason: &str, message: String, ctx: &mut Context<Self>) {
+    fn fail(&mut self, reason: FailureReason, message: String, ctx: &mut Context<Self>) {
         let at = Instant::now();
         tracing::error!("{}: {reason}: {message}", self.cx.name);
         let positions = self.gate.positions().to_vec();
@@ -523,10 +525,7 @@ impl TaskActor {
                     if restart.len() > 1 { "it and what is downstream" } else { "it" },
                     backoff.as_millis()
                 );
-                self.begin_restart(
-                    Restarting { reason: reason.to_owned(), message, at, backoff, failed: true, restarted },
-                    ctx,
-                );
+                self.begin_restart(Restarting { reason, message, at, backoff, failed: true, restarted }, ctx);
             }
         }
     }
@@ -597,7 +596,8 @@ impl TaskActor {
     /// A downstream subtask restarted: replay its channel from the buffer queue.
     fn serve(&mut self, resume: Resume) {
         if let Err(gap) = self.outputs.resume(resume) {
-            self.cx.escalate("replay_gap", format!("cannot replay output {}: {gap}", resume.output));
+            self.cx
+                .escalate(FailureReason::ReplayGap, format!("cannot replay output {}: {gap}", resume.output));
         }
     }
 
@@ -740,7 +740,7 @@ impl Handler<Restart> for TaskActor {
         }
         tracing::warn!("{}: restarting with {} (rest_for_one)", self.cx.name, msg.failed);
         let restarting = Restarting {
-            reason: "rest_for_one".into(),
+            reason: FailureReason::RestForOne,
             message: format!("{} failed", msg.failed),
             at: msg.at,
             backoff: msg.backoff,
@@ -776,8 +776,8 @@ impl Handler<Restore> for TaskActor {
                 }
                 self.drain(ctx);
             }
-            Ok(Err(e)) => self.cx.escalate("restore_failed", e),
-            Err(payload) => self.cx.escalate("restore_failed", super::panic_message(&*payload)),
+            Ok(Err(e)) => self.cx.escalate(FailureReason::RestoreFailed, e),
+            Err(payload) => self.cx.escalate(FailureReason::RestoreFailed, super::panic_message(&*payload)),
         }
     }
 }
@@ -802,7 +802,7 @@ impl Handler<Written> for TaskActor {
                 self.cx.fatal.fail(e);
                 return;
             }
-            Durable::Failed(e) => return self.fail("write_error", e.to_string(), ctx),
+            Durable::Failed(e) => return self.fail(FailureReason::WriteError, e.to_string(), ctx),
         }
         self.drain(ctx);
     }

@@ -21,7 +21,8 @@ use crate::actors::shared::{CheckpointTiming, CoordinatorShared};
 use crate::actors::source::{self, SourceActor, check_source_record};
 use crate::actors::task::{self, Body, Restored, SinkWriter, TaskActor};
 use crate::actors::{
-    Counters, Failure, Fatal, OutChannel, OutGroup, Outputs, Partition, SubtaskContext, Upstream,
+    Counters, Failure, FailureReason, Fatal, OutChannel, OutGroup, Outputs, Partition, SubtaskContext,
+    Upstream,
 };
 use crate::batch::SchemaRef;
 use crate::connectors::SourceReader;
@@ -56,7 +57,7 @@ pub enum RunError {
     /// Failures came faster than `[supervision]` allows; the report says what happened.
     #[error("{message}")]
     Escalated {
-        /// One line: who failed, how often, the last panic.
+        /// One line: who failed, how often, the last failure.
         message: String,
         /// The run so far.
         report: Box<RunReport>,
@@ -159,7 +160,7 @@ struct Attempt {
     /// When its actors were all started.
     running_at: Instant,
     /// Set when it stopped for a global rollback: node, subtask, reason, message, when.
-    panic: Option<(String, usize, String, String, Instant)>,
+    failure: Option<(String, usize, FailureReason, String, Instant)>,
     /// Set when a requested stop ended it at this checkpoint.
     stopped_at: Option<u64>,
 }
@@ -217,7 +218,7 @@ pub fn run(
             restart.restored_from = attempt.restored_from;
             supervisor.record(restart);
         }
-        let Some((node, subtask, reason, message, at)) = attempt.panic else {
+        let Some((node, subtask, reason, message, at)) = attempt.failure else {
             if attempt.stopped_at.is_some() {
                 report.stopped = stop.reason();
                 report.stopped_at = attempt.stopped_at;
@@ -667,16 +668,16 @@ fn attempt(
         let _ = arbiter.join();
     }
     writer.flush();
-    let panic = match fatal.take() {
+    let failure = match fatal.take() {
         Some(Failure::Error(error)) => return Err(RunError::Failed(error)),
-        Some(Failure::Panic { node, subtask, reason, message, at }) => {
+        Some(Failure::Healable { node, subtask, reason, message, at }) => {
             Some((node, subtask, reason, message, at))
         }
         None => None,
     };
     run_result.map_err(|e| RunError::Failed(format!("actor system: {e}")))?;
     let stopped_at = Some(shared.stopped_at.load(Ordering::Relaxed)).filter(|&c| c > 0);
-    if panic.is_none() && stopped_at.is_none() && shared.finished.load(Ordering::Relaxed) != 1 {
+    if failure.is_none() && stopped_at.is_none() && shared.finished.load(Ordering::Relaxed) != 1 {
         return Err(RunError::Failed("the pipeline stopped before it finished".into()));
     }
 
@@ -710,7 +711,7 @@ fn attempt(
         checkpoints,
         restored_from: plan.checkpoint.map(|c: CheckpointId| c.0),
         running_at,
-        panic,
+        failure,
         stopped_at,
     })
 }
