@@ -17,7 +17,7 @@ pub mod shared;
 pub mod source;
 pub mod task;
 
-pub use shared::{Counters, Failure, FailureReason, Fatal, panic_message};
+pub use shared::{Counters, Failure, FailureReason, Fatal, Guarded, Watch, panic_message};
 
 use std::collections::VecDeque;
 
@@ -483,6 +483,16 @@ impl SubtaskContext {
         }
     }
 
+    /// Panic if an injected fault of `kind` is due at this event; such faults count their
+    /// events themselves (credits received).
+    pub fn inject_on(&self, kind: FaultKind) {
+        for fault in &self.faults {
+            if fault.kind == kind && fault.tick() {
+                panic!("injected fault {fault}");
+            }
+        }
+    }
+
     /// Whether an injected log write error is due at the `count`-th write of this subtask.
     pub fn write_fails(&self, count: u64) -> bool {
         self.faults.iter().any(|f| f.kind == FaultKind::WriteError && f.fire(count))
@@ -490,8 +500,7 @@ impl SubtaskContext {
 
     /// Report a caught panic to be healed by a global rollback (sources; or when the
     /// supervisor escalates).
-    pub fn panicked(&self, payload: &(dyn std::any::Any + Send)) {
-        let message = panic_message(payload);
+    pub fn panicked(&self, message: String) {
         tracing::error!("{}: panicked: {message}", self.name);
         self.escalate(FailureReason::Panic, message);
     }

@@ -1,12 +1,15 @@
 //! Structures shared between threads: the actor threads (arbiters), the log writer's thread
 //! and the runner. Each goes through `crate::sync`, so loom can explore its interleavings.
+//! Here too is how a panic anywhere in an actor reaches the runner as a [`Failure`]: every
+//! handler runs under [`Guarded::guard`], and a [`Watch`] on every actor and actor thread
+//! catches a panic that escaped the guards.
 
-use actix::System;
+use actix::{Actor, AsyncContext, Context, System};
 
 use std::time::{Duration, Instant};
 
 use crate::sync::atomic::{AtomicU64, Ordering};
-use crate::sync::{Condvar, Mutex, lock};
+use crate::sync::{Arc, Condvar, Mutex, lock};
 
 /// Records counted by one subtask, read by the progress display and the run report.
 #[derive(Debug, Default)]
@@ -80,6 +83,12 @@ impl serde::Serialize for FailureReason {
     }
 }
 
+/// The node a failure of the coordinator names (no pipeline node can have this name).
+pub const COORDINATOR: &str = "(coordinator)";
+
+/// The node a failure of an actor thread names; its subtask is the thread's index.
+pub const ARBITER: &str = "(arbiter)";
+
 /// Why an attempt stopped early.
 #[derive(Debug, Clone)]
 pub enum Failure {
@@ -87,7 +96,7 @@ pub enum Failure {
     Error(String),
     /// A failure a global rollback heals (within the restart intensity).
     Healable {
-        /// The node (`(coordinator)` for the coordinator, `(arbiter)` for an actor thread).
+        /// The node ([`COORDINATOR`] for the coordinator, [`ARBITER`] for an actor thread).
         node: String,
         /// The subtask (an actor thread: its index).
         subtask: usize,
@@ -163,6 +172,85 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+/// An actor whose message handlers run under [`Guarded::guard`]. A panic that escapes a
+/// handler does not stop the run: tokio catches it and drops the actor, whose messages are
+/// then lost, and the run waits forever for an acknowledgement or a record that never
+/// comes. So every handler body runs guarded, and a panic becomes a failure the supervisor
+/// heals.
+pub trait Guarded: Actor {
+    /// A handler panicked with `message`: hand it to the supervisor.
+    fn panicked(&mut self, message: String, ctx: &mut Self::Context);
+
+    /// Run a handler's `body`; a panic in it goes to [`Guarded::panicked`].
+    fn guard(&mut self, ctx: &mut Self::Context, body: impl FnOnce(&mut Self, &mut Self::Context)) {
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(self, ctx)));
+        if let Err(payload) = caught {
+            self.panicked(panic_message(&*payload), ctx);
+        }
+    }
+}
+
+/// Stops the attempt with a healable failure when it is dropped by a panic: tied to an actor
+/// ([`Watch::attach`]) or to an actor thread, it notices what no guard caught (a panic in
+/// actix, or in code outside the guarded handlers), so the run heals or stops instead of
+/// waiting forever for a dead actor. A drop without a panic (the attempt ending) says nothing.
+pub struct Watch {
+    fatal: Arc<Fatal>,
+    node: String,
+    subtask: usize,
+    reason: FailureReason,
+    what: String,
+}
+
+impl Watch {
+    /// A watch over the actor of subtask `node/subtask`.
+    pub fn actor(fatal: Arc<Fatal>, node: &str, subtask: usize) -> Watch {
+        let what = format!("the actor of {node}/{subtask} ended by a panic outside its guarded handlers");
+        Watch { fatal, node: node.to_owned(), subtask, reason: FailureReason::ActorDied, what }
+    }
+
+    /// A watch over the coordinator's actor.
+    pub fn coordinator(fatal: Arc<Fatal>) -> Watch {
+        let what = "the coordinator ended by a panic outside its guarded handlers".to_owned();
+        Watch { fatal, node: COORDINATOR.to_owned(), subtask: 0, reason: FailureReason::ActorDied, what }
+    }
+
+    /// A watch over actor thread (arbiter) `index`.
+    pub fn thread(fatal: Arc<Fatal>, index: usize) -> Watch {
+        let what = format!("actor thread {index} ended by a panic");
+        Watch { fatal, node: ARBITER.to_owned(), subtask: index, reason: FailureReason::ArbiterDied, what }
+    }
+
+    /// Tie the watch to the actor of `ctx`: it lives in the actor's context, so it is dropped
+    /// exactly when the actor is (a panic escaping the actor drops it while unwinding).
+    pub fn attach<A: Actor<Context = Context<A>>>(self, ctx: &mut Context<A>) {
+        ctx.spawn(actix::fut::wrap_future(self.forever()));
+    }
+
+    /// A future that never ends and holds the watch until it is dropped.
+    pub fn forever(self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        async move {
+            let _watch = self;
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Nothing here may panic: a second panic while unwinding aborts the process.
+            self.fatal.stop(Failure::Healable {
+                node: std::mem::take(&mut self.node),
+                subtask: self.subtask,
+                reason: self.reason,
+                message: std::mem::take(&mut self.what),
+                at: std::time::Instant::now(),
+            });
+        }
+    }
 }
 
 /// A completed checkpoint, for the run report.

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::coordinator::{Ack, CoordinatorActor, SinkCommitted};
 use super::{
-    Abort, Complete, Credit, Deliver, FailureReason, Item, Outputs, Payload, Resume, SubtaskContext, Upstream,
+    Abort, Complete, Credit, Deliver, FailureReason, Guarded, Item, Outputs, Payload, Resume, SubtaskContext,
+    Upstream,
 };
 use crate::batch::Batch;
 use crate::connectors::encode::encode;
@@ -680,151 +681,181 @@ impl Actor for TaskActor {
     type Context = Context<Self>;
 }
 
+impl Guarded for TaskActor {
+    /// A panic outside operator code is handled as one inside it: the supervisor restarts
+    /// this subtask or escalates.
+    fn panicked(&mut self, message: String, ctx: &mut Context<Self>) {
+        self.fail(FailureReason::Panic, message, ctx);
+    }
+}
+
 impl Handler<Wire> for TaskActor {
     type Result = ();
     fn handle(&mut self, wire: Wire, ctx: &mut Context<Self>) {
-        self.outputs = wire.outputs;
-        self.upstream = wire.upstream;
-        self.coordinator = Some(wire.coordinator);
-        self.drain(ctx); // a restored sink's repair commit
+        self.guard(ctx, |act, ctx| {
+            act.outputs = wire.outputs;
+            act.upstream = wire.upstream;
+            act.coordinator = Some(wire.coordinator);
+            act.drain(ctx); // a restored sink's repair commit
+        });
     }
 }
 
 impl Handler<Deliver> for TaskActor {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        if msg.incarnation != self.incarnation || self.restarting.is_some() {
-            return; // sent to an earlier incarnation: the replay sends it again
-        }
-        let arrival = match msg.item {
-            Item::Batch { seq, payload } => Arrival::Batch { seq, batch: payload },
-            Item::Barrier(c) => Arrival::Barrier(c),
-        };
-        self.gate.handle_arrival(msg.input, arrival);
-        if let Some(target) = &self.catch_up
-            && self.gate.positions().iter().zip(target).all(|(now, then)| now >= then)
-        {
-            self.cx.supervisor.caught_up(self.cx.participant, Instant::now());
-            self.catch_up = None;
-        }
-        self.drain(ctx);
+        self.guard(ctx, |act, ctx| {
+            if msg.incarnation != act.incarnation || act.restarting.is_some() {
+                return; // sent to an earlier incarnation: the replay sends it again
+            }
+            let arrival = match msg.item {
+                Item::Batch { seq, payload } => Arrival::Batch { seq, batch: payload },
+                Item::Barrier(c) => Arrival::Barrier(c),
+            };
+            act.gate.handle_arrival(msg.input, arrival);
+            if let Some(target) = &act.catch_up
+                && act.gate.positions().iter().zip(target).all(|(now, then)| now >= then)
+            {
+                act.cx.supervisor.caught_up(act.cx.participant, Instant::now());
+                act.catch_up = None;
+            }
+            act.drain(ctx);
+        });
     }
 }
 
 impl Handler<Credit> for TaskActor {
     type Result = ();
-    fn handle(&mut self, credit: Credit, _: &mut Context<Self>) {
-        self.outputs.on_credit(credit);
-        if self.restarting.is_none() {
-            self.pay_owed();
-        }
+    fn handle(&mut self, credit: Credit, ctx: &mut Context<Self>) {
+        self.guard(ctx, |act, _| {
+            act.cx.inject_on(FaultKind::Credit);
+            act.outputs.on_credit(credit);
+            if act.restarting.is_none() {
+                act.pay_owed();
+            }
+        });
     }
 }
 
 impl Handler<Resume> for TaskActor {
     type Result = ();
-    fn handle(&mut self, resume: Resume, _: &mut Context<Self>) {
-        if self.restarting.is_some() {
-            self.stashed.push(resume); // served once this subtask has restored itself
-        } else {
-            self.serve(resume);
-        }
+    fn handle(&mut self, resume: Resume, ctx: &mut Context<Self>) {
+        self.guard(ctx, |act, _| {
+            if act.restarting.is_some() {
+                act.stashed.push(resume); // served once this subtask has restored itself
+            } else {
+                act.serve(resume);
+            }
+        });
     }
 }
 
 impl Handler<Restart> for TaskActor {
     type Result = ();
     fn handle(&mut self, msg: Restart, ctx: &mut Context<Self>) {
-        if self.restarting.is_some() {
-            return;
-        }
-        tracing::warn!("{}: restarting with {} (rest_for_one)", self.cx.name, msg.failed);
-        let restarting = Restarting {
-            reason: FailureReason::RestForOne,
-            message: format!("{} failed", msg.failed),
-            at: msg.at,
-            backoff: msg.backoff,
-            failed: false,
-            restarted: Vec::new(),
-        };
-        self.begin_restart(restarting, ctx);
+        self.guard(ctx, |act, ctx| {
+            if act.restarting.is_some() {
+                return;
+            }
+            tracing::warn!("{}: restarting with {} (rest_for_one)", act.cx.name, msg.failed);
+            let restarting = Restarting {
+                reason: FailureReason::RestForOne,
+                message: format!("{} failed", msg.failed),
+                at: msg.at,
+                backoff: msg.backoff,
+                failed: false,
+                restarted: Vec::new(),
+            };
+            act.begin_restart(restarting, ctx);
+        });
     }
 }
 
 impl Handler<Restore> for TaskActor {
     type Result = ();
     fn handle(&mut self, _: Restore, ctx: &mut Context<Self>) {
-        let Some(restarting) = self.restarting.take() else { return };
-        let restored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.restore(ctx)));
-        match restored {
-            Ok(Ok(c)) => {
-                tracing::info!("{}: restored from {c}; upstream replays", self.cx.name);
-                if restarting.failed {
-                    let supervisor = &self.cx.supervisor;
-                    supervisor.record(RestartReport {
-                        node: self.cx.node.clone(),
-                        subtask: self.cx.subtask,
-                        reason: restarting.reason,
-                        recovery: "local".into(),
-                        restarted: restarting.restarted,
-                        message: restarting.message,
-                        at_ms: supervisor.since_start(restarting.at),
-                        duration_ms: restarting.at.elapsed().as_millis() as u64,
-                        restored_from: (c.0 > 0).then_some(c.0),
-                        caught_up_ms: None,
-                    });
+        self.guard(ctx, |act, ctx| {
+            let Some(restarting) = act.restarting.take() else { return };
+            let restored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| act.restore(ctx)));
+            match restored {
+                Ok(Ok(c)) => {
+                    tracing::info!("{}: restored from {c}; upstream replays", act.cx.name);
+                    if restarting.failed {
+                        let supervisor = &act.cx.supervisor;
+                        supervisor.record(RestartReport {
+                            node: act.cx.node.clone(),
+                            subtask: act.cx.subtask,
+                            reason: restarting.reason,
+                            recovery: "local".into(),
+                            restarted: restarting.restarted,
+                            message: restarting.message,
+                            at_ms: supervisor.since_start(restarting.at),
+                            duration_ms: restarting.at.elapsed().as_millis() as u64,
+                            restored_from: (c.0 > 0).then_some(c.0),
+                            caught_up_ms: None,
+                        });
+                    }
+                    act.drain(ctx);
                 }
-                self.drain(ctx);
+                Ok(Err(e)) => act.cx.escalate(FailureReason::RestoreFailed, e),
+                Err(payload) => {
+                    act.cx.escalate(FailureReason::RestoreFailed, super::panic_message(&*payload))
+                }
             }
-            Ok(Err(e)) => self.cx.escalate(FailureReason::RestoreFailed, e),
-            Err(payload) => self.cx.escalate(FailureReason::RestoreFailed, super::panic_message(&*payload)),
-        }
+        });
     }
 }
 
 impl Handler<Written> for TaskActor {
     type Result = ();
     fn handle(&mut self, Written(incarnation, durable): Written, ctx: &mut Context<Self>) {
-        if incarnation != self.incarnation {
-            return; // a write of an earlier incarnation: the restarted core does not wait for it
-        }
-        match durable {
-            Durable::Snapshot(c) => {
-                self.core.on_snapshot_durable(c);
+        self.guard(ctx, |act, ctx| {
+            if incarnation != act.incarnation {
+                return; // a write of an earlier incarnation: the restarted core does not wait for it
             }
-            Durable::Commit(c) => {
-                self.core.on_commit_durable(c);
-                self.coordinator().do_send(SinkCommitted { participant: self.cx.participant, checkpoint: c });
+            match durable {
+                Durable::Snapshot(c) => {
+                    act.core.on_snapshot_durable(c);
+                }
+                Durable::Commit(c) => {
+                    act.core.on_commit_durable(c);
+                    act.coordinator()
+                        .do_send(SinkCommitted { participant: act.cx.participant, checkpoint: c });
+                }
+                Durable::Failed(e) if !e.is_healable() => {
+                    // A full map or disk, an I/O error: the person must act; a restart would
+                    // only retry the same write.
+                    act.cx.fatal.fail(e);
+                    return;
+                }
+                Durable::Failed(e) => return act.fail(FailureReason::WriteError, e.to_string(), ctx),
             }
-            Durable::Failed(e) if !e.is_healable() => {
-                // A full map or disk, an I/O error: the person must act; a restart would
-                // only retry the same write.
-                self.cx.fatal.fail(e);
-                return;
-            }
-            Durable::Failed(e) => return self.fail(FailureReason::WriteError, e.to_string(), ctx),
-        }
-        self.drain(ctx);
+            act.drain(ctx);
+        });
     }
 }
 
 impl Handler<Complete> for TaskActor {
     type Result = ();
     fn handle(&mut self, Complete(c): Complete, ctx: &mut Context<Self>) {
-        self.outputs.complete(c);
-        self.gate.handle_complete(c);
-        if self.restarting.is_none() {
-            self.core.handle_checkpoint_complete(c);
-            self.drain(ctx);
-        }
+        self.guard(ctx, |act, ctx| {
+            act.outputs.complete(c);
+            act.gate.handle_complete(c);
+            if act.restarting.is_none() {
+                act.core.handle_checkpoint_complete(c);
+                act.drain(ctx);
+            }
+        });
     }
 }
 
 impl Handler<Abort> for TaskActor {
     type Result = ();
     fn handle(&mut self, Abort(c): Abort, ctx: &mut Context<Self>) {
-        self.gate.handle_abort(c);
-        self.drain(ctx);
+        self.guard(ctx, |act, ctx| {
+            act.gate.handle_abort(c);
+            act.drain(ctx);
+        });
     }
 }
 

@@ -22,7 +22,7 @@ use crate::actors::source::{self, SourceActor, check_source_record};
 use crate::actors::task::{self, Body, Restored, SinkWriter, TaskActor};
 use crate::actors::{
     Counters, Failure, FailureReason, Fatal, OutChannel, OutGroup, Outputs, Partition, SubtaskContext,
-    Upstream,
+    Upstream, Watch,
 };
 use crate::batch::SchemaRef;
 use crate::connectors::SourceReader;
@@ -547,10 +547,14 @@ fn attempt(
 
     let system = System::new();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1);
-    // The arbiters (one thread each) live until the system stops.
+    // The arbiters (one thread each) live until the system stops. Every actor and every
+    // arbiter is watched: one that a panic ends stops the attempt instead of leaving it to wait.
     let arbiters = system.block_on(async {
         fatal.set_system(System::current());
         let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
+        for (i, arbiter) in arbiters.iter().enumerate() {
+            arbiter.spawn(Watch::thread(fatal.clone(), i).forever());
+        }
         let coordinator = CoordinatorActor::new(
             coordinator_core,
             interval,
@@ -559,8 +563,12 @@ fn attempt(
             &sinks,
             shared.clone(),
             fatal.clone(),
-        )
-        .start();
+        );
+        let watch = Watch::coordinator(fatal.clone());
+        let coordinator = CoordinatorActor::create(move |ctx| {
+            watch.attach(ctx);
+            coordinator
+        });
         let mut source_addrs = Vec::new();
         let mut task_addrs = Vec::new();
         let mut credit_to: Vec<Recipient<crate::actors::Credit>> = Vec::new();
@@ -570,9 +578,13 @@ fn attempt(
         let mut notices = Vec::new();
         for (p, b) in built.into_iter().enumerate() {
             let arbiter = arbiters[p % threads].handle();
+            let watch = Watch::actor(fatal.clone(), &subtasks[p].node.name, subtasks[p].index);
             match b {
                 Built::Source(actor) => {
-                    let addr = SourceActor::start_in_arbiter(&arbiter, move |_| *actor);
+                    let addr = SourceActor::start_in_arbiter(&arbiter, move |ctx| {
+                        watch.attach(ctx);
+                        *actor
+                    });
                     credit_to.push(addr.clone().recipient());
                     resume_to.push(addr.clone().recipient());
                     members.push(None);
@@ -582,7 +594,10 @@ fn attempt(
                     task_addrs.push(None);
                 }
                 Built::Task(actor) => {
-                    let addr = TaskActor::start_in_arbiter(&arbiter, move |_| *actor);
+                    let addr = TaskActor::start_in_arbiter(&arbiter, move |ctx| {
+                        watch.attach(ctx);
+                        *actor
+                    });
                     credit_to.push(addr.clone().recipient());
                     resume_to.push(addr.clone().recipient());
                     members.push(Some(addr.clone().recipient()));
