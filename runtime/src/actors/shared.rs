@@ -350,7 +350,123 @@ impl StopRequest {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::sync::{Arc, thread};
+    use crate::sync::thread;
+
+    /// An actor for the guard and watch tests: `Boom` panics (under the guard when
+    /// `guarded`), `Ping` answers; panics handed to it are counted.
+    struct Probe {
+        guarded: bool,
+        panics: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Actor for Probe {
+        type Context = Context<Self>;
+    }
+
+    impl Guarded for Probe {
+        fn panicked(&mut self, message: String, _: &mut Context<Self>) {
+            lock(&self.panics).push(message);
+        }
+    }
+
+    #[derive(actix::Message)]
+    #[rtype(result = "()")]
+    struct Boom;
+
+    #[derive(actix::Message)]
+    #[rtype(result = "usize")]
+    struct Ping;
+
+    impl actix::Handler<Boom> for Probe {
+        type Result = ();
+        fn handle(&mut self, _: Boom, ctx: &mut Context<Self>) {
+            if self.guarded {
+                self.guard(ctx, |_, _| panic!("boom"));
+            } else {
+                panic!("boom");
+            }
+        }
+    }
+
+    impl actix::Handler<Ping> for Probe {
+        type Result = usize;
+        fn handle(&mut self, _: Ping, _: &mut Context<Self>) -> usize {
+            lock(&self.panics).len()
+        }
+    }
+
+    #[test]
+    fn a_panic_in_a_guarded_handler_is_handed_over_and_the_actor_lives_on() {
+        let panics = Arc::new(Mutex::new(Vec::new()));
+        let probe = Probe { guarded: true, panics: panics.clone() };
+        let answer = actix::System::new().block_on(async move {
+            let addr = probe.start();
+            let _ = addr.send(Boom).await;
+            addr.send(Ping).await
+        });
+        assert_eq!(answer, Ok(1), "the actor died, or the panic was not handed over");
+        assert_eq!(*lock(&panics), ["boom"]);
+    }
+
+    /// A panic that escapes a handler ends the actor; its watch stops the system with a
+    /// healable failure naming the subtask. The system runs on a thread of its own, so that
+    /// a watch that never fires fails the test at the deadline instead of hanging it.
+    #[test]
+    fn a_panic_that_escapes_an_actor_stops_the_attempt_through_its_watch() {
+        let (done, outcome) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let fatal = Arc::new(Fatal::default());
+            let system = actix::System::new();
+            system.block_on(async {
+                fatal.set_system(System::current());
+                let probe = Probe { guarded: false, panics: Arc::default() };
+                let watch = Watch::actor(fatal.clone(), "windows", 2);
+                let addr = Probe::create(move |ctx| {
+                    watch.attach(ctx);
+                    probe
+                });
+                addr.do_send(Boom);
+            });
+            let _ = system.run();
+            let _ = done.send(fatal.take());
+        });
+        let failure = outcome.recv_timeout(Duration::from_secs(60)).expect("the system stopped");
+        match failure {
+            Some(Failure::Healable { node, subtask, reason, message, .. }) => {
+                assert_eq!((node.as_str(), subtask, reason), ("windows", 2, FailureReason::ActorDied));
+                assert_eq!(message, "the actor of windows/2 ended by a panic outside its guarded handlers");
+            }
+            other => panic!("expected a healable failure, got {other:?}"),
+        }
+    }
+
+    /// A watch dropped without a panic (the attempt ending) says nothing; one dropped while
+    /// its thread unwinds stops the attempt.
+    #[test]
+    fn a_watch_fires_only_when_a_panic_drops_it() {
+        let fatal = Arc::new(Fatal::default());
+        let stops = Arc::new(AtomicU64::new(0));
+        let counted = stops.clone();
+        fatal.set_stop_hook(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        });
+        drop(Watch::thread(fatal.clone(), 1));
+        assert!(!fatal.failed());
+        let watched = fatal.clone();
+        let died = thread::spawn(move || {
+            let _watch = Watch::thread(watched, 3);
+            panic!("the arbiter's event loop failed");
+        });
+        assert!(died.join().is_err());
+        assert_eq!(stops.load(Ordering::Relaxed), 1);
+        match fatal.take() {
+            Some(Failure::Healable { node, subtask, reason, message, .. }) => {
+                assert_eq!((node.as_str(), subtask, reason), (ARBITER, 3, FailureReason::ArbiterDied));
+                assert_eq!(message, "actor thread 3 ended by a panic");
+            }
+            other => panic!("expected a healable failure, got {other:?}"),
+        }
+    }
 
     /// The run report's `reason` values are a format: tests and tools read them.
     #[test]
