@@ -230,11 +230,9 @@ impl Watch {
     }
 
     /// A future that never ends and holds the watch until it is dropped.
-    pub fn forever(self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        async move {
-            let _watch = self;
-            std::future::pending::<()>().await;
-        }
+    pub async fn forever(self) {
+        let _watch = self;
+        std::future::pending::<()>().await;
     }
 }
 

@@ -11,9 +11,10 @@
 //!
 //! Every kind fires in sources, transforms and sinks except `commit`, which fires only in
 //! sinks (the only subtasks that commit), and `credit`, which fires only where credits
-//! arrive (sources and transforms: a sink sends none); [`Injection::check_node`] refuses
-//! them elsewhere. A source's log writes are its snapshots, so there `snapshot` and
-//! `write-error` count the same events. The run report says which faults fired: one that did not tested nothing.
+//! arrive (sources and transforms: a sink has no outputs, so it receives none);
+//! [`Injection::check_node`] refuses them elsewhere. A source's log writes are its
+//! snapshots, so there `snapshot` and `write-error` count the same events. The run report
+//! says which faults fired: one that did not tested nothing.
 //!
 //! A subtask without an injection checks an empty list, which costs nothing measurable.
 
