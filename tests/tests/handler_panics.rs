@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use weir_tests::*;
 
 const RECORDS: u64 = 200_000;
+/// Records per second: the run takes several checkpoints, so the panics come after some
+/// completed (the window emits its first output, and gets its first credit, half-way).
+const RATE: u64 = 1_000_000;
 /// How long a run may take before the test gives up: a hang, not a slow machine.
 const PATIENCE: Duration = Duration::from_secs(120);
 
@@ -19,7 +22,7 @@ const PATIENCE: Duration = Duration::from_secs(120);
 /// `faults` injected; killed, and the test failed, if it has not exited within PATIENCE.
 /// Returns how it exited, its stderr and its report (null if none was written).
 fn run(dir: &Path, extra: &str, faults: &[&str]) -> (ExitStatus, String, serde_json::Value) {
-    let config = sensor_window_config(dir, RECORDS, 20, None);
+    let config = sensor_window_config(dir, RECORDS, 20, Some(RATE));
     let text = std::fs::read_to_string(&config).unwrap() + extra;
     std::fs::write(&config, text).unwrap();
     let report = dir.join("report.json");
@@ -55,11 +58,12 @@ fn run(dir: &Path, extra: &str, faults: &[&str]) -> (ExitStatus, String, serde_j
 
 /// A transform's credit handler panics: it restarts alone; a source's: the pipeline rolls
 /// back. Either way the output is exactly the reference and the report says what happened.
+/// (The source sends at least 49 batches of at most 4096 records, so its 20th credit comes.)
 #[test]
 fn a_panic_in_a_credit_handler_is_healed_with_the_exact_output() {
     for (fault, node, recovery, message) in [
         ("credit:windows:1", "windows", "local", "injected fault credit:windows/0:1"),
-        ("credit:readings:50", "readings", "global", "injected fault credit:readings/0:50"),
+        ("credit:readings:20", "readings", "global", "injected fault credit:readings/0:20"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let (status, stderr, report) = run(dir.path(), "", &[fault]);
