@@ -43,7 +43,8 @@ enum Command {
         /// Inject a fault (repeatable), for tests and chaos drills: `KIND:NODE:N` fires once in
         /// subtask 0 of NODE (`KIND:NODE/S:N` in subtask S). `panic`: after N records;
         /// `snapshot`: inside its N-th snapshot; `commit`: a sink, between pre-commit and its
-        /// N-th commit; `write-error`: its N-th log write fails.
+        /// N-th commit; `write-error`: its N-th log write fails; `credit`: a source or
+        /// transform panics as it handles its N-th flow-control credit.
         #[arg(long, value_name = "FAULT")]
         inject: Vec<String>,
         /// Start afresh: remove what the data directory holds (the checkpoints of an earlier

@@ -595,7 +595,14 @@ impl Scope {
     /// restart restores nothing or a completed checkpoint, replays from each buffer queue
     /// and follows the determinant log. About 360 thousand states.
     pub fn local() -> Scope {
-        Scope { batches_per_source: 1, ticks: 1, timeouts: 0, crashes: 0, local_crashes: 1, ..Scope::default() }
+        Scope {
+            batches_per_source: 1,
+            ticks: 1,
+            timeouts: 0,
+            crashes: 0,
+            local_crashes: 1,
+            ..Scope::default()
+        }
     }
 
     /// The larger local-recovery scope of the nightly check: two batches per source.
@@ -736,8 +743,9 @@ impl CheckpointModel {
                 self.report_if_exhausted(state, s, log);
             }
             Action::Deliver(from, to, lane) => {
-                let msg =
-                    state.net[channel_lane(from, to, lane)].pop_front().expect("delivering from an empty channel");
+                let msg = state.net[channel_lane(from, to, lane)]
+                    .pop_front()
+                    .expect("delivering from an empty channel");
                 self.deliver(state, (from, to, lane), msg, log);
             }
             Action::Tick => {
@@ -1208,7 +1216,8 @@ impl CheckpointModel {
         };
         let sink_snapshot = from.map(|c| disk.sink[&c].clone());
         let driver = self.sink_driver(sink_plan, sink_snapshot.as_ref());
-        let received = driver.positions().iter().zip(driver.ended()).map(|(&p, &e)| p - Seq::from(e)).collect();
+        let received =
+            driver.positions().iter().zip(driver.ended()).map(|(&p, &e)| p - Seq::from(e)).collect();
         state.sink = SinkNode {
             received,
             watermarks: Watermark::restored(driver.positions(), restored),
@@ -1452,7 +1461,8 @@ impl Storage<BatchId> for DiskView<'_> {
                 })
             }
             _ => {
-                let SinkSnapshot { positions, ended } = self.disk.sink.get(&c).ok_or("no sink snapshot")?.clone();
+                let SinkSnapshot { positions, ended } =
+                    self.disk.sink.get(&c).ok_or("no sink snapshot")?.clone();
                 let state = Restoring::Sink(restored_output(self.disk, Some(c)));
                 Ok(Snapshot { positions, out_seqs: Vec::new(), ended, state })
             }

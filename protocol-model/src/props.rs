@@ -413,8 +413,12 @@ mod tests {
         let mut s = init(&m);
         s.disk.completed = Some(C1);
         s.disk.sources = [[(C1, 1)].into(), [(C1, 0)].into()];
-        let snapshot =
-            TaskSnapshot { applied: [b(0, 0)].into(), positions: vec![1, 0], out_seqs: vec![1], ended: vec![false; 2] };
+        let snapshot = TaskSnapshot {
+            applied: [b(0, 0)].into(),
+            positions: vec![1, 0],
+            out_seqs: vec![1],
+            ended: vec![false; 2],
+        };
         s.disk.task.insert(C1, snapshot);
         s.disk.sink.insert(C1, SinkSnapshot { positions: vec![1], ended: vec![false] });
         s.disk.staged.insert(C1, vec![b(0, 0)]);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::shared::CoordinatorShared;
+use super::shared::{COORDINATOR, CoordinatorShared, Failure, FailureReason, Guarded};
 use super::source::{SourceActor, Trigger};
 use super::{Abort, Complete, Fatal};
 use crate::log::{WriteOp, Writer};
@@ -122,8 +122,10 @@ impl CoordinatorActor {
                 }
                 CoordinatorAction::ArmTimeout(c) => {
                     ctx.run_later(self.timeout, move |act, ctx| {
-                        act.core.handle_timeout(c);
-                        act.drain(ctx);
+                        act.guard(ctx, |act, ctx| {
+                            act.core.handle_timeout(c);
+                            act.drain(ctx);
+                        });
                     });
                 }
                 CoordinatorAction::PersistCompletion(c) => {
@@ -204,64 +206,95 @@ impl Actor for CoordinatorActor {
     type Context = Context<Self>;
 }
 
+impl Guarded for CoordinatorActor {
+    /// The coordinator's state is lost with the panic, the completion records in the log
+    /// are not: a global rollback restores the pipeline from them.
+    fn panicked(&mut self, message: String, _: &mut Context<Self>) {
+        tracing::error!("coordinator: panicked: {message}");
+        self.fatal.stop(Failure::Healable {
+            node: COORDINATOR.to_owned(),
+            subtask: 0,
+            reason: FailureReason::Panic,
+            message,
+            at: Instant::now(),
+        });
+    }
+}
+
 impl Handler<Wire> for CoordinatorActor {
     type Result = ();
-    fn handle(&mut self, wire: Wire, _: &mut Context<Self>) {
-        self.sources = wire.sources;
-        self.participants = wire.participants;
+    fn handle(&mut self, wire: Wire, ctx: &mut Context<Self>) {
+        self.guard(ctx, |act, _| {
+            act.sources = wire.sources;
+            act.participants = wire.participants;
+        });
     }
 }
 
 impl Handler<Start> for CoordinatorActor {
     type Result = ();
     fn handle(&mut self, _: Start, ctx: &mut Context<Self>) {
-        if let Some(interval) = self.interval {
-            ctx.run_interval(interval, |act, ctx| {
-                act.core.handle_tick();
-                act.drain(ctx);
-            });
-        }
+        self.guard(ctx, |act, ctx| {
+            if let Some(interval) = act.interval {
+                ctx.run_interval(interval, |act, ctx| {
+                    act.guard(ctx, |act, ctx| {
+                        act.core.handle_tick();
+                        act.drain(ctx);
+                    });
+                });
+            }
+        });
     }
 }
 
 impl Handler<StopRequested> for CoordinatorActor {
     type Result = ();
     fn handle(&mut self, _: StopRequested, ctx: &mut Context<Self>) {
-        self.core.handle_stop_requested();
-        self.drain(ctx);
+        self.guard(ctx, |act, ctx| {
+            act.core.handle_stop_requested();
+            act.drain(ctx);
+        });
     }
 }
 
 impl Handler<Ack> for CoordinatorActor {
     type Result = ();
     fn handle(&mut self, ack: Ack, ctx: &mut Context<Self>) {
-        self.core.handle_ack(ack.participant, ack.checkpoint);
-        self.drain(ctx);
+        self.guard(ctx, |act, ctx| {
+            act.core.handle_ack(ack.participant, ack.checkpoint);
+            act.drain(ctx);
+        });
     }
 }
 
 impl Handler<SourceFinished> for CoordinatorActor {
     type Result = ();
     fn handle(&mut self, SourceFinished(source): SourceFinished, ctx: &mut Context<Self>) {
-        self.core.handle_source_finished(source);
-        self.drain(ctx);
+        self.guard(ctx, |act, ctx| {
+            act.core.handle_source_finished(source);
+            act.drain(ctx);
+        });
     }
 }
 
 impl Handler<CompletionDurable> for CoordinatorActor {
     type Result = ();
     fn handle(&mut self, CompletionDurable(c): CompletionDurable, ctx: &mut Context<Self>) {
-        self.core.on_completion_durable(c);
-        self.drain(ctx);
+        self.guard(ctx, |act, ctx| {
+            act.core.on_completion_durable(c);
+            act.drain(ctx);
+        });
     }
 }
 
 impl Handler<SinkCommitted> for CoordinatorActor {
     type Result = ();
-    fn handle(&mut self, msg: SinkCommitted, _: &mut Context<Self>) {
-        if let Some(c) = self.sinks.get_mut(&msg.participant) {
-            *c = (*c).max(msg.checkpoint);
-        }
-        self.stop_if_done();
+    fn handle(&mut self, msg: SinkCommitted, ctx: &mut Context<Self>) {
+        self.guard(ctx, |act, _| {
+            if let Some(c) = act.sinks.get_mut(&msg.participant) {
+                *c = (*c).max(msg.checkpoint);
+            }
+            act.stop_if_done();
+        });
     }
 }

@@ -17,7 +17,7 @@ pub mod shared;
 pub mod source;
 pub mod task;
 
-pub use shared::{Counters, Failure, Fatal, panic_message};
+pub use shared::{Counters, Failure, FailureReason, Fatal, Guarded, Watch, panic_message};
 
 use std::collections::VecDeque;
 
@@ -323,6 +323,16 @@ impl SubtaskContext {
         }
     }
 
+    /// Panic if an injected fault of `kind` is due at this event; such faults count their
+    /// events themselves (credits received).
+    pub fn inject_on(&self, kind: FaultKind) {
+        for fault in &self.faults {
+            if fault.kind == kind && fault.tick() {
+                panic!("injected fault {fault}");
+            }
+        }
+    }
+
     /// Whether an injected log write error is due at the `count`-th write of this subtask.
     pub fn write_fails(&self, count: u64) -> bool {
         self.faults.iter().any(|f| f.kind == FaultKind::WriteError && f.fire(count))
@@ -330,19 +340,18 @@ impl SubtaskContext {
 
     /// Report a caught panic to be healed by a global rollback (sources; or when the
     /// supervisor escalates).
-    pub fn panicked(&self, payload: &(dyn std::any::Any + Send)) {
-        let message = panic_message(payload);
+    pub fn panicked(&self, message: String) {
         tracing::error!("{}: panicked: {message}", self.name);
-        self.escalate("panic", message);
+        self.escalate(FailureReason::Panic, message);
     }
 
-    /// Stop the attempt: the runner heals `reason` (`panic`, `write_error`, ...) with a
-    /// global rollback, within the restart intensity.
-    pub fn escalate(&self, reason: &str, message: String) {
-        self.fatal.stop(Failure::Panic {
+    /// Stop the attempt: the runner heals `reason` with a global rollback, within the restart
+    /// intensity.
+    pub fn escalate(&self, reason: FailureReason, message: String) {
+        self.fatal.stop(Failure::Healable {
             node: self.node.clone(),
             subtask: self.subtask,
-            reason: reason.to_owned(),
+            reason,
             message,
             at: std::time::Instant::now(),
         });

@@ -1,12 +1,15 @@
 //! Structures shared between threads: the actor threads (arbiters), the log writer's thread
 //! and the runner. Each goes through `crate::sync`, so loom can explore its interleavings.
+//! Here too is how a panic anywhere in an actor reaches the runner as a [`Failure`]: every
+//! handler runs under [`Guarded::guard`], and a [`Watch`] on every actor and actor thread
+//! catches a panic that escaped the guards.
 
-use actix::System;
+use actix::{Actor, AsyncContext, Context, System};
 
 use std::time::{Duration, Instant};
 
 use crate::sync::atomic::{AtomicU64, Ordering};
-use crate::sync::{Condvar, Mutex, lock};
+use crate::sync::{Arc, Condvar, Mutex, lock};
 
 /// Records counted by one subtask, read by the progress display and the run report.
 #[derive(Debug, Default)]
@@ -30,20 +33,76 @@ impl Counters {
     }
 }
 
+/// Why a subtask (or the coordinator, or an actor thread) failed in a way a restart heals;
+/// [`FailureReason::name`] is what the run report's `reason` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    /// Code panicked in a message handler (operator code, or an injected fault).
+    Panic,
+    /// A log write failed with an error a retry may not meet again.
+    WriteError,
+    /// A sender cannot replay what its restarted receiver needs.
+    ReplayGap,
+    /// Local recovery cannot reproduce the logged input order.
+    ReplayDiverged,
+    /// A local restart could not restore the subtask.
+    RestoreFailed,
+    /// Restarted because a subtask upstream failed (`rest_for_one`).
+    RestForOne,
+    /// An actor ended by a panic that no handler's guard caught.
+    ActorDied,
+    /// An actor thread (arbiter) ended by a panic while the attempt ran.
+    ArbiterDied,
+}
+
+impl FailureReason {
+    /// Its name in the run report and in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureReason::Panic => "panic",
+            FailureReason::WriteError => "write_error",
+            FailureReason::ReplayGap => "replay_gap",
+            FailureReason::ReplayDiverged => "replay_diverged",
+            FailureReason::RestoreFailed => "restore_failed",
+            FailureReason::RestForOne => "rest_for_one",
+            FailureReason::ActorDied => "actor_died",
+            FailureReason::ArbiterDied => "arbiter_died",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for FailureReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+/// The node a failure of the coordinator names (no pipeline node can have this name).
+pub const COORDINATOR: &str = "(coordinator)";
+
+/// The node a failure of an actor thread names; its subtask is the thread's index.
+pub const ARBITER: &str = "(arbiter)";
+
 /// Why an attempt stopped early.
 #[derive(Debug, Clone)]
 pub enum Failure {
     /// An error that a restart cannot heal (storage, bad input data): the run stops.
     Error(String),
-    /// Operator code panicked: the supervisor may restart.
-    Panic {
-        /// The node.
+    /// A failure a global rollback heals (within the restart intensity).
+    Healable {
+        /// The node ([`COORDINATOR`] for the coordinator, [`ARBITER`] for an actor thread).
         node: String,
-        /// The subtask.
+        /// The subtask (an actor thread: its index).
         subtask: usize,
-        /// Why: `panic`, `write_error`, `replay_gap`, ...
-        reason: String,
-        /// The panic message.
+        /// Why.
+        reason: FailureReason,
+        /// What happened (a panic's message).
         message: String,
         /// When it happened.
         at: std::time::Instant,
@@ -113,6 +172,83 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+/// An actor whose message handlers run under [`Guarded::guard`]. A panic that escapes a
+/// handler does not stop the run: tokio catches it and drops the actor, whose messages are
+/// then lost, and the run waits forever for an acknowledgement or a record that never
+/// comes. So every handler body runs guarded, and a panic becomes a failure the supervisor
+/// heals.
+pub trait Guarded: Actor {
+    /// A handler panicked with `message`: hand it to the supervisor.
+    fn panicked(&mut self, message: String, ctx: &mut Self::Context);
+
+    /// Run a handler's `body`; a panic in it goes to [`Guarded::panicked`].
+    fn guard(&mut self, ctx: &mut Self::Context, body: impl FnOnce(&mut Self, &mut Self::Context)) {
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(self, ctx)));
+        if let Err(payload) = caught {
+            self.panicked(panic_message(&*payload), ctx);
+        }
+    }
+}
+
+/// Stops the attempt with a healable failure when it is dropped by a panic: tied to an actor
+/// ([`Watch::attach`]) or to an actor thread, it notices what no guard caught (a panic in
+/// actix, or in code outside the guarded handlers), so the run heals or stops instead of
+/// waiting forever for a dead actor. A drop without a panic (the attempt ending) says nothing.
+pub struct Watch {
+    fatal: Arc<Fatal>,
+    node: String,
+    subtask: usize,
+    reason: FailureReason,
+    what: String,
+}
+
+impl Watch {
+    /// A watch over the actor of subtask `node/subtask`.
+    pub fn actor(fatal: Arc<Fatal>, node: &str, subtask: usize) -> Watch {
+        let what = format!("the actor of {node}/{subtask} ended by a panic outside its guarded handlers");
+        Watch { fatal, node: node.to_owned(), subtask, reason: FailureReason::ActorDied, what }
+    }
+
+    /// A watch over the coordinator's actor.
+    pub fn coordinator(fatal: Arc<Fatal>) -> Watch {
+        let what = "the coordinator ended by a panic outside its guarded handlers".to_owned();
+        Watch { fatal, node: COORDINATOR.to_owned(), subtask: 0, reason: FailureReason::ActorDied, what }
+    }
+
+    /// A watch over actor thread (arbiter) `index`.
+    pub fn thread(fatal: Arc<Fatal>, index: usize) -> Watch {
+        let what = format!("actor thread {index} ended by a panic");
+        Watch { fatal, node: ARBITER.to_owned(), subtask: index, reason: FailureReason::ArbiterDied, what }
+    }
+
+    /// Tie the watch to the actor of `ctx`: it lives in the actor's context, so it is dropped
+    /// exactly when the actor is (a panic escaping the actor drops it while unwinding).
+    pub fn attach<A: Actor<Context = Context<A>>>(self, ctx: &mut Context<A>) {
+        ctx.spawn(actix::fut::wrap_future(self.forever()));
+    }
+
+    /// A future that never ends and holds the watch until it is dropped.
+    pub async fn forever(self) {
+        let _watch = self;
+        std::future::pending::<()>().await;
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Nothing here may panic: a second panic while unwinding aborts the process.
+            self.fatal.stop(Failure::Healable {
+                node: std::mem::take(&mut self.node),
+                subtask: self.subtask,
+                reason: self.reason,
+                message: std::mem::take(&mut self.what),
+                at: std::time::Instant::now(),
+            });
+        }
+    }
 }
 
 /// A completed checkpoint, for the run report.
@@ -212,7 +348,146 @@ impl StopRequest {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::sync::{Arc, thread};
+    use crate::sync::thread;
+
+    /// An actor for the guard and watch tests: `Boom` panics (under the guard when
+    /// `guarded`), `Ping` answers; panics handed to it are counted.
+    struct Probe {
+        guarded: bool,
+        panics: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Actor for Probe {
+        type Context = Context<Self>;
+    }
+
+    impl Guarded for Probe {
+        fn panicked(&mut self, message: String, _: &mut Context<Self>) {
+            lock(&self.panics).push(message);
+        }
+    }
+
+    #[derive(actix::Message)]
+    #[rtype(result = "()")]
+    struct Boom;
+
+    #[derive(actix::Message)]
+    #[rtype(result = "usize")]
+    struct Ping;
+
+    impl actix::Handler<Boom> for Probe {
+        type Result = ();
+        fn handle(&mut self, _: Boom, ctx: &mut Context<Self>) {
+            if self.guarded {
+                self.guard(ctx, |_, _| panic!("boom"));
+            } else {
+                panic!("boom");
+            }
+        }
+    }
+
+    impl actix::Handler<Ping> for Probe {
+        type Result = usize;
+        fn handle(&mut self, _: Ping, _: &mut Context<Self>) -> usize {
+            lock(&self.panics).len()
+        }
+    }
+
+    #[test]
+    fn a_panic_in_a_guarded_handler_is_handed_over_and_the_actor_lives_on() {
+        let panics = Arc::new(Mutex::new(Vec::new()));
+        let probe = Probe { guarded: true, panics: panics.clone() };
+        let answer = actix::System::new().block_on(async move {
+            let addr = probe.start();
+            let _ = addr.send(Boom).await;
+            addr.send(Ping).await
+        });
+        assert_eq!(answer, Ok(1), "the actor died, or the panic was not handed over");
+        assert_eq!(*lock(&panics), ["boom"]);
+    }
+
+    /// A panic that escapes a handler ends the actor; its watch stops the system with a
+    /// healable failure naming the subtask. The system runs on a thread of its own, so that
+    /// a watch that never fires fails the test at the deadline instead of hanging it.
+    #[test]
+    fn a_panic_that_escapes_an_actor_stops_the_attempt_through_its_watch() {
+        let (done, outcome) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let fatal = Arc::new(Fatal::default());
+            let system = actix::System::new();
+            system.block_on(async {
+                fatal.set_system(System::current());
+                let probe = Probe { guarded: false, panics: Arc::default() };
+                let watch = Watch::actor(fatal.clone(), "windows", 2);
+                let addr = Probe::create(move |ctx| {
+                    watch.attach(ctx);
+                    probe
+                });
+                addr.do_send(Boom);
+            });
+            let _ = system.run();
+            let _ = done.send(fatal.take());
+        });
+        let failure = outcome.recv_timeout(Duration::from_secs(60)).expect("the system stopped");
+        match failure {
+            Some(Failure::Healable { node, subtask, reason, message, .. }) => {
+                assert_eq!((node.as_str(), subtask, reason), ("windows", 2, FailureReason::ActorDied));
+                assert_eq!(message, "the actor of windows/2 ended by a panic outside its guarded handlers");
+            }
+            other => panic!("expected a healable failure, got {other:?}"),
+        }
+    }
+
+    /// A watch dropped without a panic (the attempt ending) says nothing; one dropped while
+    /// its thread unwinds stops the attempt.
+    #[test]
+    fn a_watch_fires_only_when_a_panic_drops_it() {
+        let fatal = Arc::new(Fatal::default());
+        let stops = Arc::new(AtomicU64::new(0));
+        let counted = stops.clone();
+        fatal.set_stop_hook(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        });
+        drop(Watch::thread(fatal.clone(), 1));
+        assert!(!fatal.failed());
+        let watched = fatal.clone();
+        let died = thread::spawn(move || {
+            let _watch = Watch::thread(watched, 3);
+            panic!("the arbiter's event loop failed");
+        });
+        assert!(died.join().is_err());
+        assert_eq!(stops.load(Ordering::Relaxed), 1);
+        match fatal.take() {
+            Some(Failure::Healable { node, subtask, reason, message, .. }) => {
+                assert_eq!((node.as_str(), subtask, reason), (ARBITER, 3, FailureReason::ArbiterDied));
+                assert_eq!(message, "actor thread 3 ended by a panic");
+            }
+            other => panic!("expected a healable failure, got {other:?}"),
+        }
+    }
+
+    /// The run report's `reason` values are a format: tests and tools read them.
+    #[test]
+    fn failure_reasons_keep_their_report_names() {
+        use FailureReason::*;
+        let all =
+            [Panic, WriteError, ReplayGap, ReplayDiverged, RestoreFailed, RestForOne, ActorDied, ArbiterDied];
+        let names: Vec<String> = all.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "\"panic\"",
+                "\"write_error\"",
+                "\"replay_gap\"",
+                "\"replay_diverged\"",
+                "\"restore_failed\"",
+                "\"rest_for_one\"",
+                "\"actor_died\"",
+                "\"arbiter_died\""
+            ]
+        );
+        assert_eq!(RestForOne.to_string(), "rest_for_one");
+    }
 
     #[test]
     fn stop_request_wakes_a_waiting_runner_and_is_remembered() {
@@ -247,7 +522,7 @@ mod loom_tests {
     fn message(failure: Option<Failure>) -> Option<String> {
         match failure {
             Some(Failure::Error(message)) => Some(message),
-            Some(Failure::Panic { message, .. }) => Some(format!("panic: {message}")),
+            Some(Failure::Healable { message, .. }) => Some(format!("healable: {message}")),
             None => None,
         }
     }

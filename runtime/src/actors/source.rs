@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::coordinator::{Ack, CoordinatorActor, SourceFinished};
-use super::{Abort, CONGESTED, Complete, Credit, Item, OutGroup, Outputs, Payload, Resume, SubtaskContext};
+use super::{
+    Abort, CONGESTED, Complete, Credit, FailureReason, Guarded, Item, OutGroup, Outputs, Payload, Resume,
+    SubtaskContext,
+};
 use crate::connectors::SourceReader;
 use crate::log::{LogError, SnapshotRecord, WriteOp};
 use crate::pipeline::faults::FaultKind;
@@ -200,7 +203,7 @@ impl SourceActor {
         let Some(base) = &self.base else { return };
         let ch = resume.channel;
         if let Err(gap) = ReplayGap::check(base.checkpoint, base.seqs[ch], resume.restored, resume.from_seq) {
-            return self.cx.escalate("replay_gap", format!("cannot replay output {ch}: {gap}"));
+            return self.cx.escalate(FailureReason::ReplayGap, format!("cannot replay output {ch}: {gap}"));
         }
         let mut reader = (self.make_reader)();
         if let Err(e) = reader.seek(&base.position) {
@@ -316,7 +319,7 @@ impl SourceActor {
             if sent >= allowed {
                 self.producing = true;
                 let wait = Duration::from_secs_f64(((sent + 1 - allowed) as f64 / rate as f64).min(0.05));
-                ctx.run_later(wait, |act, ctx| act.produce(ctx));
+                ctx.run_later(wait, |act, ctx| act.guard(ctx, Self::produce));
                 return;
             }
             max = max.min((allowed - sent) as usize);
@@ -328,7 +331,7 @@ impl SourceActor {
         }));
         let read = match read {
             Ok(read) => read,
-            Err(payload) => return self.cx.panicked(&*payload),
+            Err(payload) => return self.cx.panicked(super::panic_message(&*payload)),
         };
         match read {
             Ok(Some(batch)) => {
@@ -358,11 +361,11 @@ impl SourceActor {
                         cx.inject_at(FaultKind::Snapshot, n)
                     }));
                     if let Err(payload) = injected {
-                        return self.cx.panicked(&*payload);
+                        return self.cx.panicked(super::panic_message(&*payload));
                     }
                     if self.cx.write_fails(n) {
                         let error = LogError::Injected(format!("write {n} of {}", self.cx.name));
-                        return self.cx.escalate("write_error", error.to_string());
+                        return self.cx.escalate(FailureReason::WriteError, error.to_string());
                     }
                     let record = SnapshotRecord {
                         positions: Vec::new(),
@@ -407,76 +410,96 @@ impl Actor for SourceActor {
     type Context = Context<Self>;
 }
 
+impl Guarded for SourceActor {
+    /// A source cannot restart alone: the pipeline rolls back.
+    fn panicked(&mut self, message: String, _: &mut Context<Self>) {
+        self.cx.panicked(message);
+    }
+}
+
 impl Handler<Wire> for SourceActor {
     type Result = ();
-    fn handle(&mut self, wire: Wire, _: &mut Context<Self>) {
-        self.outputs = wire.outputs;
-        self.coordinator = Some(wire.coordinator);
-        self.base = Some(self.base_here(self.restored));
+    fn handle(&mut self, wire: Wire, ctx: &mut Context<Self>) {
+        self.guard(ctx, |act, _| {
+            act.outputs = wire.outputs;
+            act.coordinator = Some(wire.coordinator);
+            act.base = Some(act.base_here(act.restored));
+        });
     }
 }
 
 impl Handler<Start> for SourceActor {
     type Result = ();
     fn handle(&mut self, _: Start, ctx: &mut Context<Self>) {
-        self.started =
-            Some((Instant::now(), self.cx.counters.records_out.load(crate::sync::atomic::Ordering::Relaxed)));
-        if self.exhausted {
-            // Restored after the end of input: the new coordinator must hear it again.
-            self.coordinator().do_send(SourceFinished(self.source_index));
-        }
-        self.produce(ctx);
+        self.guard(ctx, |act, ctx| {
+            let sent = act.cx.counters.records_out.load(crate::sync::atomic::Ordering::Relaxed);
+            act.started = Some((Instant::now(), sent));
+            if act.exhausted {
+                // Restored after the end of input: the new coordinator must hear it again.
+                act.coordinator().do_send(SourceFinished(act.source_index));
+            }
+            act.produce(ctx);
+        });
     }
 }
 
 impl Handler<Produce> for SourceActor {
     type Result = ();
     fn handle(&mut self, _: Produce, ctx: &mut Context<Self>) {
-        self.produce(ctx);
+        self.guard(ctx, Self::produce);
     }
 }
 
 impl Handler<Credit> for SourceActor {
     type Result = ();
     fn handle(&mut self, credit: Credit, ctx: &mut Context<Self>) {
-        self.outputs.links.on_credit(credit);
-        if !self.cursors.is_empty() {
-            self.pump(ctx);
-        } else if !self.producing && !self.exhausted && self.started.is_some() {
-            self.produce(ctx);
-        }
+        self.guard(ctx, |act, ctx| {
+            act.cx.inject_on(FaultKind::Credit);
+            act.outputs.links.on_credit(credit);
+            if !act.cursors.is_empty() {
+                act.pump(ctx);
+            } else if !act.producing && !act.exhausted && act.started.is_some() {
+                act.produce(ctx);
+            }
+        });
     }
 }
 
 impl Handler<Resume> for SourceActor {
     type Result = ();
     fn handle(&mut self, resume: Resume, ctx: &mut Context<Self>) {
-        self.resume(resume, ctx);
+        self.guard(ctx, |act, ctx| act.resume(resume, ctx));
     }
 }
 
 impl Handler<Trigger> for SourceActor {
     type Result = ();
     fn handle(&mut self, Trigger(c): Trigger, ctx: &mut Context<Self>) {
-        self.core.handle_trigger(c);
-        self.drain(ctx);
+        self.guard(ctx, |act, ctx| {
+            act.core.handle_trigger(c);
+            act.drain(ctx);
+        });
     }
 }
 
 impl Handler<SnapshotDurable> for SourceActor {
     type Result = ();
     fn handle(&mut self, SnapshotDurable(c): SnapshotDurable, ctx: &mut Context<Self>) {
-        self.core.on_snapshot_durable(c);
-        self.drain(ctx);
+        self.guard(ctx, |act, ctx| {
+            act.core.on_snapshot_durable(c);
+            act.drain(ctx);
+        });
     }
 }
 
 impl Handler<Complete> for SourceActor {
     type Result = ();
     fn handle(&mut self, Complete(c): Complete, ctx: &mut Context<Self>) {
-        self.truncate(c);
-        self.core.handle_checkpoint_complete(c);
-        self.drain(ctx);
+        self.guard(ctx, |act, ctx| {
+            act.truncate(c);
+            act.core.handle_checkpoint_complete(c);
+            act.drain(ctx);
+        });
     }
 }
 

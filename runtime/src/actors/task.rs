@@ -13,7 +13,10 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::coordinator::{Ack, CoordinatorActor, SinkCommitted};
-use super::{Abort, Complete, Credit, Deliver, Links, Payload, Resume, SubtaskContext, Upstream};
+use super::{
+    Abort, Complete, Credit, Deliver, FailureReason, Guarded, Links, Payload, Resume, SubtaskContext,
+    Upstream,
+};
 use crate::batch::Batch;
 use crate::connectors::encode::encode;
 use crate::log::{CommitRecord, Log, LogError, SnapshotRecord, WriteOp};
@@ -369,7 +372,7 @@ struct Restore;
 
 /// A restart in progress: what the report will say.
 struct Restarting {
-    reason: String,
+    reason: FailureReason,
     message: String,
     at: Instant,
     backoff: Duration,
@@ -508,7 +511,7 @@ impl TaskActor {
                 }
                 Err(payload) => {
                     let message = super::panic_message(&*payload);
-                    return self.fail("panic", message, ctx);
+                    return self.fail(FailureReason::Panic, message, ctx);
                 }
             }
         }
@@ -516,7 +519,7 @@ impl TaskActor {
 
     /// Something failed in this subtask: ask the supervisor, then restart locally or
     /// escalate.
-    fn fail(&mut self, reason: &str, message: String, ctx: &mut Context<Self>) {
+    fn fail(&mut self, reason: FailureReason, message: String, ctx: &mut Context<Self>) {
         let at = Instant::now();
         tracing::error!("{}: {reason}: {message}", self.cx.name);
         let positions = self.driver.positions().to_vec();
@@ -535,10 +538,7 @@ impl TaskActor {
                     if restart.len() > 1 { "it and what is downstream" } else { "it" },
                     backoff.as_millis()
                 );
-                self.begin_restart(
-                    Restarting { reason: reason.to_owned(), message, at, backoff, failed: true, restarted },
-                    ctx,
-                );
+                self.begin_restart(Restarting { reason, message, at, backoff, failed: true, restarted }, ctx);
             }
         }
     }
@@ -655,8 +655,8 @@ impl TaskActor {
             }
             Effect::Escalate(escalation) => {
                 let reason = match escalation {
-                    Escalation::ReplayGap { .. } => "replay_gap",
-                    Escalation::Diverged(_) => "replay_diverged",
+                    Escalation::ReplayGap { .. } => FailureReason::ReplayGap,
+                    Escalation::Diverged(_) => FailureReason::ReplayDiverged,
                 };
                 self.cx.escalate(reason, escalation.to_string());
                 return Ok(false);
@@ -677,132 +677,161 @@ impl Actor for TaskActor {
     type Context = Context<Self>;
 }
 
+impl Guarded for TaskActor {
+    /// A panic outside operator code is handled as one inside it: the supervisor restarts
+    /// this subtask or escalates.
+    fn panicked(&mut self, message: String, ctx: &mut Context<Self>) {
+        self.fail(FailureReason::Panic, message, ctx);
+    }
+}
+
 impl Handler<Wire> for TaskActor {
     type Result = ();
     fn handle(&mut self, wire: Wire, ctx: &mut Context<Self>) {
-        self.links = wire.links;
-        self.upstream = wire.upstream;
-        self.coordinator = Some(wire.coordinator);
-        self.drain(ctx); // a restored sink's repair commit
+        self.guard(ctx, |act, ctx| {
+            act.links = wire.links;
+            act.upstream = wire.upstream;
+            act.coordinator = Some(wire.coordinator);
+            act.drain(ctx); // a restored sink's repair commit
+        });
     }
 }
 
 impl Handler<Deliver> for TaskActor {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        self.driver.handle_deliver(msg.input, msg.epoch, msg.item);
-        if let Some(target) = &self.catch_up
-            && self.driver.positions().iter().zip(target).all(|(now, then)| now >= then)
-        {
-            self.cx.supervisor.caught_up(self.cx.participant, Instant::now());
-            self.catch_up = None;
-        }
-        self.drain(ctx);
+        self.guard(ctx, |act, ctx| {
+            act.driver.handle_deliver(msg.input, msg.epoch, msg.item);
+            if let Some(target) = &act.catch_up
+                && act.driver.positions().iter().zip(target).all(|(now, then)| now >= then)
+            {
+                act.cx.supervisor.caught_up(act.cx.participant, Instant::now());
+                act.catch_up = None;
+            }
+            act.drain(ctx);
+        });
     }
 }
 
 impl Handler<Credit> for TaskActor {
     type Result = ();
-    fn handle(&mut self, credit: Credit, _: &mut Context<Self>) {
-        self.links.on_credit(credit);
-        if self.restarting.is_none() {
-            self.pay_owed();
-        }
+    fn handle(&mut self, credit: Credit, ctx: &mut Context<Self>) {
+        self.guard(ctx, |act, _| {
+            act.cx.inject_on(FaultKind::Credit);
+            act.links.on_credit(credit);
+            if act.restarting.is_none() {
+                act.pay_owed();
+            }
+        });
     }
 }
 
 impl Handler<Resume> for TaskActor {
     type Result = ();
     fn handle(&mut self, Resume(resume): Resume, ctx: &mut Context<Self>) {
-        self.driver.handle_resume(resume);
-        self.drain(ctx);
+        self.guard(ctx, |act, ctx| {
+            act.driver.handle_resume(resume);
+            act.drain(ctx);
+        });
     }
 }
 
 impl Handler<Restart> for TaskActor {
     type Result = ();
     fn handle(&mut self, msg: Restart, ctx: &mut Context<Self>) {
-        if self.restarting.is_some() {
-            return;
-        }
-        tracing::warn!("{}: restarting with {} (rest_for_one)", self.cx.name, msg.failed);
-        let restarting = Restarting {
-            reason: "rest_for_one".into(),
-            message: format!("{} failed", msg.failed),
-            at: msg.at,
-            backoff: msg.backoff,
-            failed: false,
-            restarted: Vec::new(),
-        };
-        self.begin_restart(restarting, ctx);
+        self.guard(ctx, |act, ctx| {
+            if act.restarting.is_some() {
+                return;
+            }
+            tracing::warn!("{}: restarting with {} (rest_for_one)", act.cx.name, msg.failed);
+            let restarting = Restarting {
+                reason: FailureReason::RestForOne,
+                message: format!("{} failed", msg.failed),
+                at: msg.at,
+                backoff: msg.backoff,
+                failed: false,
+                restarted: Vec::new(),
+            };
+            act.begin_restart(restarting, ctx);
+        });
     }
 }
 
 impl Handler<Restore> for TaskActor {
     type Result = ();
     fn handle(&mut self, _: Restore, ctx: &mut Context<Self>) {
-        let Some(restarting) = self.restarting.take() else { return };
-        let restored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.restore()));
-        match restored {
-            Ok(Ok(c)) => {
-                tracing::info!("{}: restored from {c}; upstream replays", self.cx.name);
-                if restarting.failed {
-                    let supervisor = &self.cx.supervisor;
-                    supervisor.record(RestartReport {
-                        node: self.cx.node.clone(),
-                        subtask: self.cx.subtask,
-                        reason: restarting.reason,
-                        recovery: "local".into(),
-                        restarted: restarting.restarted,
-                        message: restarting.message,
-                        at_ms: supervisor.since_start(restarting.at),
-                        duration_ms: restarting.at.elapsed().as_millis() as u64,
-                        restored_from: (c.0 > 0).then_some(c.0),
-                        caught_up_ms: None,
-                    });
+        self.guard(ctx, |act, ctx| {
+            let Some(restarting) = act.restarting.take() else { return };
+            let restored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| act.restore()));
+            match restored {
+                Ok(Ok(c)) => {
+                    tracing::info!("{}: restored from {c}; upstream replays", act.cx.name);
+                    if restarting.failed {
+                        let supervisor = &act.cx.supervisor;
+                        supervisor.record(RestartReport {
+                            node: act.cx.node.clone(),
+                            subtask: act.cx.subtask,
+                            reason: restarting.reason,
+                            recovery: "local".into(),
+                            restarted: restarting.restarted,
+                            message: restarting.message,
+                            at_ms: supervisor.since_start(restarting.at),
+                            duration_ms: restarting.at.elapsed().as_millis() as u64,
+                            restored_from: (c.0 > 0).then_some(c.0),
+                            caught_up_ms: None,
+                        });
+                    }
+                    act.drain(ctx);
                 }
-                self.drain(ctx);
+                Ok(Err(e)) => act.cx.escalate(FailureReason::RestoreFailed, e),
+                Err(payload) => {
+                    act.cx.escalate(FailureReason::RestoreFailed, super::panic_message(&*payload))
+                }
             }
-            Ok(Err(e)) => self.cx.escalate("restore_failed", e),
-            Err(payload) => self.cx.escalate("restore_failed", super::panic_message(&*payload)),
-        }
+        });
     }
 }
 
 impl Handler<Written> for TaskActor {
     type Result = ();
     fn handle(&mut self, Written(epoch, durable): Written, ctx: &mut Context<Self>) {
-        if epoch != self.driver.epoch() {
-            return; // a write of an earlier epoch: the restarted driver does not wait for it
-        }
-        match durable {
-            Durable::Snapshot(c) => self.driver.on_snapshot_durable(epoch, c),
-            Durable::Commit(c) => self.driver.on_commit_durable(epoch, c),
-            Durable::Failed(e) if !e.is_healable() => {
-                // A full map or disk, an I/O error: the person must act; a restart would
-                // only retry the same write.
-                self.cx.fatal.fail(e);
-                return;
+        self.guard(ctx, |act, ctx| {
+            if epoch != act.driver.epoch() {
+                return; // a write of an earlier epoch: the restarted driver does not wait for it
             }
-            Durable::Failed(e) => return self.fail("write_error", e.to_string(), ctx),
-        }
-        self.drain(ctx);
+            match durable {
+                Durable::Snapshot(c) => act.driver.on_snapshot_durable(epoch, c),
+                Durable::Commit(c) => act.driver.on_commit_durable(epoch, c),
+                Durable::Failed(e) if !e.is_healable() => {
+                    // A full map or disk, an I/O error: the person must act; a restart would
+                    // only retry the same write.
+                    act.cx.fatal.fail(e);
+                    return;
+                }
+                Durable::Failed(e) => return act.fail(FailureReason::WriteError, e.to_string(), ctx),
+            }
+            act.drain(ctx);
+        });
     }
 }
 
 impl Handler<Complete> for TaskActor {
     type Result = ();
     fn handle(&mut self, Complete(c): Complete, ctx: &mut Context<Self>) {
-        self.driver.handle_complete(c);
-        self.drain(ctx);
+        self.guard(ctx, |act, ctx| {
+            act.driver.handle_complete(c);
+            act.drain(ctx);
+        });
     }
 }
 
 impl Handler<Abort> for TaskActor {
     type Result = ();
     fn handle(&mut self, Abort(c): Abort, ctx: &mut Context<Self>) {
-        self.driver.handle_abort(c);
-        self.drain(ctx);
+        self.guard(ctx, |act, ctx| {
+            act.driver.handle_abort(c);
+            act.drain(ctx);
+        });
     }
 }
 

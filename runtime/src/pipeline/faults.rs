@@ -5,19 +5,23 @@
 //! - `snapshot:NODE:N`: a panic while it takes its N-th snapshot (a crash during a snapshot);
 //! - `commit:NODE:N`: a sink panics at its N-th commit, after the output is pre-committed
 //!   (staged durably) and before it is appended (a crash between pre-commit and commit);
-//! - `write-error:NODE:N`: its N-th log write fails as if LMDB had returned an error.
+//! - `write-error:NODE:N`: its N-th log write fails as if LMDB had returned an error;
+//! - `credit:NODE:N`: a panic as it handles its N-th flow-control credit: a bug in the
+//!   runtime's own message handling rather than in operator code.
 //!
 //! Every kind fires in sources, transforms and sinks except `commit`, which fires only in
-//! sinks (the only subtasks that commit); [`Injection::check_node`] refuses it elsewhere. A
-//! source's log writes are its snapshots, so there `snapshot` and `write-error` count the
-//! same events. The run report says which faults fired: one that did not tested nothing.
+//! sinks (the only subtasks that commit), and `credit`, which fires only where credits
+//! arrive (sources and transforms: a sink has no outputs, so it receives none);
+//! [`Injection::check_node`] refuses them elsewhere. A source's log writes are its
+//! snapshots, so there `snapshot` and `write-error` count the same events. The run report
+//! says which faults fired: one that did not tested nothing.
 //!
 //! A subtask without an injection checks an empty list, which costs nothing measurable.
 
 use std::fmt;
 
 use crate::pipeline::spec::NodeKind;
-use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Where a fault fires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,14 +34,17 @@ pub enum FaultKind {
     Commit,
     /// The N-th log write fails.
     WriteError,
+    /// A panic in the handler of the N-th credit.
+    Credit,
 }
 
 impl FaultKind {
-    const ALL: [(FaultKind, &'static str); 4] = [
+    const ALL: [(FaultKind, &'static str); 5] = [
         (FaultKind::Panic, "panic"),
         (FaultKind::Snapshot, "snapshot"),
         (FaultKind::Commit, "commit"),
         (FaultKind::WriteError, "write-error"),
+        (FaultKind::Credit, "credit"),
     ];
 
     /// Its name on the command line.
@@ -61,6 +68,8 @@ pub struct Injection {
     /// As given on the command line, for messages and the report.
     pub text: String,
     fired: AtomicBool,
+    /// Events of its kind seen so far, for the kinds that count them here (`credit`).
+    seen: AtomicU64,
 }
 
 impl Injection {
@@ -68,7 +77,8 @@ impl Injection {
     pub fn parse(spec: &str) -> Result<Injection, String> {
         let bad = || {
             format!(
-                "invalid fault \"{spec}\": expected KIND:NODE:N or KIND:NODE/SUBTASK:N, KIND one of panic, snapshot, commit, write-error"
+                "invalid fault \"{spec}\": expected KIND:NODE:N or KIND:NODE/SUBTASK:N, KIND one of {}",
+                FaultKind::ALL.map(|(_, name)| name).join(", ")
             )
         };
         let (kind, rest) = spec.split_once(':').ok_or_else(bad)?;
@@ -89,6 +99,7 @@ impl Injection {
             after_records,
             text: spec.to_owned(),
             fired: AtomicBool::new(false),
+            seen: AtomicU64::new(0),
         })
     }
 
@@ -104,6 +115,10 @@ impl Injection {
             FaultKind::Commit if !sink => {
                 Err(format!("commit faults fire only in sinks; \"{}\" is {what}", self.node))
             }
+            FaultKind::Credit if sink => Err(format!(
+                "credit faults fire only in sources and transforms (a sink receives no credits); \"{}\" is {what}",
+                self.node
+            )),
             _ => Ok(()),
         }
     }
@@ -111,6 +126,11 @@ impl Injection {
     /// Whether this fault fires now, `processed` records into the attempt. True at most once.
     pub fn fire(&self, processed: u64) -> bool {
         processed >= self.after_records && !self.fired.swap(true, Ordering::Relaxed)
+    }
+
+    /// Count one more event of its kind: whether it fires now. True at most once.
+    pub fn tick(&self) -> bool {
+        self.fire(self.seen.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
     /// Whether it fired.
@@ -139,7 +159,7 @@ mod tests {
         assert_eq!(Injection::parse("panic:a/2:7").unwrap().subtask, 2);
         assert_eq!(
             Injection::parse("crash:a:1").unwrap_err(),
-            "invalid fault \"crash:a:1\": expected KIND:NODE:N or KIND:NODE/SUBTASK:N, KIND one of panic, snapshot, commit, write-error"
+            "invalid fault \"crash:a:1\": expected KIND:NODE:N or KIND:NODE/SUBTASK:N, KIND one of panic, snapshot, commit, write-error, credit"
         );
         assert_eq!(Injection::parse("write-error:sink/1:2").unwrap().kind, FaultKind::WriteError);
         assert_eq!(Injection::parse("commit:out:3").unwrap().to_string(), "commit:out/0:3");
@@ -175,6 +195,20 @@ mod tests {
             assert_eq!(fault.check_node(&transform), Ok(()), "{kind}");
             assert_eq!(fault.check_node(&sink), Ok(()), "{kind}");
         }
+        let credit = Injection::parse("credit:out:1").unwrap();
+        assert_eq!(
+            credit.check_node(&sink).unwrap_err(),
+            "credit faults fire only in sources and transforms (a sink receives no credits); \"out\" is a sink"
+        );
+        assert_eq!(credit.check_node(&transform), Ok(()));
+    }
+
+    #[test]
+    fn a_credit_fault_counts_its_own_events_and_fires_once() {
+        let i = Injection::parse("credit:windows:3").unwrap();
+        assert_eq!(i.kind, FaultKind::Credit);
+        assert_eq!([i.tick(), i.tick(), i.tick(), i.tick()], [false, false, true, false]);
+        assert!(i.fired());
     }
 }
 

@@ -20,7 +20,10 @@ pub use crate::actors::shared::StopRequest;
 use crate::actors::shared::{CheckpointTiming, CoordinatorShared};
 use crate::actors::source::{self, SourceActor, check_source_record};
 use crate::actors::task::{self, Body, Restored, SinkWriter, TaskActor};
-use crate::actors::{Counters, Failure, Fatal, Link, Links, OutGroup, Outputs, Payload, SubtaskContext, Upstream};
+use crate::actors::{
+    Counters, Failure, FailureReason, Fatal, Link, Links, OutGroup, Outputs, Payload, SubtaskContext,
+    Upstream, Watch,
+};
 use crate::batch::SchemaRef;
 use crate::connectors::file_source::FileSource;
 use crate::connectors::generator::Generator;
@@ -57,7 +60,7 @@ pub enum RunError {
     /// Failures came faster than `[supervision]` allows; the report says what happened.
     #[error("{message}")]
     Escalated {
-        /// One line: who failed, how often, the last panic.
+        /// One line: who failed, how often, the last failure.
         message: String,
         /// The run so far.
         report: Box<RunReport>,
@@ -154,7 +157,7 @@ struct Attempt {
     /// When its actors were all started.
     running_at: Instant,
     /// Set when it stopped for a global rollback: node, subtask, reason, message, when.
-    panic: Option<(String, usize, String, String, Instant)>,
+    failure: Option<(String, usize, FailureReason, String, Instant)>,
     /// Set when a requested stop ended it at this checkpoint.
     stopped_at: Option<u64>,
 }
@@ -212,7 +215,7 @@ pub fn run(
             restart.restored_from = attempt.restored_from;
             supervisor.record(restart);
         }
-        let Some((node, subtask, reason, message, at)) = attempt.panic else {
+        let Some((node, subtask, reason, message, at)) = attempt.failure else {
             if attempt.stopped_at.is_some() {
                 report.stopped = stop.reason();
                 report.stopped_at = attempt.stopped_at;
@@ -365,14 +368,21 @@ impl Env<'_> {
     /// The output side of subtask `p`, restored from checkpoint `restored` with the
     /// sequence numbers `seqs` of its snapshot: what it sends where, with buffer queues for
     /// local recovery (transforms and sinks; sources re-read).
-    fn core_outputs(&self, p: ParticipantId, seqs: &[Seq], restored: CheckpointId) -> route::Outputs<Payload> {
+    fn core_outputs(
+        &self,
+        p: ParticipantId,
+        seqs: &[Seq],
+        restored: CheckpointId,
+    ) -> route::Outputs<Payload> {
         let channels = self.topology.outputs[p].len();
         let seqs: Vec<Seq> = (0..channels).map(|ch| seqs.get(ch).copied().unwrap_or(0)).collect();
         let supervision = self.spec.supervision;
-        let buffered =
-            supervision.recovery == RecoveryStrategy::Local && !matches!(self.node(p).kind, NodeKind::Source(_));
-        let groups =
-            self.topology.groups[p].iter().map(|g| OutGroup::new(g.partition.clone(), g.channels.clone())).collect();
+        let buffered = supervision.recovery == RecoveryStrategy::Local
+            && !matches!(self.node(p).kind, NodeKind::Source(_));
+        let groups = self.topology.groups[p]
+            .iter()
+            .map(|g| OutGroup::new(g.partition.clone(), g.channels.clone()))
+            .collect();
         let budget = if buffered { supervision.buffer_bytes } else { 0 };
         route::Outputs::new(&seqs, restored, groups, (buffered, budget), Default::default())
     }
@@ -516,9 +526,13 @@ fn start_actors(
     let mut notices = Vec::new();
     for (p, b) in built.into_iter().enumerate() {
         let arbiter = arbiters[topology.subtasks[p].arbiter].handle();
+        let watch = Watch::actor(env.fatal.clone(), &env.node(p).name, topology.subtasks[p].index);
         match b {
             Built::Source(actor) => {
-                let addr = SourceActor::start_in_arbiter(&arbiter, move |_| *actor);
+                let addr = SourceActor::start_in_arbiter(&arbiter, move |ctx| {
+                    watch.attach(ctx);
+                    *actor
+                });
                 credit_to.push(addr.clone().recipient());
                 resume_to.push(addr.clone().recipient());
                 members.push(None);
@@ -528,7 +542,10 @@ fn start_actors(
                 task_addrs.push(None);
             }
             Built::Task(actor) => {
-                let addr = TaskActor::start_in_arbiter(&arbiter, move |_| *actor);
+                let addr = TaskActor::start_in_arbiter(&arbiter, move |ctx| {
+                    watch.attach(ctx);
+                    *actor
+                });
                 credit_to.push(addr.clone().recipient());
                 resume_to.push(addr.clone().recipient());
                 members.push(Some(addr.clone().recipient()));
@@ -672,10 +689,14 @@ fn attempt(
     let timeout = Duration::from_millis(spec.checkpoint.timeout_ms);
 
     let system = System::new();
-    // The arbiters (one thread each) live until the system stops.
+    // The arbiters (one thread each) live until the system stops. Every actor and every
+    // arbiter is watched: one that a panic ends stops the attempt instead of leaving it to wait.
     let arbiters = system.block_on(async {
         fatal.set_system(System::current());
         let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
+        for (i, arbiter) in arbiters.iter().enumerate() {
+            arbiter.spawn(Watch::thread(fatal.clone(), i).forever());
+        }
         let coordinator = CoordinatorActor::new(
             coordinator_core,
             interval,
@@ -684,8 +705,12 @@ fn attempt(
             sinks,
             shared.clone(),
             fatal.clone(),
-        )
-        .start();
+        );
+        let watch = Watch::coordinator(fatal.clone());
+        let coordinator = CoordinatorActor::create(move |ctx| {
+            watch.attach(ctx);
+            coordinator
+        });
         let restored = plan.checkpoint.unwrap_or_default();
         start_actors(&env, built, &arbiters, &coordinator, &out_seqs, restored, stop);
         arbiters
@@ -708,16 +733,16 @@ fn attempt(
         let _ = arbiter.join();
     }
     writer.flush();
-    let panic = match fatal.take() {
+    let failure = match fatal.take() {
         Some(Failure::Error(error)) => return Err(RunError::Failed(error)),
-        Some(Failure::Panic { node, subtask, reason, message, at }) => {
+        Some(Failure::Healable { node, subtask, reason, message, at }) => {
             Some((node, subtask, reason, message, at))
         }
         None => None,
     };
     run_result.map_err(|e| RunError::Failed(format!("actor system: {e}")))?;
     let stopped_at = Some(shared.stopped_at.load(Ordering::Relaxed)).filter(|&c| c > 0);
-    if panic.is_none() && stopped_at.is_none() && shared.finished.load(Ordering::Relaxed) != 1 {
+    if failure.is_none() && stopped_at.is_none() && shared.finished.load(Ordering::Relaxed) != 1 {
         return Err(RunError::Failed("the pipeline stopped before it finished".into()));
     }
 
@@ -726,7 +751,7 @@ fn attempt(
         checkpoints: checkpoint_reports(&shared, started),
         restored_from: plan.checkpoint.map(|c: CheckpointId| c.0),
         running_at,
-        panic,
+        failure,
         stopped_at,
     })
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use serde::Serialize;
 
+use crate::actors::FailureReason;
 use crate::pipeline::spec::{RecoveryStrategy, RestartStrategy, SupervisionSpec};
 use crate::protocol::ParticipantId;
 use crate::sync::Mutex;
@@ -28,8 +29,8 @@ pub struct RestartReport {
     pub node: String,
     /// The subtask.
     pub subtask: usize,
-    /// Why: `panic`, `write_error`, `replay_gap`, ...
-    pub reason: String,
+    /// Why (the report says [`FailureReason::name`]: `panic`, `write_error`, ...).
+    pub reason: FailureReason,
     /// How it was healed: `local` (the restarted subtasks restored their own snapshots and
     /// their upstream replayed) or `global` (every subtask restored the last completed
     /// checkpoint).
