@@ -396,6 +396,21 @@ mod tests {
     }
 
     #[test]
+    fn l3_fails_in_a_terminal_state_where_an_end_never_arrived() {
+        let (_, s) = stranded();
+        let m = model(Scope {
+            batches_per_source: 0,
+            ticks: 0,
+            timeouts: 0,
+            crashes: 0,
+            ..Scope::end_of_input()
+        });
+        assert!(m.is_terminal(&s));
+        assert!(!l3_end_of_input(&m, &s));
+        assert!(l3_end_of_input(&model(Scope::default()), &s), "without the end as an item, L3 asks nothing");
+    }
+
+    #[test]
     fn s10_fails_in_a_terminal_state_with_output_missing() {
         let m = model(Scope { batches_per_source: 1, ..Scope::default() });
         let (_, mut s) = stranded();

@@ -21,7 +21,7 @@ use crate::recovery::{ParticipantLog, RecoveryError, plan_local};
 use crate::replay::{Arrival, Feed, Gate};
 use crate::route::{Item, Outputs, Payload};
 use crate::storage::{Snapshot, Storage};
-use crate::{CheckpointId, ParticipantId, Seq};
+use crate::{CheckpointId, Mutant, ParticipantId, Seq};
 
 /// The incarnation of a subtask: bumped by every local restart. What was sent to, or
 /// written by, an earlier epoch is dropped when it arrives (the replay sends it again).
@@ -405,7 +405,8 @@ impl<P: Payload> Subtask<P> {
             )));
         }
         self.core = Task::restore(self.config, &plan, &positions);
-        self.ended = ended;
+        self.ended =
+            if self.config.mutations.has(Mutant::EndNotRestored) { vec![false; ended.len()] } else { ended };
         self.gate.restart(&positions, restored);
         self.restarting = false;
         if let Err((channel, gap)) = self.outputs.restart_from(restored, &out_seqs) {

@@ -144,11 +144,13 @@ pub enum Mutant {
     /// A restarted sender starts its round-robin routers from the first channel instead of
     /// where they were at its snapshot.
     RouterNotRestored,
+    /// A restarted subtask forgets which of its inputs had ended.
+    EndNotRestored,
 }
 
 impl Mutant {
     /// Every mutant, in a fixed order.
-    pub const ALL: [Mutant; 9] = [
+    pub const ALL: [Mutant; 10] = [
         Mutant::NoAlignment,
         Mutant::AckBeforeDurable,
         Mutant::CommitBeforeComplete,
@@ -158,6 +160,7 @@ impl Mutant {
         Mutant::NoDeterminants,
         Mutant::NoRestartGap,
         Mutant::RouterNotRestored,
+        Mutant::EndNotRestored,
     ];
 
     /// The mutant's name on the command line (`weir-model check checkpoint --mutant NAME`).
@@ -172,6 +175,7 @@ impl Mutant {
             Mutant::NoDeterminants => "no-determinants",
             Mutant::NoRestartGap => "no-restart-gap",
             Mutant::RouterNotRestored => "router-not-restored",
+            Mutant::EndNotRestored => "end-not-restored",
         }
     }
 
