@@ -45,7 +45,7 @@ pub enum Violation {
 }
 
 /// S4, at a snapshot: each participant snapshots increasing checkpoints within an
-/// incarnation.
+/// epoch.
 pub(crate) fn check_snapshot_order(state: &mut State, node: Node, checkpoint: CheckpointId) {
     let last = &mut state.ghost.last_snapshot[node.participant()];
     if checkpoint <= *last {
