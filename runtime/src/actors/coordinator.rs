@@ -10,38 +10,12 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::shared::{COORDINATOR, CoordinatorShared, Failure, FailureReason, Guarded};
-use super::source::{SourceActor, Trigger};
-use super::{Abort, Complete, Fatal};
+use super::{Abort, Ack, Complete, Fatal, SinkCommitted, SourceFinished, Trigger};
 use crate::log::{WriteOp, Writer};
 use crate::protocol::coordinator::{Coordinator, CoordinatorAction};
 use crate::protocol::{CheckpointId, ParticipantId};
 use crate::sync::Arc;
 use crate::sync::atomic::Ordering;
-
-/// Participant to coordinator: snapshot of `checkpoint` durable.
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "()")]
-pub struct Ack {
-    /// Who.
-    pub participant: ParticipantId,
-    /// Which checkpoint.
-    pub checkpoint: CheckpointId,
-}
-
-/// Source to coordinator: its input is exhausted.
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "()")]
-pub struct SourceFinished(pub usize);
-
-/// Sink to coordinator: output through `checkpoint` is durably committed.
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "()")]
-pub struct SinkCommitted {
-    /// The sink.
-    pub participant: ParticipantId,
-    /// Through which checkpoint.
-    pub checkpoint: CheckpointId,
-}
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -52,7 +26,7 @@ struct CompletionDurable(CheckpointId);
 #[rtype(result = "()")]
 pub struct Wire {
     /// The source subtasks, by source index.
-    pub sources: Vec<Addr<SourceActor>>,
+    pub sources: Vec<Recipient<Trigger>>,
     /// Every participant's notice inboxes, by participant id.
     pub participants: Vec<(Recipient<Complete>, Recipient<Abort>)>,
 }
@@ -73,7 +47,7 @@ pub struct CoordinatorActor {
     interval: Option<Duration>,
     timeout: Duration,
     writer: Writer,
-    sources: Vec<Addr<SourceActor>>,
+    sources: Vec<Recipient<Trigger>>,
     participants: Vec<(Recipient<Complete>, Recipient<Abort>)>,
     sinks: BTreeMap<ParticipantId, CheckpointId>,
     triggered_at: BTreeMap<CheckpointId, Instant>,

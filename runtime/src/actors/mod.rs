@@ -99,6 +99,48 @@ pub struct Deliver {
 #[rtype(result = "()")]
 pub struct Resume(pub driver::Resume);
 
+/// Coordinator to source: start checkpoint `c`.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Trigger(pub CheckpointId);
+
+/// Participant to coordinator: snapshot of `checkpoint` durable.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Ack {
+    /// Who.
+    pub participant: ParticipantId,
+    /// Which checkpoint.
+    pub checkpoint: CheckpointId,
+}
+
+/// Source to coordinator: its input is exhausted.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct SourceFinished(pub usize);
+
+/// Sink to coordinator: output through `checkpoint` is durably committed.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct SinkCommitted {
+    /// The sink.
+    pub participant: ParticipantId,
+    /// Through which checkpoint.
+    pub checkpoint: CheckpointId,
+}
+
+/// Where a subtask's reports to the coordinator go (recipients, so that no subtask actor
+/// depends on the coordinator actor's type, nor the coordinator on theirs).
+#[derive(Clone)]
+pub struct ToCoordinator {
+    /// Snapshots durable.
+    pub ack: Recipient<Ack>,
+    /// A source's input exhausted.
+    pub finished: Recipient<SourceFinished>,
+    /// A sink's output committed.
+    pub committed: Recipient<SinkCommitted>,
+}
+
 /// Downstream to upstream: `n` more sequenced items may be sent on output channel `output`.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]

@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::coordinator::{Ack, CoordinatorActor, SourceFinished};
 use super::{
-    Abort, CONGESTED, Complete, Credit, FailureReason, Guarded, Item, OutGroup, Outputs, Payload, Resume,
-    SubtaskContext,
+    Abort, Ack, CONGESTED, Complete, Credit, FailureReason, Guarded, Item, OutGroup, Outputs, Payload,
+    Resume, SourceFinished, SubtaskContext, ToCoordinator, Trigger,
 };
 use crate::connectors::SourceReader;
 use crate::log::{LogError, SnapshotRecord, WriteOp};
@@ -57,11 +56,6 @@ struct Cursor {
     next: usize,
 }
 
-/// Coordinator to source: start checkpoint `c`.
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "()")]
-pub struct Trigger(pub CheckpointId);
-
 /// Wiring, sent once before `Start`.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -69,7 +63,7 @@ pub struct Wire {
     /// The outputs.
     pub outputs: Outputs,
     /// The coordinator.
-    pub coordinator: Addr<CoordinatorActor>,
+    pub coordinator: ToCoordinator,
 }
 
 /// Begin reading.
@@ -93,7 +87,7 @@ pub struct SourceActor {
     reader: Box<dyn SourceReader>,
     core: SourceTask,
     outputs: Outputs,
-    coordinator: Option<Addr<CoordinatorActor>>,
+    coordinator: Option<ToCoordinator>,
     batch_size: usize,
     rate: Option<u64>,
     started: Option<(Instant, u64)>,
@@ -302,7 +296,7 @@ impl SourceActor {
         self.base = Some(base);
     }
 
-    fn coordinator(&self) -> &Addr<CoordinatorActor> {
+    fn coordinator(&self) -> &ToCoordinator {
         self.coordinator.as_ref().expect("wired before start")
     }
 
@@ -345,7 +339,7 @@ impl SourceActor {
                 self.exhausted = true;
                 self.events.push(Event::End);
                 self.outputs.send_end();
-                self.coordinator().do_send(SourceFinished(self.source_index));
+                self.coordinator().finished.do_send(SourceFinished(self.source_index));
             }
             Err(e) => self.cx.fatal.fail(format!("{}: {e}", self.cx.name)),
         }
@@ -387,7 +381,7 @@ impl SourceActor {
                     self.pending.push(base);
                 }
                 Action::Ack(c) => {
-                    self.coordinator().do_send(Ack { participant: self.cx.participant, checkpoint: c })
+                    self.coordinator().ack.do_send(Ack { participant: self.cx.participant, checkpoint: c })
                 }
                 Action::DropSnapshotsBelow(c) => {
                     let fatal = self.cx.fatal.clone();
@@ -436,7 +430,7 @@ impl Handler<Start> for SourceActor {
             act.started = Some((Instant::now(), sent));
             if act.exhausted {
                 // Restored after the end of input: the new coordinator must hear it again.
-                act.coordinator().do_send(SourceFinished(act.source_index));
+                act.coordinator().finished.do_send(SourceFinished(act.source_index));
             }
             act.produce(ctx);
         });

@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::coordinator::{Ack, CoordinatorActor, SinkCommitted};
 use super::{
-    Abort, Complete, Credit, Deliver, FailureReason, Guarded, Links, Payload, Resume, SubtaskContext,
-    Upstream,
+    Abort, Ack, Complete, Credit, Deliver, FailureReason, Guarded, Links, Payload, Resume, SinkCommitted,
+    SubtaskContext, ToCoordinator, Upstream,
 };
 use crate::batch::Batch;
 use crate::connectors::encode::encode;
@@ -351,7 +350,7 @@ pub struct Wire {
     /// Where each input comes from.
     pub upstream: Vec<Upstream>,
     /// The coordinator.
-    pub coordinator: Addr<CoordinatorActor>,
+    pub coordinator: ToCoordinator,
 }
 
 /// A write of epoch `.0` is durable (or failed).
@@ -391,7 +390,7 @@ pub struct TaskActor {
     upstream: Vec<Upstream>,
     /// Credits owed upstream, held back while the outputs are congested.
     owed: Vec<u32>,
-    coordinator: Option<Addr<CoordinatorActor>>,
+    coordinator: Option<ToCoordinator>,
     scratch: Vec<Batch>,
     restarting: Option<Restarting>,
     /// Input positions at a failure this subtask is catching up from (for the report).
@@ -426,7 +425,7 @@ impl TaskActor {
         }
     }
 
-    fn coordinator(&self) -> &Addr<CoordinatorActor> {
+    fn coordinator(&self) -> &ToCoordinator {
         self.coordinator.as_ref().expect("wired before any data")
     }
 
@@ -622,7 +621,7 @@ impl TaskActor {
                 self.submit(ops, ctx, Durable::Snapshot, checkpoint);
             }
             Effect::Ack(c) => {
-                self.coordinator().do_send(Ack { participant: self.cx.participant, checkpoint: c })
+                self.coordinator().ack.do_send(Ack { participant: self.cx.participant, checkpoint: c })
             }
             Effect::Commit(c) => {
                 self.commits += 1;
@@ -650,9 +649,10 @@ impl TaskActor {
                     crate::protocol::driver::Resume { channel: up.output, from_seq, restored, epoch };
                 up.resume.do_send(Resume(resume));
             }
-            Effect::Committed(checkpoint) => {
-                self.coordinator().do_send(SinkCommitted { participant: self.cx.participant, checkpoint })
-            }
+            Effect::Committed(checkpoint) => self
+                .coordinator()
+                .committed
+                .do_send(SinkCommitted { participant: self.cx.participant, checkpoint }),
             Effect::Escalate(escalation) => {
                 let reason = match escalation {
                     Escalation::ReplayGap { .. } => FailureReason::ReplayGap,

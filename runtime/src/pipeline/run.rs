@@ -22,7 +22,7 @@ use crate::actors::source::{self, SourceActor, check_source_record};
 use crate::actors::task::{self, Body, Restored, SinkWriter, TaskActor};
 use crate::actors::{
     Counters, Failure, FailureReason, Fatal, Link, Links, OutGroup, Outputs, Payload, SubtaskContext,
-    Upstream, Watch,
+    ToCoordinator, Upstream, Watch,
 };
 use crate::batch::SchemaRef;
 use crate::connectors::file_source::FileSource;
@@ -517,6 +517,11 @@ fn start_actors(
     stop: &Arc<StopRequest>,
 ) {
     let topology = env.topology;
+    let to_coordinator = ToCoordinator {
+        ack: coordinator.clone().recipient(),
+        finished: coordinator.clone().recipient(),
+        committed: coordinator.clone().recipient(),
+    };
     let mut source_addrs = Vec::new();
     let mut task_addrs = Vec::new();
     let mut credit_to: Vec<Recipient<crate::actors::Credit>> = Vec::new();
@@ -571,7 +576,7 @@ fn start_actors(
                 output: i.output,
             })
             .collect();
-        addr.do_send(task::Wire { links: links(p), upstream, coordinator: coordinator.clone() });
+        addr.do_send(task::Wire { links: links(p), upstream, coordinator: to_coordinator.clone() });
     }
     for (s, addr) in source_addrs.iter().enumerate() {
         let outputs = Outputs {
@@ -579,9 +584,10 @@ fn start_actors(
             links: links(s),
             name: env.context(s).name,
         };
-        addr.do_send(source::Wire { outputs, coordinator: coordinator.clone() });
+        addr.do_send(source::Wire { outputs, coordinator: to_coordinator.clone() });
     }
-    coordinator.do_send(coordinator::Wire { sources: source_addrs.clone(), participants: notices });
+    let sources = source_addrs.iter().map(|a| a.clone().recipient()).collect();
+    coordinator.do_send(coordinator::Wire { sources, participants: notices });
     coordinator.do_send(coordinator::Start);
     // After the wiring, so that a stop made before this attempt reaches a wired coordinator.
     let to = coordinator.clone();
