@@ -597,6 +597,33 @@ fn start_actors(
     }
 }
 
+/// The coordinator of an attempt that restored `restored`, started and watched.
+fn start_coordinator(
+    env: &Env<'_>,
+    restored: Option<CheckpointId>,
+    shared: &Arc<CoordinatorShared>,
+) -> Addr<CoordinatorActor> {
+    let (spec, topology) = (env.spec, env.topology);
+    let core =
+        Coordinator::restore(CoordinatorConfig::new(topology.subtasks.len(), topology.sources), restored);
+    let interval = spec.checkpoint.interval_ms.map(Duration::from_millis);
+    let timeout = Duration::from_millis(spec.checkpoint.timeout_ms);
+    let coordinator = CoordinatorActor::new(
+        core,
+        interval,
+        timeout,
+        env.writer.clone(),
+        &topology.sinks,
+        shared.clone(),
+        env.fatal.clone(),
+    );
+    let watch = Watch::coordinator(env.fatal.clone());
+    CoordinatorActor::create(move |ctx| {
+        watch.attach(ctx);
+        coordinator
+    })
+}
+
 /// Records through each node in this attempt.
 fn node_reports(spec: &PipelineSpec, topology: &Plan, counters: &[Arc<Counters>]) -> Vec<NodeReport> {
     (spec.nodes.iter().enumerate())
@@ -689,11 +716,6 @@ fn attempt(
     let schemas = output_schemas(spec)?;
     let (built, out_seqs) = build_all(&env, &plan, &schemas)?;
 
-    let coordinator_core =
-        Coordinator::restore(CoordinatorConfig::new(topology.subtasks.len(), sources), plan.checkpoint);
-    let interval = spec.checkpoint.interval_ms.map(Duration::from_millis);
-    let timeout = Duration::from_millis(spec.checkpoint.timeout_ms);
-
     let system = System::new();
     // The arbiters (one thread each) live until the system stops. Every actor and every
     // arbiter is watched: one that a panic ends stops the attempt instead of leaving it to wait.
@@ -703,20 +725,7 @@ fn attempt(
         for (i, arbiter) in arbiters.iter().enumerate() {
             arbiter.spawn(Watch::thread(fatal.clone(), i).forever());
         }
-        let coordinator = CoordinatorActor::new(
-            coordinator_core,
-            interval,
-            timeout,
-            writer.clone(),
-            sinks,
-            shared.clone(),
-            fatal.clone(),
-        );
-        let watch = Watch::coordinator(fatal.clone());
-        let coordinator = CoordinatorActor::create(move |ctx| {
-            watch.attach(ctx);
-            coordinator
-        });
+        let coordinator = start_coordinator(&env, plan.checkpoint, &shared);
         let restored = plan.checkpoint.unwrap_or_default();
         start_actors(&env, built, &arbiters, &coordinator, &out_seqs, restored, stop);
         arbiters
