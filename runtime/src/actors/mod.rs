@@ -330,12 +330,51 @@ fn split_by_key(batch: &Batch, field: &str, parts: usize) -> Vec<Option<Batch>> 
             Column::Float(c) => key_channel(&c[i].to_bits().to_le_bytes(), parts),
         })
         .collect();
+    let mut counts = vec![0; parts];
+    targets.iter().for_each(|&t| counts[t] += 1);
     let mut out: Vec<Batch> =
-        (0..parts).map(|_| Batch::with_capacity(batch.schema().clone(), batch.len() / parts + 1)).collect();
-    for (i, &t) in targets.iter().enumerate() {
-        out[t].push_from(batch, i);
+        counts.iter().map(|&n| Batch::with_capacity(batch.schema().clone(), n)).collect();
+    // Column by column: one type dispatch per column, not per value.
+    for (c, source) in batch.columns().iter().enumerate() {
+        let mut dests: Vec<&mut Column> = out.iter_mut().map(|b| &mut b.columns_mut()[c]).collect();
+        match source {
+            Column::Bool(v) => {
+                scatter(v, &targets, &mut dests, |d| if let Column::Bool(d) = d { Some(d) } else { None })
+            }
+            Column::Int(v) => {
+                scatter(v, &targets, &mut dests, |d| if let Column::Int(d) = d { Some(d) } else { None })
+            }
+            Column::Float(v) => {
+                scatter(v, &targets, &mut dests, |d| if let Column::Float(d) = d { Some(d) } else { None })
+            }
+            Column::Str(v) => {
+                for (i, &t) in targets.iter().enumerate() {
+                    let Column::Str(d) = &mut *dests[t] else {
+                        unreachable!("a part has its batch's schema")
+                    };
+                    d.push(v.get(i));
+                }
+            }
+        }
+    }
+    for (part, &n) in out.iter_mut().zip(&counts) {
+        part.set_len(n);
     }
     out.into_iter().map(|b| if b.is_empty() { None } else { Some(b) }).collect()
+}
+
+/// Append `values[i]` to the part `targets[i]`, whose column `as_vec` gives as a vector.
+fn scatter<T: Copy>(
+    values: &[T],
+    targets: &[usize],
+    dests: &mut [&mut Column],
+    as_vec: impl Fn(&mut Column) -> Option<&mut Vec<T>>,
+) {
+    let mut dests: Vec<&mut Vec<T>> =
+        dests.iter_mut().map(|d| as_vec(d).expect("a part has its batch's schema")).collect();
+    for (&value, &t) in values.iter().zip(targets) {
+        dests[t].push(value);
+    }
 }
 
 /// Where a subtask's input channel `i` comes from, for returning credits.
@@ -423,4 +462,43 @@ pub struct SubtaskContext {
     pub fatal: Arc<Fatal>,
     /// Restart decisions and the restart record.
     pub supervisor: Arc<crate::pipeline::supervise::Supervisor>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{DataType, Field, Schema, Value};
+
+    /// Every record goes to the part of its key, in its order, with all its fields; parts
+    /// that get nothing are `None`.
+    #[test]
+    fn split_by_key_sends_each_record_to_its_keys_channel_in_order() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("sensor", DataType::Str),
+            Field::new("ts", DataType::Int),
+            Field::new("value", DataType::Float),
+            Field::new("hot", DataType::Bool),
+        ]));
+        let mut batch = Batch::with_capacity(schema, 64);
+        let rows: Vec<Vec<Value>> = (0..64i64)
+            .map(|i| {
+                let sensor = Value::Str(format!("s{:04}", i % 7));
+                vec![sensor, Value::Int(i), Value::Float(i as f64 / 2.0), Value::Bool(i % 3 == 0)]
+            })
+            .collect();
+        rows.iter().for_each(|r| batch.push_row(r));
+        for parts in [2, 3, 8] {
+            let split = split_by_key(&batch, "sensor", parts);
+            let mut expected: Vec<Vec<Vec<Value>>> = vec![Vec::new(); parts];
+            for row in &rows {
+                let Value::Str(key) = &row[0] else { unreachable!() };
+                expected[key_channel(key.as_bytes(), parts)].push(row.clone());
+            }
+            for (part, want) in split.iter().zip(&expected) {
+                let got: Vec<Vec<Value>> = part.iter().flat_map(|b| (0..b.len()).map(|i| b.row(i))).collect();
+                assert_eq!(&got, want, "{parts} parts");
+                assert_eq!(part.is_none(), want.is_empty());
+            }
+        }
+    }
 }
