@@ -51,6 +51,26 @@ fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
         .max()
 }
 
+/// Run `weir run CONFIG` with `faults` injected (`--inject`), and `--report FILE` if given;
+/// fail the test unless it exits 0.
+pub fn run_ok(config: &Path, report: Option<&Path>, faults: &[&str]) {
+    let mut cmd = std::process::Command::new(weir_bin());
+    cmd.arg("run").arg(config);
+    if let Some(r) = report {
+        cmd.arg("--report").arg(r);
+    }
+    for f in faults {
+        cmd.args(["--inject", f]);
+    }
+    let out = cmd.output().expect("weir runs");
+    assert!(out.status.success(), "{faults:?}: weir run failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The run report at `path`.
+pub fn report_of(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("a report")).expect("a JSON report")
+}
+
 /// A sensor-window pipeline config in `dir`, reading `records` readings.
 pub fn sensor_window_config(dir: &Path, records: u64, interval_ms: u64, rate: Option<u64>) -> PathBuf {
     sensor_window_config_with(dir, records, interval_ms, rate, "")

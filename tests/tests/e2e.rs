@@ -6,22 +6,12 @@ use std::time::{Duration, Instant};
 
 use weir_tests::*;
 
-fn run_to_completion(config: &std::path::Path, report: Option<&std::path::Path>) {
-    let mut cmd = Command::new(weir_bin());
-    cmd.arg("run").arg(config);
-    if let Some(r) = report {
-        cmd.arg("--report").arg(r);
-    }
-    let out = cmd.output().expect("weir runs");
-    assert!(out.status.success(), "weir run failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 #[test]
 fn sensor_window_output_equals_the_reference_and_the_report_counts_every_record() {
     let dir = tempfile::tempdir().unwrap();
     let config = sensor_window_config(dir.path(), 200_000, 100, None);
     let report = dir.path().join("report.json");
-    run_to_completion(&config, Some(&report));
+    run_ok(&config, Some(&report), &[]);
     let lines = sorted_lines(&dir.path().join("out/windows.csv"));
     assert_eq!(lines, reference_lines(200_000));
     // The workload's published checksum (shared/workloads/sensor-window.md).
@@ -40,7 +30,7 @@ fn sensor_window_output_equals_the_reference_and_the_report_counts_every_record(
     assert!(report["wall_ms"].is_u64());
 
     // Running a finished pipeline again changes nothing.
-    run_to_completion(&config, None);
+    run_ok(&config, None, &[]);
     assert_eq!(sorted_lines(&dir.path().join("out/windows.csv")), reference_lines(200_000));
 }
 
@@ -105,7 +95,7 @@ fn kill_9_at_seeded_random_moments_then_rerun_gives_exactly_the_reference() {
         );
         assert!(visible.iter().all(|l| reference.binary_search(l).is_ok()), "round {round}: a wrong line");
     }
-    run_to_completion(&config, None);
+    run_ok(&config, None, &[]);
     let lines = sorted_lines(&out);
     assert_eq!(sum_of_counts(&lines), records);
     assert_eq!(lines, reference, "seed {seed}");
@@ -126,7 +116,7 @@ fn a_checkpoint_reported_complete_survives_an_immediate_kill_9() {
     let reported = kill_9_after_a_checkpoint(&config, 2);
     let reported = reported.expect("a checkpoint was reported complete");
     let report = dir.path().join("report.json");
-    run_to_completion(&config, Some(&report));
+    run_ok(&config, Some(&report), &[]);
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let restored = report["restored_from"].as_u64().expect("the rerun resumed");
     assert!(restored >= reported, "reported {reported} complete, but the rerun restored {restored}");
@@ -152,7 +142,7 @@ fn a_full_data_directory_stops_the_run_with_one_clear_line_and_a_bigger_map_fini
     );
     assert!(stderr.trim_end().ends_with("; raise map_size_mb"), "{stderr}");
     // Nothing half-written: the same data directory with a bigger map finishes exactly.
-    run_to_completion(&config, None);
+    run_ok(&config, None, &[]);
     assert_eq!(sorted_lines(&dir.path().join("out/windows.csv")), reference_lines_with(400_000, 100_000));
 }
 
@@ -307,13 +297,7 @@ format = "csv"
         let config = dir.path().join("two.toml");
         std::fs::write(&config, CONFIG).unwrap();
         let report = dir.path().join("report.json");
-        let mut cmd = Command::new(weir_bin());
-        cmd.arg("run").arg(&config).arg("--report").arg(&report);
-        for f in faults {
-            cmd.args(["--inject", f]);
-        }
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{faults:?}: {}", String::from_utf8_lossy(&out.stderr));
+        run_ok(&config, Some(&report), faults);
         let rows: Vec<String> = sorted_lines(&dir.path().join("out/windows.csv"))
             .iter()
             .map(|l| {
@@ -321,9 +305,7 @@ format = "csv"
                 format!("{},{},{},{},{}", f[0], f[1], f[2], f[4], f[5])
             })
             .collect();
-        let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-        (rows, report)
+        (rows, report_of(&report))
     };
     let (reference, _) = run(&[]);
     let counted: u64 = reference.iter().map(|r| r.split(',').nth(2).unwrap().parse::<u64>().unwrap()).sum();

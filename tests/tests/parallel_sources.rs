@@ -2,30 +2,15 @@
 //! pipeline's output is exactly that of `parallelism = 1`, also after a `kill -9` and a rerun.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use weir_tests::*;
-
-fn run_ok(config: &Path, report: Option<&Path>) {
-    let mut cmd = Command::new(weir_bin());
-    cmd.arg("run").arg(config);
-    if let Some(r) = report {
-        cmd.arg("--report").arg(r);
-    }
-    let out = cmd.output().expect("weir runs");
-    assert!(out.status.success(), "weir run failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn report_of(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 #[test]
 fn a_generator_with_parallelism_2_gives_exactly_the_parallelism_1_output() {
     let dir = tempfile::tempdir().unwrap();
     let config = sensor_window_config_parallel(dir.path(), 200_000, 100, None, 2);
     let report = dir.path().join("report.json");
-    run_ok(&config, Some(&report));
+    run_ok(&config, Some(&report), &[]);
     let lines = sorted_lines(&dir.path().join("out/windows.csv"));
     assert_eq!(lines, reference_lines(200_000));
     assert_eq!(sorted_sha256(&lines), "00b943d3e2ff6c2f87b15bb4b6617e09a4bffc08a1a535a65e5c026fa8466b9b");
@@ -39,7 +24,7 @@ fn a_generator_with_parallelism_2_killed_mid_run_resumes_to_exactly_the_output()
     let config = sensor_window_config_parallel(dir.path(), 400_000, 100, Some(200_000), 2);
     let reported = kill_9_after_a_checkpoint(&config, 2).expect("a checkpoint was reported complete");
     let report = dir.path().join("report.json");
-    run_ok(&config, Some(&report));
+    run_ok(&config, Some(&report), &[]);
     let restored = report_of(&report)["restored_from"].as_u64().expect("the rerun resumed");
     assert!(restored >= reported, "reported {reported} complete, but the rerun restored {restored}");
     assert_eq!(sorted_lines(&dir.path().join("out/windows.csv")), reference_lines(400_000));
@@ -106,8 +91,8 @@ fn a_file_source_with_parallelism_2_gives_exactly_the_parallelism_1_output() {
     let dir = tempfile::tempdir().unwrap();
     write_readings(&dir.path().join("in.csv"), 150_000);
     let (report_one, report_two) = (dir.path().join("one.json"), dir.path().join("two.json"));
-    run_ok(&file_window(dir.path(), 1, "one.csv"), Some(&report_one));
-    run_ok(&file_window(dir.path(), 2, "two.csv"), Some(&report_two));
+    run_ok(&file_window(dir.path(), 1, "one.csv"), Some(&report_one), &[]);
+    run_ok(&file_window(dir.path(), 2, "two.csv"), Some(&report_two), &[]);
     let one = sorted_lines(&dir.path().join("one.csv"));
     assert!(one.len() > 1000, "{} lines", one.len());
     assert!(sorted_lines(&dir.path().join("two.csv")) == one, "parallelism 2 differs from parallelism 1");
@@ -124,11 +109,11 @@ fn a_file_source_with_parallelism_2_gives_exactly_the_parallelism_1_output() {
 fn a_file_source_with_parallelism_2_killed_mid_run_resumes_to_exactly_the_output() {
     let dir = tempfile::tempdir().unwrap();
     write_readings(&dir.path().join("in.csv"), 600_000);
-    run_ok(&file_window(dir.path(), 1, "one.csv"), None);
+    run_ok(&file_window(dir.path(), 1, "one.csv"), None, &[]);
     let config = file_window(dir.path(), 2, "two.csv");
     let killed = kill_9_after_a_checkpoint(&config, 1).is_some();
     eprintln!("first run: {}", if killed { "killed after a checkpoint" } else { "finished" });
-    run_ok(&config, None);
+    run_ok(&config, None, &[]);
     let one = sorted_lines(&dir.path().join("one.csv"));
     assert!(sorted_lines(&dir.path().join("two.csv")) == one, "not exactly the parallelism 1 output");
 }

@@ -4,9 +4,7 @@
 //! restored, so replayed batches went to the other channel and windows came out wrong with
 //! exit 0).
 
-use std::process::Command;
-
-use weir_tests::{reference_lines, sorted_lines, weir_bin};
+use weir_tests::{reference_lines, report_of, run_ok, sorted_lines};
 
 /// Readings the generator sends.
 const RECORDS: u64 = 400_000;
@@ -49,20 +47,13 @@ float_precision = 3
 "#;
 
 /// Run the pipeline with `faults`; return the sorted output lines and the report.
-fn run(faults: &[String]) -> (Vec<String>, serde_json::Value) {
+fn run(faults: &[&str]) -> (Vec<String>, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("routing.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let report = dir.path().join("report.json");
-    let mut cmd = Command::new(weir_bin());
-    cmd.arg("run").arg(&config).arg("--report").arg(&report);
-    for f in faults {
-        cmd.args(["--inject", f]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{faults:?}: {}", String::from_utf8_lossy(&out.stderr));
-    let report = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    (sorted_lines(&dir.path().join("out/windows.csv")), report)
+    run_ok(&config, Some(&report), faults);
+    (sorted_lines(&dir.path().join("out/windows.csv")), report_of(&report))
 }
 
 /// `actual` is the reference row for row: the key, window, count, minimum and maximum
@@ -88,7 +79,7 @@ fn a_round_robin_sender_restarted_locally_sends_each_replayed_batch_where_it_wen
     assert_matches_reference(&lines, &reference, "no fault");
     for at in [12_345, 150_001, 300_001] {
         let fault = format!("panic:hot:{at}");
-        let (lines, report) = run(std::slice::from_ref(&fault));
+        let (lines, report) = run(&[&fault]);
         let restarts = report["restarts"].as_array().unwrap();
         assert_eq!(restarts.len(), 1, "{fault}: {report}");
         assert_eq!(restarts[0]["node"], "hot", "{fault}: {report}");
