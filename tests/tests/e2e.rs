@@ -187,6 +187,10 @@ fn a_panic_injected_into_the_window_at_three_points_is_healed_locally_with_ident
         assert_eq!(restarts[0]["restarted"], serde_json::json!(["windows/0"]), "no other subtask restarted");
         assert_eq!(restarts[0]["message"], format!("injected fault panic:windows/0:{at}"));
         assert!(restarts[0]["duration_ms"].is_u64());
+        // Catching up (receiving again all it had received at the failure) comes after the
+        // restore, never during the backoff.
+        let caught_up = restarts[0]["caught_up_ms"].as_u64().expect("caught up before the run ended");
+        assert!(caught_up >= restarts[0]["duration_ms"].as_u64().unwrap(), "panic at {at}: {report}");
         assert_eq!(report["escalation"], serde_json::Value::Null);
     }
 }
