@@ -271,6 +271,19 @@ impl Column {
     }
 }
 
+/// The channel of `channels` a key goes to (the hash partition of a keyed edge, and the
+/// generator's split into subtasks, which must agree): a fixed hash, the same in every run
+/// and on every machine.
+pub fn key_channel(key: &[u8], channels: usize) -> usize {
+    // FNV-1a: stable across runs and versions, unlike std's randomly seeded hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % channels as u64) as usize
+}
+
 /// Records of one schema, column by column.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {

@@ -17,6 +17,7 @@ pub mod shared;
 pub mod source;
 pub mod task;
 
+pub use crate::batch::key_channel;
 pub use shared::{Counters, Failure, FailureReason, Fatal, Guarded, Watch, panic_message};
 
 use std::collections::VecDeque;
@@ -304,17 +305,6 @@ pub fn warn_overflow(name: &str, budget: usize) {
         "{name}: buffer queues over {} MiB: until the next checkpoint completes, a failure downstream is healed by a global rollback",
         budget >> 20
     );
-}
-
-/// The channel a key goes to: a fixed hash (the same in every run and on every machine).
-pub fn key_channel(key: &[u8], channels: usize) -> usize {
-    // FNV-1a: stable across runs and versions, unlike std's randomly seeded hasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in key {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % channels as u64) as usize
 }
 
 fn split_by_key(batch: &Batch, field: &str, parts: usize) -> Vec<Option<Batch>> {

@@ -3,21 +3,33 @@
 //! `value = ((i * 7919 + 13) % 10007) as f64 / 100.0` (shared/workloads/sensor-window.md).
 //! Its position is the next `i`, so it replays exactly.
 //!
-//! With `parallelism = n`, subtask `k` generates the readings of the sensors `s` with
-//! `s % n == k`, in the same order: every sensor's readings are those of `parallelism = 1`,
-//! in the same order, on one channel, so a window keyed by sensor sees what it sees at
-//! `parallelism = 1` (and no reading is later than it is there, since each subtask's event
-//! times are a subsequence of the whole). Its position is still the next `i` of its share.
+//! With `parallelism = n`, subtask `k` generates the readings of the sensors whose name a
+//! keyed edge would send to channel `k` of `n` (`batch::key_channel`), in the same order:
+//! every sensor's readings are those of `parallelism = 1`, in the same order, on one channel,
+//! so a window keyed by sensor sees what it sees at `parallelism = 1` (and no reading is later
+//! than it is there, since each subtask's event times are a subsequence of the whole). A
+//! window keyed by `sensor` with the same parallelism therefore gets from subtask `k` exactly
+//! the records it would route to its subtask `k`: the plan connects them one to one, with no
+//! hashing between them (`pipeline/plan.rs`). Its position is still the next `i` of its share.
 
 use super::{Share, SourceError, SourceReader};
-use crate::batch::{Batch, Column, SchemaRef};
+use crate::batch::{Batch, Column, SchemaRef, key_channel};
 use crate::pipeline::spec::{GeneratorSpec, sensors_schema};
+
+/// A share lists its sensors up to this many sensors in all (8 bytes each, at most 16 MiB);
+/// above, it tests each sensor's name as its readings come.
+const MAX_LISTED: u64 = 1 << 21;
 
 /// The sensors generator.
 pub struct Generator {
     records: u64,
     sensors: u64,
     share: Share,
+    /// The share's sensors, in order, when it is part of the whole and they are few enough
+    /// to list (`MAX_LISTED`); otherwise every sensor is tested as its readings come.
+    listed: Option<Vec<u64>>,
+    /// Some sensor belongs to the share (a share of more subtasks than sensors may own none).
+    owns_any: bool,
     /// The next reading of the share, or `records`.
     next: u64,
     schema: SchemaRef,
@@ -30,24 +42,47 @@ impl Generator {
             records: spec.records,
             sensors: spec.sensors.max(1),
             share,
+            listed: None,
+            owns_any: true,
             next: 0,
             schema: sensors_schema(),
         };
+        let mut name = SensorName::default();
+        if share.count > 1 && g.sensors <= MAX_LISTED {
+            let listed: Vec<u64> = (0..g.sensors).filter(|&s| g.owns(s, &mut name)).collect();
+            g.owns_any = !listed.is_empty();
+            g.listed = Some(listed);
+        } else {
+            // Stops at the first sensor of the share: with many sensors, within a few.
+            g.owns_any = (0..g.sensors).any(|s| g.owns(s, &mut name));
+        }
         g.next = g.owned_from(0);
         g
     }
 
+    /// Whether sensor `s` belongs to this subtask's share.
+    fn owns(&self, s: u64, name: &mut SensorName) -> bool {
+        self.share.count == 1 || key_channel(name.of(s).as_bytes(), self.share.count) == self.share.index
+    }
+
     /// The first reading at or after `i` whose sensor is in the share, or `records`.
-    fn owned_from(&self, i: u64) -> u64 {
-        let (k, n) = (self.share.index as u64, self.share.count as u64);
-        if i >= self.records || k >= self.sensors {
+    fn owned_from(&self, mut i: u64) -> u64 {
+        if !self.owns_any || i >= self.records {
             return self.records;
         }
-        let sensor = i % self.sensors;
-        // The next sensor `s >= sensor` with `s % n == k`, in this round of sensors or the next.
-        let ahead = (k + n - sensor % n) % n;
-        let at = if sensor + ahead < self.sensors { i + ahead } else { i - sensor + self.sensors + k };
-        at.min(self.records)
+        if let Some(listed) = &self.listed {
+            let s = i % self.sensors;
+            let at = match listed.get(listed.partition_point(|&o| o < s)) {
+                Some(&o) => i + (o - s),
+                None => i + (self.sensors - s) + listed[0],
+            };
+            return at.min(self.records);
+        }
+        let mut name = SensorName::default();
+        while i < self.records && !self.owns(i % self.sensors, &mut name) {
+            i += 1;
+        }
+        i.min(self.records)
     }
 
     /// Reading `i`'s event time.
@@ -101,25 +136,43 @@ impl SourceReader for Generator {
         let [Column::Str(sensor), Column::Int(ts), Column::Float(value)] = batch.columns_mut() else {
             unreachable!("the sensors schema is (string, int, float)")
         };
-        let step = self.share.count as u64;
         let (mut i, mut n) = (self.next, 0);
         let mut s = i % self.sensors;
         let mut name = SensorName::default();
+        if let Some(listed) = &self.listed {
+            // `next` is a reading of the share: step from one of its sensors to the next.
+            let mut j = listed.partition_point(|&o| o < s);
+            while n < max && i < self.records {
+                sensor.push(name.of(s));
+                ts.push(Generator::ts(i));
+                value.push(Generator::value(i));
+                n += 1;
+                let (after, wrap) = if j + 1 < listed.len() { (j + 1, 0) } else { (0, self.sensors) };
+                i += wrap + listed[after] - s;
+                (s, j) = (listed[after], after);
+            }
+            batch.set_len(n);
+            self.next = i.min(self.records);
+            return Ok(Some(batch));
+        }
+        let (whole, channels, mine) = (self.share.count == 1, self.share.count, self.share.index);
         while n < max && i < self.records {
-            sensor.push(name.of(s));
-            ts.push(Generator::ts(i));
-            value.push(Generator::value(i));
-            n += 1;
-            // The share's next sensor in this round of sensors, else its first in the next.
-            if s + step < self.sensors {
-                (i, s) = (i + step, s + step);
-            } else {
-                i = self.owned_from(i + 1);
-                s = i % self.sensors;
+            let sensor_name = name.of(s);
+            if whole || key_channel(sensor_name.as_bytes(), channels) == mine {
+                sensor.push(sensor_name);
+                ts.push(Generator::ts(i));
+                value.push(Generator::value(i));
+                n += 1;
+            }
+            i += 1;
+            s += 1;
+            if s == self.sensors {
+                s = 0;
             }
         }
         batch.set_len(n);
-        self.next = i.min(self.records);
+        // The position is always a reading of the share (or the end).
+        self.next = self.owned_from(i);
         Ok(Some(batch))
     }
 
@@ -178,10 +231,24 @@ mod tests {
     /// Every reading of `spec` in `share`, as `(i, row)`, read `max` at a time, resuming
     /// from each batch's position in a fresh generator.
     fn share_of(spec: &GeneratorSpec, share: Share, max: usize) -> Vec<Vec<Value>> {
-        let mut rows = Vec::new();
-        let mut position = Generator::new(spec, share).position();
-        loop {
+        share_with(spec, share, max, false)
+    }
+
+    /// The share's readings, read `max` at a time, each batch by a new generator resumed at
+    /// the last position; with `unlisted`, as a share of too many sensors to list does.
+    fn share_with(spec: &GeneratorSpec, share: Share, max: usize, unlisted: bool) -> Vec<Vec<Value>> {
+        let new = || {
             let mut g = Generator::new(spec, share);
+            if unlisted {
+                g.listed = None;
+                g.next = g.owned_from(0);
+            }
+            g
+        };
+        let mut rows = Vec::new();
+        let mut position = new().position();
+        loop {
+            let mut g = new();
             g.seek(&position).unwrap();
             let Some(batch) = g.next_batch(max).unwrap() else { break };
             assert!(batch.len() <= max);
@@ -189,6 +256,17 @@ mod tests {
             position = g.position();
         }
         rows
+    }
+
+    #[test]
+    fn a_share_of_too_many_sensors_to_list_reads_the_same_readings() {
+        for (records, sensors, count) in [(1002, 1000, 2), (1000, 7, 3), (30, 2, 3)] {
+            let spec = GeneratorSpec { records, sensors, rate: None, batch_size: 3 };
+            for index in 0..count {
+                let share = Share { index, count };
+                assert_eq!(share_with(&spec, share, 5, true), share_of(&spec, share, 5), "{sensors} sensors");
+            }
+        }
     }
 
     #[test]
@@ -204,7 +282,7 @@ mod tests {
                 let mine: Vec<_> = (whole.iter())
                     .filter(|row| {
                         let Value::Str(s) = &row[0] else { panic!("a sensor name") };
-                        s[1..].parse::<usize>().unwrap() % count == index
+                        key_channel(s.as_bytes(), count) == index
                     })
                     .cloned()
                     .collect();

@@ -8,7 +8,7 @@
 use std::ops::Range;
 
 use crate::actors::Partition;
-use crate::pipeline::spec::{NodeKind, PipelineSpec, TransformSpec};
+use crate::pipeline::spec::{NodeKind, NodeSpec, PipelineSpec, SourceSpec, TransformSpec};
 use crate::protocol::ParticipantId;
 
 /// One subtask of a node.
@@ -120,12 +120,14 @@ impl Plan {
         for up_name in &node.inputs {
             let u = node_index(spec, up_name);
             let up = &spec.nodes[u];
-            // Equal parallelism without a key: subtask i feeds subtask i alone.
-            let forward = key.is_none() && up.parallelism == node.parallelism;
+            // Equal parallelism without a key, or from a source already split by the key
+            // exactly as the hash would route it: subtask i feeds subtask i alone.
+            let co_partitioned = key.is_some() && key.as_deref() == split_by(up);
+            let forward = (key.is_none() || co_partitioned) && up.parallelism == node.parallelism;
             let partition = match (&key, node.parallelism) {
                 (_, 1) => Partition::Forward,
+                (_, _) if forward => Partition::Forward,
                 (Some(k), _) => Partition::Hash(k.clone()),
-                (None, _) if forward => Partition::Forward,
                 (None, _) => Partition::RoundRobin,
             };
             for i in 0..up.parallelism {
@@ -147,6 +149,16 @@ impl Plan {
                 self.groups[from].push(OutputGroup { partition: partition.clone(), channels });
             }
         }
+    }
+}
+
+/// The field a node's subtasks split its records by, as a keyed edge routes them
+/// (`batch::key_channel` of the field over the node's parallelism): the generator splits by
+/// `sensor` (`connectors/generator.rs`).
+fn split_by(node: &NodeSpec) -> Option<&'static str> {
+    match &node.kind {
+        NodeKind::Source(SourceSpec::Generator(_)) if node.parallelism > 1 => Some("sensor"),
+        _ => None,
     }
 }
 
@@ -329,5 +341,27 @@ mod tests {
         assert_eq!(plan.downstream[0], [2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(plan.downstream[4], [8]);
         assert!(plan.subtasks.iter().all(|s| s.arbiter == 0));
+    }
+
+    /// A generator with parallelism n is split by `sensor` exactly as a keyed edge routes, so
+    /// it feeds a window keyed by `sensor` with the same parallelism one to one; any other
+    /// key or parallelism is hashed all to all.
+    #[test]
+    fn a_generator_split_by_the_windows_key_feeds_it_one_to_one() {
+        let plan_of = |key, parallelism| {
+            let nodes = vec![
+                node("gen", &[], 2, source()),
+                node("win", &["gen"], parallelism, window(Some(key))),
+                node("out", &["win"], 1, sink()),
+            ];
+            Plan::new(&spec(nodes), 2)
+        };
+        let plan = plan_of("sensor", 2);
+        assert_eq!(groups(&plan, 0), ["Forward: [(2, 0)]"]);
+        assert_eq!(groups(&plan, 1), ["Forward: [(3, 0)]"]);
+        let plan = plan_of("ts", 2);
+        assert_eq!(groups(&plan, 0), ["Hash(\"ts\"): [(2, 0), (3, 0)]"]);
+        let plan = plan_of("sensor", 3);
+        assert_eq!(groups(&plan, 1), ["Hash(\"sensor\"): [(2, 1), (3, 1), (4, 1)]"]);
     }
 }
