@@ -1095,6 +1095,43 @@ mod tests {
         assert_eq!(error(&short_state, 3, 1), "snapshot has end flags for 1 inputs, the pipeline 3");
     }
 
+    // An output that cannot be written stops the run with one line naming the sink and the
+    // file, as when the append ran on the sink's own thread; no commit record is written.
+    #[test]
+    fn an_error_appending_the_output_is_fatal_and_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(&dir.path().join("data"), 16 << 20).unwrap();
+        let c1 = CheckpointId(1);
+        log.write_now(&[WriteOp::Stage { participant: 0, checkpoint: c1, bytes: b"a,1\n".to_vec() }])
+            .unwrap();
+        let path = dir.path().join("out.csv");
+        std::fs::write(&path, "").unwrap();
+        // Open for reading only: the append's first step (cutting the file back) fails.
+        let destination = Destination::File { path: path.clone(), file: File::open(&path).unwrap() };
+        let format = OutputFormat { encoding: FileFormat::Csv, float_precision: None };
+        let sink = SinkWriter::to(format, destination, CommitRecord::default());
+        let fatal = Arc::new(Fatal::default());
+        fatal.set_stop_hook(|| {});
+        let actor = restored_sink(&log, c1, sink, fatal.clone());
+
+        let _system = System::new();
+        let arbiter = Arbiter::new();
+        let sink = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
+        let coordinator = Context::<CoordinatorActor>::new().address();
+        sink.do_send(Wire { links: Links::default(), upstream: Vec::new(), coordinator });
+        let deadline = Instant::now() + PATIENCE;
+        while !fatal.failed() {
+            assert!(Instant::now() < deadline, "the failed append was not reported");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let Some(crate::actors::Failure::Error(message)) = fatal.take() else { panic!("not a fatal error") };
+        let expected = format!("out: writing {}: Invalid argument (os error 22)", path.display());
+        assert_eq!(message, expected);
+        arbiter.stop();
+        arbiter.join().unwrap();
+        assert_eq!(log.read_commit(0).unwrap(), None);
+    }
+
     #[test]
     fn a_sink_snapshot_with_operator_state_is_refused() {
         let dir = tempfile::tempdir().unwrap();
