@@ -62,7 +62,7 @@ pub struct SinkWriter {
 /// A sink's output and how far it got.
 struct Output {
     destination: Destination,
-    /// Durable progress (as far as this run has appended; durable once `CommitDurable`).
+    /// Progress as far as this run has appended (durable once its commit record is).
     committed: CommitRecord,
 }
 
@@ -88,10 +88,10 @@ impl SinkWriter {
                 (*format, Destination::File { path: path.clone(), file })
             }
         };
-        Ok(SinkWriter::to(format, destination, committed))
+        Ok(SinkWriter::new(format, destination, committed))
     }
 
-    fn to(format: OutputFormat, destination: Destination, committed: CommitRecord) -> SinkWriter {
+    fn new(format: OutputFormat, destination: Destination, committed: CommitRecord) -> SinkWriter {
         let output = Arc::new(Mutex::new(Output { destination, committed }));
         SinkWriter { format, pending: Vec::new(), output }
     }
@@ -1007,7 +1007,7 @@ mod tests {
         let held =
             Held { started: started_tx, release: release_rx, printed: std::sync::Arc::clone(&printed) };
         let format = OutputFormat { encoding: FileFormat::Csv, float_precision: None };
-        let sink = SinkWriter::to(format, Destination::Stream(Box::new(held)), CommitRecord::default());
+        let sink = SinkWriter::new(format, Destination::Stream(Box::new(held)), CommitRecord::default());
         let fatal = Arc::new(Fatal::default());
         fatal.set_stop_hook(|| {});
         let actor = restored_sink(&log, c1, sink, fatal.clone());
@@ -1109,7 +1109,7 @@ mod tests {
         // Open for reading only: the append's first step (cutting the file back) fails.
         let destination = Destination::File { path: path.clone(), file: File::open(&path).unwrap() };
         let format = OutputFormat { encoding: FileFormat::Csv, float_precision: None };
-        let sink = SinkWriter::to(format, destination, CommitRecord::default());
+        let sink = SinkWriter::new(format, destination, CommitRecord::default());
         let fatal = Arc::new(Fatal::default());
         fatal.set_stop_hook(|| {});
         let actor = restored_sink(&log, c1, sink, fatal.clone());
