@@ -18,7 +18,7 @@ use super::{
 };
 use crate::batch::Batch;
 use crate::connectors::encode::encode;
-use crate::log::{CommitRecord, Log, LogError, SnapshotRecord, WriteOp};
+use crate::log::{CommitRecord, Done, Job, Log, LogError, SnapshotRecord, WriteOp};
 use crate::operators::Operator;
 use crate::pipeline::faults::FaultKind;
 use crate::pipeline::spec::{OutputFormat, SinkSpec};
@@ -27,6 +27,7 @@ use crate::protocol::driver::{Effect, Epoch, Escalation, Subtask};
 use crate::protocol::recovery::ParticipantLog;
 use crate::protocol::storage::{Snapshot, Storage};
 use crate::protocol::{CheckpointId, ParticipantId, Seq};
+use crate::sync::{Arc, Mutex, lock};
 
 /// Where a sink's committed output goes.
 pub enum Destination {
@@ -37,18 +38,30 @@ pub enum Destination {
         /// Open for writing.
         file: File,
     },
-    /// Standard output (committed output is printed; a crash after printing and before the
-    /// commit record is durable prints that output again: at-least-once).
+    /// Standard output (committed output is printed, on the log's writer thread; a crash after
+    /// printing and before the commit record is durable prints that output again:
+    /// at-least-once).
     Stdout,
+    /// A test's stream, printed to as standard output is.
+    #[cfg(test)]
+    Stream(Box<dyn Write + Send>),
 }
 
 /// A sink's writer: encodes processed batches, stages them at barriers, appends on commit.
 pub struct SinkWriter {
     format: OutputFormat,
-    destination: Destination,
     /// Encoded output since the last barrier.
     pending: Vec<u8>,
-    /// Durable progress (as far as this run has appended; durable once `CommitDurable`).
+    /// Where committed output goes. Only commits lock it, and they run one after another on
+    /// the log's writer thread ([`crate::log::Writer::run`]); a restart flushes the writer
+    /// before it opens the output again, so no commit of this one is in flight then.
+    output: Arc<Mutex<Output>>,
+}
+
+/// A sink's output and how far it got.
+struct Output {
+    destination: Destination,
+    /// Progress as far as this run has appended (durable once its commit record is).
     committed: CommitRecord,
 }
 
@@ -74,18 +87,30 @@ impl SinkWriter {
                 (*format, Destination::File { path: path.clone(), file })
             }
         };
-        Ok(SinkWriter { format, destination, pending: Vec::new(), committed })
+        Ok(SinkWriter::new(format, destination, committed))
+    }
+
+    fn new(format: OutputFormat, destination: Destination, committed: CommitRecord) -> SinkWriter {
+        let output = Arc::new(Mutex::new(Output { destination, committed }));
+        SinkWriter { format, pending: Vec::new(), output }
     }
 
     fn write(&mut self, batch: &Batch) {
         encode(batch, self.format, &mut self.pending);
     }
+}
 
-    /// Append the staged output of checkpoints after the last commit through `c`.
-    fn commit(&mut self, cx: &SubtaskContext, c: CheckpointId) -> Result<CommitRecord, String> {
-        let staged = cx
-            .log
-            .read_staged(cx.participant, CheckpointId(self.committed.through), c)
+impl Output {
+    /// Append the staged output of checkpoints after the last commit through `c`, durably
+    /// (a file is synced); the commit record to write next.
+    fn append(
+        &mut self,
+        log: &Log,
+        participant: ParticipantId,
+        c: CheckpointId,
+    ) -> Result<CommitRecord, String> {
+        let staged = log
+            .read_staged(participant, CheckpointId(self.committed.through), c)
             .map_err(|e| e.to_string())?;
         let bytes: usize = staged.iter().map(|(_, b)| b.len()).sum();
         match &mut self.destination {
@@ -98,18 +123,21 @@ impl SinkWriter {
                 }
                 file.sync_data().map_err(io)?;
             }
-            Destination::Stdout => {
-                let mut out = std::io::stdout().lock();
-                for (_, chunk) in &staged {
-                    // A closed stdout (a pipe to `head`) ends the output quietly.
-                    let _ = out.write_all(chunk);
-                }
-                let _ = out.flush();
-            }
+            Destination::Stdout => print(&mut std::io::stdout().lock(), &staged),
+            #[cfg(test)]
+            Destination::Stream(out) => print(out, &staged),
         }
         self.committed = CommitRecord { through: c.0, file_len: self.committed.file_len + bytes as u64 };
         Ok(self.committed)
     }
+}
+
+/// Print committed output. A closed stream (a pipe to `head`) ends the output quietly.
+fn print(out: &mut dyn Write, staged: &[(CheckpointId, Vec<u8>)]) {
+    for (_, chunk) in staged {
+        let _ = out.write_all(chunk);
+    }
+    let _ = out.flush();
 }
 
 /// A file sink's output, open for reading and writing. Unless `allow_symlink`, a symbolic link
@@ -574,21 +602,61 @@ impl TaskActor {
         done: fn(CheckpointId) -> Durable,
         c: CheckpointId,
     ) {
-        self.writes += 1;
-        let (addr, epoch) = (ctx.address(), self.driver.epoch());
-        if self.cx.write_fails(self.writes) {
-            let error =
-                std::sync::Arc::new(LogError::Injected(format!("write {} of {}", self.writes, self.cx.name)));
-            addr.do_send(Written(epoch, Durable::Failed(error)));
-            return;
+        match self.next_write(ctx, done, c) {
+            (done, Some(injected)) => done(Err(injected)),
+            (done, None) => self.cx.writer.submit(ops, done),
         }
-        self.cx.writer.submit(
-            ops,
-            Box::new(move |r| match r {
-                Ok(()) => addr.do_send(Written(epoch, done(c))),
-                Err(e) => addr.do_send(Written(epoch, Durable::Failed(e))),
-            }),
-        );
+    }
+
+    /// Count a write: its completion callback, which reports it to this actor as `Written`,
+    /// and the injected error to report instead of writing, if one is due at it.
+    fn next_write(
+        &mut self,
+        ctx: &Context<Self>,
+        done: fn(CheckpointId) -> Durable,
+        c: CheckpointId,
+    ) -> (Done, Option<Arc<LogError>>) {
+        self.writes += 1;
+        let injected = self
+            .cx
+            .write_fails(self.writes)
+            .then(|| Arc::new(LogError::Injected(format!("write {} of {}", self.writes, self.cx.name))));
+        let (addr, epoch) = (ctx.address(), self.driver.epoch());
+        let callback: Done = Box::new(move |r| match r {
+            Ok(()) => addr.do_send(Written(epoch, done(c))),
+            Err(e) => addr.do_send(Written(epoch, Durable::Failed(e))),
+        });
+        (callback, injected)
+    }
+
+    /// Commit through `c` on the log's writer thread: the append and its sync, then the commit
+    /// record, so that no subtask on this thread waits for the output's disk. The record comes
+    /// back `Written` as any write (and is ignored there if this subtask restarted meanwhile);
+    /// an error appending is fatal, as it was on this thread.
+    fn commit(&mut self, c: CheckpointId, ctx: &Context<Self>) {
+        let Body::Sink(sink) = &self.body else { unreachable!("only sinks commit") };
+        let output = sink.output.clone();
+        let (done, injected) = self.next_write(ctx, Durable::Commit, c);
+        let (log, participant) = (self.cx.log.clone(), self.cx.participant);
+        let (fatal, name) = (self.cx.fatal.clone(), self.cx.name.clone());
+        let job: Job = Box::new(move || {
+            let appended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                lock(&output).append(&log, participant, c)
+            }));
+            match (appended, injected) {
+                (Ok(Ok(record)), None) => return Some((vec![WriteOp::Commit { participant, record }], done)),
+                // The output is appended, its record is not: as a crash between the two.
+                (Ok(Ok(_)), Some(injected)) => done(Err(injected)),
+                (Ok(Err(e)), _) => fatal.fail(format!("{name}: {e}")),
+                (Err(panic), _) => fatal
+                    .fail(format!("{name}: commit through {c} panicked: {}", super::panic_message(&*panic))),
+            }
+            None
+        });
+        if let Err(gone) = self.cx.writer.run(job) {
+            let epoch = self.driver.epoch();
+            ctx.address().do_send(Written(epoch, Durable::Failed(Arc::new(gone))));
+        }
     }
 
     /// Carry out one effect; false when draining must stop (the run escalates).
@@ -626,10 +694,7 @@ impl TaskActor {
             Effect::Commit(c) => {
                 self.commits += 1;
                 self.cx.inject_at(FaultKind::Commit, self.commits);
-                let Body::Sink(sink) = &mut self.body else { unreachable!("only sinks commit") };
-                let record = sink.commit(&self.cx, c)?;
-                let participant = self.cx.participant;
-                self.submit(vec![WriteOp::Commit { participant, record }], ctx, Durable::Commit, c);
+                self.commit(c, ctx);
             }
             Effect::DropSnapshotsBelow(c) => {
                 let fatal = self.cx.fatal.clone();
@@ -841,8 +906,142 @@ impl Handler<Abort> for TaskActor {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc;
+
     use super::*;
-    use crate::pipeline::spec::FileFormat;
+    use crate::actors::{Fatal, Links};
+    use crate::log::Writer;
+    use crate::pipeline::spec::{FileFormat, SupervisionSpec};
+    use crate::pipeline::supervise::Supervisor;
+    use crate::protocol::aligner::AlignmentMode;
+    use crate::protocol::participant::{Task, TaskConfig};
+    use crate::protocol::recovery::{ParticipantRestore, SinkRestore};
+    use crate::protocol::route;
+
+    /// How long a test waits for something that takes milliseconds: a hang, not a slow machine.
+    const PATIENCE: Duration = Duration::from_secs(20);
+
+    /// A stream whose every write says it started, then waits until the test lets it through
+    /// (or drops its end of `release`).
+    struct Held {
+        started: mpsc::Sender<()>,
+        release: mpsc::Receiver<()>,
+        printed: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Held {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.started.send(());
+            let _ = self.release.recv();
+            self.printed.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Answers a ping: shows that its thread is free.
+    struct Echo;
+
+    impl Actor for Echo {
+        type Context = Context<Self>;
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Ping(mpsc::Sender<()>);
+
+    impl Handler<Ping> for Echo {
+        type Result = ();
+        fn handle(&mut self, Ping(pong): Ping, _: &mut Context<Self>) {
+            let _ = pong.send(());
+        }
+    }
+
+    /// Sink subtask 0 with one input, restored at checkpoint `c` whose staged output is not
+    /// committed yet: its first effect is the repair commit through `c`.
+    fn restored_sink(log: &Log, c: CheckpointId, sink: SinkWriter, fatal: Arc<Fatal>) -> TaskActor {
+        let config = TaskConfig {
+            inputs: 1,
+            mode: AlignmentMode::ExactlyOnce,
+            sink: true,
+            mutations: Default::default(),
+        };
+        let restore = ParticipantRestore {
+            from: Some(c),
+            discard_snapshots: Vec::new(),
+            sink: Some(SinkRestore { commit: Some(c), staged: vec![c], discard_staged: Vec::new() }),
+        };
+        let outputs = route::Outputs::new(&[], c, Vec::new(), (false, 0), Default::default());
+        let driver =
+            Subtask::new(0, Task::restore(config, &restore, &[0]), config, (&[0], vec![false], c), outputs);
+        let names = vec!["out".to_owned()];
+        let supervisor =
+            Supervisor::new(SupervisionSpec::default(), Instant::now(), vec![Vec::new()], vec![true], names);
+        let cx = SubtaskContext {
+            name: "out".into(),
+            node: "out".into(),
+            subtask: 0,
+            faults: Vec::new(),
+            participant: 0,
+            writer: Writer::start(log.clone()),
+            log: log.clone(),
+            counters: Arc::default(),
+            fatal,
+            supervisor: Arc::new(supervisor),
+        };
+        let build: BuildBody = Box::new(|_: &Log| Err("not restarted in this test".into()));
+        TaskActor::new(cx, driver, Body::Sink(sink), build)
+    }
+
+    // While a sink's commit waits on its output (a slow disk, a full pipe), another actor on
+    // the sink's thread still answers; the commit then completes, record and all.
+    #[test]
+    fn a_slow_commit_does_not_hold_up_the_sinks_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), 16 << 20).unwrap();
+        let c1 = CheckpointId(1);
+        log.write_now(&[WriteOp::Stage { participant: 0, checkpoint: c1, bytes: b"a,1\n".to_vec() }])
+            .unwrap();
+        let (started_tx, started) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let printed = std::sync::Arc::default();
+        let held =
+            Held { started: started_tx, release: release_rx, printed: std::sync::Arc::clone(&printed) };
+        let format = OutputFormat { encoding: FileFormat::Csv, float_precision: None };
+        let sink = SinkWriter::new(format, Destination::Stream(Box::new(held)), CommitRecord::default());
+        let fatal = Arc::new(Fatal::default());
+        fatal.set_stop_hook(|| {});
+        let actor = restored_sink(&log, c1, sink, fatal.clone());
+
+        let _system = System::new();
+        let arbiter = Arbiter::new();
+        let sink = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
+        let echo = Echo::start_in_arbiter(&arbiter.handle(), |_| Echo);
+        // Never started: what the sink tells the coordinator goes nowhere.
+        let coordinator = Context::<CoordinatorActor>::new().address();
+        sink.do_send(Wire { links: Links::default(), upstream: Vec::new(), coordinator });
+        started.recv_timeout(PATIENCE).expect("the repair commit prints");
+        let (pong_tx, pong) = mpsc::channel();
+        echo.do_send(Ping(pong_tx));
+        let answered = pong.recv_timeout(PATIENCE);
+        drop(release);
+        assert!(answered.is_ok(), "the sink's thread waited for its commit");
+
+        let deadline = Instant::now() + PATIENCE;
+        let committed = CommitRecord { through: 1, file_len: 4 };
+        while log.read_commit(0).unwrap() != Some(committed) {
+            assert!(Instant::now() < deadline, "the commit record was never written");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(*printed.lock().unwrap(), b"a,1\n");
+        assert!(log.read_staged(0, CheckpointId(0), c1).unwrap().is_empty());
+        assert!(!fatal.failed());
+        arbiter.stop();
+        arbiter.join().unwrap();
+    }
 
     fn state() -> TaskState {
         TaskState { ended: vec![true, false, true], operator: vec![1, 2, 3, 200] }
@@ -898,6 +1097,43 @@ mod tests {
         let short_state =
             SnapshotRecord { state: TaskState { ended: vec![true], operator: vec![] }.encode(), ..record };
         assert_eq!(error(&short_state, 3, 1), "snapshot has end flags for 1 inputs, the pipeline 3");
+    }
+
+    // An output that cannot be written stops the run with one line naming the sink and the
+    // file, as when the append ran on the sink's own thread; no commit record is written.
+    #[test]
+    fn an_error_appending_the_output_is_fatal_and_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(&dir.path().join("data"), 16 << 20).unwrap();
+        let c1 = CheckpointId(1);
+        log.write_now(&[WriteOp::Stage { participant: 0, checkpoint: c1, bytes: b"a,1\n".to_vec() }])
+            .unwrap();
+        let path = dir.path().join("out.csv");
+        std::fs::write(&path, "").unwrap();
+        // Open for reading only: the append's first step (cutting the file back) fails.
+        let destination = Destination::File { path: path.clone(), file: File::open(&path).unwrap() };
+        let format = OutputFormat { encoding: FileFormat::Csv, float_precision: None };
+        let sink = SinkWriter::new(format, destination, CommitRecord::default());
+        let fatal = Arc::new(Fatal::default());
+        fatal.set_stop_hook(|| {});
+        let actor = restored_sink(&log, c1, sink, fatal.clone());
+
+        let _system = System::new();
+        let arbiter = Arbiter::new();
+        let sink = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
+        let coordinator = Context::<CoordinatorActor>::new().address();
+        sink.do_send(Wire { links: Links::default(), upstream: Vec::new(), coordinator });
+        let deadline = Instant::now() + PATIENCE;
+        while !fatal.failed() {
+            assert!(Instant::now() < deadline, "the failed append was not reported");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let Some(crate::actors::Failure::Error(message)) = fatal.take() else { panic!("not a fatal error") };
+        let expected = format!("out: writing {}: Invalid argument (os error 22)", path.display());
+        assert_eq!(message, expected);
+        arbiter.stop();
+        arbiter.join().unwrap();
+        assert_eq!(log.read_commit(0).unwrap(), None);
     }
 
     #[test]

@@ -12,10 +12,10 @@
 //! cards and eMMC, so a flipped bit must be a refusal that names the record, never a
 //! plausible wrong value restored into a run. The directory itself ([`dir`]) is private,
 //! locked for the life of the process, and its `data.mdb` is checked before it is mapped.
-//! Reads are synchronous and short (recovery at start, a sink's commit). Writes go through one writer thread
-//! ([`Writer`]), which applies everything queued in one transaction, commits (fsync), and only
-//! then calls each write's completion callback: nothing counts as durable before that
-//! (SPEC §1.3). A full map, a corrupt value or an unreadable directory is a [`LogError`] that
+//! Reads are synchronous and short (recovery at start and at a restart; a sink's commit reads
+//! its staged output on the writer thread). Writes go through one writer thread ([`Writer`]),
+//! which applies everything queued in one transaction, commits (fsync), and only then calls
+//! each write's completion callback: nothing counts as durable before that (SPEC §1.3). A full map, a corrupt value or an unreadable directory is a [`LogError`] that
 //! names the database and key, never a panic.
 
 use std::fmt;
@@ -32,7 +32,7 @@ use crate::protocol::{CheckpointId, ParticipantId};
 
 pub mod dir;
 mod writer;
-pub use writer::Writer;
+pub use writer::{Job, Writer};
 
 /// Database names.
 pub const META: &str = "meta";

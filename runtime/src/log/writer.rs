@@ -1,6 +1,9 @@
 //! The log's single writer thread (DESIGN.md §6: one LMDB writer at a time, so appends are
 //! batched): subtasks queue writes with a completion callback; the thread applies everything
-//! queued in one transaction, commits, and only then calls the callbacks.
+//! queued in one transaction, commits, and only then calls the callbacks. It also runs the
+//! blocking work that must precede a write, in queue order ([`Writer::run`]: a sink's append
+//! and fsync before its commit record), so that no actor thread waits on a disk, and a
+//! [`Writer::flush`] (a restart, the end of an attempt) waits for that work too.
 //!
 //! The queue and the batching loop ([`Queue`]) do not know about LMDB: they are generic over
 //! what is written and what applying a batch returns, so the loom tests below check them
@@ -46,7 +49,18 @@ impl Writer {
             done(Err(std::sync::Arc::new(LogError::WriterGone)));
         }
     }
+
+    /// Queue `job`, to run on the writer thread after everything queued before it was taken;
+    /// the writes it returns (if any) are applied in the transaction of its batch, after it
+    /// ran, and their `done` called as [`Writer::submit`]'s. A later [`Writer::flush`] waits
+    /// for it. Refused ([`LogError::WriterGone`], `job` dropped unrun) once the thread ended.
+    pub fn run(&self, job: Job) -> Result<(), LogError> {
+        self.queue.run(job).map_err(|_| LogError::WriterGone)
+    }
 }
+
+/// Blocking work run on the writer thread ([`Writer::run`]), and what it then writes.
+pub type Job = Box<dyn FnOnce() -> Option<(Vec<WriteOp>, Done)> + Send>;
 
 /// Called with the outcome of the batch its submission was applied in.
 type Callback<R> = Box<dyn FnOnce(R) + Send>;
@@ -54,11 +68,28 @@ type Callback<R> = Box<dyn FnOnce(R) + Send>;
 /// One submission: what to apply, and whom to tell once it was.
 type Submission<O, R> = (Vec<O>, Callback<R>);
 
+/// What is queued: a submission, or work that runs first and may then submit.
+enum Work<O, R> {
+    Write(Submission<O, R>),
+    Job(Box<dyn FnOnce() -> Option<Submission<O, R>> + Send>),
+}
+
+impl<O, R> Work<O, R> {
+    /// What to apply: a job runs now, on the serving thread.
+    fn into_submission(self) -> Option<Submission<O, R>> {
+        match self {
+            Work::Write(submission) => Some(submission),
+            Work::Job(job) => job(),
+        }
+    }
+}
+
 /// A queue served by one thread, which takes everything queued (up to [`MAX_BATCH`]
-/// submissions), applies it in one go, and only then calls each submission's callback with
-/// the outcome. Submissions are applied in the order they were queued.
+/// submissions), runs its jobs in order, applies the writes in one go, and only then calls
+/// each submission's callback with the outcome. Submissions are applied in the order they
+/// were queued, and a job's after it ran.
 struct Queue<O, R> {
-    submissions: Sender<Submission<O, R>>,
+    submissions: Sender<Work<O, R>>,
 }
 
 impl<O, R> Clone for Queue<O, R> {
@@ -74,16 +105,12 @@ impl<O: Send + 'static, R: Clone + Send + 'static> Queue<O, R> {
         name: &str,
         mut apply: impl FnMut(&[Vec<O>]) -> R + Send + 'static,
     ) -> (Queue<O, R>, thread::JoinHandle<()>) {
-        let (submissions, rx) = channel::<Submission<O, R>>();
+        let (submissions, rx) = channel::<Work<O, R>>();
         let thread = thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
                 while let Some(batch) = rx.next_batch(MAX_BATCH) {
-                    let (ops, callbacks): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                    let outcome = apply(&ops);
-                    for done in callbacks {
-                        done(outcome.clone());
-                    }
+                    serve(batch, &mut apply);
                 }
             })
             .expect("spawning a queue's serving thread");
@@ -93,7 +120,18 @@ impl<O: Send + 'static, R: Clone + Send + 'static> Queue<O, R> {
     /// Queue `ops`; `done` is called once they are applied. Hands `done` back, uncalled, if
     /// the serving thread is gone.
     fn submit(&self, ops: Vec<O>, done: Callback<R>) -> Result<(), Callback<R>> {
-        self.submissions.send((ops, done)).map_err(|(_, done)| done)
+        match self.submissions.send(Work::Write((ops, done))) {
+            Ok(()) => Ok(()),
+            Err(Work::Write((_, done))) => Err(done),
+            Err(Work::Job(_)) => unreachable!("a write is handed back as it was sent"),
+        }
+    }
+
+    /// Queue `job`, which runs on the serving thread in queue order; the submission it
+    /// returns is applied with the batch it was taken in. `Err` (the job dropped unrun) if
+    /// the serving thread is gone.
+    fn run(&self, job: Box<dyn FnOnce() -> Option<Submission<O, R>> + Send>) -> Result<(), ()> {
+        self.submissions.send(Work::Job(job)).map_err(drop)
     }
 
     /// Wait until everything queued before this call has been applied (or the serving thread
@@ -107,6 +145,19 @@ impl<O: Send + 'static, R: Clone + Send + 'static> Queue<O, R> {
             // `None`: the serving thread ended and dropped the marker uncalled.
             let _ = rx.next_batch(1);
         }
+    }
+}
+
+/// Serve one batch: run its jobs in queue order, apply the writes with `apply`, and only then
+/// call each callback with the outcome.
+fn serve<O, R: Clone>(batch: Vec<Work<O, R>>, apply: &mut impl FnMut(&[Vec<O>]) -> R) {
+    let (ops, callbacks): (Vec<_>, Vec<_>) = batch.into_iter().filter_map(Work::into_submission).unzip();
+    if callbacks.is_empty() {
+        return; // only jobs that wrote nothing
+    }
+    let outcome = apply(&ops);
+    for done in callbacks {
+        done(outcome.clone());
     }
 }
 
@@ -270,6 +321,50 @@ mod loom_tests {
         });
     }
 
+    /// A producer queues two jobs (each does its blocking work, recorded as 10 or 20, then
+    /// returns a write of 1 or 2: a sink's append, then its commit record) while the main
+    /// thread writes 3 and flushes: each job's work comes before its write, the jobs run in
+    /// the order they were queued, each `done` runs once after its write was applied, and a
+    /// flush queued after the jobs returns only after their work and their writes (a
+    /// restart's flush before the sink's output is opened again).
+    #[test]
+    fn loom_writer_queue_runs_jobs_in_order_before_their_writes_and_flush_waits_for_them() {
+        loom::model(|| {
+            let (queue, server, applied) = recording_queue();
+            let calls = Arc::new(AtomicUsize::new(0));
+            let queued = Arc::new(AtomicBool::new(false));
+            let producer = {
+                let (queue, applied, calls, queued) =
+                    (queue.clone(), applied.clone(), calls.clone(), queued.clone());
+                thread::spawn(move || {
+                    for item in [1, 2] {
+                        let (applied, calls) = (applied.clone(), calls.clone());
+                        let job = Box::new(move || {
+                            lock(&applied).push(item * 10);
+                            Some((vec![item], expect_applied(item, &applied, &calls)))
+                        });
+                        assert!(queue.run(job).is_ok());
+                    }
+                    queued.store(true, Ordering::Release);
+                })
+            };
+            assert!(queue.submit(vec![3], expect_applied(3, &applied, &calls)).is_ok());
+            let jobs_queued = queued.load(Ordering::Acquire);
+            queue.flush();
+            if jobs_queued {
+                assert!(is_applied(&applied, &[10, 1, 20, 2]), "flush returned before an earlier job");
+            }
+            producer.join().unwrap();
+            drop(queue);
+            server.join().unwrap();
+            let order = lock(&applied).clone();
+            let at = |item| order.iter().position(|&i| i == item).expect("every job and write applied");
+            assert!(at(10) < at(1) && at(20) < at(2), "a job's write applied before its work: {order:?}");
+            assert!(at(10) < at(20), "jobs ran out of order: {order:?}");
+            assert_eq!(calls.load(Ordering::Relaxed), 3, "every done runs once");
+        });
+    }
+
     /// The serving thread ends (in production: a panic on the writer thread) while a
     /// producer submits: a submission is either applied and then reported, or refused, or
     /// dropped uncalled with the queue; once the thread has ended, every submission is
@@ -284,11 +379,7 @@ mod loom_tests {
             let server = thread::spawn(move || {
                 // Serve one batch, then end.
                 if let Some(batch) = rx.next_batch(MAX_BATCH) {
-                    let (ops, callbacks): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                    lock(&durable).extend(ops.iter().flatten());
-                    for done in callbacks {
-                        done(());
-                    }
+                    serve(batch, &mut |ops: &[Vec<u32>]| lock(&durable).extend(ops.iter().flatten()));
                 }
             });
             let calls = Arc::new(AtomicUsize::new(0));
@@ -304,6 +395,8 @@ mod loom_tests {
             server.join().unwrap();
             let late = queue.submit(vec![3], Box::new(|()| panic!("served after the thread ended")));
             assert!(late.is_err(), "a submission after the serving thread ended was accepted");
+            let late_job = queue.run(Box::new(|| panic!("a job ran after the thread ended")));
+            assert!(late_job.is_err(), "a job after the serving thread ended was accepted");
             // A flush after the end returns at once instead of waiting forever.
             queue.flush();
             producer.join().unwrap();
