@@ -909,6 +909,16 @@ mod tests {
     use std::sync::mpsc;
 
     use super::*;
+
+    /// Reports to a coordinator that was never started: they go nowhere.
+    fn nowhere() -> ToCoordinator {
+        let coordinator = Context::<crate::actors::coordinator::CoordinatorActor>::new().address();
+        ToCoordinator {
+            ack: coordinator.clone().recipient(),
+            finished: coordinator.clone().recipient(),
+            committed: coordinator.recipient(),
+        }
+    }
     use crate::actors::{Fatal, Links};
     use crate::log::Writer;
     use crate::pipeline::spec::{FileFormat, SupervisionSpec};
@@ -1021,7 +1031,7 @@ mod tests {
         let sink = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
         let echo = Echo::start_in_arbiter(&arbiter.handle(), |_| Echo);
         // Never started: what the sink tells the coordinator goes nowhere.
-        let coordinator = Context::<CoordinatorActor>::new().address();
+        let coordinator = nowhere();
         sink.do_send(Wire { links: Links::default(), upstream: Vec::new(), coordinator });
         started.recv_timeout(PATIENCE).expect("the repair commit prints");
         let (pong_tx, pong) = mpsc::channel();
@@ -1121,7 +1131,7 @@ mod tests {
         let _system = System::new();
         let arbiter = Arbiter::new();
         let sink = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
-        let coordinator = Context::<CoordinatorActor>::new().address();
+        let coordinator = nowhere();
         sink.do_send(Wire { links: Links::default(), upstream: Vec::new(), coordinator });
         let deadline = Instant::now() + PATIENCE;
         while !fatal.failed() {
