@@ -418,6 +418,9 @@ pub struct Ghost {
     pub restored_locally: Option<CheckpointId>,
     /// A local recovery had a batch replayed from a buffer queue.
     pub replayed: bool,
+    /// A replay its queue could not serve because the queue had given up to its budget
+    /// escalated to a global rollback.
+    pub overflow_escalated: bool,
     /// Safety violations observed at the step they happened.
     pub violations: BTreeSet<Violation>,
 }
@@ -501,11 +504,12 @@ impl Hash for State {
             completed_this_run,
             restored_locally,
             replayed,
+            overflow_escalated,
             violations,
         } = ghost;
         (barrier_positions, task_snapshots, aborted, last_snapshot, completed_this_run, restored_locally)
             .hash(h);
-        (replayed, violations).hash(h);
+        (replayed, overflow_escalated, violations).hash(h);
     }
 }
 
@@ -550,6 +554,9 @@ pub struct Scope {
     /// Sources send the end of their input as a sequenced item after their last batch, and
     /// the transform passes it on when both inputs ended (SPEC §11).
     pub end_of_input: bool,
+    /// The batches the transform's buffer queues may hold before they give up until the next
+    /// barrier (0: no limit; SPEC §11.6).
+    pub buffer_budget: u8,
 }
 
 /// How the transform's output reaches the sink.
@@ -578,6 +585,7 @@ impl Default for Scope {
             local_crashes: 0,
             fan_out: FanOut::One,
             end_of_input: false,
+            buffer_budget: 0,
         }
     }
 }
@@ -628,6 +636,13 @@ impl Scope {
     /// The local scope with the end of input sent as a sequenced item.
     pub fn end_of_input() -> Scope {
         Scope { end_of_input: true, ..Scope::local() }
+    }
+
+    /// The local scope with a buffer budget of one batch: the transform's queue gives up at
+    /// its second batch since the latest completion, and a failure of the sink until the next
+    /// barrier escalates to a global rollback (N8).
+    pub fn overflow() -> Scope {
+        Scope { buffer_budget: 1, ..Scope::local() }
     }
 
     /// The routing scope with a hash edge instead of round-robin.
@@ -686,7 +701,8 @@ impl CheckpointModel {
         };
         let out_seqs = snapshot.map_or(vec![0; channels.len()], |s| s.out_seqs.clone());
         let groups = vec![Group::new(partition, channels)];
-        let outputs = route::Outputs::new(&out_seqs, restored, groups, (true, 0), self.mutations);
+        let budget = usize::from(self.scope.buffer_budget);
+        let outputs = route::Outputs::new(&out_seqs, restored, groups, (true, budget), self.mutations);
         let positions = snapshot.map_or(vec![0; SOURCES], |s| s.positions.clone());
         let ended = snapshot.map_or(vec![false; SOURCES], |s| s.ended.clone());
         let core = Task::restore(config, plan, &positions);
@@ -1036,7 +1052,17 @@ impl CheckpointModel {
                     Escalation::Diverged(_) => {
                         state.ghost.violations.insert(Violation::Diverged);
                     }
-                    Escalation::ReplayGap { gap, .. } => props::check_replay_gap(state, gap.restored),
+                    Escalation::ReplayGap { channel, gap } => {
+                        // A queue that gave up to its budget may not serve; one that did not
+                        // must, unless a later checkpoint completed (S6).
+                        let gave_up = node == T
+                            && state.task.driver.outputs().buffer(channel).is_some_and(|b| b.gave_up());
+                        if gave_up {
+                            state.ghost.overflow_escalated = true;
+                        } else {
+                            props::check_replay_gap(state, gap.restored);
+                        }
+                    }
                 }
                 self.global_rollback(state, log);
                 return false;
@@ -1228,6 +1254,7 @@ impl CheckpointModel {
         state.ghost = Ghost {
             violations: std::mem::take(&mut state.ghost.violations),
             replayed: state.ghost.replayed,
+            overflow_escalated: state.ghost.overflow_escalated,
             ..Ghost::default()
         };
         self.pump(state, K, log);

@@ -210,7 +210,7 @@ pub fn s6_safe_truncation(_: &CheckpointModel, state: &State) -> bool {
     holds(state, Violation::Unrecoverable)
         && holds(state, Violation::UnsafeTruncation)
         && state.disk.completed.is_none_or(|c| every_snapshot_durable(state, c))
-        && buffers.into_iter().all(|b| b.base() <= completed)
+        && buffers.into_iter().all(|b| b.base() <= completed || b.gave_up())
 }
 
 /// S7: no batch is applied twice, none is applied past a missing one, a local restore
@@ -319,6 +319,7 @@ pub fn properties() -> Vec<Property<CheckpointModel>> {
             s.budget.crashes < m.scope.crashes && s.ghost.completed_this_run
         }),
         Property::sometimes(N7, |_, s: &State| s.task.driver.replaying()),
+        Property::sometimes(N8, |_, s: &State| s.ghost.overflow_escalated),
     ]
 }
 
@@ -326,6 +327,7 @@ const N4: &str = "N4 alignment holds back a batch";
 const N5: &str = "N5 a local recovery replays from the buffer queue";
 const N6: &str = "N6 a global rollback is followed by a completed checkpoint";
 const N7: &str = "N7 a restarted transform replays in logged order";
+const N8: &str = "N8 a buffer queue over its budget escalates a replay to a global rollback";
 
 /// The properties worth checking in `scope`: every safety and terminal property, and the
 /// witnesses the scope can produce (no held batch without an interval checkpoint, since the
@@ -338,6 +340,7 @@ pub fn properties_for(scope: &Scope) -> Vec<Property<CheckpointModel>> {
             N4 => scope.ticks > 0 && scope.batches_per_source > 0,
             N5 | N7 => scope.local_crashes > 0,
             N6 => scope.crashes > 0,
+            N8 => scope.buffer_budget > 0 && scope.local_crashes > 0,
             _ => true,
         })
         .collect()

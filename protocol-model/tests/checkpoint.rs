@@ -76,6 +76,16 @@ fn end_of_input_scope_is_exhaustive_and_every_property_holds() {
     assert_eq!(assert_exhaustive_and_all_hold(Scope::end_of_input()), END_OF_INPUT_SCOPE_UNIQUE_STATES);
 }
 
+/// Unique states of the overflow scope (a buffer budget of one batch).
+const OVERFLOW_SCOPE_UNIQUE_STATES: usize = 411_737;
+
+/// A buffer queue over its budget gives up until the next barrier; a replay it then cannot
+/// serve escalates to a global rollback, and every property still holds (N8 witnesses it).
+#[test]
+fn overflow_scope_is_exhaustive_and_every_property_holds() {
+    assert_eq!(assert_exhaustive_and_all_hold(Scope::overflow()), OVERFLOW_SCOPE_UNIQUE_STATES);
+}
+
 /// The routing scope with a hash edge: the channel of a batch depends on its key alone, so
 /// nothing is restored for it; checked nightly.
 #[test]

@@ -104,6 +104,8 @@ enum ScopeName {
     Hash,
     /// The local scope with the end of input as a sequenced item (CI).
     EndOfInput,
+    /// The local scope with a buffer budget of one batch (CI).
+    Overflow,
 }
 
 impl ModelOptions {
@@ -118,6 +120,7 @@ impl ModelOptions {
             Some(ScopeName::Routing) => Scope::routing(),
             Some(ScopeName::Hash) => Scope::hash(),
             Some(ScopeName::EndOfInput) => Scope::end_of_input(),
+            Some(ScopeName::Overflow) => Scope::overflow(),
         };
         Scope {
             batches_per_source: self.batches.unwrap_or(base.batches_per_source),

@@ -68,6 +68,10 @@ pub struct BufferQueue<T> {
     base_seq: Seq,
     /// Over its memory budget: nothing is kept until the next barrier.
     overflowed: bool,
+    /// It gave its entries up (an overflow) since its base was last at or below a completed
+    /// checkpoint: its base may be ahead of the latest completed checkpoint, and a replay it
+    /// cannot serve is the budget's doing (SPEC §11.6), not an early truncation.
+    gave_up: bool,
     /// The highest sequence number the receiver's current incarnation has been sent: what
     /// it can have applied. A sender that restarts from a snapshot past it cannot continue
     /// the channel (SPEC §10.2).
@@ -86,6 +90,7 @@ impl<T> BufferQueue<T> {
             base,
             base_seq,
             overflowed: false,
+            gave_up: false,
             sent_high: base_seq,
             receiver_restored: CheckpointId(0),
             mutations: Mutations::NONE,
@@ -127,6 +132,10 @@ impl<T> BufferQueue<T> {
     }
 
     fn drop_through(&mut self, c: CheckpointId) {
+        // An overflowed queue moves its base to the next barrier, past this completion.
+        if self.base <= c && !self.overflowed {
+            self.gave_up = false;
+        }
         let Some(at) = self.entries.iter().position(|e| matches!(e, Buffered::Barrier(b) if *b >= c)) else {
             return;
         };
@@ -186,6 +195,7 @@ impl<T> BufferQueue<T> {
                 self.base = c;
                 self.base_seq = seq;
                 self.overflowed = false;
+                self.gave_up = false;
             }
         }
         if seq > self.sent_high && !self.mutations.has(Mutant::NoRestartGap) {
@@ -205,6 +215,12 @@ impl<T> BufferQueue<T> {
         self.entries.is_empty()
     }
 
+    /// Whether it gave its entries up to its budget since its base was last at or below a
+    /// completed checkpoint.
+    pub fn gave_up(&self) -> bool {
+        self.gave_up
+    }
+
     /// The checkpoint the queue starts after.
     pub fn base(&self) -> CheckpointId {
         self.base
@@ -220,6 +236,7 @@ impl<T> BufferQueue<T> {
         }
         self.entries.clear();
         self.overflowed = true;
+        self.gave_up = true;
     }
 
     /// The entries, in channel order.
@@ -343,5 +360,25 @@ mod tests {
         assert_eq!((q.base(), q.len()), (C1, 0));
         q.push_batch(2, "b");
         assert_eq!(replayed(&mut q, 1, C1), vec![Buffered::Batch { seq: 2, item: "b" }]);
+    }
+
+    // Reference: SPEC §11.6: a queue that gave up to its budget says so until a completion
+    // reaches its base again, which is then ahead of the latest completion before that.
+    #[test]
+    fn a_queue_that_gave_up_says_so_until_a_completion_reaches_its_base() {
+        let mut q: BufferQueue<&str> = BufferQueue::new(CheckpointId(0), 0);
+        q.push_batch(1, "a");
+        assert!(!q.gave_up());
+        q.overflow();
+        assert!(q.gave_up());
+        q.push_batch(2, "b");
+        q.complete(C1); // an older checkpoint completes while the queue is still overflowed
+        assert!(q.gave_up());
+        q.push_barrier(C2);
+        assert_eq!(q.base(), C2, "the queue starts after the barrier that follows the overflow");
+        assert!(q.gave_up());
+        assert!(q.replay(0, C1).is_err(), "what it gave up cannot be replayed");
+        q.complete(C2);
+        assert!(!q.gave_up());
     }
 }
