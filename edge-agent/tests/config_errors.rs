@@ -167,6 +167,17 @@ fn unreadable_file() {
     );
 }
 
+/// `weir run` on `config` exits 2 with `message` as its one line, before it creates the data
+/// directory or any output.
+fn assert_run_refuses(config: &str, message: &str) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(&path, config).expect("the config is written");
+    let output = Command::new(env!("CARGO_BIN_EXE_weir")).arg("run").arg(&path).output().expect("weir runs");
+    assert_rejected(&output, message);
+    assert!(!dir.path().join("data").exists() && !dir.path().join("out").exists());
+}
+
 #[test]
 fn too_many_hopping_windows_per_record() {
     let config =
@@ -176,12 +187,7 @@ fn too_many_hopping_windows_per_record() {
     assert_rejected(&validate(&config, &[]), message);
 
     // `run` refuses it the same way, before it starts (it used to abort every checkpoint).
-    let dir = tempfile::tempdir().expect("a temporary folder");
-    let path = dir.path().join("pipeline.toml");
-    std::fs::write(&path, &config).expect("the config is written");
-    let output = Command::new(env!("CARGO_BIN_EXE_weir")).arg("run").arg(&path).output().expect("weir runs");
-    assert_rejected(&output, message);
-    assert!(!dir.path().join("data").exists());
+    assert_run_refuses(&config, message);
 
     assert_accepted(&validate(&config.replace("hop_ms = 1\n", "hop_ms = 200\n"), &[]));
 }
@@ -209,12 +215,7 @@ fn a_window_without_a_key_must_run_as_one_subtask() {
                    or set parallelism = 1 (line 15)";
     assert_rejected(&validate(&config, &[]), message);
 
-    let dir = tempfile::tempdir().expect("a temporary folder");
-    let path = dir.path().join("pipeline.toml");
-    std::fs::write(&path, &config).expect("the config is written");
-    let output = Command::new(env!("CARGO_BIN_EXE_weir")).arg("run").arg(&path).output().expect("weir runs");
-    assert_rejected(&output, message);
-    assert!(!dir.path().join("data").exists() && !dir.path().join("out").exists());
+    assert_run_refuses(&config, message);
 
     assert_accepted(&validate(&edited("key = \"sensor\"", "key = \"sensor\"\nparallelism = 2"), &[]));
     assert_accepted(&validate(&edited("key = \"sensor\"", "parallelism = 1"), &[]));
