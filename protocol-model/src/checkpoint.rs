@@ -817,15 +817,22 @@ impl CheckpointModel {
                 // empties it, and what is sent until the replay is dropped (see `send`).
                 let driver = driver(state, to);
                 let epoch = driver.epoch();
-                match msg {
+                let taken = match msg {
                     Msg::Batch { seq, id } => {
                         driver.handle_deliver(input, epoch, Item::Batch { seq, payload: id })
                     }
                     Msg::Barrier(c) => driver.handle_deliver(input, epoch, Item::Barrier(c)),
-                    Msg::Complete(c) => driver.handle_complete(c),
-                    Msg::Abort(c) => driver.handle_abort(c),
+                    Msg::Complete(c) => {
+                        driver.handle_complete(c);
+                        true
+                    }
+                    Msg::Abort(c) => {
+                        driver.handle_abort(c);
+                        true
+                    }
                     other => unreachable!("{to:?} got {other:?}"),
-                }
+                };
+                assert!(taken, "the model delivers to the receiver's current epoch only");
                 self.pump(state, to, log);
             }
             (to, msg) => unreachable!("{to:?} got {msg:?}"),

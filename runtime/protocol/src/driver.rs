@@ -297,16 +297,19 @@ impl<P: Payload> Subtask<P> {
         Some(input)
     }
 
-    /// `item` arrived on `input`, sent to `epoch`.
-    pub fn handle_deliver(&mut self, input: usize, epoch: Epoch, item: Item<P>) {
+    /// `item` arrived on `input`, sent to `epoch`. Returns whether it was taken: false for an
+    /// item sent to an earlier epoch, or arriving before the restore (the replay sends it
+    /// again).
+    pub fn handle_deliver(&mut self, input: usize, epoch: Epoch, item: Item<P>) -> bool {
         if epoch != self.epoch || self.restarting {
-            return; // sent to an earlier epoch: the replay sends it again
+            return false;
         }
         let arrival = match item {
             Item::Batch { seq, payload } => Arrival::Batch { seq, batch: payload },
             Item::Barrier(c) => Arrival::Barrier(c),
         };
         self.gate.handle_arrival(input, arrival);
+        true
     }
 
     /// The coordinator completed `c`.

@@ -766,11 +766,10 @@ impl Handler<Deliver> for TaskActor {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
         self.guard(ctx, |act, ctx| {
-            // Only what reaches the current epoch counts towards catching up: until the restore,
-            // the gate still holds the positions of the failure.
-            let current = msg.epoch == act.driver.epoch() && act.restarting.is_none();
-            act.driver.handle_deliver(msg.input, msg.epoch, msg.item);
-            if current
+            // Only what the driver takes counts towards catching up: until the restore, its gate
+            // still holds the positions of the failure.
+            let taken = act.driver.handle_deliver(msg.input, msg.epoch, msg.item);
+            if taken
                 && let Some(target) = &act.catch_up
                 && act.driver.positions().iter().zip(target).all(|(now, then)| now >= then)
             {
