@@ -263,10 +263,6 @@ pub struct Outputs {
 }
 
 impl Outputs {
-    fn core(&mut self) -> &mut route::Outputs<Payload> {
-        self.core.as_mut().expect("wired before any output")
-    }
-
     /// Last sequence number sent per channel, for a snapshot.
     pub fn seqs(&self) -> Vec<Seq> {
         self.core.as_ref().map(|c| c.seqs()).unwrap_or_default()
@@ -294,8 +290,8 @@ impl Outputs {
     }
 
     /// The groups, for a re-read.
-    pub fn groups(&mut self) -> Vec<OutGroup> {
-        self.core().groups().to_vec()
+    pub fn groups(&self) -> Vec<OutGroup> {
+        self.core.as_ref().expect("wired before any output").groups().to_vec()
     }
 }
 

@@ -182,7 +182,7 @@ impl SourceActor {
         }
     }
 
-    fn base_here(&mut self, checkpoint: CheckpointId) -> Base {
+    fn base_here(&self, checkpoint: CheckpointId) -> Base {
         Base {
             checkpoint,
             position: self.reader.position(),

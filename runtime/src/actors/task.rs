@@ -1005,33 +1005,38 @@ mod tests {
         TaskActor::new(cx, driver, Body::Sink(sink), build)
     }
 
+    /// Output staged in `log` under checkpoint 1, and a CSV sink over `destination` restored
+    /// from it (so its first action is the repair commit), started and wired on a new actor
+    /// thread; what it tells the coordinator goes nowhere.
+    fn started_sink(log: &Log, destination: Destination) -> (SystemRunner, Arbiter, Arc<Fatal>) {
+        let c1 = CheckpointId(1);
+        log.write_now(&[WriteOp::Stage { participant: 0, checkpoint: c1, bytes: b"a,1\n".to_vec() }])
+            .unwrap();
+        let format = OutputFormat { encoding: FileFormat::Csv, float_precision: None };
+        let sink = SinkWriter::new(format, destination, CommitRecord::default());
+        let fatal = Arc::new(Fatal::default());
+        fatal.set_stop_hook(|| {});
+        let actor = restored_sink(log, c1, sink, fatal.clone());
+        let system = System::new();
+        let arbiter = Arbiter::new();
+        let sink = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
+        sink.do_send(Wire { links: Links::default(), upstream: Vec::new(), coordinator: nowhere() });
+        (system, arbiter, fatal)
+    }
+
     // While a sink's commit waits on its output (a slow disk, a full pipe), another actor on
     // the sink's thread still answers; the commit then completes, record and all.
     #[test]
     fn a_slow_commit_does_not_hold_up_the_sinks_thread() {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path(), 16 << 20).unwrap();
-        let c1 = CheckpointId(1);
-        log.write_now(&[WriteOp::Stage { participant: 0, checkpoint: c1, bytes: b"a,1\n".to_vec() }])
-            .unwrap();
         let (started_tx, started) = mpsc::channel();
         let (release, release_rx) = mpsc::channel();
         let printed = std::sync::Arc::default();
         let held =
             Held { started: started_tx, release: release_rx, printed: std::sync::Arc::clone(&printed) };
-        let format = OutputFormat { encoding: FileFormat::Csv, float_precision: None };
-        let sink = SinkWriter::new(format, Destination::Stream(Box::new(held)), CommitRecord::default());
-        let fatal = Arc::new(Fatal::default());
-        fatal.set_stop_hook(|| {});
-        let actor = restored_sink(&log, c1, sink, fatal.clone());
-
-        let _system = System::new();
-        let arbiter = Arbiter::new();
-        let sink = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
+        let (_system, arbiter, fatal) = started_sink(&log, Destination::Stream(Box::new(held)));
         let echo = Echo::start_in_arbiter(&arbiter.handle(), |_| Echo);
-        // Never started: what the sink tells the coordinator goes nowhere.
-        let coordinator = nowhere();
-        sink.do_send(Wire { links: Links::default(), upstream: Vec::new(), coordinator });
         started.recv_timeout(PATIENCE).expect("the repair commit prints");
         let (pong_tx, pong) = mpsc::channel();
         echo.do_send(Ping(pong_tx));
@@ -1046,7 +1051,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(*printed.lock().unwrap(), b"a,1\n");
-        assert!(log.read_staged(0, CheckpointId(0), c1).unwrap().is_empty());
+        assert!(log.read_staged(0, CheckpointId(0), CheckpointId(1)).unwrap().is_empty());
         assert!(!fatal.failed());
         arbiter.stop();
         arbiter.join().unwrap();
@@ -1114,24 +1119,11 @@ mod tests {
     fn an_error_appending_the_output_is_fatal_and_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(&dir.path().join("data"), 16 << 20).unwrap();
-        let c1 = CheckpointId(1);
-        log.write_now(&[WriteOp::Stage { participant: 0, checkpoint: c1, bytes: b"a,1\n".to_vec() }])
-            .unwrap();
         let path = dir.path().join("out.csv");
         std::fs::write(&path, "").unwrap();
         // Open for reading only: the append's first step (cutting the file back) fails.
         let destination = Destination::File { path: path.clone(), file: File::open(&path).unwrap() };
-        let format = OutputFormat { encoding: FileFormat::Csv, float_precision: None };
-        let sink = SinkWriter::new(format, destination, CommitRecord::default());
-        let fatal = Arc::new(Fatal::default());
-        fatal.set_stop_hook(|| {});
-        let actor = restored_sink(&log, c1, sink, fatal.clone());
-
-        let _system = System::new();
-        let arbiter = Arbiter::new();
-        let sink = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
-        let coordinator = nowhere();
-        sink.do_send(Wire { links: Links::default(), upstream: Vec::new(), coordinator });
+        let (_system, arbiter, fatal) = started_sink(&log, destination);
         let deadline = Instant::now() + PATIENCE;
         while !fatal.failed() {
             assert!(Instant::now() < deadline, "the failed append was not reported");
