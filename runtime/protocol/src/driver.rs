@@ -455,16 +455,6 @@ impl<P: Payload> Subtask<P> {
         &self.outputs
     }
 
-    /// Its outputs, for the shell's flow control (credits do not change what is sent).
-    pub fn outputs_mut(&mut self) -> &mut Outputs<P> {
-        &mut self.outputs
-    }
-
-    /// Its input gate.
-    pub fn gate(&self) -> &Gate<P> {
-        &self.gate
-    }
-
     /// Its checkpoint core.
     pub fn core(&self) -> &Task<P> {
         &self.core

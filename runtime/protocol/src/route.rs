@@ -187,11 +187,6 @@ impl<P: Payload> Outputs<P> {
         self.channels.iter().map(|c| c.seq).collect()
     }
 
-    /// The last sequence number sent on `channel`.
-    pub fn seq(&self, channel: usize) -> Seq {
-        self.channels[channel].seq
-    }
-
     /// The buffer queue of `channel`, if it keeps one.
     pub fn buffer(&self, channel: usize) -> Option<&BufferQueue<P>> {
         self.channels[channel].buffer.as_ref()
