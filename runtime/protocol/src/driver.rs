@@ -23,6 +23,8 @@ use crate::route::{Item, Outputs, Payload};
 use crate::storage::{Snapshot, Storage};
 use crate::{CheckpointId, Mutant, ParticipantId, Seq};
 
+pub mod source;
+
 /// The incarnation of a subtask: bumped by every local restart. What was sent to, or
 /// written by, an earlier epoch is dropped when it arrives (the replay sends it again).
 pub type Epoch = u32;
@@ -477,7 +479,7 @@ mod tests {
 
     /// A batch of records named by numbers; a hash partition sends a record by its parity.
     #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-    enum B {
+    pub(crate) enum B {
         Data(Vec<u32>),
         End,
     }

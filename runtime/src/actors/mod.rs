@@ -30,7 +30,7 @@ use crate::batch::{Batch, Column};
 use crate::pipeline::faults::FaultKind;
 use crate::protocol::driver::{self, Epoch};
 use crate::protocol::route;
-use crate::protocol::{CheckpointId, ParticipantId, Seq};
+use crate::protocol::{CheckpointId, ParticipantId};
 
 /// Sequenced items a sender may have in flight on one channel.
 pub const CREDIT: u32 = 8;
@@ -171,15 +171,12 @@ pub struct Link {
     input: usize,
     credit: u32,
     queue: VecDeque<(Epoch, Item)>,
-    /// A source re-reads for this channel: live items are not queued (the re-read produces
-    /// them in order).
-    pub(crate) replaying: bool,
 }
 
 impl Link {
     /// A link to `to`, arriving there as input `input`.
     pub fn new(to: Recipient<Deliver>, input: usize) -> Link {
-        Link { to, input, credit: CREDIT, queue: VecDeque::new(), replaying: false }
+        Link { to, input, credit: CREDIT, queue: VecDeque::new() }
     }
 
     /// Queue `item` for the receiver's `epoch` and send what credit allows.
@@ -222,10 +219,9 @@ pub struct Links(pub Vec<Link>);
 pub(crate) const CONGESTED: usize = 2;
 
 impl Links {
-    /// Whether a channel has more queued than it may send (or is being replayed): upstream
-    /// should wait.
+    /// Whether a channel has more queued than it may send: upstream should wait.
     pub fn congested(&self) -> bool {
-        self.0.iter().any(|c| c.queue.len() > CONGESTED || c.replaying)
+        self.0.iter().any(|c| c.queue.len() > CONGESTED)
     }
 
     /// A credit arrived for channel `output`.
@@ -235,63 +231,9 @@ impl Links {
         link.flush();
     }
 
-    /// Put `item` on channel `channel`, to the receiver's `epoch` (unless a re-read replays
-    /// that channel: it produces the items itself).
+    /// Put `item` on channel `channel`, to the receiver's `epoch`.
     pub fn send(&mut self, channel: usize, epoch: Epoch, item: Item) {
-        let link = &mut self.0[channel];
-        if !link.replaying {
-            link.push(epoch, item);
-        }
-    }
-
-    /// Whether a channel is being replayed by re-reading.
-    pub fn replaying(&self) -> bool {
-        self.0.iter().any(|c| c.replaying)
-    }
-}
-
-/// All outputs of a source subtask: the protocol core's output side and the links it sends
-/// on. (A transform's or sink's output side is inside its driver.)
-#[derive(Default)]
-pub struct Outputs {
-    /// What is sent where (sequence numbers, routers).
-    pub core: Option<route::Outputs<Payload>>,
-    /// The wires.
-    pub links: Links,
-    /// For messages.
-    pub name: String,
-}
-
-impl Outputs {
-    /// Last sequence number sent per channel, for a snapshot.
-    pub fn seqs(&self) -> Vec<Seq> {
-        self.core.as_ref().map(|c| c.seqs()).unwrap_or_default()
-    }
-
-    /// Send a batch downstream, spread as each group says. Returns the records sent.
-    pub fn send(&mut self, batch: Batch) -> usize {
-        let records = batch.len();
-        let core = self.core.as_mut().expect("wired before any output");
-        let links = &mut self.links;
-        core.send(Payload::Data(Arc::new(batch)), |ch, epoch, item| links.send(ch, epoch, item));
-        records
-    }
-
-    /// Send `Barrier(c)` on every channel, behind everything sent before.
-    pub fn send_barrier(&mut self, c: CheckpointId) {
-        let links = &mut self.links;
-        self.core.as_mut().expect("wired").send_barrier(c, |ch, epoch, item| links.send(ch, epoch, item));
-    }
-
-    /// Tell every channel that no more records will come.
-    pub fn send_end(&mut self) {
-        let links = &mut self.links;
-        self.core.as_mut().expect("wired").send_end(|ch, epoch, item| links.send(ch, epoch, item));
-    }
-
-    /// The groups, for a re-read.
-    pub fn groups(&self) -> Vec<OutGroup> {
-        self.core.as_ref().expect("wired before any output").groups().to_vec()
+        self.0[channel].push(epoch, item);
     }
 }
 

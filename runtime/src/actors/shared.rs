@@ -55,6 +55,15 @@ pub enum FailureReason {
     ArbiterDied,
 }
 
+impl From<&crate::protocol::driver::Escalation> for FailureReason {
+    fn from(escalation: &crate::protocol::driver::Escalation) -> FailureReason {
+        match escalation {
+            crate::protocol::driver::Escalation::ReplayGap { .. } => FailureReason::ReplayGap,
+            crate::protocol::driver::Escalation::Diverged(_) => FailureReason::ReplayDiverged,
+        }
+    }
+}
+
 impl FailureReason {
     /// Its name in the run report and in messages.
     pub fn name(self) -> &'static str {

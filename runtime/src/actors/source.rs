@@ -1,67 +1,40 @@
-//! A source subtask: reads batches from its [`SourceReader`] while it has credit, snapshots
-//! its read position when triggered, and reports the end of its input.
-//!
-//! A source is its own buffer queue (SPEC §10.2): it remembers, since the latest completed
-//! checkpoint, how many records each batch it read had and where its barriers and its end
-//! fell (a few bytes per batch), and the read position of that checkpoint. When a downstream
-//! subtask restarts, a second reader re-reads from that position and the same routing sends
-//! that subtask's share again, with the same sequence numbers, while live reading pauses.
+//! A source subtask: the shell of the core's source driver
+//! ([`crate::protocol::driver::source::Source`]). It reads batches from its [`SourceReader`]
+//! when the driver allows and flow control has room, passes triggers with the reader's
+//! position, and carries out the driver's effects: sends, snapshot writes, acks, the end of
+//! input. When a downstream subtask restarts, the driver asks for a second reader at its base
+//! position and says, step by step, how many records to read from it; what to send, with
+//! which sequence numbers, and when live reading may go on is the driver's decision.
 
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
 use super::{
-    Abort, Ack, CONGESTED, Complete, Credit, FailureReason, Guarded, Item, OutGroup, Outputs, Payload,
-    Resume, SourceFinished, SubtaskContext, ToCoordinator, Trigger,
+    Abort, Ack, CONGESTED, Complete, Credit, FailureReason, Guarded, Links, Payload, Resume, SourceFinished,
+    SubtaskContext, ToCoordinator, Trigger,
 };
 use crate::connectors::SourceReader;
 use crate::log::{LogError, SnapshotRecord, WriteOp};
 use crate::pipeline::faults::FaultKind;
-use crate::protocol::buffer::ReplayGap;
-use crate::protocol::participant::{Action, SourceTask};
-use crate::protocol::route::route;
-use crate::protocol::{CheckpointId, Seq};
+use crate::protocol::driver::source::{Source, SourceEffect, Step};
+use crate::protocol::{CheckpointId, Mutations, route};
 use crate::sync::Arc;
 
 /// Makes a fresh reader of the same input, for re-reading.
 pub type MakeReader = Box<dyn Fn() -> Box<dyn SourceReader> + Send>;
 
-/// What the source put on its channels, in order, since its base checkpoint.
-#[derive(Clone, Copy, Debug)]
-enum Event {
-    Read(usize),
-    Barrier(CheckpointId),
-    End,
-}
-
-/// Where a re-read starts: the state right after `Barrier(checkpoint)` was sent.
-#[derive(Clone)]
-struct Base {
-    checkpoint: CheckpointId,
-    position: Vec<u8>,
-    seqs: Vec<Seq>,
-    groups: Vec<OutGroup>,
-    /// Absolute index of the first event after it.
-    event: usize,
-}
-
-/// A re-read in progress for one channel.
-struct Cursor {
-    channel: usize,
-    reader: Box<dyn SourceReader>,
-    groups: Vec<OutGroup>,
-    seq: Seq,
-    from_seq: Seq,
-    next: usize,
-}
+/// The source driver over the runtime's payload, with the reader's encoded position.
+type Driver = Source<Payload, Vec<u8>>;
 
 /// Wiring, sent once before `Start`.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Wire {
-    /// The outputs.
-    pub outputs: Outputs,
+    /// The output side, restored with the snapshot's sequence numbers.
+    pub outputs: route::Outputs<Payload>,
+    /// The wires.
+    pub links: Links,
     /// The coordinator.
     pub coordinator: ToCoordinator,
 }
@@ -85,31 +58,22 @@ pub struct SourceActor {
     /// Index among source subtasks (the coordinator's source id).
     source_index: usize,
     reader: Box<dyn SourceReader>,
-    core: SourceTask,
-    outputs: Outputs,
+    /// Set by `Wire`.
+    driver: Option<Driver>,
+    links: Links,
     coordinator: Option<ToCoordinator>,
     batch_size: usize,
     rate: Option<u64>,
     started: Option<(Instant, u64)>,
-    /// The end of the input was reached and `End` sent (restored from the snapshot too).
-    exhausted: bool,
+    /// Restored from the snapshot: the end of input was sent.
+    ended: bool,
+    restored: CheckpointId,
     producing: bool,
     make_reader: MakeReader,
-    /// Events since `base`; `events[0]` has absolute index `events_from`.
-    events: Vec<Event>,
-    events_from: usize,
-    base: Option<Base>,
-    /// Bases of snapshots taken, not yet completed.
-    pending: Vec<Base>,
-    restored: CheckpointId,
-    cursors: Vec<Cursor>,
+    /// The second readers of channels being re-read.
+    rereaders: Vec<(usize, Box<dyn SourceReader>)>,
     /// Snapshots taken in this attempt, which are also its log writes (for `--inject`).
     snapshots: u64,
-}
-
-/// The epoch of the receiver of `channel`, which a re-read tags its items with.
-fn resume_epoch(outputs: &Outputs, channel: usize) -> crate::protocol::driver::Epoch {
-    outputs.core.as_ref().map_or(0, |c| c.epoch(channel))
 }
 
 /// A source's snapshot state: the reader's position, then 1 if `End` was already sent.
@@ -146,14 +110,14 @@ pub fn check_source_record(record: &SnapshotRecord, outputs: usize) -> Result<(&
 }
 
 impl SourceActor {
-    /// A source subtask restored as `core` says, reading from `reader` (already positioned).
+    /// A source subtask restored from `restored` (0: none), reading from `reader` (already
+    /// positioned there), the end of input already sent if `ended`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cx: SubtaskContext,
         source_index: usize,
         reader: Box<dyn SourceReader>,
         make_reader: MakeReader,
-        core: SourceTask,
         batch_size: usize,
         rate: Option<u64>,
         ended: bool,
@@ -163,147 +127,70 @@ impl SourceActor {
             cx,
             source_index,
             reader,
-            core,
-            outputs: Outputs::default(),
+            driver: None,
+            links: Links::default(),
             coordinator: None,
             batch_size: batch_size.max(1),
             rate,
             started: None,
-            exhausted: ended,
+            ended,
+            restored,
             producing: false,
             make_reader,
-            events: Vec::new(),
-            events_from: 0,
-            base: None,
-            pending: Vec::new(),
-            restored,
-            cursors: Vec::new(),
+            rereaders: Vec::new(),
             snapshots: 0,
         }
     }
 
-    fn base_here(&self, checkpoint: CheckpointId) -> Base {
-        Base {
-            checkpoint,
-            position: self.reader.position(),
-            seqs: self.outputs.seqs(),
-            groups: self.outputs.groups(),
-            event: self.events_from + self.events.len(),
-        }
-    }
-
-    /// A downstream subtask restarted: re-read its channel from the base.
-    fn resume(&mut self, Resume(resume): Resume, ctx: &mut Context<Self>) {
-        let Some(base) = &self.base else { return };
-        let ch = resume.channel;
-        if let Err(gap) = ReplayGap::check(base.checkpoint, base.seqs[ch], resume.restored, resume.from_seq) {
-            return self.cx.escalate(FailureReason::ReplayGap, format!("cannot replay output {ch}: {gap}"));
-        }
-        let mut reader = (self.make_reader)();
-        if let Err(e) = reader.seek(&base.position) {
-            return self.cx.fatal.fail(format!("{}: re-reading: {e}", self.cx.name));
-        }
-        self.cursors.retain(|c| c.channel != ch);
-        self.cursors.push(Cursor {
-            channel: ch,
-            reader,
-            groups: base.groups.clone(),
-            seq: base.seqs[ch],
-            from_seq: resume.from_seq,
-            next: base.event,
-        });
-        let link = &mut self.outputs.links.0[ch];
-        link.reset();
-        link.replaying = true;
-        self.outputs.core.as_mut().expect("wired").set_epoch(ch, resume.epoch);
-        self.pump(ctx);
-    }
-
-    /// Re-read for every channel being replayed, as far as its flow control allows.
-    fn pump(&mut self, ctx: &mut Context<Self>) {
-        let mut done = Vec::new();
-        for (i, cursor) in self.cursors.iter_mut().enumerate() {
-            let epoch = resume_epoch(&self.outputs, cursor.channel);
-            let channel = &mut self.outputs.links.0[cursor.channel];
-            while channel.queued() <= CONGESTED {
-                let Some(&event) = self.events.get(cursor.next - self.events_from) else {
-                    done.push(i);
-                    break;
-                };
-                cursor.next += 1;
-                match event {
-                    Event::Read(n) => {
-                        let batch = match cursor.reader.next_batch(n) {
-                            Ok(Some(batch)) => batch,
-                            Ok(None) => continue,
-                            Err(e) => {
-                                return self.cx.fatal.fail(format!("{}: re-reading: {e}", self.cx.name));
-                            }
-                        };
-                        let mut mine = None;
-                        route(&mut cursor.groups, Payload::Data(Arc::new(batch)), |ch, part| {
-                            if ch == cursor.channel {
-                                mine = Some(part);
-                            }
-                        });
-                        if let Some(payload) = mine {
-                            cursor.seq += 1;
-                            if cursor.seq > cursor.from_seq {
-                                channel.push(epoch, Item::Batch { seq: cursor.seq, payload });
-                            }
-                        }
-                    }
-                    Event::Barrier(c) => {
-                        if cursor.seq >= cursor.from_seq {
-                            channel.push(epoch, Item::Barrier(c));
-                        }
-                    }
-                    Event::End => {
-                        cursor.seq += 1;
-                        if cursor.seq > cursor.from_seq {
-                            channel.push(epoch, Item::Batch { seq: cursor.seq, payload: Payload::End });
-                        }
-                    }
-                }
-            }
-        }
-        for i in done.into_iter().rev() {
-            let cursor = self.cursors.remove(i);
-            debug_assert_eq!(
-                cursor.seq,
-                self.outputs.seqs()[cursor.channel],
-                "a re-read ends where live output is"
-            );
-            self.outputs.links.0[cursor.channel].replaying = false;
-            tracing::debug!("{}: replay of output {} caught up", self.cx.name, cursor.channel);
-        }
-        if self.cursors.is_empty() && !self.producing && !self.exhausted && self.started.is_some() {
-            self.produce(ctx);
-        }
-    }
-
-    /// Checkpoint `c` completed: forget events before its barrier (unless a re-read needs
-    /// them).
-    fn truncate(&mut self, c: CheckpointId) {
-        if !self.cursors.is_empty() {
-            return; // a later completion truncates
-        }
-        let Some(at) = self.pending.iter().rposition(|b| b.checkpoint <= c) else { return };
-        let base = self.pending[at].clone();
-        self.pending.drain(..=at);
-        self.events.drain(..base.event - self.events_from);
-        self.events_from = base.event;
-        self.base = Some(base);
+    fn driver(&mut self) -> &mut Driver {
+        self.driver.as_mut().expect("wired before any message")
     }
 
     fn coordinator(&self) -> &ToCoordinator {
         self.coordinator.as_ref().expect("wired before start")
     }
 
+    /// Re-read every channel being replayed as far as its flow control allows, then read
+    /// live input if the driver allows.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let channels: Vec<usize> = self.driver().rereading().collect();
+        for channel in channels {
+            while self.links.0[channel].queued() <= CONGESTED && !self.cx.fatal.failed() {
+                match self.driver().reread_step(channel) {
+                    Step::Read(n) => {
+                        let Some((_, reader)) = self.rereaders.iter_mut().find(|(ch, _)| *ch == channel)
+                        else {
+                            unreachable!("the driver asked for a re-reader first")
+                        };
+                        let batch = match reader.next_batch(n) {
+                            Ok(batch) => batch,
+                            Err(e) => {
+                                return self.cx.fatal.fail(format!("{}: re-reading: {e}", self.cx.name));
+                            }
+                        };
+                        let records = batch.as_ref().map_or(0, |b| b.len());
+                        self.driver().reread_batch(
+                            channel,
+                            records,
+                            batch.map(|b| Payload::Data(Arc::new(b))),
+                        );
+                    }
+                    Step::Sent => {}
+                    Step::Done => break,
+                }
+                self.carry_out(ctx);
+            }
+        }
+        self.carry_out(ctx);
+        if self.driver().may_read() && !self.producing && self.started.is_some() {
+            self.produce(ctx);
+        }
+    }
+
     fn produce(&mut self, ctx: &mut Context<Self>) {
         self.producing = false;
-        if self.exhausted || self.outputs.links.congested() || self.cx.fatal.failed() {
-            return; // a credit or the end of the run resumes
+        if !self.driver().may_read() || self.links.congested() || self.cx.fatal.failed() {
+            return; // a credit, the end of a re-read or the end of the run resumes
         }
         let mut max = self.batch_size;
         if let (Some(rate), Some((since, sent_before))) = (self.rate, self.started) {
@@ -329,61 +216,53 @@ impl SourceActor {
         };
         match read {
             Ok(Some(batch)) => {
-                self.events.push(Event::Read(batch.len()));
-                let n = self.outputs.send(batch);
+                let n = batch.len();
+                self.driver().read(n, Payload::Data(Arc::new(batch)));
                 self.cx.counters.add_out(n);
                 self.producing = true;
                 ctx.notify(Produce);
             }
-            Ok(None) => {
-                self.exhausted = true;
-                self.events.push(Event::End);
-                self.outputs.send_end();
-                self.coordinator().finished.do_send(SourceFinished(self.source_index));
-            }
+            Ok(None) => self.driver().end(),
             Err(e) => self.cx.fatal.fail(format!("{}: {e}", self.cx.name)),
         }
+        self.carry_out(ctx);
     }
 
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        while let Some(action) = self.core.poll_action() {
-            match action {
-                Action::Snapshot { checkpoint, .. } => {
-                    self.snapshots += 1;
-                    let (cx, n) = (&self.cx, self.snapshots);
-                    let injected = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        cx.inject_at(FaultKind::Snapshot, n)
-                    }));
-                    if let Err(payload) = injected {
-                        return self.cx.panicked(super::panic_message(&*payload));
+    /// Carry out what the driver asks until it is quiet.
+    fn carry_out(&mut self, ctx: &mut Context<Self>) {
+        while let Some(effect) = self.driver.as_mut().and_then(Driver::poll_effect) {
+            match effect {
+                SourceEffect::Send { channel, epoch, item } => self.links.send(channel, epoch, item),
+                SourceEffect::Reread { channel, position } => {
+                    self.links.0[channel].reset();
+                    let mut reader = (self.make_reader)();
+                    if let Err(e) = reader.seek(&position) {
+                        return self.cx.fatal.fail(format!("{}: re-reading: {e}", self.cx.name));
                     }
-                    if self.cx.write_fails(n) {
-                        let error = LogError::Injected(format!("write {n} of {}", self.cx.name));
-                        return self.cx.escalate(FailureReason::WriteError, error.to_string());
-                    }
-                    let record = SnapshotRecord {
-                        positions: Vec::new(),
-                        out_seqs: self.outputs.seqs(),
-                        state: encode_source_state(self.reader.position(), self.exhausted),
-                    };
-                    let addr = ctx.address();
-                    let fatal = self.cx.fatal.clone();
-                    self.cx.writer.submit(
-                        vec![WriteOp::Snapshot { participant: self.cx.participant, checkpoint, record }],
-                        Box::new(move |result| match result {
-                            Ok(()) => addr.do_send(SnapshotDurable(checkpoint)),
-                            Err(e) => fatal.fail(e),
-                        }),
-                    );
-                    self.outputs.send_barrier(checkpoint);
-                    self.events.push(Event::Barrier(checkpoint));
-                    let base = self.base_here(checkpoint);
-                    self.pending.push(base);
+                    self.rereaders.retain(|(ch, _)| *ch != channel);
+                    self.rereaders.push((channel, reader));
                 }
-                Action::Ack(c) => {
+                SourceEffect::CaughtUp { channel } => {
+                    self.rereaders.retain(|(ch, _)| *ch != channel);
+                    tracing::debug!("{}: replay of output {channel} caught up", self.cx.name);
+                }
+                SourceEffect::Snapshot { checkpoint, position, out_seqs, ended } => {
+                    if !self.write_snapshot(
+                        checkpoint,
+                        SnapshotRecord {
+                            positions: Vec::new(),
+                            out_seqs,
+                            state: encode_source_state(position, ended),
+                        },
+                        ctx,
+                    ) {
+                        return;
+                    }
+                }
+                SourceEffect::Ack(c) => {
                     self.coordinator().ack.do_send(Ack { participant: self.cx.participant, checkpoint: c })
                 }
-                Action::DropSnapshotsBelow(c) => {
+                SourceEffect::DropSnapshotsBelow(c) => {
                     let fatal = self.cx.fatal.clone();
                     self.cx.writer.submit(
                         vec![WriteOp::DropSnapshotsBelow { participant: self.cx.participant, checkpoint: c }],
@@ -394,9 +273,47 @@ impl SourceActor {
                         }),
                     );
                 }
-                other => unreachable!("a source core never asks for {other:?}"),
+                SourceEffect::Finished => {
+                    self.coordinator().finished.do_send(SourceFinished(self.source_index))
+                }
+                SourceEffect::Escalate(escalation) => {
+                    return self.cx.escalate((&escalation).into(), escalation.to_string());
+                }
             }
         }
+    }
+
+    /// Write the snapshot of `checkpoint` (where `--inject` faults fire). False when a fault
+    /// stopped the attempt.
+    fn write_snapshot(
+        &mut self,
+        checkpoint: CheckpointId,
+        record: SnapshotRecord,
+        ctx: &mut Context<Self>,
+    ) -> bool {
+        self.snapshots += 1;
+        let (cx, n) = (&self.cx, self.snapshots);
+        let injected =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cx.inject_at(FaultKind::Snapshot, n)));
+        if let Err(payload) = injected {
+            self.cx.panicked(super::panic_message(&*payload));
+            return false;
+        }
+        if self.cx.write_fails(n) {
+            let error = LogError::Injected(format!("write {n} of {}", self.cx.name));
+            self.cx.escalate(FailureReason::WriteError, error.to_string());
+            return false;
+        }
+        let addr = ctx.address();
+        let fatal = self.cx.fatal.clone();
+        self.cx.writer.submit(
+            vec![WriteOp::Snapshot { participant: self.cx.participant, checkpoint, record }],
+            Box::new(move |result| match result {
+                Ok(()) => addr.do_send(SnapshotDurable(checkpoint)),
+                Err(e) => fatal.fail(e),
+            }),
+        );
+        true
     }
 }
 
@@ -415,9 +332,10 @@ impl Handler<Wire> for SourceActor {
     type Result = ();
     fn handle(&mut self, wire: Wire, ctx: &mut Context<Self>) {
         self.guard(ctx, |act, _| {
-            act.outputs = wire.outputs;
+            let restored = (act.restored, act.reader.position(), act.ended);
+            act.driver = Some(Source::new(act.cx.participant, restored, wire.outputs, Mutations::NONE));
+            act.links = wire.links;
             act.coordinator = Some(wire.coordinator);
-            act.base = Some(act.base_here(act.restored));
         });
     }
 }
@@ -428,10 +346,8 @@ impl Handler<Start> for SourceActor {
         self.guard(ctx, |act, ctx| {
             let sent = act.cx.counters.records_out.load(crate::sync::atomic::Ordering::Relaxed);
             act.started = Some((Instant::now(), sent));
-            if act.exhausted {
-                // Restored after the end of input: the new coordinator must hear it again.
-                act.coordinator().finished.do_send(SourceFinished(act.source_index));
-            }
+            act.driver().start();
+            act.carry_out(ctx);
             act.produce(ctx);
         });
     }
@@ -449,20 +365,20 @@ impl Handler<Credit> for SourceActor {
     fn handle(&mut self, credit: Credit, ctx: &mut Context<Self>) {
         self.guard(ctx, |act, ctx| {
             act.cx.inject_on(FaultKind::Credit);
-            act.outputs.links.on_credit(credit);
-            if !act.cursors.is_empty() {
-                act.pump(ctx);
-            } else if !act.producing && !act.exhausted && act.started.is_some() {
-                act.produce(ctx);
-            }
+            act.links.on_credit(credit);
+            act.pump(ctx);
         });
     }
 }
 
 impl Handler<Resume> for SourceActor {
     type Result = ();
-    fn handle(&mut self, resume: Resume, ctx: &mut Context<Self>) {
-        self.guard(ctx, |act, ctx| act.resume(resume, ctx));
+    fn handle(&mut self, Resume(resume): Resume, ctx: &mut Context<Self>) {
+        self.guard(ctx, |act, ctx| {
+            act.driver().handle_resume(resume);
+            act.carry_out(ctx);
+            act.pump(ctx);
+        });
     }
 }
 
@@ -470,8 +386,9 @@ impl Handler<Trigger> for SourceActor {
     type Result = ();
     fn handle(&mut self, Trigger(c): Trigger, ctx: &mut Context<Self>) {
         self.guard(ctx, |act, ctx| {
-            act.core.handle_trigger(c);
-            act.drain(ctx);
+            let position = act.reader.position();
+            act.driver().handle_trigger(c, position);
+            act.carry_out(ctx);
         });
     }
 }
@@ -480,8 +397,8 @@ impl Handler<SnapshotDurable> for SourceActor {
     type Result = ();
     fn handle(&mut self, SnapshotDurable(c): SnapshotDurable, ctx: &mut Context<Self>) {
         self.guard(ctx, |act, ctx| {
-            act.core.on_snapshot_durable(c);
-            act.drain(ctx);
+            act.driver().on_snapshot_durable(c);
+            act.carry_out(ctx);
         });
     }
 }
@@ -490,9 +407,8 @@ impl Handler<Complete> for SourceActor {
     type Result = ();
     fn handle(&mut self, Complete(c): Complete, ctx: &mut Context<Self>) {
         self.guard(ctx, |act, ctx| {
-            act.truncate(c);
-            act.core.handle_checkpoint_complete(c);
-            act.drain(ctx);
+            act.driver().handle_complete(c);
+            act.carry_out(ctx);
         });
     }
 }

@@ -23,7 +23,7 @@ use crate::operators::Operator;
 use crate::pipeline::faults::FaultKind;
 use crate::pipeline::spec::{OutputFormat, SinkSpec};
 use crate::pipeline::supervise::{Decision, Restart, RestartReport};
-use crate::protocol::driver::{Effect, Epoch, Escalation, Subtask};
+use crate::protocol::driver::{Effect, Epoch, Subtask};
 use crate::protocol::recovery::ParticipantLog;
 use crate::protocol::storage::{Snapshot, Storage};
 use crate::protocol::{CheckpointId, ParticipantId, Seq};
@@ -719,11 +719,7 @@ impl TaskActor {
                 .committed
                 .do_send(SinkCommitted { participant: self.cx.participant, checkpoint }),
             Effect::Escalate(escalation) => {
-                let reason = match escalation {
-                    Escalation::ReplayGap { .. } => FailureReason::ReplayGap,
-                    Escalation::Diverged(_) => FailureReason::ReplayDiverged,
-                };
-                self.cx.escalate(reason, escalation.to_string());
+                self.cx.escalate((&escalation).into(), escalation.to_string());
                 return Ok(false);
             }
         }

@@ -21,8 +21,8 @@ use crate::actors::shared::{CheckpointTiming, CoordinatorShared};
 use crate::actors::source::{self, SourceActor, check_source_record};
 use crate::actors::task::{self, Body, Restored, SinkWriter, TaskActor};
 use crate::actors::{
-    Counters, Failure, FailureReason, Fatal, Link, Links, OutGroup, Outputs, Payload, SubtaskContext,
-    ToCoordinator, Upstream, Watch,
+    Counters, Failure, FailureReason, Fatal, Link, Links, OutGroup, Payload, SubtaskContext, ToCoordinator,
+    Upstream, Watch,
 };
 use crate::batch::SchemaRef;
 use crate::connectors::file_source::FileSource;
@@ -41,7 +41,7 @@ use crate::pipeline::supervise::Supervisor;
 use crate::protocol::aligner::AlignmentMode;
 use crate::protocol::coordinator::{Coordinator, CoordinatorConfig};
 use crate::protocol::driver::Subtask as Driver;
-use crate::protocol::participant::{SourceTask, Task, TaskConfig};
+use crate::protocol::participant::{Task, TaskConfig};
 use crate::protocol::recovery::{RecoveryError, RestorePlan, plan_global_rollback};
 use crate::protocol::route;
 use crate::protocol::{CheckpointId, ParticipantId, Seq};
@@ -440,7 +440,6 @@ fn build_source(
         SourceSpec::Generator(g) => (g.batch_size, g.rate.map(|r| r.div_ceil(share.count as u64))),
         SourceSpec::File(f) => (f.batch_size, None),
     };
-    let core = SourceTask::restore(restore.from);
     let again = source_spec.clone();
     let make_reader: source::MakeReader = Box::new(move || self::reader(&again, share));
     let actor = SourceActor::new(
@@ -448,7 +447,6 @@ fn build_source(
         p,
         reader,
         make_reader,
-        core,
         batch_size,
         rate,
         ended,
@@ -579,12 +577,8 @@ fn start_actors(
         addr.do_send(task::Wire { links: links(p), upstream, coordinator: to_coordinator.clone() });
     }
     for (s, addr) in source_addrs.iter().enumerate() {
-        let outputs = Outputs {
-            core: Some(env.core_outputs(s, &out_seqs[s], restored)),
-            links: links(s),
-            name: env.context(s).name,
-        };
-        addr.do_send(source::Wire { outputs, coordinator: to_coordinator.clone() });
+        let outputs = env.core_outputs(s, &out_seqs[s], restored);
+        addr.do_send(source::Wire { outputs, links: links(s), coordinator: to_coordinator.clone() });
     }
     let sources = source_addrs.iter().map(|a| a.clone().recipient()).collect();
     coordinator.do_send(coordinator::Wire { sources, participants: notices });
