@@ -42,10 +42,11 @@ use std::hash::{Hash, Hasher};
 
 use stateright::{Model, Property};
 use weir_protocol::aligner::AlignmentMode;
-use weir_protocol::buffer::{BufferQueue, Buffered};
+use weir_protocol::buffer::BufferQueue;
 use weir_protocol::coordinator::{Coordinator, CoordinatorAction, CoordinatorConfig};
+use weir_protocol::driver::source::{Source, SourceEffect, Step};
 use weir_protocol::driver::{self, Effect, Escalation, Subtask};
-use weir_protocol::participant::{Action as TaskAction, SourceTask, Task, TaskConfig};
+use weir_protocol::participant::{Task, TaskConfig};
 use weir_protocol::recovery::{self, ParticipantLog, ParticipantRestore, RecoveryInput, SinkLog};
 use weir_protocol::route::{self, Group, Item, Partition, Payload};
 use weir_protocol::storage::{Snapshot, Storage};
@@ -291,20 +292,17 @@ pub struct Disk {
     pub committed_through: Option<CheckpointId>,
 }
 
-/// A source subtask: its core, its read position and the buffer queue of its channel.
+/// A source subtask: the runtime's source driver (its checkpoint core, output side, end of
+/// input and re-read bookkeeping) and its reader's position, the environment's part.
 ///
-/// In the runtime a source keeps no buffer queue: it re-reads its input from the position of
-/// its snapshot of the queue's base (SPEC §10.2). The model gives it a [`BufferQueue`]
-/// instead, which replays exactly what a re-read would produce (the same batches with the
-/// same sequence numbers and barriers) and applies the same gap check.
+/// The reader at position `p` reads batch `p` of its source; a re-read opens a second reader
+/// at the position the driver names (SPEC §10.2, §11.7).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SourceNode {
-    /// The runtime's source core.
-    pub core: SourceTask,
+    /// The runtime's source driver; positions are batch indexes.
+    pub driver: Source<BatchId, u8>,
     /// Next batch index to read (also the number of batches sent; batch `i` has seq `i + 1`).
     pub next: u8,
-    /// What it sent on its channel since the latest completed checkpoint.
-    pub buffer: BufferQueue<BatchId>,
 }
 
 /// The transform subtask: the runtime's own driver (its checkpoint core, input gate with
@@ -487,8 +485,8 @@ impl Hash for State {
             (sources, task, sink, ghost).hash(h);
             return;
         }
-        for SourceNode { core, next, buffer } in sources {
-            (core, next, buffer.base()).hash(h);
+        for SourceNode { driver, next } in sources {
+            (driver.core(), next, driver.base()).hash(h);
         }
         let TaskNode { driver, watermarks, applied } = task;
         (driver.core(), driver.epoch(), driver.ended(), watermarks, applied, driver.outputs().seqs()).hash(h);
@@ -677,8 +675,11 @@ impl CheckpointModel {
         self
     }
 
-    fn coordinator_config(&self) -> CoordinatorConfig {
-        CoordinatorConfig::new(4, SOURCES)
+    /// The coordinator, restored from `completed` (none: fresh); it waits for the sink.
+    fn coordinator(&self, completed: Option<CheckpointId>) -> Coordinator {
+        Coordinator::restore(CoordinatorConfig::new(4, SOURCES), completed)
+            .with_sinks(&[K.participant()])
+            .with_mutations(self.mutations)
     }
 
     fn task_config(&self, sink: bool) -> TaskConfig {
@@ -686,8 +687,18 @@ impl CheckpointModel {
         TaskConfig { inputs, mode: AlignmentMode::ExactlyOnce, sink, mutations: self.mutations }
     }
 
-    fn buffer(&self, base: CheckpointId, seq: Seq) -> BufferQueue<BatchId> {
-        BufferQueue::new(base, seq).with_mutations(self.mutations)
+    /// Source `s`'s driver, restored from `restored` (0: none) at reader position `next`.
+    fn source(&self, s: u8, restored: CheckpointId, next: u8) -> SourceNode {
+        // The end goes out with the last batch, so the position says whether it was sent.
+        let ended = self.sends_end(next);
+        let seq = Seq::from(next) + Seq::from(ended);
+        let groups = vec![Group::new(Partition::Forward, vec![0])];
+        let outputs = route::Outputs::new(&[seq], restored, groups, (false, 0), self.mutations);
+        let participant = Node::Source(s).participant();
+        SourceNode {
+            driver: Source::new(participant, (restored, next, ended), outputs, self.mutations),
+            next,
+        }
     }
 
     /// The transform's driver, restored as `plan` says from `snapshot` (none: fresh).
@@ -747,15 +758,9 @@ impl CheckpointModel {
                 let source = &mut state.sources[s as usize];
                 let id = BatchId { source: s, index: source.next };
                 source.next += 1;
-                let seq = Seq::from(source.next);
-                source.buffer.push_batch(seq, id);
-                log.note(|| format!("source{s} reads {id:?}, sends it as seq {seq}"));
-                send(state, channel(Node::Source(s), T), Msg::Batch { seq, id }, log);
-                if self.sends_end(state.sources[s as usize].next) {
-                    state.sources[s as usize].buffer.push_batch(seq + 1, END);
-                    log.note(|| format!("source{s} sends the end of its input as seq {}", seq + 1));
-                    send(state, channel(Node::Source(s), T), Msg::Batch { seq: seq + 1, id: END }, log);
-                }
+                log.note(|| format!("source{s} reads {id:?}"));
+                source.driver.read(1, id);
+                self.drain_source(state, s, log);
                 self.report_if_exhausted(state, s, log);
             }
             Action::Deliver(from, to, lane) => {
@@ -802,7 +807,8 @@ impl CheckpointModel {
         log.note(|| format!("{to:?} receives {msg:?} from {from:?}"));
         match (to, msg) {
             (Node::Source(s), Msg::Trigger(c)) => {
-                state.sources[s as usize].core.handle_trigger(c);
+                let source = &mut state.sources[s as usize];
+                source.driver.handle_trigger(c, source.next);
                 self.drain_source(state, s, log);
             }
             (Node::Task | Node::Sink, msg) => {
@@ -850,7 +856,7 @@ impl CheckpointModel {
             Write::SourceSnapshot { checkpoint, position } => {
                 let Node::Source(s) = node else { unreachable!() };
                 state.disk.sources[s as usize].insert(checkpoint, position);
-                state.sources[s as usize].core.on_snapshot_durable(checkpoint);
+                state.sources[s as usize].driver.on_snapshot_durable(checkpoint);
                 self.drain_source(state, s, log);
             }
             Write::TaskSnapshot { checkpoint, snapshot } => {
@@ -928,6 +934,11 @@ impl CheckpointModel {
                         send(state, channel(C, Node::Source(s)), Msg::Trigger(c), log);
                     }
                 }
+                CoordinatorAction::RunEnded { stopped, .. } => {
+                    if !stopped {
+                        props::check_run_end(self, state);
+                    }
+                }
                 CoordinatorAction::ArmTimeout(_)
                 | CoordinatorAction::Finished
                 | CoordinatorAction::Stopped(_)
@@ -937,9 +948,7 @@ impl CheckpointModel {
                 }
                 CoordinatorAction::NotifyComplete(c) => {
                     for s in 0..SOURCES as u8 {
-                        let source = &mut state.sources[s as usize];
-                        source.buffer.complete(c);
-                        source.core.handle_checkpoint_complete(c);
+                        state.sources[s as usize].driver.handle_complete(c);
                         self.drain_source(state, s, log);
                     }
                     state.task.driver.handle_complete(c);
@@ -955,23 +964,65 @@ impl CheckpointModel {
         }
     }
 
+    /// Carry out what source `s`'s driver asks until it is quiet.
     fn drain_source(&self, state: &mut State, s: u8, log: &mut Log) {
         let node = Node::Source(s);
-        while let Some(action) = state.sources[s as usize].core.poll_action() {
-            log.note(|| format!("{node:?}: {action:?}"));
-            match action {
-                TaskAction::Snapshot { checkpoint, .. } => {
-                    let source = &mut state.sources[s as usize];
-                    let position = source.next;
-                    source.buffer.push_barrier(checkpoint);
+        let ch = channel(node, T);
+        while let Some(effect) = state.sources[s as usize].driver.poll_effect() {
+            log.note(|| format!("{node:?}: {effect:?}"));
+            match effect {
+                SourceEffect::Send { item, .. } => send(state, ch, msg_of(item), log),
+                SourceEffect::Reread { position, .. } => {
+                    state.net[ch].clear();
+                    self.reread(state, s, position, log);
+                }
+                SourceEffect::CaughtUp { .. } => {}
+                SourceEffect::Snapshot { checkpoint, position, .. } => {
                     props::check_snapshot_order(state, node, checkpoint);
                     state.ghost.barrier_positions.entry(checkpoint).or_default()[s as usize] = Some(position);
                     state.writes[node.index()].push_back(Write::SourceSnapshot { checkpoint, position });
-                    send(state, channel(node, T), Msg::Barrier(checkpoint), log);
                 }
-                TaskAction::Ack(c) => self.ack(state, node, c, log),
-                TaskAction::DropSnapshotsBelow(c) => state.disk.sources[s as usize].retain(|&k, _| k >= c),
-                other => unreachable!("source action {other:?}"),
+                SourceEffect::Ack(c) => self.ack(state, node, c, log),
+                SourceEffect::DropSnapshotsBelow(c) => state.disk.sources[s as usize].retain(|&k, _| k >= c),
+                SourceEffect::Finished => self.report_finished(state, s, log),
+                SourceEffect::Escalate(escalation) => {
+                    log.note(|| format!("{node:?}: {escalation}: escalate to a global rollback"));
+                    if let Escalation::ReplayGap { gap, .. } = escalation {
+                        props::check_replay_gap(state, gap.restored);
+                    }
+                    self.global_rollback(state, log);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Source `s` re-reads its channel from `position` with a second reader, as its driver
+    /// steps it (at once: the model's channels have no flow control).
+    fn reread(&self, state: &mut State, s: u8, mut position: u8, log: &mut Log) {
+        let ch = channel(Node::Source(s), T);
+        loop {
+            let driver = &mut state.sources[s as usize].driver;
+            match driver.reread_step(0) {
+                Step::Read(n) => {
+                    let exhausted = position >= self.scope.batches_per_source;
+                    let batch = (!exhausted).then_some(BatchId { source: s, index: position });
+                    position += u8::from(!exhausted);
+                    driver.reread_batch(0, n.min(usize::from(!exhausted)), batch);
+                }
+                Step::Sent => {}
+                Step::Done => return,
+            }
+            while let Some(effect) = state.sources[s as usize].driver.poll_effect() {
+                match effect {
+                    SourceEffect::Send { item, .. } => {
+                        state.ghost.replayed |= matches!(item, Item::Batch { .. });
+                        log.note(|| format!("source{s} re-reads {item:?}"));
+                        state.net[ch].push_back(msg_of(item));
+                    }
+                    SourceEffect::CaughtUp { .. } => {}
+                    other => unreachable!("a re-read step only sends: {other:?}"),
+                }
             }
         }
     }
@@ -1052,7 +1103,10 @@ impl CheckpointModel {
                 };
                 state.resume[ch] = Some(Resume { from_seq, restored });
             }
-            (Node::Sink, Effect::Committed(_)) => {}
+            (Node::Sink, Effect::Committed(c)) => {
+                state.coordinator.handle_sink_committed(K.participant(), c);
+                self.drain_coordinator(state, log);
+            }
             (_, Effect::Escalate(escalation)) => {
                 log.note(|| format!("{node:?}: {escalation}: escalate to a global rollback"));
                 match escalation {
@@ -1087,11 +1141,29 @@ impl CheckpointModel {
 
     /// A source with nothing left to read tells the coordinator, once per run.
     fn report_if_exhausted(&self, state: &mut State, s: u8, log: &mut Log) {
-        if state.sources[s as usize].next == self.scope.batches_per_source {
-            log.note(|| format!("source{s}: input exhausted"));
-            state.coordinator.handle_source_finished(s as usize);
-            self.drain_coordinator(state, log);
+        if state.sources[s as usize].next < self.scope.batches_per_source {
+            return;
         }
+        log.note(|| format!("source{s}: input exhausted"));
+        if self.scope.end_of_input {
+            state.sources[s as usize].driver.end(); // its effects report the end
+            self.drain_source(state, s, log);
+        } else {
+            // Scopes without the end as an item: the environment tells the coordinator.
+            self.report_finished(state, s, log);
+        }
+    }
+
+    fn report_finished(&self, state: &mut State, s: u8, log: &mut Log) {
+        state.coordinator.handle_source_finished(s as usize);
+        self.drain_coordinator(state, log);
+    }
+
+    /// Source `s` starts (a run attempt begins): a source restored after its end says so.
+    fn start_source(&self, state: &mut State, s: u8, log: &mut Log) {
+        state.sources[s as usize].driver.start();
+        self.drain_source(state, s, log);
+        self.report_if_exhausted(state, s, log);
     }
 
     /// The transform or the sink failed alone (SPEC §10.1): the writes it issued land first
@@ -1165,31 +1237,11 @@ impl CheckpointModel {
             }
             return;
         };
-        let buffer = &mut state.sources[s as usize].buffer;
-        let replay: Result<Vec<Msg>, _> = buffer.replay(from_seq, restored).map(|entries| {
-            entries
-                .map(|e| match *e {
-                    Buffered::Batch { seq, item } => Msg::Batch { seq, id: item },
-                    Buffered::Barrier(c) => Msg::Barrier(c),
-                })
-                .collect()
-        });
-        match replay {
-            Ok(msgs) => {
-                log.note(|| format!("{from:?} replays to {to:?} after seq {from_seq}: {msgs:?}"));
-                if msgs.iter().any(|m| matches!(m, Msg::Batch { .. })) {
-                    state.ghost.replayed = true;
-                }
-                state.net[ch] = msgs.into();
-            }
-            Err(gap) => {
-                log.note(|| {
-                    format!("{from:?} cannot replay to {to:?}: {gap}: escalate to a global rollback")
-                });
-                props::check_replay_gap(state, restored);
-                self.global_rollback(state, log);
-            }
-        }
+        log.note(|| format!("{from:?} re-reads for {to:?} after seq {from_seq}"));
+        let epoch = state.task.driver.epoch();
+        let resume = driver::Resume { channel: 0, from_seq, restored, epoch };
+        state.sources[s as usize].driver.handle_resume(resume);
+        self.drain_source(state, s, log);
     }
 
     /// The process died: rebuild every node from the disk as the recovery plan says.
@@ -1233,12 +1285,10 @@ impl CheckpointModel {
             disk.staged.remove(c);
         }
 
-        state.coordinator = Coordinator::restore(self.coordinator_config(), from);
+        state.coordinator = self.coordinator(from);
         for s in 0..SOURCES {
             let next = from.map_or(0, |c| disk.sources[s][&c]);
-            let core = SourceTask::restore(from).with_mutations(self.mutations);
-            let seq = Seq::from(next) + Seq::from(self.sends_end(next));
-            state.sources[s] = SourceNode { core, next, buffer: self.buffer(restored, seq) };
+            state.sources[s] = self.source(s as u8, restored, next);
         }
         let task_snapshot = from.map(|c| disk.task[&c].clone());
         let driver = self.task_driver(&plan.participants[2], task_snapshot.as_ref());
@@ -1266,7 +1316,7 @@ impl CheckpointModel {
         };
         self.pump(state, K, log);
         for s in 0..SOURCES as u8 {
-            self.report_if_exhausted(state, s, log);
+            self.start_source(state, s, log);
         }
     }
 }
@@ -1318,6 +1368,14 @@ fn watermarks(state: &mut State, node: Node) -> &mut Vec<Watermark> {
 
 /// Put `msg` on channel `ch`, unless its receiver restarted and has not been served its
 /// replay yet: then the message goes to its previous epoch and is dropped.
+/// The message that carries `item`.
+fn msg_of(item: Item<BatchId>) -> Msg {
+    match item {
+        Item::Batch { seq, payload } => Msg::Batch { seq, id: payload },
+        Item::Barrier(c) => Msg::Barrier(c),
+    }
+}
+
 fn send(state: &mut State, ch: usize, msg: Msg, log: &mut Log) {
     let to = CHANNELS[ch].1;
     if is_data(ch) && state.resume[ch].is_some() {
@@ -1360,12 +1418,8 @@ impl Model for CheckpointModel {
     fn init_states(&self) -> Vec<State> {
         let none = CheckpointId::default();
         let mut state = State {
-            coordinator: Coordinator::new(self.coordinator_config()),
-            sources: std::array::from_fn(|_| SourceNode {
-                core: SourceTask::new().with_mutations(self.mutations),
-                next: 0,
-                buffer: self.buffer(none, 0),
-            }),
+            coordinator: self.coordinator(None),
+            sources: std::array::from_fn(|s| self.source(s as u8, none, 0)),
             task: TaskNode {
                 driver: self.task_driver(&ParticipantRestore::fresh(), None),
                 watermarks: vec![Watermark::default(); SOURCES],
@@ -1391,7 +1445,7 @@ impl Model for CheckpointModel {
             ghost: Ghost::default(),
         };
         for s in 0..SOURCES as u8 {
-            self.report_if_exhausted(&mut state, s, &mut Log::off());
+            self.start_source(&mut state, s, &mut Log::off());
         }
         vec![state]
     }

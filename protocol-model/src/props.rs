@@ -42,6 +42,9 @@ pub enum Violation {
     Diverged,
     /// S9: a receiver applied a batch with a sequence number at or below its position.
     ReappliedSeq,
+    /// S10: the run ended at its final checkpoint before the sink had committed all of its
+    /// output.
+    EndedEarly,
 }
 
 /// S4, at a snapshot: each participant snapshots increasing checkpoints within an
@@ -206,11 +209,11 @@ pub fn s2_consistent_cut(_: &CheckpointModel, state: &State) -> bool {
 /// and none fails a replay that its receiver's restore point entitles it to.
 pub fn s6_safe_truncation(_: &CheckpointModel, state: &State) -> bool {
     let completed = state.disk.completed.unwrap_or_default();
-    let buffers = state.sources.iter().map(|s| &s.buffer).chain(state.task.buffers());
     holds(state, Violation::Unrecoverable)
         && holds(state, Violation::UnsafeTruncation)
         && state.disk.completed.is_none_or(|c| every_snapshot_durable(state, c))
-        && buffers.into_iter().all(|b| b.base() <= completed || b.gave_up())
+        && state.sources.iter().all(|s| s.driver.base() <= completed)
+        && state.task.buffers().all(|b| b.base() <= completed || b.gave_up())
 }
 
 /// S7: no batch is applied twice, none is applied past a missing one, a local restore
@@ -261,15 +264,28 @@ pub fn s10_failure_transparency(model: &CheckpointModel, state: &State) -> bool 
     let reference = model.reference_output();
     let committed = &state.disk.committed;
     let distinct: BTreeSet<BatchId> = committed.iter().copied().collect();
-    if distinct.len() != committed.len() || !distinct.is_subset(&reference) {
+    if distinct.len() != committed.len()
+        || !distinct.is_subset(&reference)
+        || !holds(state, Violation::EndedEarly)
+    {
         return false;
     }
     !model.is_terminal(state) || distinct == reference
 }
 
-/// L1: every run ends with the final checkpoint complete (all output committed).
+/// S10, when the coordinator ends the run at the end of input: the sink's committed output
+/// is the whole reference output.
+pub(crate) fn check_run_end(model: &CheckpointModel, state: &mut State) {
+    let committed: BTreeSet<BatchId> = state.disk.committed.iter().copied().collect();
+    if committed != model.reference_output() {
+        state.ghost.violations.insert(Violation::EndedEarly);
+    }
+}
+
+/// L1: every run ends with the final checkpoint complete and committed: the coordinator
+/// ended the run.
 pub fn l1_checkpoint_termination(model: &CheckpointModel, state: &State) -> bool {
-    !model.is_terminal(state) || state.coordinator.is_finished()
+    !model.is_terminal(state) || (state.coordinator.is_finished() && state.coordinator.has_ended())
 }
 
 /// L2: every run ends with no checkpoint pending, no alignment in progress, nothing held and

@@ -246,3 +246,10 @@ fn mutant_router_not_restored_violates_s7_restore_correctness() {
 fn mutant_end_not_restored_violates_s9_idempotent_channels() {
     assert_caught(Scope::end_of_input(), Mutant::EndNotRestored, "S9 idempotent channels");
 }
+
+/// The coordinator ends the run only once the sink has committed the final checkpoint
+/// (SPEC §6.8); ending it at the completion leaves output uncommitted (S10).
+#[test]
+fn mutant_end_before_commit_violates_s10_failure_transparency() {
+    assert_caught(Scope::default(), Mutant::EndBeforeCommit, "S10 failure transparency");
+}

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::{CheckpointId, ParticipantId};
+use super::{CheckpointId, Mutant, Mutations, ParticipantId};
 
 /// Static facts the coordinator needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -60,6 +60,14 @@ pub enum CoordinatorAction {
     /// A stop was requested and checkpoint `c`, triggered for it, was aborted: end the run
     /// now, without a new restore point (SPEC §6.7).
     StopFailed(CheckpointId),
+    /// After `Finished` or `Stopped`: every sink has committed its output through
+    /// `checkpoint`, so the run may end (SPEC §6.8). Emitted once.
+    RunEnded {
+        /// The last checkpoint.
+        checkpoint: CheckpointId,
+        /// It was a stop's (`Stopped`), not the end of input's (`Finished`).
+        stopped: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -88,6 +96,13 @@ pub struct Coordinator {
     sources_finished: BTreeSet<usize>,
     finished: bool,
     stop: Option<Stop>,
+    /// Per sink participant, the checkpoint it has committed through.
+    sinks: BTreeMap<ParticipantId, CheckpointId>,
+    /// The run ends once every sink has committed this one (set by `Finished`, `Stopped`:
+    /// then true).
+    ending: Option<(CheckpointId, bool)>,
+    ended: bool,
+    mutations: Mutations,
     out: VecDeque<CoordinatorAction>,
 }
 
@@ -110,7 +125,47 @@ impl Coordinator {
             sources_finished: BTreeSet::new(),
             finished: false,
             stop: None,
+            sinks: BTreeMap::new(),
+            ending: None,
+            ended: false,
+            mutations: Mutations::NONE,
             out: VecDeque::new(),
+        }
+    }
+
+    /// The run's sink participants: it ends only once each has committed the last
+    /// checkpoint (SPEC §6.8).
+    pub fn with_sinks(mut self, sinks: &[ParticipantId]) -> Coordinator {
+        self.sinks = sinks.iter().map(|&p| (p, CheckpointId::default())).collect();
+        self
+    }
+
+    /// Switch on deliberately broken behaviour (model checking only).
+    pub fn with_mutations(mut self, mutations: Mutations) -> Coordinator {
+        self.mutations = mutations;
+        self
+    }
+
+    /// Sink `participant` has durably committed its output through `checkpoint`.
+    pub fn handle_sink_committed(&mut self, participant: ParticipantId, checkpoint: CheckpointId) {
+        if let Some(c) = self.sinks.get_mut(&participant) {
+            *c = (*c).max(checkpoint);
+        }
+        self.end_if_committed();
+    }
+
+    /// The run ends at `last` (a stop's if `stopped`), once every sink has committed it.
+    fn end_at(&mut self, last: CheckpointId, stopped: bool) {
+        self.ending = Some((last, stopped));
+        self.end_if_committed();
+    }
+
+    fn end_if_committed(&mut self) {
+        let Some((checkpoint, stopped)) = self.ending else { return };
+        let early = self.mutations.has(Mutant::EndBeforeCommit);
+        if !self.ended && (early || self.sinks.values().all(|&c| c >= checkpoint)) {
+            self.ended = true;
+            self.out.push_back(CoordinatorAction::RunEnded { checkpoint, stopped });
         }
     }
 
@@ -162,9 +217,11 @@ impl Coordinator {
         if pending.is_some_and(|p| p.is_final) {
             self.finished = true;
             self.out.push_back(CoordinatorAction::Finished);
+            self.end_at(checkpoint, false);
         } else if let Some(stop) = &mut self.stop {
             stop.ended = true;
             self.out.push_back(CoordinatorAction::Stopped(checkpoint));
+            self.end_at(checkpoint, true);
         } else if self.all_sources_finished() {
             self.trigger_final_if_needed();
         }
@@ -214,6 +271,11 @@ impl Coordinator {
     /// The next thing the driver must do.
     pub fn poll_action(&mut self) -> Option<CoordinatorAction> {
         self.out.pop_front()
+    }
+
+    /// Whether `RunEnded` was emitted.
+    pub fn has_ended(&self) -> bool {
+        self.ended
     }
 
     /// The latest checkpoint known complete.
@@ -339,7 +401,15 @@ mod tests {
         assert_eq!(drain(&mut c), vec![NotifyAbort(C1), Trigger(C2), ArmTimeout(C2)]);
         c.handle_ack(0, C2);
         c.on_completion_durable(C2);
-        assert_eq!(drain(&mut c), vec![PersistCompletion(C2), NotifyComplete(C2), Finished]);
+        assert_eq!(
+            drain(&mut c),
+            vec![
+                PersistCompletion(C2),
+                NotifyComplete(C2),
+                Finished,
+                RunEnded { checkpoint: C2, stopped: false }
+            ]
+        );
         c.handle_tick();
         assert_eq!(drain(&mut c), vec![]);
     }
@@ -378,7 +448,15 @@ mod tests {
         c.handle_stop_requested();
         assert_eq!(drain(&mut c), vec![]);
         complete(&mut c, 1, C1);
-        assert_eq!(drain(&mut c), vec![PersistCompletion(C1), NotifyComplete(C1), Stopped(C1)]);
+        assert_eq!(
+            drain(&mut c),
+            vec![
+                PersistCompletion(C1),
+                NotifyComplete(C1),
+                Stopped(C1),
+                RunEnded { checkpoint: C1, stopped: true }
+            ]
+        );
         c.handle_tick();
         c.handle_source_finished(0);
         assert_eq!(drain(&mut c), vec![]);
@@ -395,7 +473,15 @@ mod tests {
         c.handle_stop_requested();
         assert_eq!(drain(&mut c), vec![]);
         complete(&mut c, 2, C1);
-        assert_eq!(drain(&mut c), vec![PersistCompletion(C1), NotifyComplete(C1), Stopped(C1)]);
+        assert_eq!(
+            drain(&mut c),
+            vec![
+                PersistCompletion(C1),
+                NotifyComplete(C1),
+                Stopped(C1),
+                RunEnded { checkpoint: C1, stopped: true }
+            ]
+        );
     }
 
     // Reference: SPEC §6.7, bounded: an in-flight checkpoint aborted after the stop is
@@ -426,7 +512,15 @@ mod tests {
         c.handle_timeout(C1);
         assert_eq!(drain(&mut c), vec![NotifyAbort(C1), Trigger(C2), ArmTimeout(C2)]);
         complete(&mut c, 1, C2);
-        assert_eq!(drain(&mut c), vec![PersistCompletion(C2), NotifyComplete(C2), Finished]);
+        assert_eq!(
+            drain(&mut c),
+            vec![
+                PersistCompletion(C2),
+                NotifyComplete(C2),
+                Finished,
+                RunEnded { checkpoint: C2, stopped: false }
+            ]
+        );
 
         let mut done = Coordinator::new(CoordinatorConfig::new(1, 1));
         done.handle_source_finished(0);
@@ -444,5 +538,31 @@ mod tests {
         let mut c = Coordinator::restore(CoordinatorConfig::new(1, 1), Some(C2));
         c.handle_stop_requested();
         assert_eq!(drain(&mut c), vec![Trigger(C3), ArmTimeout(C3)]);
+    }
+
+    // Reference: SPEC §6.8. The run ends once every sink has committed the final checkpoint
+    // (or the stop's), whatever order the completion and the commits come in; once.
+    #[test]
+    fn the_run_ends_when_every_sink_committed_the_last_checkpoint() {
+        let mut c = Coordinator::new(CoordinatorConfig::new(3, 1)).with_sinks(&[1, 2]);
+        c.handle_source_finished(0);
+        drain(&mut c);
+        c.handle_sink_committed(1, C1); // a commit may be reported before the completion
+        complete(&mut c, 3, C1);
+        assert_eq!(drain(&mut c), vec![PersistCompletion(C1), NotifyComplete(C1), Finished]);
+        c.handle_sink_committed(2, CheckpointId(0));
+        assert_eq!(drain(&mut c), vec![]);
+        c.handle_sink_committed(2, C1);
+        assert_eq!(drain(&mut c), vec![RunEnded { checkpoint: C1, stopped: false }]);
+        c.handle_sink_committed(2, C1);
+        assert_eq!(drain(&mut c), vec![]);
+
+        let mut stopped = Coordinator::new(CoordinatorConfig::new(2, 1)).with_sinks(&[1]);
+        stopped.handle_stop_requested();
+        drain(&mut stopped);
+        complete(&mut stopped, 2, C1);
+        stopped.handle_sink_committed(1, C1);
+        let actions = drain(&mut stopped);
+        assert_eq!(actions[actions.len() - 2..], [Stopped(C1), RunEnded { checkpoint: C1, stopped: true }]);
     }
 }

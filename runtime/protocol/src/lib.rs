@@ -146,11 +146,14 @@ pub enum Mutant {
     RouterNotRestored,
     /// A restarted subtask forgets which of its inputs had ended.
     EndNotRestored,
+    /// The coordinator ends the run when the last checkpoint completes, without waiting for
+    /// the sinks to commit it.
+    EndBeforeCommit,
 }
 
 impl Mutant {
     /// Every mutant, in a fixed order.
-    pub const ALL: [Mutant; 10] = [
+    pub const ALL: [Mutant; 11] = [
         Mutant::NoAlignment,
         Mutant::AckBeforeDurable,
         Mutant::CommitBeforeComplete,
@@ -161,6 +164,7 @@ impl Mutant {
         Mutant::NoRestartGap,
         Mutant::RouterNotRestored,
         Mutant::EndNotRestored,
+        Mutant::EndBeforeCommit,
     ];
 
     /// The mutant's name on the command line (`weir-model check checkpoint --mutant NAME`).
@@ -176,6 +180,7 @@ impl Mutant {
             Mutant::NoRestartGap => "no-restart-gap",
             Mutant::RouterNotRestored => "router-not-restored",
             Mutant::EndNotRestored => "end-not-restored",
+            Mutant::EndBeforeCommit => "end-before-commit",
         }
     }
 

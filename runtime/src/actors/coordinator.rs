@@ -12,8 +12,8 @@ use actix::prelude::*;
 use super::shared::{COORDINATOR, CoordinatorShared, Failure, FailureReason, Guarded};
 use super::{Abort, Ack, Complete, Fatal, SinkCommitted, SourceFinished, Trigger};
 use crate::log::{WriteOp, Writer};
+use crate::protocol::CheckpointId;
 use crate::protocol::coordinator::{Coordinator, CoordinatorAction};
-use crate::protocol::{CheckpointId, ParticipantId};
 use crate::sync::Arc;
 use crate::sync::atomic::Ordering;
 
@@ -49,23 +49,18 @@ pub struct CoordinatorActor {
     writer: Writer,
     sources: Vec<Recipient<Trigger>>,
     participants: Vec<(Recipient<Complete>, Recipient<Abort>)>,
-    sinks: BTreeMap<ParticipantId, CheckpointId>,
     triggered_at: BTreeMap<CheckpointId, Instant>,
-    final_checkpoint: Option<CheckpointId>,
-    /// The run ends at `final_checkpoint` because a stop was requested.
-    stopping: bool,
     shared: Arc<CoordinatorShared>,
     fatal: Arc<Fatal>,
 }
 
 impl CoordinatorActor {
-    /// A coordinator over a restored core; `sinks` are the sink participants.
+    /// A coordinator over a restored core (which knows the sinks it waits for).
     pub fn new(
         core: Coordinator,
         interval: Option<Duration>,
         timeout: Duration,
         writer: Writer,
-        sinks: &[ParticipantId],
         shared: Arc<CoordinatorShared>,
         fatal: Arc<Fatal>,
     ) -> CoordinatorActor {
@@ -76,10 +71,7 @@ impl CoordinatorActor {
             writer,
             sources: Vec::new(),
             participants: Vec::new(),
-            sinks: sinks.iter().map(|&p| (p, CheckpointId::default())).collect(),
             triggered_at: BTreeMap::new(),
-            final_checkpoint: None,
-            stopping: false,
             shared,
             fatal,
         }
@@ -134,14 +126,9 @@ impl CoordinatorActor {
                         abort.do_send(Abort(c));
                     }
                 }
-                CoordinatorAction::Finished => {
-                    self.final_checkpoint = self.core.completed();
-                    self.stop_if_done();
-                }
+                CoordinatorAction::Finished => tracing::debug!("final checkpoint complete"),
                 CoordinatorAction::Stopped(c) => {
                     tracing::info!("stopping at {c}");
-                    self.final_checkpoint = Some(c);
-                    self.stopping = true;
                     // The commits are already under way; a sink that cannot make them must
                     // not hold the stop forever.
                     ctx.run_later(self.timeout, move |act, _| {
@@ -150,7 +137,14 @@ impl CoordinatorActor {
                             act.timeout.as_millis()
                         ));
                     });
-                    self.stop_if_done();
+                }
+                CoordinatorAction::RunEnded { checkpoint, stopped } => {
+                    if stopped {
+                        self.shared.stopped_at.store(checkpoint.0, Ordering::Relaxed);
+                    } else {
+                        self.shared.finished.store(1, Ordering::Relaxed);
+                    }
+                    System::current().stop();
                 }
                 CoordinatorAction::StopFailed(c) => {
                     let last = self.core.completed().map_or("no checkpoint".to_owned(), |l| l.to_string());
@@ -160,18 +154,6 @@ impl CoordinatorActor {
                     ));
                 }
             }
-        }
-    }
-
-    fn stop_if_done(&mut self) {
-        let Some(last) = self.final_checkpoint else { return };
-        if self.sinks.values().all(|&c| c >= last) {
-            if self.stopping {
-                self.shared.stopped_at.store(last.0, Ordering::Relaxed);
-            } else {
-                self.shared.finished.store(1, Ordering::Relaxed);
-            }
-            System::current().stop();
         }
     }
 }
@@ -264,11 +246,9 @@ impl Handler<CompletionDurable> for CoordinatorActor {
 impl Handler<SinkCommitted> for CoordinatorActor {
     type Result = ();
     fn handle(&mut self, msg: SinkCommitted, ctx: &mut Context<Self>) {
-        self.guard(ctx, |act, _| {
-            if let Some(c) = act.sinks.get_mut(&msg.participant) {
-                *c = (*c).max(msg.checkpoint);
-            }
-            act.stop_if_done();
+        self.guard(ctx, |act, ctx| {
+            act.core.handle_sink_committed(msg.participant, msg.checkpoint);
+            act.drain(ctx);
         });
     }
 }

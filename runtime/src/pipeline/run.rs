@@ -598,19 +598,12 @@ fn start_coordinator(
     shared: &Arc<CoordinatorShared>,
 ) -> Addr<CoordinatorActor> {
     let (spec, topology) = (env.spec, env.topology);
-    let core =
-        Coordinator::restore(CoordinatorConfig::new(topology.subtasks.len(), topology.sources), restored);
+    let config = CoordinatorConfig::new(topology.subtasks.len(), topology.sources);
+    let core = Coordinator::restore(config, restored).with_sinks(&topology.sinks);
     let interval = spec.checkpoint.interval_ms.map(Duration::from_millis);
     let timeout = Duration::from_millis(spec.checkpoint.timeout_ms);
-    let coordinator = CoordinatorActor::new(
-        core,
-        interval,
-        timeout,
-        env.writer.clone(),
-        &topology.sinks,
-        shared.clone(),
-        env.fatal.clone(),
-    );
+    let coordinator =
+        CoordinatorActor::new(core, interval, timeout, env.writer.clone(), shared.clone(), env.fatal.clone());
     let watch = Watch::coordinator(env.fatal.clone());
     CoordinatorActor::create(move |ctx| {
         watch.attach(ctx);

@@ -361,6 +361,11 @@ impl<P: Payload, Pos: Clone> Source<P, Pos> {
         self.effects.pop_front()
     }
 
+    /// Its checkpoint core.
+    pub fn core(&self) -> &SourceTask {
+        &self.core
+    }
+
     /// Its participant id.
     pub fn participant(&self) -> ParticipantId {
         self.participant
