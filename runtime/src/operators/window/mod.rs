@@ -64,7 +64,7 @@ use build::Shape;
 use state::{State, watermark_of};
 
 use crate::batch::{Batch, SchemaRef};
-use crate::operators::{BuildError, Operator, OperatorError};
+use crate::operators::{BuildError, Capture, Operator, OperatorError};
 use crate::pipeline::spec::WindowSpec;
 
 mod aggregates;
@@ -173,6 +173,11 @@ impl Operator for Window {
 
     fn snapshot(&self) -> Vec<u8> {
         snapshot::encode(&self.state, &self.aggregates)
+    }
+
+    fn capture(&self) -> Capture {
+        let captured = snapshot::Captured::new(&self.state, &self.aggregates);
+        Box::new(move || captured.encode())
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), OperatorError> {
