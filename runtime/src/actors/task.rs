@@ -390,6 +390,9 @@ enum Durable {
     Snapshot(CheckpointId),
     Commit(CheckpointId),
     Failed(std::sync::Arc<LogError>),
+    /// Encoding a snapshot on the writer thread panicked (as operator code on this thread
+    /// would have): nothing was written.
+    Panicked(String),
 }
 
 /// Restore after the backoff (sent to itself).
@@ -595,19 +598,6 @@ impl TaskActor {
         Ok(restored.checkpoint)
     }
 
-    fn submit(
-        &mut self,
-        ops: Vec<WriteOp>,
-        ctx: &Context<Self>,
-        done: fn(CheckpointId) -> Durable,
-        c: CheckpointId,
-    ) {
-        match self.next_write(ctx, done, c) {
-            (done, Some(injected)) => done(Err(injected)),
-            (done, None) => self.cx.writer.submit(ops, done),
-        }
-    }
-
     /// Count a write: its completion callback, which reports it to this actor as `Written`,
     /// and the injected error to report instead of writing, if one is due at it.
     fn next_write(
@@ -659,6 +649,51 @@ impl TaskActor {
         }
     }
 
+    /// Snapshot for checkpoint `c` (`record` without its state yet; `ended`: the end flags).
+    /// Here, on the thread this subtask shares, only the capture of the operator's state (or
+    /// the taking of the sink's staged output); encoding it, the task state and the record
+    /// runs on the log's writer thread, queued after every write of this subtask before it
+    /// and so applied in that order, so that no subtask on this thread waits for a large
+    /// state's encoding. It comes back `Written` as any write; an injected write error is
+    /// reported at once, as before, nothing encoded; a panic encoding it is reported as a
+    /// panic of this subtask.
+    fn snapshot(
+        &mut self,
+        c: CheckpointId,
+        mut record: SnapshotRecord,
+        ended: Vec<bool>,
+        ctx: &Context<Self>,
+    ) {
+        let (capture, staged) = match &mut self.body {
+            Body::Operator(op) => (Some(op.capture()), None),
+            Body::Sink(sink) => (None, Some(std::mem::take(&mut sink.pending))),
+        };
+        let (done, injected) = self.next_write(ctx, Durable::Snapshot, c);
+        if let Some(injected) = injected {
+            return done(Err(injected));
+        }
+        let (participant, addr, epoch) = (self.cx.participant, ctx.address(), self.driver.epoch());
+        let job: Job = Box::new(move || {
+            let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| capture.map(|c| c())));
+            let operator = match encoded {
+                Ok(operator) => operator.unwrap_or_default(),
+                Err(panic) => {
+                    addr.do_send(Written(epoch, Durable::Panicked(super::panic_message(&*panic))));
+                    return None;
+                }
+            };
+            record.state = TaskState { ended, operator }.encode();
+            let mut ops = vec![WriteOp::Snapshot { participant, checkpoint: c, record }];
+            if let Some(bytes) = staged {
+                ops.push(WriteOp::Stage { participant, checkpoint: c, bytes });
+            }
+            Some((ops, done))
+        });
+        if let Err(gone) = self.cx.writer.run(job) {
+            ctx.address().do_send(Written(self.driver.epoch(), Durable::Failed(Arc::new(gone))));
+        }
+    }
+
     /// Carry out one effect; false when draining must stop (the run escalates).
     fn carry_out(&mut self, effect: Effect<Payload>, ctx: &mut Context<Self>) -> Result<bool, String> {
         match effect {
@@ -675,18 +710,12 @@ impl TaskActor {
             Effect::Snapshot { checkpoint, positions, out_seqs, ended } => {
                 self.snapshots += 1;
                 self.cx.inject_at(FaultKind::Snapshot, self.snapshots);
-                let (operator, staged) = match &mut self.body {
-                    Body::Operator(op) => (op.snapshot(), None),
-                    Body::Sink(sink) => (Vec::new(), Some(std::mem::take(&mut sink.pending))),
-                };
-                let record =
-                    SnapshotRecord { positions, out_seqs, state: TaskState { ended, operator }.encode() };
-                let participant = self.cx.participant;
-                let mut ops = vec![WriteOp::Snapshot { participant, checkpoint, record }];
-                if let Some(bytes) = staged {
-                    ops.push(WriteOp::Stage { participant, checkpoint, bytes });
-                }
-                self.submit(ops, ctx, Durable::Snapshot, checkpoint);
+                self.snapshot(
+                    checkpoint,
+                    SnapshotRecord { positions, out_seqs, state: Vec::new() },
+                    ended,
+                    ctx,
+                );
             }
             Effect::Ack(c) => {
                 self.coordinator().ack.do_send(Ack { participant: self.cx.participant, checkpoint: c })
@@ -873,6 +902,7 @@ impl Handler<Written> for TaskActor {
                     return;
                 }
                 Durable::Failed(e) => return act.fail(FailureReason::WriteError, e.to_string(), ctx),
+                Durable::Panicked(message) => return act.fail(FailureReason::Panic, message, ctx),
             }
             act.drain(ctx);
         });
@@ -916,6 +946,7 @@ mod tests {
     }
     use crate::actors::{Fatal, Links};
     use crate::log::Writer;
+    use crate::operators::{Capture, OperatorError};
     use crate::pipeline::spec::{FileFormat, SupervisionSpec};
     use crate::pipeline::supervise::Supervisor;
     use crate::protocol::aligner::AlignmentMode;
@@ -965,29 +996,14 @@ mod tests {
         }
     }
 
-    /// Sink subtask 0 with one input, restored at checkpoint `c` whose staged output is not
-    /// committed yet: its first effect is the repair commit through `c`.
-    fn restored_sink(log: &Log, c: CheckpointId, sink: SinkWriter, fatal: Arc<Fatal>) -> TaskActor {
-        let config = TaskConfig {
-            inputs: 1,
-            mode: AlignmentMode::ExactlyOnce,
-            sink: true,
-            mutations: Default::default(),
-        };
-        let restore = ParticipantRestore {
-            from: Some(c),
-            discard_snapshots: Vec::new(),
-            sink: Some(SinkRestore { commit: Some(c), staged: vec![c], discard_staged: Vec::new() }),
-        };
-        let outputs = route::Outputs::new(&[], c, Vec::new(), (false, 0), Default::default());
-        let driver =
-            Subtask::new(0, Task::restore(config, &restore, &[0]), config, (&[0], vec![false], c), outputs);
-        let names = vec!["out".to_owned()];
+    /// Subtask 0 of node `name`, writing to `log`, the only participant of its run.
+    fn context(log: &Log, name: &str, fatal: Arc<Fatal>) -> SubtaskContext {
+        let names = vec![name.to_owned()];
         let supervisor =
             Supervisor::new(SupervisionSpec::default(), Instant::now(), vec![Vec::new()], vec![true], names);
-        let cx = SubtaskContext {
-            name: "out".into(),
-            node: "out".into(),
+        SubtaskContext {
+            name: name.into(),
+            node: name.into(),
             subtask: 0,
             faults: Vec::new(),
             participant: 0,
@@ -996,9 +1012,30 @@ mod tests {
             counters: Arc::default(),
             fatal,
             supervisor: Arc::new(supervisor),
+        }
+    }
+
+    fn task_config(sink: bool) -> TaskConfig {
+        TaskConfig { inputs: 1, mode: AlignmentMode::ExactlyOnce, sink, mutations: Default::default() }
+    }
+
+    fn not_restarted() -> BuildBody {
+        Box::new(|_: &Log| Err("not restarted in this test".into()))
+    }
+
+    /// Sink subtask 0 with one input, restored at checkpoint `c` whose staged output is not
+    /// committed yet: its first effect is the repair commit through `c`.
+    fn restored_sink(log: &Log, c: CheckpointId, sink: SinkWriter, fatal: Arc<Fatal>) -> TaskActor {
+        let config = task_config(true);
+        let restore = ParticipantRestore {
+            from: Some(c),
+            discard_snapshots: Vec::new(),
+            sink: Some(SinkRestore { commit: Some(c), staged: vec![c], discard_staged: Vec::new() }),
         };
-        let build: BuildBody = Box::new(|_: &Log| Err("not restarted in this test".into()));
-        TaskActor::new(cx, driver, Body::Sink(sink), build)
+        let outputs = route::Outputs::new(&[], c, Vec::new(), (false, 0), Default::default());
+        let driver =
+            Subtask::new(0, Task::restore(config, &restore, &[0]), config, (&[0], vec![false], c), outputs);
+        TaskActor::new(context(log, "out", fatal), driver, Body::Sink(sink), not_restarted())
     }
 
     /// Output staged in `log` under checkpoint 1, and a CSV sink over `destination` restored
@@ -1048,6 +1085,118 @@ mod tests {
         }
         assert_eq!(*printed.lock().unwrap(), b"a,1\n");
         assert!(log.read_staged(0, CheckpointId(0), CheckpointId(1)).unwrap().is_empty());
+        assert!(!fatal.failed());
+        arbiter.stop();
+        arbiter.join().unwrap();
+    }
+
+    /// An operator whose state is one byte, 7, and whose every encoding of it (a snapshot, or
+    /// a capture's, wherever it runs) says it started, then waits until the test lets it
+    /// through (or drops its end of `release`).
+    struct SlowToEncode {
+        started: mpsc::Sender<()>,
+        release: std::sync::Arc<std::sync::Mutex<mpsc::Receiver<()>>>,
+    }
+
+    impl SlowToEncode {
+        fn encode(started: &mpsc::Sender<()>, release: &std::sync::Mutex<mpsc::Receiver<()>>) -> Vec<u8> {
+            let _ = started.send(());
+            let _ = release.lock().unwrap().recv();
+            vec![7]
+        }
+    }
+
+    impl Operator for SlowToEncode {
+        fn output_schema(&self) -> crate::batch::SchemaRef {
+            crate::pipeline::spec::sensors_schema()
+        }
+
+        fn process(&mut self, _: usize, _: &Batch, _: &mut Vec<Batch>) -> Result<(), OperatorError> {
+            Ok(())
+        }
+
+        fn on_input_end(&mut self, _: usize, _: &mut Vec<Batch>) -> Result<(), OperatorError> {
+            Ok(())
+        }
+
+        fn snapshot(&self) -> Vec<u8> {
+            SlowToEncode::encode(&self.started, &self.release)
+        }
+
+        fn capture(&self) -> Capture {
+            let (started, release) = (self.started.clone(), self.release.clone());
+            Box::new(move || SlowToEncode::encode(&started, &release))
+        }
+
+        fn restore(&mut self, _: &[u8]) -> Result<(), OperatorError> {
+            Ok(())
+        }
+    }
+
+    /// Takes credit and replay requests, and drops them.
+    struct Upstream0;
+
+    impl Actor for Upstream0 {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Credit> for Upstream0 {
+        type Result = ();
+        fn handle(&mut self, _: Credit, _: &mut Context<Self>) {}
+    }
+
+    impl Handler<Resume> for Upstream0 {
+        type Result = ();
+        fn handle(&mut self, _: Resume, _: &mut Context<Self>) {}
+    }
+
+    // While a transform's snapshot is being encoded (a large state), another actor on the
+    // transform's thread still answers: the thread only captured the state. The snapshot
+    // then becomes durable with the state as encoded.
+    #[test]
+    fn a_slow_snapshot_encoding_does_not_hold_up_the_subtasks_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), 16 << 20).unwrap();
+        let (started_tx, started) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let op = SlowToEncode {
+            started: started_tx,
+            release: std::sync::Arc::new(std::sync::Mutex::new(release_rx)),
+        };
+        let fatal = Arc::new(Fatal::default());
+        fatal.set_stop_hook(|| {});
+        let config = task_config(false);
+        let c0 = CheckpointId(0);
+        let outputs = route::Outputs::new(&[], c0, Vec::new(), (false, 0), Default::default());
+        let driver = Subtask::new(0, Task::new(config), config, (&[0], vec![false], c0), outputs);
+        let cx = context(&log, "windows", fatal.clone());
+        let actor = TaskActor::new(cx, driver, Body::Operator(Box::new(op)), not_restarted());
+        let _system = System::new();
+        let arbiter = Arbiter::new();
+        let up = Upstream0::start_in_arbiter(&arbiter.handle(), |_| Upstream0);
+        let upstream = vec![Upstream { to: up.clone().recipient(), resume: up.recipient(), output: 0 }];
+        let task = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
+        let echo = Echo::start_in_arbiter(&arbiter.handle(), |_| Echo);
+        task.do_send(Wire { links: Links::default(), upstream, coordinator: nowhere() });
+        let c1 = CheckpointId(1);
+        task.do_send(Deliver { input: 0, epoch: 0, item: route::Item::Barrier(c1) });
+        started.recv_timeout(PATIENCE).expect("the snapshot is encoded");
+        let (pong_tx, pong) = mpsc::channel();
+        echo.do_send(Ping(pong_tx));
+        let answered = pong.recv_timeout(PATIENCE);
+        drop(release);
+        assert!(answered.is_ok(), "the subtask's thread waited for its snapshot's encoding");
+
+        let deadline = Instant::now() + PATIENCE;
+        let record = loop {
+            if let Ok(record) = log.read_snapshot(0, c1) {
+                break record;
+            }
+            assert!(Instant::now() < deadline, "the snapshot record was never written");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!(record.positions, vec![0]);
+        assert_eq!(check_record(&record, 1, 0), Ok(TaskState { ended: vec![false], operator: vec![7] }));
         assert!(!fatal.failed());
         arbiter.stop();
         arbiter.join().unwrap();

@@ -126,12 +126,16 @@ pub enum OperatorError {
     },
 }
 
+/// An operator's state taken by [`Operator::capture`]: called once, on any thread, it encodes
+/// the snapshot as it was at the capture.
+pub type Capture = Box<dyn FnOnce() -> Vec<u8> + Send>;
+
 /// A transform operator: one instance per subtask.
 ///
 /// Calls come from one thread at a time, in this order: `restore` (optional, before anything
-/// else), then any number of `process`, `on_input_end` and `snapshot`. Output batches are
-/// pushed onto `out` and must have the schema of `output_schema`; empty batches should not be
-/// pushed. Output must depend only on the input and the restored state (no clock, no
+/// else), then any number of `process`, `on_input_end`, `snapshot` and `capture`. Output
+/// batches are pushed onto `out` and must have the schema of `output_schema`; empty batches
+/// should not be pushed. Output must depend only on the input and the restored state (no clock, no
 /// randomness), so that replay after a failure reproduces it.
 pub trait Operator: Send {
     /// The schema of every output batch.
@@ -147,6 +151,17 @@ pub trait Operator: Send {
     /// The operator's state, encoded with postcard (with a format version first), for a
     /// checkpoint. Must not change the state.
     fn snapshot(&self) -> Vec<u8>;
+
+    /// The state as it is now, for a checkpoint whose encoding runs later on another thread
+    /// (the log's writer), so that a large state does not stall the other subtasks of this
+    /// one's thread: encoding the capture gives exactly the bytes [`Operator::snapshot`] gives
+    /// now, whatever the operator does meanwhile. Must not change the state, and should cost
+    /// far less than `snapshot` (an operator with a large state copies it in bulk). The
+    /// default encodes at once: right for a state of a few bytes.
+    fn capture(&self) -> Capture {
+        let bytes = self.snapshot();
+        Box::new(move || bytes)
+    }
 
     /// Replace the state with one produced by `snapshot` (possibly by an earlier run).
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), OperatorError>;

@@ -249,6 +249,12 @@ impl Keys {
         id
     }
 
+    /// The key of every id (`None`: a free id), for a snapshot's capture: a copy without the
+    /// lookup maps and the open lists, which a snapshot does not hold.
+    pub(super) fn capture(&self) -> Vec<Option<Key>> {
+        self.entries.iter().map(|e| e.key.clone()).collect()
+    }
+
     pub(super) fn key(&self, id: u32) -> &Key {
         self.entries[id as usize].key.as_ref().expect("a live key")
     }

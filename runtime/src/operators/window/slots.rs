@@ -79,6 +79,21 @@ impl Slots {
         }
     }
 
+    /// A copy of every slot, for a snapshot's capture: one bulk copy per vector. Without the
+    /// free list (a snapshot reads only live slots, which `arrival` tells from free ones), so
+    /// the copy is not for allocating into.
+    pub(super) fn capture(&self) -> Slots {
+        Slots {
+            key: self.key.clone(),
+            start: self.start.clone(),
+            end: self.end.clone(),
+            arrival: self.arrival.clone(),
+            last_arrival: self.last_arrival.clone(),
+            count: self.count.clone(),
+            free: Vec::new(),
+        }
+    }
+
     pub(super) fn release(&mut self, slot: u32) {
         self.arrival[slot as usize] = FREE;
         self.free.push(slot);
