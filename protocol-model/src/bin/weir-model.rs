@@ -59,8 +59,9 @@ enum ModelName {
 #[derive(clap::Args)]
 struct ModelOptions {
     /// Switch on a deliberately broken variant: no-alignment, ack-before-durable,
-    /// commit-before-complete, reset-seq-on-restore, no-dedup, truncate-at-snapshot or
-    /// no-determinants.
+    /// commit-before-complete, reset-seq-on-restore, no-dedup, truncate-at-snapshot,
+    /// no-determinants, no-restart-gap, router-not-restored, end-not-restored or
+    /// end-before-commit.
     #[arg(long, value_name = "NAME")]
     mutant: Option<String>,
     /// Batches each source emits [default: the scope's, 2].

@@ -265,25 +265,7 @@ fn compile(ast: &Ast, schema: &Schema) -> Result<(Node, DataType), ExprError> {
         }
         AstOp::Add | AstOp::Sub | AstOp::Mul | AstOp::Div | AstOp::Mod => {
             arity(2)?;
-            let arith = match op {
-                AstOp::Add => ArithOp::Add,
-                AstOp::Sub => ArithOp::Sub,
-                AstOp::Mul => ArithOp::Mul,
-                AstOp::Div => ArithOp::Div,
-                _ => ArithOp::Rem,
-            };
-            let (l, lt) = compile(&children[0], schema)?;
-            let (r, rt) = compile(&children[1], schema)?;
-            match (lt, rt) {
-                (DataType::Int, DataType::Int) => {
-                    Ok((Node::Arith(arith, Num::Int, l.into(), r.into()), DataType::Int))
-                }
-                (DataType::Int | DataType::Float, DataType::Int | DataType::Float) => {
-                    let (l, r) = (to_float(l, lt), to_float(r, rt));
-                    Ok((Node::Arith(arith, Num::Float, l.into(), r.into()), DataType::Float))
-                }
-                _ => Err(ExprError::new(format!("{:?} needs numbers, found {lt} and {rt}", symbol(op)))),
-            }
+            compile_arith(op, children, schema)
         }
         AstOp::Neg => {
             arity(1)?;
@@ -296,29 +278,7 @@ fn compile(ast: &Ast, schema: &Schema) -> Result<(Node, DataType), ExprError> {
         }
         AstOp::Eq | AstOp::Neq | AstOp::Gt | AstOp::Lt | AstOp::Geq | AstOp::Leq => {
             arity(2)?;
-            let cmp = match op {
-                AstOp::Eq => CmpOp::Eq,
-                AstOp::Neq => CmpOp::Ne,
-                AstOp::Gt => CmpOp::Gt,
-                AstOp::Lt => CmpOp::Lt,
-                AstOp::Geq => CmpOp::Ge,
-                _ => CmpOp::Le,
-            };
-            let (l, lt) = compile(&children[0], schema)?;
-            let (r, rt) = compile(&children[1], schema)?;
-            let operands = match (lt, rt) {
-                (DataType::Int, DataType::Int) => DataType::Int,
-                (DataType::Int | DataType::Float, DataType::Int | DataType::Float) => DataType::Float,
-                (DataType::Str, DataType::Str) => DataType::Str,
-                (DataType::Bool, DataType::Bool) if matches!(cmp, CmpOp::Eq | CmpOp::Ne) => DataType::Bool,
-                (DataType::Bool, DataType::Bool) => {
-                    return Err(ExprError::new(format!("{:?} cannot order bools", symbol(op))));
-                }
-                _ => return Err(ExprError::new(format!("cannot compare {lt} with {rt}"))),
-            };
-            let (l, r) =
-                if operands == DataType::Float { (to_float(l, lt), to_float(r, rt)) } else { (l, r) };
-            Ok((Node::Cmp(cmp, operands, l.into(), r.into()), DataType::Bool))
+            compile_cmp(op, children, schema)
         }
         AstOp::And | AstOp::Or => {
             arity(2)?;
@@ -354,6 +314,55 @@ fn compile(ast: &Ast, schema: &Schema) -> Result<(Node, DataType), ExprError> {
         }
         AstOp::Tuple | AstOp::Chain => Err(ExprError::new(format!("unexpected {:?}", symbol(op)))),
     }
+}
+
+/// An arithmetic operator over two operands: ints stay ints, a float makes both floats.
+fn compile_arith(op: &AstOp, children: &[Ast], schema: &Schema) -> Result<(Node, DataType), ExprError> {
+    let arith = match op {
+        AstOp::Add => ArithOp::Add,
+        AstOp::Sub => ArithOp::Sub,
+        AstOp::Mul => ArithOp::Mul,
+        AstOp::Div => ArithOp::Div,
+        _ => ArithOp::Rem,
+    };
+    let (l, lt) = compile(&children[0], schema)?;
+    let (r, rt) = compile(&children[1], schema)?;
+    match (lt, rt) {
+        (DataType::Int, DataType::Int) => {
+            Ok((Node::Arith(arith, Num::Int, l.into(), r.into()), DataType::Int))
+        }
+        (DataType::Int | DataType::Float, DataType::Int | DataType::Float) => {
+            let (l, r) = (to_float(l, lt), to_float(r, rt));
+            Ok((Node::Arith(arith, Num::Float, l.into(), r.into()), DataType::Float))
+        }
+        _ => Err(ExprError::new(format!("{:?} needs numbers, found {lt} and {rt}", symbol(op)))),
+    }
+}
+
+/// A comparison of two operands of comparable types.
+fn compile_cmp(op: &AstOp, children: &[Ast], schema: &Schema) -> Result<(Node, DataType), ExprError> {
+    let cmp = match op {
+        AstOp::Eq => CmpOp::Eq,
+        AstOp::Neq => CmpOp::Ne,
+        AstOp::Gt => CmpOp::Gt,
+        AstOp::Lt => CmpOp::Lt,
+        AstOp::Geq => CmpOp::Ge,
+        _ => CmpOp::Le,
+    };
+    let (l, lt) = compile(&children[0], schema)?;
+    let (r, rt) = compile(&children[1], schema)?;
+    let operands = match (lt, rt) {
+        (DataType::Int, DataType::Int) => DataType::Int,
+        (DataType::Int | DataType::Float, DataType::Int | DataType::Float) => DataType::Float,
+        (DataType::Str, DataType::Str) => DataType::Str,
+        (DataType::Bool, DataType::Bool) if matches!(cmp, CmpOp::Eq | CmpOp::Ne) => DataType::Bool,
+        (DataType::Bool, DataType::Bool) => {
+            return Err(ExprError::new(format!("{:?} cannot order bools", symbol(op))));
+        }
+        _ => return Err(ExprError::new(format!("cannot compare {lt} with {rt}"))),
+    };
+    let (l, r) = if operands == DataType::Float { (to_float(l, lt), to_float(r, rt)) } else { (l, r) };
+    Ok((Node::Cmp(cmp, operands, l.into(), r.into()), DataType::Bool))
 }
 
 fn to_float(node: Node, ty: DataType) -> Node {
