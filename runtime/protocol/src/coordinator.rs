@@ -401,15 +401,7 @@ mod tests {
         assert_eq!(drain(&mut c), vec![NotifyAbort(C1), Trigger(C2), ArmTimeout(C2)]);
         c.handle_ack(0, C2);
         c.on_completion_durable(C2);
-        assert_eq!(
-            drain(&mut c),
-            vec![
-                PersistCompletion(C2),
-                NotifyComplete(C2),
-                Finished,
-                RunEnded { checkpoint: C2, stopped: false }
-            ]
-        );
+        assert_eq!(drain(&mut c), finished(C2));
         c.handle_tick();
         assert_eq!(drain(&mut c), vec![]);
     }
@@ -426,6 +418,11 @@ mod tests {
         assert_eq!(drain(&mut c), vec![PersistCompletion(C2), NotifyAbort(C1), NotifyComplete(C2)]);
         c.handle_tick();
         assert_eq!(drain(&mut c), vec![Trigger(C3), ArmTimeout(C3)]);
+    }
+
+    /// What the completion of the final checkpoint `c` emits when no sink holds the run.
+    fn finished(c: CheckpointId) -> Vec<CoordinatorAction> {
+        vec![PersistCompletion(c), NotifyComplete(c), Finished, RunEnded { checkpoint: c, stopped: false }]
     }
 
     fn complete(c: &mut Coordinator, participants: usize, checkpoint: CheckpointId) {
@@ -512,15 +509,7 @@ mod tests {
         c.handle_timeout(C1);
         assert_eq!(drain(&mut c), vec![NotifyAbort(C1), Trigger(C2), ArmTimeout(C2)]);
         complete(&mut c, 1, C2);
-        assert_eq!(
-            drain(&mut c),
-            vec![
-                PersistCompletion(C2),
-                NotifyComplete(C2),
-                Finished,
-                RunEnded { checkpoint: C2, stopped: false }
-            ]
-        );
+        assert_eq!(drain(&mut c), finished(C2));
 
         let mut done = Coordinator::new(CoordinatorConfig::new(1, 1));
         done.handle_source_finished(0);

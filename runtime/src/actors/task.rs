@@ -996,6 +996,13 @@ mod tests {
         }
     }
 
+    /// Whether `echo`, an actor on the thread under test, answers a ping in time.
+    fn answers(echo: &Addr<Echo>) -> bool {
+        let (pong_tx, pong) = mpsc::channel();
+        echo.do_send(Ping(pong_tx));
+        pong.recv_timeout(PATIENCE).is_ok()
+    }
+
     /// Subtask 0 of node `name`, writing to `log`, the only participant of its run.
     fn context(log: &Log, name: &str, fatal: Arc<Fatal>) -> SubtaskContext {
         let names = vec![name.to_owned()];
@@ -1071,11 +1078,9 @@ mod tests {
         let (_system, arbiter, fatal) = started_sink(&log, Destination::Stream(Box::new(held)));
         let echo = Echo::start_in_arbiter(&arbiter.handle(), |_| Echo);
         started.recv_timeout(PATIENCE).expect("the repair commit prints");
-        let (pong_tx, pong) = mpsc::channel();
-        echo.do_send(Ping(pong_tx));
-        let answered = pong.recv_timeout(PATIENCE);
+        let answered = answers(&echo);
         drop(release);
-        assert!(answered.is_ok(), "the sink's thread waited for its commit");
+        assert!(answered, "the sink's thread waited for its commit");
 
         let deadline = Instant::now() + PATIENCE;
         let committed = CommitRecord { through: 1, file_len: 4 };
@@ -1181,11 +1186,9 @@ mod tests {
         let c1 = CheckpointId(1);
         task.do_send(Deliver { input: 0, epoch: 0, item: route::Item::Barrier(c1) });
         started.recv_timeout(PATIENCE).expect("the snapshot is encoded");
-        let (pong_tx, pong) = mpsc::channel();
-        echo.do_send(Ping(pong_tx));
-        let answered = pong.recv_timeout(PATIENCE);
+        let answered = answers(&echo);
         drop(release);
-        assert!(answered.is_ok(), "the subtask's thread waited for its snapshot's encoding");
+        assert!(answered, "the subtask's thread waited for its snapshot's encoding");
 
         let deadline = Instant::now() + PATIENCE;
         let record = loop {
