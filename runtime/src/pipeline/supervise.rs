@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use serde::Serialize;
 
-use crate::actors::FailureReason;
+use crate::actors::shared::FailureReason;
 use crate::pipeline::spec::{RecoveryStrategy, RestartStrategy, SupervisionSpec};
 use crate::protocol::ParticipantId;
 use crate::sync::Mutex;
