@@ -13,7 +13,8 @@
 //! - [`aligner`]: barrier alignment and de-duplication on a subtask's inputs (SPEC §3).
 //! - [`participant`]: the per-subtask checkpoint duties: snapshot, acknowledge only when
 //!   durable, truncate on completion, and for sinks the two-phase commit (SPEC §4, §5).
-//! - [`coordinator`]: trigger, collect acknowledgements, complete durably, abort (SPEC §6).
+//! - [`coordinator`]: trigger, collect acknowledgements, complete durably, abort, and end the
+//!   run once every sink has committed the last checkpoint (SPEC §6).
 //! - [`recovery`]: the global-rollback plan after a crash, and the local plan of one
 //!   restarted subtask (SPEC §7, §10).
 //! - [`buffer`]: the buffer queue of one output channel, for upstream replay (SPEC §10).
@@ -22,7 +23,9 @@
 //! - [`route`]: the output side of a subtask: sequence numbers, buffer queues, routers and
 //!   the buffer budget (SPEC §10.2, §11).
 //! - [`driver`]: the driver of a transform or sink subtask, which owns all of the above and
-//!   the local-restart sequence; the runtime's actor and the model both drive it (SPEC §11).
+//!   the local-restart sequence; and [`driver::source`], the driver of a source subtask (its
+//!   re-read for a restarted receiver). The runtime's actors and the model drive both
+//!   (SPEC §11).
 //! - [`storage`]: what a restart reads from durable storage, and its in-memory twin.
 //!
 //! ## A checkpoint, driven by hand
