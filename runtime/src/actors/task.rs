@@ -944,7 +944,7 @@ mod tests {
             committed: coordinator.recipient(),
         }
     }
-    use crate::actors::{Fatal, Links};
+    use crate::actors::{Failure, Fatal, Links};
     use crate::log::Writer;
     use crate::operators::{Capture, OperatorError};
     use crate::pipeline::spec::{FileFormat, SupervisionSpec};
@@ -1201,6 +1201,83 @@ mod tests {
         assert_eq!(record.positions, vec![0]);
         assert_eq!(check_record(&record, 1, 0), Ok(TaskState { ended: vec![false], operator: vec![7] }));
         assert!(!fatal.failed());
+        arbiter.stop();
+        arbiter.join().unwrap();
+    }
+
+    /// An operator whose state cannot be encoded: its capture panics wherever it runs.
+    struct PanicsEncoding;
+
+    impl Operator for PanicsEncoding {
+        fn output_schema(&self) -> crate::batch::SchemaRef {
+            crate::pipeline::spec::sensors_schema()
+        }
+
+        fn process(&mut self, _: usize, _: &Batch, _: &mut Vec<Batch>) -> Result<(), OperatorError> {
+            Ok(())
+        }
+
+        fn on_input_end(&mut self, _: usize, _: &mut Vec<Batch>) -> Result<(), OperatorError> {
+            Ok(())
+        }
+
+        fn snapshot(&self) -> Vec<u8> {
+            panic!("this state cannot be encoded")
+        }
+
+        fn capture(&self) -> Capture {
+            Box::new(|| panic!("this state cannot be encoded"))
+        }
+
+        fn restore(&mut self, _: &[u8]) -> Result<(), OperatorError> {
+            Ok(())
+        }
+    }
+
+    // A panic while the writer thread encodes a snapshot is the subtask's failure, as a panic
+    // in operator code on its own thread is: it restarts (here its rebuild is refused, which
+    // stops the attempt), nothing is written for that checkpoint, and the writer goes on.
+    #[test]
+    fn a_panic_encoding_a_snapshot_restarts_the_subtask_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), 16 << 20).unwrap();
+        let fatal = Arc::new(Fatal::default());
+        fatal.set_stop_hook(|| {});
+        let config = task_config(false);
+        let c0 = CheckpointId(0);
+        let outputs = route::Outputs::new(&[], c0, Vec::new(), (false, 0), Default::default());
+        let driver = Subtask::new(0, Task::new(config), config, (&[0], vec![false], c0), outputs);
+        let cx = context(&log, "windows", fatal.clone());
+        let writer = cx.writer.clone();
+        let (rebuilt_tx, rebuilt) = mpsc::channel();
+        let rebuilt_tx = std::sync::Mutex::new(rebuilt_tx);
+        let build: BuildBody = Box::new(move |_: &Log| {
+            let _ = rebuilt_tx.lock().unwrap().send(());
+            Err("not restarted in this test".into())
+        });
+        let actor = TaskActor::new(cx, driver, Body::Operator(Box::new(PanicsEncoding)), build);
+        let _system = System::new();
+        let arbiter = Arbiter::new();
+        let up = Upstream0::start_in_arbiter(&arbiter.handle(), |_| Upstream0);
+        let upstream = vec![Upstream { to: up.clone().recipient(), resume: up.recipient(), output: 0 }];
+        let task = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
+        task.do_send(Wire { links: Links::default(), upstream, coordinator: nowhere() });
+        let c1 = CheckpointId(1);
+        task.do_send(Deliver { input: 0, epoch: 0, item: route::Item::Barrier(c1) });
+        rebuilt.recv_timeout(PATIENCE).expect("the subtask restarts after the panic");
+        let deadline = Instant::now() + PATIENCE;
+        while !fatal.failed() {
+            assert!(Instant::now() < deadline, "the refused rebuild never stopped the attempt");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            matches!(fatal.take(), Some(Failure::Healable { reason: FailureReason::RestoreFailed, .. })),
+            "the attempt stops because the rebuild was refused"
+        );
+        assert!(log.read_snapshot(0, c1).is_err(), "nothing is written for the checkpoint");
+        let (done_tx, done) = mpsc::channel();
+        writer.submit(Vec::new(), Box::new(move |r| done_tx.send(r.is_ok()).unwrap()));
+        assert_eq!(done.recv_timeout(PATIENCE), Ok(true), "the writer thread survived the panic");
         arbiter.stop();
         arbiter.join().unwrap();
     }
