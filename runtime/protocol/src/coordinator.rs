@@ -425,6 +425,11 @@ mod tests {
         vec![PersistCompletion(c), NotifyComplete(c), Finished, RunEnded { checkpoint: c, stopped: false }]
     }
 
+    /// What the completion of a stop's checkpoint `c` emits when no sink holds the run.
+    fn stopped(c: CheckpointId) -> Vec<CoordinatorAction> {
+        vec![PersistCompletion(c), NotifyComplete(c), Stopped(c), RunEnded { checkpoint: c, stopped: true }]
+    }
+
     fn complete(c: &mut Coordinator, participants: usize, checkpoint: CheckpointId) {
         for p in 0..participants {
             c.handle_ack(p, checkpoint);
@@ -445,15 +450,7 @@ mod tests {
         c.handle_stop_requested();
         assert_eq!(drain(&mut c), vec![]);
         complete(&mut c, 1, C1);
-        assert_eq!(
-            drain(&mut c),
-            vec![
-                PersistCompletion(C1),
-                NotifyComplete(C1),
-                Stopped(C1),
-                RunEnded { checkpoint: C1, stopped: true }
-            ]
-        );
+        assert_eq!(drain(&mut c), stopped(C1));
         c.handle_tick();
         c.handle_source_finished(0);
         assert_eq!(drain(&mut c), vec![]);
@@ -470,15 +467,7 @@ mod tests {
         c.handle_stop_requested();
         assert_eq!(drain(&mut c), vec![]);
         complete(&mut c, 2, C1);
-        assert_eq!(
-            drain(&mut c),
-            vec![
-                PersistCompletion(C1),
-                NotifyComplete(C1),
-                Stopped(C1),
-                RunEnded { checkpoint: C1, stopped: true }
-            ]
-        );
+        assert_eq!(drain(&mut c), stopped(C1));
     }
 
     // Reference: SPEC §6.7, bounded: an in-flight checkpoint aborted after the stop is

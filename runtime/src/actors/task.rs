@@ -1095,23 +1095,11 @@ mod tests {
         arbiter.join().unwrap();
     }
 
-    /// An operator whose state is one byte, 7, and whose every encoding of it (a snapshot, or
-    /// a capture's, wherever it runs) says it started, then waits until the test lets it
-    /// through (or drops its end of `release`).
-    struct SlowToEncode {
-        started: mpsc::Sender<()>,
-        release: std::sync::Arc<std::sync::Mutex<mpsc::Receiver<()>>>,
-    }
+    /// An operator that does nothing with its input and whose state's every encoding (a
+    /// snapshot, or a capture's, wherever it runs) is `encode()`.
+    struct Encodes(std::sync::Arc<dyn Fn() -> Vec<u8> + Send + Sync>);
 
-    impl SlowToEncode {
-        fn encode(started: &mpsc::Sender<()>, release: &std::sync::Mutex<mpsc::Receiver<()>>) -> Vec<u8> {
-            let _ = started.send(());
-            let _ = release.lock().unwrap().recv();
-            vec![7]
-        }
-    }
-
-    impl Operator for SlowToEncode {
+    impl Operator for Encodes {
         fn output_schema(&self) -> crate::batch::SchemaRef {
             crate::pipeline::spec::sensors_schema()
         }
@@ -1125,17 +1113,26 @@ mod tests {
         }
 
         fn snapshot(&self) -> Vec<u8> {
-            SlowToEncode::encode(&self.started, &self.release)
+            (self.0)()
         }
 
         fn capture(&self) -> Capture {
-            let (started, release) = (self.started.clone(), self.release.clone());
-            Box::new(move || SlowToEncode::encode(&started, &release))
+            let encode = self.0.clone();
+            Box::new(move || encode())
         }
 
         fn restore(&mut self, _: &[u8]) -> Result<(), OperatorError> {
             Ok(())
         }
+    }
+
+    /// A one-input transform subtask running `op`, with nothing restored.
+    fn fresh_transform(cx: SubtaskContext, op: Encodes, build: BuildBody) -> TaskActor {
+        let config = task_config(false);
+        let c0 = CheckpointId(0);
+        let outputs = route::Outputs::new(&[], c0, Vec::new(), (false, 0), Default::default());
+        let driver = Subtask::new(0, Task::new(config), config, (&[0], vec![false], c0), outputs);
+        TaskActor::new(cx, driver, Body::Operator(Box::new(op)), build)
     }
 
     /// Takes credit and replay requests, and drops them.
@@ -1163,19 +1160,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path(), 16 << 20).unwrap();
         let (started_tx, started) = mpsc::channel();
-        let (release, release_rx) = mpsc::channel();
-        let op = SlowToEncode {
-            started: started_tx,
-            release: std::sync::Arc::new(std::sync::Mutex::new(release_rx)),
-        };
+        let (release, release_rx) = mpsc::channel::<()>();
+        // The state is one byte, 7; its encoding says it started, then waits until the test
+        // lets it through (or drops its end of `release`).
+        let (started_tx, release_rx) = (std::sync::Mutex::new(started_tx), std::sync::Mutex::new(release_rx));
+        let op = Encodes(std::sync::Arc::new(move || {
+            let _ = started_tx.lock().unwrap().send(());
+            let _ = release_rx.lock().unwrap().recv();
+            vec![7]
+        }));
         let fatal = Arc::new(Fatal::default());
         fatal.set_stop_hook(|| {});
-        let config = task_config(false);
-        let c0 = CheckpointId(0);
-        let outputs = route::Outputs::new(&[], c0, Vec::new(), (false, 0), Default::default());
-        let driver = Subtask::new(0, Task::new(config), config, (&[0], vec![false], c0), outputs);
         let cx = context(&log, "windows", fatal.clone());
-        let actor = TaskActor::new(cx, driver, Body::Operator(Box::new(op)), not_restarted());
+        let actor = fresh_transform(cx, op, not_restarted());
         let _system = System::new();
         let arbiter = Arbiter::new();
         let up = Upstream0::start_in_arbiter(&arbiter.handle(), |_| Upstream0);
@@ -1205,35 +1202,6 @@ mod tests {
         arbiter.join().unwrap();
     }
 
-    /// An operator whose state cannot be encoded: its capture panics wherever it runs.
-    struct PanicsEncoding;
-
-    impl Operator for PanicsEncoding {
-        fn output_schema(&self) -> crate::batch::SchemaRef {
-            crate::pipeline::spec::sensors_schema()
-        }
-
-        fn process(&mut self, _: usize, _: &Batch, _: &mut Vec<Batch>) -> Result<(), OperatorError> {
-            Ok(())
-        }
-
-        fn on_input_end(&mut self, _: usize, _: &mut Vec<Batch>) -> Result<(), OperatorError> {
-            Ok(())
-        }
-
-        fn snapshot(&self) -> Vec<u8> {
-            panic!("this state cannot be encoded")
-        }
-
-        fn capture(&self) -> Capture {
-            Box::new(|| panic!("this state cannot be encoded"))
-        }
-
-        fn restore(&mut self, _: &[u8]) -> Result<(), OperatorError> {
-            Ok(())
-        }
-    }
-
     // A panic while the writer thread encodes a snapshot is the subtask's failure, as a panic
     // in operator code on its own thread is: it restarts (here its rebuild is refused, which
     // stops the attempt), nothing is written for that checkpoint, and the writer goes on.
@@ -1243,10 +1211,6 @@ mod tests {
         let log = Log::open(dir.path(), 16 << 20).unwrap();
         let fatal = Arc::new(Fatal::default());
         fatal.set_stop_hook(|| {});
-        let config = task_config(false);
-        let c0 = CheckpointId(0);
-        let outputs = route::Outputs::new(&[], c0, Vec::new(), (false, 0), Default::default());
-        let driver = Subtask::new(0, Task::new(config), config, (&[0], vec![false], c0), outputs);
         let cx = context(&log, "windows", fatal.clone());
         let writer = cx.writer.clone();
         let (rebuilt_tx, rebuilt) = mpsc::channel();
@@ -1255,7 +1219,8 @@ mod tests {
             let _ = rebuilt_tx.lock().unwrap().send(());
             Err("not restarted in this test".into())
         });
-        let actor = TaskActor::new(cx, driver, Body::Operator(Box::new(PanicsEncoding)), build);
+        let op = Encodes(std::sync::Arc::new(|| panic!("this state cannot be encoded")));
+        let actor = fresh_transform(cx, op, build);
         let _system = System::new();
         let arbiter = Arbiter::new();
         let up = Upstream0::start_in_arbiter(&arbiter.handle(), |_| Upstream0);
