@@ -526,10 +526,8 @@ mod tests {
     #[test]
     fn a_promoted_follower_finishes_the_log_then_feeds_in_arrival_order() {
         let mut standby = Gate::follower(&[0, 0], CheckpointId(0));
-        standby.append_log([
-            Determinant::Batch { input: 1, seq: 1 },
-            Determinant::Batch { input: 0, seq: 1 },
-        ]);
+        standby
+            .append_log([Determinant::Batch { input: 1, seq: 1 }, Determinant::Batch { input: 0, seq: 1 }]);
         standby.handle_arrival(0, Arrival::Batch { seq: 1, batch: "a1" });
         standby.handle_arrival(0, Arrival::Batch { seq: 2, batch: "a2" });
         standby.handle_abort(C1);
