@@ -18,7 +18,7 @@ use std::fmt;
 use crate::buffer::ReplayGap;
 use crate::participant::{Action, Task, TaskConfig};
 use crate::recovery::{ParticipantLog, RecoveryError, plan_local};
-use crate::replay::{Arrival, Feed, Gate};
+use crate::replay::{Arrival, Determinant, Feed, Gate};
 use crate::route::{Item, Outputs, Payload};
 use crate::storage::{Snapshot, Storage};
 use crate::{CheckpointId, Mutant, ParticipantId, Seq};
@@ -143,6 +143,22 @@ pub enum Effect<P> {
     Committed(CheckpointId),
     /// Local recovery cannot go on: roll the run back globally.
     Escalate(Escalation),
+    /// Send these determinants of the primary to its standby, before anything that follows
+    /// (SPEC §11.8): no output may reach downstream ahead of the order that produced it.
+    ShipLog(Vec<Determinant>),
+    /// A standby cannot follow its primary any more (its input diverged from the primary's
+    /// log): drop the standby; the run goes on without one.
+    StandbyFailed(Escalation),
+}
+
+/// What a subtask is to its slot (SPEC §11.8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// It consumes, sends, snapshots and acknowledges.
+    Primary,
+    /// A hot standby: it applies what its primary applied, in its primary's order, and keeps
+    /// what it would send in its buffer queues; it sends, writes and acknowledges nothing.
+    Standby,
 }
 
 /// Why a restart failed before it could begin (the storage, or its contents).
@@ -191,6 +207,9 @@ pub struct Subtask<P: Payload> {
     stashed: Vec<Resume>,
     /// The input whose `Process` or `InputEnded` the shell is carrying out.
     processing: Option<(usize, bool)>,
+    role: Role,
+    /// A primary with a standby: the log index shipped up to.
+    shipped: Option<u64>,
     effects: VecDeque<Effect<P>>,
 }
 
@@ -218,14 +237,93 @@ impl<P: Payload> Subtask<P> {
             restarting: false,
             stashed: Vec::new(),
             processing: None,
+            role: Role::Primary,
+            shipped: None,
             effects: VecDeque::new(),
         }
+    }
+
+    /// A hot standby of participant `participant` (SPEC §11.8), restored as
+    /// [`Subtask::new`] says; `outputs` must keep buffer queues (they hold its output until a
+    /// promotion). It feeds its core in its primary's order, as [`Subtask::handle_log`]
+    /// brings it.
+    pub fn standby(
+        participant: ParticipantId,
+        core: Task<P>,
+        config: TaskConfig,
+        (positions, ended, checkpoint): (&[Seq], Vec<bool>, CheckpointId),
+        outputs: Outputs<P>,
+    ) -> Subtask<P> {
+        let mut standby = Subtask::new(participant, core, config, (positions, ended, checkpoint), outputs);
+        standby.gate = Gate::follower(positions, checkpoint).with_mutations(config.mutations);
+        standby.role = Role::Standby;
+        standby
+    }
+
+    /// A standby was started for this primary: from now on it ships its determinants
+    /// ([`Effect::ShipLog`]), beginning with the whole log it holds (what the standby's
+    /// restore point already covers, the standby skips).
+    pub fn attach_standby(&mut self) {
+        self.shipped = Some(self.gate.log_start());
+        self.ship();
+    }
+
+    /// The standby is gone: stop shipping.
+    pub fn detach_standby(&mut self) {
+        self.shipped = None;
+    }
+
+    fn ship(&mut self) {
+        let Some(from) = self.shipped else { return };
+        let end = self.gate.log_end();
+        if end <= from {
+            return;
+        }
+        // Every snapshot ships first, so a completion truncates only what was shipped; if not,
+        // the standby cannot follow any more.
+        let Some(log) = self.gate.log_from(from) else {
+            self.shipped = None;
+            let detail = "the primary's log was truncated before it was shipped".to_owned();
+            self.effects.push_back(Effect::StandbyFailed(Escalation::Diverged(detail)));
+            return;
+        };
+        self.effects.push_back(Effect::ShipLog(log.copied().collect()));
+        self.shipped = Some(end);
+    }
+
+    /// A standby: its primary fed these events next.
+    pub fn handle_log(&mut self, determinants: Vec<Determinant>) {
+        self.gate.append_log(determinants);
+    }
+
+    /// A standby becomes the primary under `epoch`: it finishes its primary's log, then
+    /// consumes in arrival order, and from now on sends, snapshots and acknowledges. What it
+    /// kept in its buffer queues is served to each receiver from its position (a
+    /// [`Subtask::handle_resume`] per output channel).
+    pub fn promote(&mut self, epoch: Epoch) {
+        self.role = Role::Primary;
+        self.epoch = epoch;
+        self.gate.promote();
+    }
+
+    /// Its role.
+    pub fn role(&self) -> Role {
+        self.role
     }
 
     /// The next thing to do.
     pub fn poll_effect(&mut self) -> Option<Effect<P>> {
         loop {
             if let Some(effect) = self.effects.pop_front() {
+                if self.role == Role::Standby {
+                    match effect {
+                        // It applies and keeps; what a primary would send, write or report
+                        // it does not (S15).
+                        Effect::Process { .. } | Effect::InputEnded { .. } | Effect::Credit { .. } => {}
+                        Effect::Escalate(escalation) => return Some(Effect::StandbyFailed(escalation)),
+                        _ => continue,
+                    }
+                }
                 return Some(effect);
             }
             if self.restarting || self.processing.is_some() {
@@ -263,6 +361,7 @@ impl<P: Payload> Subtask<P> {
                 self.effects.push_back(Effect::Process { input, seq, batch });
             }
             Action::Snapshot { checkpoint, positions } => {
+                self.ship();
                 let out_seqs = self.outputs.seqs();
                 let ended = self.ended.clone();
                 self.effects.push_back(Effect::Snapshot { checkpoint, positions, out_seqs, ended });
@@ -281,6 +380,7 @@ impl<P: Payload> Subtask<P> {
     /// Returns true when this took the buffer queues over their budget (see
     /// [`Outputs::send`]).
     pub fn emit(&mut self, batch: P) -> bool {
+        self.ship();
         let effects = &mut self.effects;
         self.outputs
             .send(batch, |channel, epoch, item| effects.push_back(Effect::Send { channel, epoch, item }))
@@ -292,6 +392,7 @@ impl<P: Payload> Subtask<P> {
     pub fn processed(&mut self) -> Option<usize> {
         let (input, end) = self.processing.take()?;
         if end && self.ended.iter().all(|&e| e) {
+            self.ship();
             let effects = &mut self.effects;
             self.outputs
                 .send_end(|channel, epoch, item| effects.push_back(Effect::Send { channel, epoch, item }));
@@ -670,5 +771,91 @@ mod tests {
         effects(&mut d);
         d.on_snapshot_durable(0, C1);
         assert_eq!(effects(&mut d), [], "the old epoch's snapshot is not acknowledged");
+    }
+
+    /// Carry out every effect, the operator passing each batch through; the effects.
+    fn run(d: &mut Subtask<B>) -> Vec<Effect<B>> {
+        let mut all = Vec::new();
+        while let Some(effect) = d.poll_effect() {
+            if let Effect::Process { batch, .. } = &effect {
+                d.emit(batch.clone());
+                d.processed();
+            }
+            all.push(effect);
+        }
+        all
+    }
+
+    fn sends(effects: &[Effect<B>], channel: usize) -> Vec<Item<B>> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { channel: ch, item, .. } if *ch == channel => Some(item.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    // Reference: SPEC §11.8 (S14, S15). A standby that gets its primary's input in another
+    // order applies it in the primary's order, sends and acknowledges nothing; promoted, it
+    // sends each receiver exactly what the primary sent after the receiver's position, under
+    // the same sequence numbers.
+    #[test]
+    fn a_promoted_standby_sends_what_its_primary_sent_after_each_receivers_position() {
+        let mut primary = round_robin(2);
+        let config = TaskConfig::transform(2, AlignmentMode::ExactlyOnce);
+        let groups = vec![Group::new(Partition::RoundRobin, vec![0, 1])];
+        let outputs = Outputs::new(&[0, 0], CheckpointId(0), groups, (true, 0), Mutations::NONE);
+        let fresh = (&[0, 0][..], vec![false; 2], CheckpointId(0));
+        let mut standby = Subtask::standby(3, Task::new(config), config, fresh, outputs);
+        primary.attach_standby();
+        let input = [(0, 1, 10), (1, 1, 20), (0, 2, 11), (1, 2, 21)];
+        let mut sent = Vec::new();
+        for (i, seq, record) in input {
+            primary.handle_deliver(i, 0, Item::Batch { seq, payload: B::Data(vec![record]) });
+            sent.extend(run(&mut primary));
+        }
+        primary.handle_deliver(0, 0, Item::Barrier(C1));
+        primary.handle_deliver(1, 0, Item::Barrier(C1));
+        sent.extend(run(&mut primary));
+        // The standby gets the same items, each input in order, but input 1's first.
+        for &(i, seq, record) in input.iter().filter(|x| x.0 == 1).chain(input.iter().filter(|x| x.0 == 0)) {
+            standby.handle_deliver(i, 0, Item::Batch { seq, payload: B::Data(vec![record]) });
+        }
+        standby.handle_deliver(1, 0, Item::Barrier(C1));
+        standby.handle_deliver(0, 0, Item::Barrier(C1));
+        assert_eq!(run(&mut standby), vec![], "nothing before the primary's log");
+        let mut applied = Vec::new();
+        for effect in &sent {
+            if let Effect::ShipLog(log) = effect {
+                standby.handle_log(log.clone());
+                applied.extend(run(&mut standby));
+            }
+        }
+        let order = |effects: &[Effect<B>]| -> Vec<B> {
+            effects
+                .iter()
+                .filter_map(
+                    |e| if let Effect::Process { batch, .. } = e { Some(batch.clone()) } else { None },
+                )
+                .collect()
+        };
+        assert_eq!(order(&applied), order(&sent), "the primary's order");
+        assert!(
+            applied.iter().all(|e| matches!(e, Effect::Process { .. })),
+            "a standby sends, writes and acknowledges nothing: {applied:?}"
+        );
+        // The primary dies; receiver 0 had accepted its seq 1, receiver 1 nothing.
+        standby.promote(1);
+        assert_eq!(standby.role(), Role::Primary);
+        for (channel, from_seq) in [(0, 1), (1, 0)] {
+            standby.handle_resume(Resume { channel, from_seq, restored: CheckpointId(0), epoch: 0 });
+            let resent = run(&mut standby);
+            let expected: Vec<Item<B>> = sends(&sent, channel)
+                .into_iter()
+                .filter(|i| !matches!(i, Item::Batch { seq, .. } if *seq <= from_seq))
+                .collect();
+            assert_eq!(sends(&resent, channel), expected, "channel {channel}");
+        }
     }
 }

@@ -192,6 +192,11 @@ impl<B> Gate<B> {
         self.replay.as_ref().is_some_and(|r| r.follow)
     }
 
+    /// Absolute index of the oldest determinant held.
+    pub fn log_start(&self) -> u64 {
+        self.log_base
+    }
+
     /// Absolute index of the next determinant to be logged (what a standby has been sent
     /// up to, if the primary ships everything below it).
     pub fn log_end(&self) -> u64 {

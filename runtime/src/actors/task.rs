@@ -747,6 +747,9 @@ impl TaskActor {
                 .coordinator()
                 .committed
                 .do_send(SinkCommitted { participant: self.cx.participant, checkpoint }),
+            Effect::ShipLog(_) | Effect::StandbyFailed(_) => {
+                unreachable!("the runtime starts no standby yet (issue 11)")
+            }
             Effect::Escalate(escalation) => {
                 self.cx.escalate((&escalation).into(), escalation.to_string());
                 return Ok(false);
