@@ -153,7 +153,9 @@ impl SourceActor {
     /// Re-read every channel being replayed as far as its flow control allows, then read
     /// live input if the driver allows.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        let channels: Vec<usize> = self.driver().rereading().collect();
+        // Collected only while re-reading: a credit arrives for every batch sent.
+        let channels: Vec<usize> =
+            if self.driver().is_rereading() { self.driver().rereading().collect() } else { Vec::new() };
         for channel in channels {
             while self.links.0[channel].queued() <= CONGESTED && !self.cx.fatal.failed() {
                 match self.driver().reread_step(channel) {

@@ -297,6 +297,11 @@ impl<P: Payload, Pos: Clone> Source<P, Pos> {
         self.effects.push_back(SourceEffect::Reread { channel, position: base.position.clone() });
     }
 
+    /// Whether any channel is being re-read.
+    pub fn is_rereading(&self) -> bool {
+        !self.cursors.is_empty()
+    }
+
     /// The channels being re-read.
     pub fn rereading(&self) -> impl Iterator<Item = usize> + '_ {
         self.cursors.iter().map(|c| c.channel)
