@@ -243,21 +243,13 @@ impl<P: Payload> Subtask<P> {
         }
     }
 
-    /// A hot standby of participant `participant` (SPEC §11.8), restored as
-    /// [`Subtask::new`] says; `outputs` must keep buffer queues (they hold its output until a
-    /// promotion). It feeds its core in its primary's order, as [`Subtask::handle_log`]
-    /// brings it.
-    pub fn standby(
-        participant: ParticipantId,
-        core: Task<P>,
-        config: TaskConfig,
-        (positions, ended, checkpoint): (&[Seq], Vec<bool>, CheckpointId),
-        outputs: Outputs<P>,
-    ) -> Subtask<P> {
-        let mut standby = Subtask::new(participant, core, config, (positions, ended, checkpoint), outputs);
-        standby.gate = Gate::follower(positions, checkpoint).with_mutations(config.mutations);
-        standby.role = Role::Standby;
-        standby
+    /// This subtask, just built by [`Subtask::new`], as a hot standby of its slot (SPEC
+    /// §11.8); its outputs must keep buffer queues (they hold its output until a promotion).
+    /// It feeds its core in its primary's order, as [`Subtask::handle_log`] brings it.
+    pub fn into_standby(mut self) -> Subtask<P> {
+        self.gate.follow();
+        self.role = Role::Standby;
+        self
     }
 
     /// A standby was started for this primary: from now on it ships its determinants
@@ -807,7 +799,7 @@ mod tests {
         let groups = vec![Group::new(Partition::RoundRobin, vec![0, 1])];
         let outputs = Outputs::new(&[0, 0], CheckpointId(0), groups, (true, 0), Mutations::NONE);
         let fresh = (&[0, 0][..], vec![false; 2], CheckpointId(0));
-        let mut standby = Subtask::standby(3, Task::new(config), config, fresh, outputs);
+        let mut standby = Subtask::new(3, Task::new(config), config, fresh, outputs).into_standby();
         primary.attach_standby();
         let input = [(0, 1, 10), (1, 1, 20), (0, 2, 11), (1, 2, 21)];
         let mut sent = Vec::new();

@@ -157,16 +157,23 @@ impl<B> Gate<B> {
     /// wait until then, however long, until [`Gate::promote`].
     pub fn follower(positions: &[Seq], checkpoint: CheckpointId) -> Gate<B> {
         let mut gate = Gate::new(positions, checkpoint);
-        gate.replay = Some(Replay {
-            cursor: 0,
-            cut: positions.to_vec(),
-            cut_checkpoint: checkpoint,
+        gate.follow();
+        gate
+    }
+
+    /// A gate just built by [`Gate::new`] becomes a follower (see [`Gate::follower`]), cut at
+    /// the positions and checkpoint it was built with.
+    pub fn follow(&mut self) {
+        let cut_checkpoint = self.max_barrier.iter().copied().min().unwrap_or_default();
+        self.replay = Some(Replay {
+            cursor: self.log_base,
+            cut: self.max_seq.clone(),
+            cut_checkpoint,
             pending: VecDeque::new(),
             aborts: Vec::new(),
             completed: None,
             follow: true,
         });
-        gate
     }
 
     /// A standby's gate: the primary fed these events next (its determinants from
