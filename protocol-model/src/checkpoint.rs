@@ -825,9 +825,9 @@ impl CheckpointModel {
                 let epoch = driver.epoch();
                 let taken = match msg {
                     Msg::Batch { seq, id } => {
-                        driver.handle_deliver(input, epoch, Item::Batch { seq, payload: id })
+                        driver.handle_deliver(input, 0, epoch, Item::Batch { seq, payload: id })
                     }
-                    Msg::Barrier(c) => driver.handle_deliver(input, epoch, Item::Barrier(c)),
+                    Msg::Barrier(c) => driver.handle_deliver(input, 0, epoch, Item::Barrier(c)),
                     Msg::Complete(c) => {
                         driver.handle_complete(c);
                         true
@@ -1135,7 +1135,7 @@ impl CheckpointModel {
 
     fn ack(&self, state: &mut State, node: Node, checkpoint: CheckpointId, log: &mut Log) {
         log.note(|| format!("coordinator receives Ack({checkpoint:?}) from {node:?}"));
-        state.coordinator.handle_ack(node.participant(), checkpoint);
+        state.coordinator.handle_ack(node.participant(), 0, checkpoint);
         self.drain_coordinator(state, log);
     }
 

@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::{CheckpointId, Mutant, Mutations, ParticipantId};
+use crate::driver::Epoch;
 
 /// Static facts the coordinator needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -102,6 +103,8 @@ pub struct Coordinator {
     /// then true).
     ending: Option<(CheckpointId, bool)>,
     ended: bool,
+    /// Per participant promoted at least once, its slot's epoch.
+    grants: BTreeMap<ParticipantId, Epoch>,
     mutations: Mutations,
     out: VecDeque<CoordinatorAction>,
 }
@@ -128,6 +131,7 @@ impl Coordinator {
             sinks: BTreeMap::new(),
             ending: None,
             ended: false,
+            grants: BTreeMap::new(),
             mutations: Mutations::NONE,
             out: VecDeque::new(),
         }
@@ -181,10 +185,16 @@ impl Coordinator {
         }
     }
 
-    /// `participant` acknowledged `checkpoint` (its snapshot is durable). Acknowledgements of
-    /// checkpoints that are not collecting (aborted, already complete) are ignored.
-    pub fn handle_ack(&mut self, participant: ParticipantId, checkpoint: CheckpointId) {
+    /// `participant`, acting under `grant` (its slot's epoch), acknowledged `checkpoint` (its
+    /// snapshot is durable). Acknowledgements of checkpoints that are not collecting (aborted,
+    /// already complete) are ignored, and so are those of a deposed primary (a grant below
+    /// the slot's, S12).
+    pub fn handle_ack(&mut self, participant: ParticipantId, grant: Epoch, checkpoint: CheckpointId) {
         assert!(participant < self.config.participants, "ack from unknown participant {participant}");
+        let granted = self.grants.get(&participant).copied().unwrap_or_default();
+        if grant < granted && !self.mutations.has(Mutant::NoEpochCheck) {
+            return;
+        }
         let Some(pending) = self.pending.get_mut(&checkpoint) else { return };
         if pending.persisting {
             return;
@@ -194,6 +204,25 @@ impl Coordinator {
             pending.persisting = true;
             self.out.push_back(CoordinatorAction::PersistCompletion(checkpoint));
         }
+    }
+
+    /// The standby of `participant` was promoted under `epoch` (SPEC §11.8): acknowledgements
+    /// under a lower grant are refused from now on, and every checkpoint still collecting is
+    /// aborted (the standby takes no snapshot of a state it has moved past, and its primary's
+    /// may never become durable).
+    pub fn handle_failover(&mut self, participant: ParticipantId, epoch: Epoch) {
+        let granted = self.grants.entry(participant).or_default();
+        *granted = (*granted).max(epoch);
+        let collecting: Vec<CheckpointId> =
+            self.pending.iter().filter(|(_, p)| !p.persisting).map(|(&c, _)| c).collect();
+        for c in collecting {
+            self.handle_timeout(c);
+        }
+    }
+
+    /// The epoch granted to `participant`'s slot (0: never promoted).
+    pub fn grant(&self, participant: ParticipantId) -> Epoch {
+        self.grants.get(&participant).copied().unwrap_or_default()
     }
 
     /// The completion record of `checkpoint` is durable (SPEC §6.3).
@@ -363,10 +392,10 @@ mod tests {
         let mut c = Coordinator::new(CoordinatorConfig::new(2, 1));
         c.handle_tick();
         drain(&mut c);
-        c.handle_ack(0, C1);
-        c.handle_ack(0, C1);
+        c.handle_ack(0, 0, C1);
+        c.handle_ack(0, 0, C1);
         assert_eq!(drain(&mut c), vec![]);
-        c.handle_ack(1, C1);
+        c.handle_ack(1, 0, C1);
         assert_eq!(drain(&mut c), vec![PersistCompletion(C1)]);
         assert_eq!(c.completed(), None);
         c.handle_timeout(C1); // too late to abort: the record may be durable already
@@ -383,7 +412,7 @@ mod tests {
         drain(&mut c);
         c.handle_timeout(C1);
         assert_eq!(drain(&mut c), vec![NotifyAbort(C1)]);
-        c.handle_ack(0, C1);
+        c.handle_ack(0, 0, C1);
         assert_eq!(drain(&mut c), vec![]);
         c.handle_tick();
         assert_eq!(drain(&mut c), vec![Trigger(C2), ArmTimeout(C2)]);
@@ -399,7 +428,7 @@ mod tests {
         assert_eq!(drain(&mut c), vec![Trigger(C1), ArmTimeout(C1)]);
         c.handle_timeout(C1);
         assert_eq!(drain(&mut c), vec![NotifyAbort(C1), Trigger(C2), ArmTimeout(C2)]);
-        c.handle_ack(0, C2);
+        c.handle_ack(0, 0, C2);
         c.on_completion_durable(C2);
         assert_eq!(drain(&mut c), finished(C2));
         c.handle_tick();
@@ -413,7 +442,7 @@ mod tests {
         c.handle_tick();
         c.handle_tick();
         drain(&mut c);
-        c.handle_ack(0, C2);
+        c.handle_ack(0, 0, C2);
         c.on_completion_durable(C2);
         assert_eq!(drain(&mut c), vec![PersistCompletion(C2), NotifyAbort(C1), NotifyComplete(C2)]);
         c.handle_tick();
@@ -432,7 +461,7 @@ mod tests {
 
     fn complete(c: &mut Coordinator, participants: usize, checkpoint: CheckpointId) {
         for p in 0..participants {
-            c.handle_ack(p, checkpoint);
+            c.handle_ack(p, 0, checkpoint);
         }
         c.on_completion_durable(checkpoint);
     }
@@ -463,7 +492,7 @@ mod tests {
         let mut c = Coordinator::new(CoordinatorConfig::new(2, 1));
         c.handle_tick();
         drain(&mut c);
-        c.handle_ack(0, C1);
+        c.handle_ack(0, 0, C1);
         c.handle_stop_requested();
         assert_eq!(drain(&mut c), vec![]);
         complete(&mut c, 2, C1);
@@ -483,7 +512,7 @@ mod tests {
         c.handle_timeout(C2);
         assert_eq!(drain(&mut c), vec![NotifyAbort(C2), StopFailed(C2)]);
         c.handle_tick();
-        c.handle_ack(0, C2);
+        c.handle_ack(0, 0, C2);
         assert_eq!(drain(&mut c), vec![]);
     }
 

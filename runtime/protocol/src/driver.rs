@@ -18,12 +18,15 @@ use std::fmt;
 use crate::buffer::ReplayGap;
 use crate::participant::{Action, Task, TaskConfig};
 use crate::recovery::{ParticipantLog, RecoveryError, plan_local};
-use crate::replay::{Arrival, Determinant, Feed, Gate};
+use crate::replay::{Arrival, Feed, Gate};
 use crate::route::{Item, Outputs, Payload};
 use crate::storage::{Snapshot, Storage};
 use crate::{CheckpointId, Mutant, ParticipantId, Seq};
 
 pub mod source;
+pub mod standby;
+
+pub use standby::{Mode, Point, Replica, Shipped};
 
 /// The incarnation of a subtask: bumped by every local restart. What was sent to, or
 /// written by, an earlier epoch is dropped when it arrives (the replay sends it again).
@@ -42,6 +45,10 @@ pub struct Resume {
     /// The receiver's new epoch.
     pub epoch: Epoch,
 }
+
+/// The `restored` of a replay request from a subtask that restored nothing (it reconnects to
+/// a promoted sender, or is itself a promoted standby): only its position counts.
+pub const CURRENT: CheckpointId = CheckpointId(u64::MAX);
 
 /// Why local recovery cannot go on: the run must roll back globally.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -143,22 +150,12 @@ pub enum Effect<P> {
     Committed(CheckpointId),
     /// Local recovery cannot go on: roll the run back globally.
     Escalate(Escalation),
-    /// Send these determinants of the primary to its standby, before anything that follows
-    /// (SPEC §11.8): no output may reach downstream ahead of the order that produced it.
-    ShipLog(Vec<Determinant>),
-    /// A standby cannot follow its primary any more (its input diverged from the primary's
-    /// log): drop the standby; the run goes on without one.
-    StandbyFailed(Escalation),
-}
-
-/// What a subtask is to its slot (SPEC §11.8).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// It consumes, sends, snapshots and acknowledges.
-    Primary,
-    /// A hot standby: it applies what its primary applied, in its primary's order, and keeps
-    /// what it would send in its buffer queues; it sends, writes and acknowledges nothing.
-    Standby,
+    /// Send this to the standby (SPEC §11.8), before anything that follows: no output may
+    /// reach downstream ahead of what the standby has been shipped.
+    Ship(Shipped<P>),
+    /// A standby: restore the operator from the primary's snapshot of this checkpoint (0: a
+    /// fresh operator); what follows applies to that state.
+    Install(CheckpointId),
 }
 
 /// Why a restart failed before it could begin (the storage, or its contents).
@@ -207,10 +204,28 @@ pub struct Subtask<P: Payload> {
     stashed: Vec<Resume>,
     /// The input whose `Process` or `InputEnded` the shell is carrying out.
     processing: Option<(usize, bool)>,
-    role: Role,
-    /// A primary with a standby: the log index shipped up to.
-    shipped: Option<u64>,
+    /// The slot's epoch this subtask acts under (SPEC §11.8: a fencing token, raised only by
+    /// a promotion); what it sends carries it.
+    grant: Epoch,
+    /// Per input: the highest sender's grant accepted or fenced; lower ones are refused (S12).
+    accepted: Vec<Epoch>,
+    /// Whether, and from when, it ships what it applies to a standby.
+    standby: Shipping,
+    /// The state it was restored to, until it applies anything (a standby attached then
+    /// starts from it).
+    restore_point: Option<Point>,
     effects: VecDeque<Effect<P>>,
+}
+
+/// A primary's shipping to its standby.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Shipping {
+    /// No standby.
+    Off,
+    /// A standby waits for a state to start from: the next snapshot.
+    AtNextSnapshot,
+    /// Everything applied is shipped.
+    On,
 }
 
 impl<P: Payload> Subtask<P> {
@@ -226,6 +241,12 @@ impl<P: Payload> Subtask<P> {
         outputs: Outputs<P>,
     ) -> Subtask<P> {
         let gate = Gate::new(positions, checkpoint).with_mutations(config.mutations);
+        let restore_point = Point {
+            checkpoint,
+            positions: positions.to_vec(),
+            out_seqs: outputs.seqs(),
+            ended: ended.clone(),
+        };
         Subtask {
             participant,
             config,
@@ -237,85 +258,74 @@ impl<P: Payload> Subtask<P> {
             restarting: false,
             stashed: Vec::new(),
             processing: None,
-            role: Role::Primary,
-            shipped: None,
+            grant: 0,
+            accepted: vec![0; positions.len()],
+            standby: Shipping::Off,
+            restore_point: Some(restore_point),
             effects: VecDeque::new(),
         }
     }
 
-    /// This subtask, just built by [`Subtask::new`], as a hot standby of its slot (SPEC
-    /// §11.8); its outputs must keep buffer queues (they hold its output until a promotion).
-    /// It feeds its core in its primary's order, as [`Subtask::handle_log`] brings it.
-    pub fn into_standby(mut self) -> Subtask<P> {
-        self.gate.follow();
-        self.role = Role::Standby;
+    /// The same subtask acting under the slot's epoch `grant` (the one persisted for its
+    /// slot: a promoted standby's, SPEC §11.8).
+    pub fn with_grant(mut self, grant: Epoch) -> Subtask<P> {
+        self.grant = grant;
         self
     }
 
-    /// A standby was started for this primary: from now on it ships its determinants
-    /// ([`Effect::ShipLog`]), beginning with the whole log it holds (what the standby's
-    /// restore point already covers, the standby skips).
+    /// The slot's epoch it acts under.
+    pub fn grant(&self) -> Epoch {
+        self.grant
+    }
+
+    /// A standby was started for this subtask (SPEC §11.8): from now on it ships what it
+    /// applies ([`Effect::Ship`]), starting with the state the standby starts from. That is
+    /// its restore point if it has applied nothing since; else its next snapshot.
     pub fn attach_standby(&mut self) {
-        self.shipped = Some(self.gate.log_start());
-        self.ship();
-    }
-
-    /// The standby is gone: stop shipping.
-    pub fn detach_standby(&mut self) {
-        self.shipped = None;
-    }
-
-    fn ship(&mut self) {
-        let Some(from) = self.shipped else { return };
-        let end = self.gate.log_end();
-        if end <= from {
-            return;
+        match self.restore_point.clone() {
+            Some(point) => {
+                self.effects.push_back(Effect::Ship(Shipped::Install(point)));
+                self.standby = Shipping::On;
+            }
+            None => self.standby = Shipping::AtNextSnapshot,
         }
-        // Every snapshot ships first, so a completion truncates only what was shipped; if not,
-        // the standby cannot follow any more.
-        let Some(log) = self.gate.log_from(from) else {
-            self.shipped = None;
-            let detail = "the primary's log was truncated before it was shipped".to_owned();
-            self.effects.push_back(Effect::StandbyFailed(Escalation::Diverged(detail)));
-            return;
-        };
-        self.effects.push_back(Effect::ShipLog(log.copied().collect()));
-        self.shipped = Some(end);
     }
 
-    /// A standby: its primary fed these events next.
-    pub fn handle_log(&mut self, determinants: Vec<Determinant>) {
-        self.gate.append_log(determinants);
+    /// The standby is gone (or could not start from what was shipped): stop shipping.
+    pub fn detach_standby(&mut self) {
+        self.standby = Shipping::Off;
     }
 
-    /// A standby becomes the primary under `epoch`: it finishes its primary's log, then
-    /// consumes in arrival order, and from now on sends, snapshots and acknowledges. What it
-    /// kept in its buffer queues is served to each receiver from its position (a
-    /// [`Subtask::handle_resume`] per output channel).
-    pub fn promote(&mut self, epoch: Epoch) {
-        self.role = Role::Primary;
-        self.epoch = epoch;
-        self.gate.promote();
+    /// Whether it ships to a standby that has a state to apply it to.
+    pub fn shipping(&self) -> bool {
+        self.standby == Shipping::On
     }
 
-    /// Its role.
-    pub fn role(&self) -> Role {
-        self.role
+    fn ship(&mut self, shipped: Shipped<P>) {
+        if self.standby == Shipping::On {
+            self.effects.push_back(Effect::Ship(shipped));
+        }
+    }
+
+    /// The authority granted the sender of `input` epoch `epoch` (SPEC §11.8): from now on
+    /// what a lower grant sent there is refused.
+    pub fn fence(&mut self, input: usize, epoch: Epoch) {
+        self.accepted[input] = self.accepted[input].max(epoch);
+    }
+
+    /// The sender of `input` was replaced by its promoted standby: ask it for what follows
+    /// this subtask's position there (the promoted standby serves it from its buffer queue,
+    /// SPEC §11.8, S14).
+    pub fn reconnect(&mut self, input: usize) {
+        let from_seq = self.gate.positions()[input];
+        let epoch = self.epoch;
+        self.effects.push_back(Effect::ResumeUpstream { input, from_seq, restored: CURRENT, epoch });
     }
 
     /// The next thing to do.
     pub fn poll_effect(&mut self) -> Option<Effect<P>> {
         loop {
             if let Some(effect) = self.effects.pop_front() {
-                if self.role == Role::Standby {
-                    match effect {
-                        // It applies and keeps; what a primary would send, write or report
-                        // it does not (S15).
-                        Effect::Process { .. } | Effect::InputEnded { .. } | Effect::Credit { .. } => {}
-                        Effect::Escalate(escalation) => return Some(Effect::StandbyFailed(escalation)),
-                        _ => continue,
-                    }
-                }
                 return Some(effect);
             }
             if self.restarting || self.processing.is_some() {
@@ -339,23 +349,42 @@ impl<P: Payload> Subtask<P> {
 
     fn take(&mut self, action: Action<P>) {
         match action {
-            Action::Process { input, batch, .. } if batch.is_end() => {
+            Action::Process { input, seq, batch } if batch.is_end() => {
                 if self.ended[input] {
                     self.effects.push_back(Effect::Credit { input });
                     return;
                 }
+                self.restore_point = None;
                 self.ended[input] = true;
                 self.processing = Some((input, true));
+                // Shipped before the operator runs, so before anything it outputs (S13).
+                self.ship(Shipped::InputEnded { input, seq });
                 self.effects.push_back(Effect::InputEnded { input });
             }
             Action::Process { input, seq, batch } => {
+                self.restore_point = None;
                 self.processing = Some((input, false));
+                self.ship(Shipped::Process { input, seq, batch: batch.clone() });
                 self.effects.push_back(Effect::Process { input, seq, batch });
             }
             Action::Snapshot { checkpoint, positions } => {
-                self.ship();
+                self.restore_point = None;
                 let out_seqs = self.outputs.seqs();
                 let ended = self.ended.clone();
+                let point = Point {
+                    checkpoint,
+                    positions: positions.clone(),
+                    out_seqs: out_seqs.clone(),
+                    ended: ended.clone(),
+                };
+                match self.standby {
+                    Shipping::Off => {}
+                    Shipping::AtNextSnapshot => {
+                        self.standby = Shipping::On;
+                        self.effects.push_back(Effect::Ship(Shipped::Install(point)));
+                    }
+                    Shipping::On => self.effects.push_back(Effect::Ship(Shipped::Snapshot(point))),
+                }
                 self.effects.push_back(Effect::Snapshot { checkpoint, positions, out_seqs, ended });
                 let effects = &mut self.effects;
                 self.outputs.send_barrier(checkpoint, |channel, epoch, item| {
@@ -372,7 +401,6 @@ impl<P: Payload> Subtask<P> {
     /// Returns true when this took the buffer queues over their budget (see
     /// [`Outputs::send`]).
     pub fn emit(&mut self, batch: P) -> bool {
-        self.ship();
         let effects = &mut self.effects;
         self.outputs
             .send(batch, |channel, epoch, item| effects.push_back(Effect::Send { channel, epoch, item }))
@@ -384,7 +412,6 @@ impl<P: Payload> Subtask<P> {
     pub fn processed(&mut self) -> Option<usize> {
         let (input, end) = self.processing.take()?;
         if end && self.ended.iter().all(|&e| e) {
-            self.ship();
             let effects = &mut self.effects;
             self.outputs
                 .send_end(|channel, epoch, item| effects.push_back(Effect::Send { channel, epoch, item }));
@@ -392,13 +419,18 @@ impl<P: Payload> Subtask<P> {
         Some(input)
     }
 
-    /// `item` arrived on `input`, sent to `epoch`. Returns whether it was taken: false for an
-    /// item sent to an earlier epoch, or arriving before the restore (the replay sends it
-    /// again).
-    pub fn handle_deliver(&mut self, input: usize, epoch: Epoch, item: Item<P>) -> bool {
+    /// `item` arrived on `input`, sent by a sender granted `grant` to this subtask's `epoch`.
+    /// Returns whether it was taken: false for an item sent to an earlier epoch, or arriving
+    /// before the restore (the replay sends it again), or sent under a grant lower than one
+    /// accepted or fenced on that input (a deposed primary's, S12).
+    pub fn handle_deliver(&mut self, input: usize, grant: Epoch, epoch: Epoch, item: Item<P>) -> bool {
         if epoch != self.epoch || self.restarting {
             return false;
         }
+        if grant < self.accepted[input] && !self.config.mutations.has(Mutant::NoEpochCheck) {
+            return false;
+        }
+        self.accepted[input] = self.accepted[input].max(grant);
         let arrival = match item {
             Item::Batch { seq, payload } => Arrival::Batch { seq, batch: payload },
             Item::Barrier(c) => Arrival::Barrier(c),
@@ -436,9 +468,12 @@ impl<P: Payload> Subtask<P> {
             None => effects.push_back(Effect::Reset { channel }),
             Some(item) => effects.push_back(Effect::Send { channel, epoch, item }),
         });
-        if let Err(gap) = replay {
-            let channel = resume.channel;
-            self.effects.push_back(Effect::Escalate(Escalation::ReplayGap { channel, gap }));
+        match replay {
+            Err(gap) => {
+                let channel = resume.channel;
+                self.effects.push_back(Effect::Escalate(Escalation::ReplayGap { channel, gap }));
+            }
+            Ok(()) => self.ship(Shipped::Receiver { channel: resume.channel, epoch: resume.epoch }),
         }
     }
 
@@ -511,6 +546,14 @@ impl<P: Payload> Subtask<P> {
             self.effects.push_back(Effect::Escalate(Escalation::ReplayGap { channel, gap }));
             return Ok(Restored { checkpoint: restored, state });
         }
+        // A standby follows the restored state from here.
+        let point =
+            Point { checkpoint: restored, positions: positions.clone(), out_seqs, ended: self.ended.clone() };
+        if self.standby != Shipping::Off {
+            self.standby = Shipping::On;
+            self.effects.push_back(Effect::Ship(Shipped::Install(point.clone())));
+        }
+        self.restore_point = Some(point);
         for (input, &from_seq) in positions.iter().enumerate() {
             self.effects.push_back(Effect::ResumeUpstream { input, from_seq, restored, epoch: self.epoch });
         }
@@ -630,7 +673,7 @@ mod tests {
 
     /// Deliver `batch` on input 0 as `seq`, let the operator pass it through unchanged.
     fn pass(d: &mut Subtask<B>, seq: Seq, batch: B) -> Vec<Effect<B>> {
-        d.handle_deliver(0, d.epoch(), Item::Batch { seq, payload: batch.clone() });
+        d.handle_deliver(0, 0, d.epoch(), Item::Batch { seq, payload: batch.clone() });
         let Some(Effect::Process { input: 0, batch: got, .. }) = d.poll_effect() else {
             panic!("no process")
         };
@@ -662,7 +705,7 @@ mod tests {
         assert_eq!(sent(&pass(&mut d, 3, data(3))), [(0, Item::Batch { seq: 2, payload: data(3) })]);
         // Checkpoint 1 after three batches (out_seqs 2 and 1), completed; then a fourth
         // batch, and the subtask fails.
-        d.handle_deliver(0, 0, Item::Barrier(C1));
+        d.handle_deliver(0, 0, 0, Item::Barrier(C1));
         let snapshot = effects(&mut d);
         assert!(snapshot.contains(&Effect::Snapshot {
             checkpoint: C1,
@@ -684,7 +727,7 @@ mod tests {
         );
         // What was sent to the old epoch is dropped; the replay of batch 4 goes to channel 1
         // under sequence number 2 again, as before the failure.
-        d.handle_deliver(0, 0, Item::Batch { seq: 4, payload: data(4) });
+        d.handle_deliver(0, 0, 0, Item::Batch { seq: 4, payload: data(4) });
         assert_eq!(d.poll_effect(), None);
         assert_eq!(sent(&pass(&mut d, 4, data(4))), [(1, Item::Batch { seq: 2, payload: data(4) })]);
     }
@@ -692,11 +735,11 @@ mod tests {
     #[test]
     fn the_end_goes_out_on_every_channel_after_the_last_input_ends_and_the_operator_flushed() {
         let mut d = round_robin(2);
-        d.handle_deliver(1, 0, Item::Batch { seq: 1, payload: B::End });
+        d.handle_deliver(1, 0, 0, Item::Batch { seq: 1, payload: B::End });
         assert_eq!(effects(&mut d), [Effect::InputEnded { input: 1 }]);
         assert_eq!(d.processed(), Some(1));
         assert_eq!(effects(&mut d), []);
-        d.handle_deliver(0, 0, Item::Batch { seq: 1, payload: B::End });
+        d.handle_deliver(0, 0, 0, Item::Batch { seq: 1, payload: B::End });
         assert_eq!(effects(&mut d), [Effect::InputEnded { input: 0 }]);
         d.emit(data(9)); // what the operator held for the input
         assert_eq!(d.processed(), Some(0));
@@ -734,7 +777,7 @@ mod tests {
         // A receiver restored from a checkpoint the queue no longer reaches back to.
         let mut d = round_robin(1);
         pass(&mut d, 1, data(1));
-        d.handle_deliver(0, 0, Item::Barrier(C1));
+        d.handle_deliver(0, 0, 0, Item::Barrier(C1));
         effects(&mut d);
         d.handle_complete(C1);
         d.handle_resume(Resume { channel: 1, from_seq: 0, restored: CheckpointId(0), epoch: 2 });
@@ -756,7 +799,7 @@ mod tests {
             (&[0], vec![false], CheckpointId(0)),
             outputs,
         );
-        d.handle_deliver(0, 0, Item::Barrier(C1));
+        d.handle_deliver(0, 0, 0, Item::Barrier(C1));
         assert!(matches!(effects(&mut d)[..], [Effect::Snapshot { checkpoint: C1, .. }]));
         d.fail();
         d.restart(&MemoryStorage::<()>::default()).unwrap();
@@ -788,66 +831,143 @@ mod tests {
             .collect()
     }
 
-    // Reference: SPEC §11.8 (S14, S15). A standby that gets its primary's input in another
-    // order applies it in the primary's order, sends and acknowledges nothing; promoted, it
-    // sends each receiver exactly what the primary sent after the receiver's position, under
-    // the same sequence numbers.
+    /// A replica of `round_robin(inputs)`'s subtask.
+    fn replica(inputs: usize, mode: Mode) -> Replica<B> {
+        let config = TaskConfig::transform(inputs, AlignmentMode::ExactlyOnce);
+        let groups = vec![Group::new(Partition::RoundRobin, vec![0, 1])];
+        Replica::new(3, config, mode, (2, groups), 0, Mutations::NONE)
+    }
+
+    /// Carry out a replica's effects, its operator passing each batch through; the effects.
+    fn run_replica(r: &mut Replica<B>) -> Vec<Effect<B>> {
+        let mut all = Vec::new();
+        while let Some(effect) = r.poll_effect() {
+            if let Effect::Process { batch, .. } = &effect {
+                r.emit(batch.clone());
+                r.processed();
+            }
+            all.push(effect);
+        }
+        all
+    }
+
+    fn shipped(effects: &[Effect<B>]) -> Vec<Shipped<B>> {
+        effects.iter().filter_map(|e| if let Effect::Ship(s) = e { Some(s.clone()) } else { None }).collect()
+    }
+
+    fn processed_batches(effects: &[Effect<B>]) -> Vec<B> {
+        effects
+            .iter()
+            .filter_map(|e| if let Effect::Process { batch, .. } = e { Some(batch.clone()) } else { None })
+            .collect()
+    }
+
+    // Reference: SPEC §11.8 (S13, S14, S15). A hot standby applies what its primary applied, in
+    // its primary's order, and sends nothing; promoted, it asks upstream for what follows its
+    // positions and sends each receiver exactly what the primary sent after the receiver's
+    // position, under the same sequence numbers.
     #[test]
     fn a_promoted_standby_sends_what_its_primary_sent_after_each_receivers_position() {
         let mut primary = round_robin(2);
-        let config = TaskConfig::transform(2, AlignmentMode::ExactlyOnce);
-        let groups = vec![Group::new(Partition::RoundRobin, vec![0, 1])];
-        let outputs = Outputs::new(&[0, 0], CheckpointId(0), groups, (true, 0), Mutations::NONE);
-        let fresh = (&[0, 0][..], vec![false; 2], CheckpointId(0));
-        let mut standby = Subtask::new(3, Task::new(config), config, fresh, outputs).into_standby();
+        let mut standby = replica(2, Mode::Hot);
         primary.attach_standby();
+        let mut sent = run(&mut primary);
+        assert!(matches!(&shipped(&sent)[..], [Shipped::Install(p)] if p.checkpoint == CheckpointId(0)));
         let input = [(0, 1, 10), (1, 1, 20), (0, 2, 11), (1, 2, 21)];
-        let mut sent = Vec::new();
         for (i, seq, record) in input {
-            primary.handle_deliver(i, 0, Item::Batch { seq, payload: B::Data(vec![record]) });
+            primary.handle_deliver(i, 0, 0, Item::Batch { seq, payload: B::Data(vec![record]) });
             sent.extend(run(&mut primary));
         }
-        primary.handle_deliver(0, 0, Item::Barrier(C1));
-        primary.handle_deliver(1, 0, Item::Barrier(C1));
+        primary.handle_deliver(0, 0, 0, Item::Barrier(C1));
+        primary.handle_deliver(1, 0, 0, Item::Barrier(C1));
         sent.extend(run(&mut primary));
-        // The standby gets the same items, each input in order, but input 1's first.
-        for &(i, seq, record) in input.iter().filter(|x| x.0 == 1).chain(input.iter().filter(|x| x.0 == 0)) {
-            standby.handle_deliver(i, 0, Item::Batch { seq, payload: B::Data(vec![record]) });
-        }
-        standby.handle_deliver(1, 0, Item::Barrier(C1));
-        standby.handle_deliver(0, 0, Item::Barrier(C1));
-        assert_eq!(run(&mut standby), vec![], "nothing before the primary's log");
+        // What the primary ships comes before what it sends for it.
+        let first_send = sent.iter().position(|e| matches!(e, Effect::Send { .. })).unwrap();
+        let first_ship =
+            sent.iter().position(|e| matches!(e, Effect::Ship(Shipped::Process { .. }))).unwrap();
+        assert!(first_ship < first_send);
         let mut applied = Vec::new();
-        for effect in &sent {
-            if let Effect::ShipLog(log) = effect {
-                standby.handle_log(log.clone());
-                applied.extend(run(&mut standby));
-            }
+        for s in shipped(&sent) {
+            standby.handle_shipped(s);
+            applied.extend(run_replica(&mut standby));
         }
-        let order = |effects: &[Effect<B>]| -> Vec<B> {
-            effects
-                .iter()
-                .filter_map(
-                    |e| if let Effect::Process { batch, .. } = e { Some(batch.clone()) } else { None },
-                )
-                .collect()
-        };
-        assert_eq!(order(&applied), order(&sent), "the primary's order");
+        assert_eq!(processed_batches(&applied), processed_batches(&sent), "the primary's order");
         assert!(
-            applied.iter().all(|e| matches!(e, Effect::Process { .. })),
+            applied.iter().all(|e| matches!(e, Effect::Process { .. } | Effect::Install(_))),
             "a standby sends, writes and acknowledges nothing: {applied:?}"
         );
+        assert!(standby.caught_up());
         // The primary dies; receiver 0 had accepted its seq 1, receiver 1 nothing.
-        standby.promote(1);
-        assert_eq!(standby.role(), Role::Primary);
+        let mut promoted = standby.into_primary(5, 1);
+        assert_eq!(promoted.grant(), 1);
+        assert_eq!(
+            run(&mut promoted),
+            [
+                Effect::ResumeUpstream { input: 0, from_seq: 2, restored: CURRENT, epoch: 5 },
+                Effect::ResumeUpstream { input: 1, from_seq: 2, restored: CURRENT, epoch: 5 }
+            ]
+        );
         for (channel, from_seq) in [(0, 1), (1, 0)] {
-            standby.handle_resume(Resume { channel, from_seq, restored: CheckpointId(0), epoch: 0 });
-            let resent = run(&mut standby);
+            promoted.handle_resume(Resume { channel, from_seq, restored: CURRENT, epoch: 0 });
+            let resent = run(&mut promoted);
             let expected: Vec<Item<B>> = sends(&sent, channel)
                 .into_iter()
                 .filter(|i| !matches!(i, Item::Batch { seq, .. } if *seq <= from_seq))
                 .collect();
             assert_eq!(sends(&resent, channel), expected, "channel {channel}");
         }
+        // A new standby starts from the promoted primary's next snapshot.
+        promoted.attach_standby();
+        assert_eq!(shipped(&run(&mut promoted)), []);
+    }
+
+    // Reference: SPEC §11.8 (S12). A receiver refuses what a sender sends under a grant lower
+    // than one it has accepted or been fenced with.
+    #[test]
+    fn a_deposed_senders_items_are_refused() {
+        let mut d = round_robin(1);
+        assert!(d.handle_deliver(0, 0, 0, Item::Batch { seq: 1, payload: data(1) }));
+        d.fence(0, 1);
+        assert!(!d.handle_deliver(0, 0, 0, Item::Batch { seq: 2, payload: data(2) }), "fenced");
+        assert!(d.handle_deliver(0, 1, 0, Item::Batch { seq: 2, payload: data(2) }));
+        assert!(d.handle_deliver(0, 2, 0, Item::Barrier(C1)));
+        assert!(!d.handle_deliver(0, 1, 0, Item::Batch { seq: 3, payload: data(3) }), "accepted 2");
+    }
+
+    // Reference: SPEC §11.8, warm mode. A warm standby installs a checkpoint's snapshot only
+    // when it completes, keeping the input since; taking over, it applies that tail.
+    #[test]
+    fn a_warm_standby_keeps_the_input_since_the_last_completed_snapshot() {
+        let mut primary = round_robin(1);
+        let mut standby = replica(1, Mode::Warm);
+        primary.attach_standby();
+        let mut sent = run(&mut primary);
+        for seq in 1..=2 {
+            primary.handle_deliver(0, 0, 0, Item::Batch { seq, payload: data(seq as u32) });
+            sent.extend(run(&mut primary));
+        }
+        primary.handle_deliver(0, 0, 0, Item::Barrier(C1));
+        sent.extend(run(&mut primary));
+        primary.handle_deliver(0, 0, 0, Item::Batch { seq: 3, payload: data(3) });
+        sent.extend(run(&mut primary));
+        for s in shipped(&sent) {
+            standby.handle_shipped(s);
+        }
+        assert_eq!(run_replica(&mut standby), [Effect::Install(CheckpointId(0))]);
+        assert_eq!(standby.lag(), 4, "two batches, the mark, one batch");
+        standby.handle_complete(C1);
+        assert_eq!(run_replica(&mut standby), [Effect::Install(C1)]);
+        assert_eq!(standby.lag(), 1);
+        standby.take_over();
+        assert_eq!(processed_batches(&run_replica(&mut standby)), [data(3)]);
+        assert!(standby.caught_up());
+        let mut promoted = standby.into_primary(1, 1);
+        assert_eq!(
+            run(&mut promoted),
+            [Effect::ResumeUpstream { input: 0, from_seq: 3, restored: CURRENT, epoch: 1 }]
+        );
+        // Receiver 0 completed c1 and so has its seq 1 (batch 1): it gets batch 3 from the tail.
+        promoted.handle_resume(Resume { channel: 0, from_seq: 1, restored: CURRENT, epoch: 0 });
+        assert_eq!(sends(&run(&mut promoted), 0), [Item::Batch { seq: 2, payload: data(3) }]);
     }
 }

@@ -66,8 +66,8 @@
 //! sink.on_snapshot_durable(CheckpointId(1));
 //! assert_eq!(source.poll_action(), Some(Action::Ack(CheckpointId(1))));
 //! assert_eq!(sink.poll_action(), Some(Action::Ack(CheckpointId(1))));
-//! coordinator.handle_ack(0, CheckpointId(1));
-//! coordinator.handle_ack(1, CheckpointId(1));
+//! coordinator.handle_ack(0, 0, CheckpointId(1));
+//! coordinator.handle_ack(1, 0, CheckpointId(1));
 //!
 //! // Complete only once the completion record is durable; then the sink commits.
 //! assert_eq!(coordinator.poll_action(), Some(CoordinatorAction::PersistCompletion(CheckpointId(1))));
@@ -152,11 +152,23 @@ pub enum Mutant {
     /// The coordinator ends the run when the last checkpoint completes, without waiting for
     /// the sinks to commit it.
     EndBeforeCommit,
+    /// Receivers (and the coordinator) accept what a deposed primary sends under its old
+    /// epoch.
+    NoEpochCheck,
+    /// A standby is promoted before it has applied everything its primary shipped.
+    PromoteUnsynced,
+    /// A standby sends what its operator outputs.
+    StandbyEmits,
+    /// A standby applies its primary's batches in its own order (lowest input first).
+    StandbyOwnOrder,
+    /// A warm standby drops the input a snapshot covers when the snapshot is shipped, before
+    /// it is known durable.
+    WarmDropsUncovered,
 }
 
 impl Mutant {
     /// Every mutant, in a fixed order.
-    pub const ALL: [Mutant; 11] = [
+    pub const ALL: [Mutant; 16] = [
         Mutant::NoAlignment,
         Mutant::AckBeforeDurable,
         Mutant::CommitBeforeComplete,
@@ -168,6 +180,11 @@ impl Mutant {
         Mutant::RouterNotRestored,
         Mutant::EndNotRestored,
         Mutant::EndBeforeCommit,
+        Mutant::NoEpochCheck,
+        Mutant::PromoteUnsynced,
+        Mutant::StandbyEmits,
+        Mutant::StandbyOwnOrder,
+        Mutant::WarmDropsUncovered,
     ];
 
     /// The mutant's name on the command line (`weir-model check checkpoint --mutant NAME`).
@@ -184,6 +201,11 @@ impl Mutant {
             Mutant::RouterNotRestored => "router-not-restored",
             Mutant::EndNotRestored => "end-not-restored",
             Mutant::EndBeforeCommit => "end-before-commit",
+            Mutant::NoEpochCheck => "no-epoch-check",
+            Mutant::PromoteUnsynced => "promote-unsynced",
+            Mutant::StandbyEmits => "standby-emits",
+            Mutant::StandbyOwnOrder => "standby-own-order",
+            Mutant::WarmDropsUncovered => "warm-drops-uncovered",
         }
     }
 

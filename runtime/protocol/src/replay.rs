@@ -111,12 +111,8 @@ struct Replay<B> {
     pending: VecDeque<(usize, Arrival<B>)>,
     /// Aborts that arrived during the replay, fed after it.
     aborts: Vec<CheckpointId>,
-    /// Completions that arrived during the replay: the log is truncated after it (a follower
-    /// truncates what it has consumed as it goes).
+    /// Completions that arrived during the replay: the log is truncated after it.
     completed: Option<CheckpointId>,
-    /// A standby following its primary's log (SPEC §10.5): the replay does not end when the
-    /// log is used up, since the primary appends to it, but only after [`Gate::promote`].
-    follow: bool,
 }
 
 /// The input gate of one subtask.
@@ -149,72 +145,6 @@ impl<B> Gate<B> {
             out: VecDeque::new(),
             mutations: Mutations::NONE,
         }
-    }
-
-    /// The gate of a standby restored from `checkpoint` (0: none) with `positions` per input,
-    /// that feeds its core in its primary's order (SPEC §10.5): an arrival is fed only once
-    /// the primary's determinant for it has been appended ([`Gate::append_log`]), and arrivals
-    /// wait until then, however long, until [`Gate::promote`].
-    pub fn follower(positions: &[Seq], checkpoint: CheckpointId) -> Gate<B> {
-        let mut gate = Gate::new(positions, checkpoint);
-        gate.follow();
-        gate
-    }
-
-    /// A gate just built by [`Gate::new`] becomes a follower (see [`Gate::follower`]), cut at
-    /// the positions and checkpoint it was built with.
-    pub fn follow(&mut self) {
-        let cut_checkpoint = self.max_barrier.iter().copied().min().unwrap_or_default();
-        self.replay = Some(Replay {
-            cursor: self.log_base,
-            cut: self.max_seq.clone(),
-            cut_checkpoint,
-            pending: VecDeque::new(),
-            aborts: Vec::new(),
-            completed: None,
-            follow: true,
-        });
-    }
-
-    /// A standby's gate: the primary fed these events next (its determinants from
-    /// [`Gate::log_end`] of the previous call on). Feeds what has arrived in that order.
-    pub fn append_log(&mut self, determinants: impl IntoIterator<Item = Determinant>) {
-        for d in determinants {
-            self.record(d);
-        }
-        self.pump();
-    }
-
-    /// A standby's gate becomes the primary's: it feeds the rest of the appended log as the
-    /// items arrive, then arrival order; aborts the coordinator sent meanwhile follow the log.
-    pub fn promote(&mut self) {
-        if let Some(replay) = &mut self.replay {
-            replay.follow = false;
-        }
-        self.pump();
-    }
-
-    /// Whether this gate follows a primary's log (a standby not promoted yet).
-    pub fn following(&self) -> bool {
-        self.replay.as_ref().is_some_and(|r| r.follow)
-    }
-
-    /// Absolute index of the oldest determinant held.
-    pub fn log_start(&self) -> u64 {
-        self.log_base
-    }
-
-    /// Absolute index of the next determinant to be logged (what a standby has been sent
-    /// up to, if the primary ships everything below it).
-    pub fn log_end(&self) -> u64 {
-        self.log_base + self.log.len() as u64
-    }
-
-    /// The determinants from absolute index `from` on, for a standby; `None` when some of
-    /// them were already truncated (the standby must start again from a snapshot).
-    pub fn log_from(&self, from: u64) -> Option<impl Iterator<Item = &Determinant>> {
-        let skip = from.checked_sub(self.log_base)?;
-        Some(self.log.iter().skip(skip as usize))
     }
 
     /// Switch on deliberately broken behaviour (model checking only).
@@ -259,22 +189,8 @@ impl<B> Gate<B> {
     /// its first barrier is dropped.
     pub fn handle_complete(&mut self, checkpoint: CheckpointId) {
         match &mut self.replay {
-            Some(replay) => {
-                replay.completed = replay.completed.max(Some(checkpoint));
-                self.truncate_consumed();
-            }
+            Some(replay) => replay.completed = replay.completed.max(Some(checkpoint)),
             None => self.truncate(checkpoint),
-        }
-    }
-
-    /// A follower truncates at the completion it heard of once its replay has consumed the
-    /// log up to there (a restarted subtask waits for the end of its replay instead: it
-    /// consumes the whole log soon).
-    fn truncate_consumed(&mut self) {
-        let Some(replay) = &self.replay else { return };
-        let (Some(c), true) = (replay.completed, replay.follow) else { return };
-        if self.first_barrier.get(&c).is_some_and(|&at| at <= replay.cursor) {
-            self.truncate(c);
         }
     }
 
@@ -297,7 +213,6 @@ impl<B> Gate<B> {
             pending: VecDeque::new(),
             aborts: Vec::new(),
             completed: None,
-            follow: false,
         });
         self.pump();
     }
@@ -398,10 +313,6 @@ impl<B> Gate<B> {
                 Arrival::Barrier(checkpoint) => Feed::Barrier { input, checkpoint },
             });
         }
-        if replay.follow {
-            self.truncate_consumed();
-            return;
-        }
         if (replay.cursor - self.log_base) as usize >= self.log.len() {
             let replay = self.replay.take().expect("replaying");
             for (input, arrival) in replay.pending {
@@ -498,84 +409,5 @@ mod tests {
         g.handle_arrival(1, Arrival::Barrier(C1));
         g.handle_complete(C1);
         assert_eq!(g.log_len(), 3);
-    }
-
-    /// The determinants `g` logged from absolute index `from` on.
-    fn shipped(g: &Gate<&'static str>, from: u64) -> Vec<Determinant> {
-        g.log_from(from).expect("not truncated").copied().collect()
-    }
-
-    // Reference: SPEC §10.5. A standby fed the same items in another order feeds its core in
-    // the primary's order, only as far as the primary's determinants have come, and never
-    // leaves that mode by itself.
-    #[test]
-    fn a_follower_feeds_in_its_primarys_order_as_the_log_arrives() {
-        let mut primary = Gate::new(&[0, 0], CheckpointId(0));
-        primary.handle_arrival(1, Arrival::Batch { seq: 1, batch: "b1" });
-        primary.handle_arrival(0, Arrival::Batch { seq: 1, batch: "a1" });
-        primary.handle_arrival(0, Arrival::Barrier(C1));
-        primary.handle_arrival(1, Arrival::Barrier(C1));
-        let fed = drain(&mut primary);
-
-        let mut standby = Gate::follower(&[0, 0], CheckpointId(0));
-        standby.handle_arrival(0, Arrival::Batch { seq: 1, batch: "a1" });
-        standby.handle_arrival(0, Arrival::Barrier(C1));
-        standby.handle_arrival(1, Arrival::Batch { seq: 1, batch: "b1" });
-        assert_eq!(drain(&mut standby), vec![], "nothing before the primary's log");
-        standby.append_log(shipped(&primary, 0).into_iter().take(2));
-        assert_eq!(drain(&mut standby), fed[..2]);
-        standby.append_log(shipped(&primary, 2));
-        assert_eq!(drain(&mut standby), fed[2..3], "the last barrier has not arrived");
-        standby.handle_arrival(1, Arrival::Barrier(C1));
-        assert_eq!(drain(&mut standby), fed[3..]);
-        assert!(standby.following(), "a used-up log is not the end: the primary goes on");
-        standby.handle_arrival(0, Arrival::Batch { seq: 2, batch: "a2" });
-        assert_eq!(drain(&mut standby), vec![], "no determinant for it yet");
-    }
-
-    // Reference: SPEC §10.5. On promotion the rest of the primary's log is fed as its items
-    // arrive, then arrival order, and aborts that came meanwhile after the log.
-    #[test]
-    fn a_promoted_follower_finishes_the_log_then_feeds_in_arrival_order() {
-        let mut standby = Gate::follower(&[0, 0], CheckpointId(0));
-        standby
-            .append_log([Determinant::Batch { input: 1, seq: 1 }, Determinant::Batch { input: 0, seq: 1 }]);
-        standby.handle_arrival(0, Arrival::Batch { seq: 1, batch: "a1" });
-        standby.handle_arrival(0, Arrival::Batch { seq: 2, batch: "a2" });
-        standby.handle_abort(C1);
-        standby.promote();
-        assert_eq!(drain(&mut standby), vec![], "b1 was first at the primary");
-        assert!(standby.replaying() && !standby.following());
-        standby.handle_arrival(1, Arrival::Batch { seq: 1, batch: "b1" });
-        assert_eq!(
-            drain(&mut standby),
-            vec![batch(1, 1, "b1"), batch(0, 1, "a1"), batch(0, 2, "a2"), Feed::Abort(C1)]
-        );
-        assert!(!standby.replaying());
-        assert_eq!(standby.log_len(), 4, "what it fed is its own log now");
-    }
-
-    // Reference: SPEC §10.5. A follower truncates its log at a completion once it has fed
-    // past that checkpoint's first barrier, not before; a primary says when a standby can no
-    // longer be sent what it needs.
-    #[test]
-    fn a_follower_truncates_what_it_consumed_and_a_primary_knows_what_it_dropped() {
-        let mut primary: Gate<&'static str> = Gate::new(&[0], CheckpointId(0));
-        primary.handle_arrival(0, Arrival::Batch { seq: 1, batch: "a1" });
-        primary.handle_arrival(0, Arrival::Barrier(C1));
-        primary.handle_arrival(0, Arrival::Batch { seq: 2, batch: "a2" });
-        let mut standby = Gate::follower(&[0], CheckpointId(0));
-        standby.append_log(shipped(&primary, 0));
-        standby.handle_complete(C1);
-        assert_eq!(standby.log_len(), 3, "nothing consumed yet");
-        standby.handle_arrival(0, Arrival::Batch { seq: 1, batch: "a1" });
-        standby.handle_arrival(0, Arrival::Barrier(C1));
-        assert_eq!(standby.log_len(), 2, "truncated at the first barrier of c1");
-        assert!(standby.following());
-
-        assert_eq!(primary.log_end(), 3);
-        primary.handle_complete(C1);
-        assert!(primary.log_from(0).is_none(), "a1 is gone: a new standby starts from c1");
-        assert_eq!(shipped(&primary, 1).len(), 2);
     }
 }

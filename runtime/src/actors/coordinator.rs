@@ -217,7 +217,7 @@ impl Handler<Ack> for CoordinatorActor {
     type Result = ();
     fn handle(&mut self, ack: Ack, ctx: &mut Context<Self>) {
         self.guard(ctx, |act, ctx| {
-            act.core.handle_ack(ack.participant, ack.checkpoint);
+            act.core.handle_ack(ack.participant, 0, ack.checkpoint);
             act.drain(ctx);
         });
     }

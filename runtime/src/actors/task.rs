@@ -747,7 +747,7 @@ impl TaskActor {
                 .coordinator()
                 .committed
                 .do_send(SinkCommitted { participant: self.cx.participant, checkpoint }),
-            Effect::ShipLog(_) | Effect::StandbyFailed(_) => {
+            Effect::Ship(_) | Effect::Install(_) => {
                 unreachable!("the runtime starts no standby yet (issue 11)")
             }
             Effect::Escalate(escalation) => {
@@ -796,7 +796,7 @@ impl Handler<Deliver> for TaskActor {
         self.guard(ctx, |act, ctx| {
             // Only what the driver takes counts towards catching up: until the restore, its gate
             // still holds the positions of the failure.
-            let taken = act.driver.handle_deliver(msg.input, msg.epoch, msg.item);
+            let taken = act.driver.handle_deliver(msg.input, 0, msg.epoch, msg.item);
             if taken
                 && let Some(target) = &act.catch_up
                 && act.driver.positions().iter().zip(target).all(|(now, then)| now >= then)
