@@ -377,6 +377,9 @@ impl<P: Payload> Subtask<P> {
                     out_seqs: out_seqs.clone(),
                     ended: ended.clone(),
                 };
+                self.effects.push_back(Effect::Snapshot { checkpoint, positions, out_seqs, ended });
+                // Shipped after the write is issued: a standby that starts from this snapshot
+                // reads it once the log has written what was issued before.
                 match self.standby {
                     Shipping::Off => {}
                     Shipping::AtNextSnapshot => {
@@ -385,7 +388,6 @@ impl<P: Payload> Subtask<P> {
                     }
                     Shipping::On => self.effects.push_back(Effect::Ship(Shipped::Snapshot(point))),
                 }
-                self.effects.push_back(Effect::Snapshot { checkpoint, positions, out_seqs, ended });
                 let effects = &mut self.effects;
                 self.outputs.send_barrier(checkpoint, |channel, epoch, item| {
                     effects.push_back(Effect::Send { channel, epoch, item })
