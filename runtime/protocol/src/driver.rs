@@ -46,10 +46,6 @@ pub struct Resume {
     pub epoch: Epoch,
 }
 
-/// The `restored` of a replay request from a subtask that restored nothing (it reconnects to
-/// a promoted sender, or is itself a promoted standby): only its position counts.
-pub const CURRENT: CheckpointId = CheckpointId(u64::MAX);
-
 /// Why local recovery cannot go on: the run must roll back globally.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Escalation {
@@ -315,11 +311,12 @@ impl<P: Payload> Subtask<P> {
 
     /// The sender of `input` was replaced by its promoted standby: ask it for what follows
     /// this subtask's position there (the promoted standby serves it from its buffer queue,
-    /// SPEC §11.8, S14).
+    /// SPEC §11.8, S14); the barriers up to the last one arrived there it has.
     pub fn reconnect(&mut self, input: usize) {
         let from_seq = self.gate.positions()[input];
+        let restored = self.gate.barriers()[input];
         let epoch = self.epoch;
-        self.effects.push_back(Effect::ResumeUpstream { input, from_seq, restored: CURRENT, epoch });
+        self.effects.push_back(Effect::ResumeUpstream { input, from_seq, restored, epoch });
     }
 
     /// The next thing to do.
@@ -905,12 +902,12 @@ mod tests {
         assert_eq!(
             run(&mut promoted),
             [
-                Effect::ResumeUpstream { input: 0, from_seq: 2, restored: CURRENT, epoch: 5 },
-                Effect::ResumeUpstream { input: 1, from_seq: 2, restored: CURRENT, epoch: 5 }
+                Effect::ResumeUpstream { input: 0, from_seq: 2, restored: C1, epoch: 5 },
+                Effect::ResumeUpstream { input: 1, from_seq: 2, restored: C1, epoch: 5 }
             ]
         );
         for (channel, from_seq) in [(0, 1), (1, 0)] {
-            promoted.handle_resume(Resume { channel, from_seq, restored: CURRENT, epoch: 0 });
+            promoted.handle_resume(Resume { channel, from_seq, restored: CheckpointId(0), epoch: 0 });
             let resent = run(&mut promoted);
             let expected: Vec<Item<B>> = sends(&sent, channel)
                 .into_iter()
@@ -966,10 +963,10 @@ mod tests {
         let mut promoted = standby.into_primary(1, 1);
         assert_eq!(
             run(&mut promoted),
-            [Effect::ResumeUpstream { input: 0, from_seq: 3, restored: CURRENT, epoch: 1 }]
+            [Effect::ResumeUpstream { input: 0, from_seq: 3, restored: C1, epoch: 1 }]
         );
         // Receiver 0 completed c1 and so has its seq 1 (batch 1): it gets batch 3 from the tail.
-        promoted.handle_resume(Resume { channel: 0, from_seq: 1, restored: CURRENT, epoch: 0 });
+        promoted.handle_resume(Resume { channel: 0, from_seq: 1, restored: C1, epoch: 0 });
         assert_eq!(sends(&run(&mut promoted), 0), [Item::Batch { seq: 2, payload: data(3) }]);
     }
 }

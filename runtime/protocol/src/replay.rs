@@ -227,6 +227,11 @@ impl<B> Gate<B> {
         &self.max_seq
     }
 
+    /// The highest barrier arrived per input.
+    pub fn barriers(&self) -> &[CheckpointId] {
+        &self.max_barrier
+    }
+
     /// Determinants held (for memory accounting and tests).
     pub fn log_len(&self) -> usize {
         self.log.len()

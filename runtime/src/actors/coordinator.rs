@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::shared::{COORDINATOR, CoordinatorShared, Failure, FailureReason, Guarded};
-use super::{Abort, Ack, Complete, Fatal, SinkCommitted, SourceFinished, Trigger};
+use super::{Abort, Ack, Complete, Fatal, SinkCommitted, SourceFinished, To, Trigger};
 use crate::log::{WriteOp, Writer};
 use crate::protocol::CheckpointId;
 use crate::protocol::coordinator::{Coordinator, CoordinatorAction};
@@ -28,7 +28,17 @@ pub struct Wire {
     /// The source subtasks, by source index.
     pub sources: Vec<Recipient<Trigger>>,
     /// Every participant's notice inboxes, by participant id.
-    pub participants: Vec<(Recipient<Complete>, Recipient<Abort>)>,
+    pub participants: Vec<(To<Complete>, To<Abort>)>,
+}
+
+/// A standby of `participant` was promoted under `epoch` (SPEC §11.8).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Failover {
+    /// The participant.
+    pub participant: crate::protocol::ParticipantId,
+    /// Its slot's new grant.
+    pub epoch: crate::protocol::driver::Epoch,
 }
 
 /// Start the interval timer.
@@ -48,7 +58,7 @@ pub struct CoordinatorActor {
     timeout: Duration,
     writer: Writer,
     sources: Vec<Recipient<Trigger>>,
-    participants: Vec<(Recipient<Complete>, Recipient<Abort>)>,
+    participants: Vec<(To<Complete>, To<Abort>)>,
     triggered_at: BTreeMap<CheckpointId, Instant>,
     shared: Arc<CoordinatorShared>,
     fatal: Arc<Fatal>,
@@ -217,7 +227,17 @@ impl Handler<Ack> for CoordinatorActor {
     type Result = ();
     fn handle(&mut self, ack: Ack, ctx: &mut Context<Self>) {
         self.guard(ctx, |act, ctx| {
-            act.core.handle_ack(ack.participant, 0, ack.checkpoint);
+            act.core.handle_ack(ack.participant, ack.grant, ack.checkpoint);
+            act.drain(ctx);
+        });
+    }
+}
+
+impl Handler<Failover> for CoordinatorActor {
+    type Result = ();
+    fn handle(&mut self, msg: Failover, ctx: &mut Context<Self>) {
+        self.guard(ctx, |act, ctx| {
+            act.core.handle_failover(msg.participant, msg.epoch);
             act.drain(ctx);
         });
     }

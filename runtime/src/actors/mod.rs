@@ -14,6 +14,7 @@
 
 pub mod coordinator;
 pub mod shared;
+pub mod slot;
 pub mod source;
 pub mod task;
 
@@ -31,6 +32,12 @@ use crate::pipeline::faults::FaultKind;
 use crate::protocol::driver::{self, Epoch};
 use crate::protocol::route;
 use crate::protocol::{CheckpointId, ParticipantId};
+
+/// A transform or sink subtask's slot (its actor now, its grant).
+pub type TaskSlot = slot::Slot<Addr<task::TaskActor>>;
+
+/// Where a message to a subtask goes: a source's actor, or a transform or sink's slot.
+pub type To<M> = slot::Route<M, Addr<task::TaskActor>>;
 
 /// Sequenced items a sender may have in flight on one channel.
 pub const CREDIT: u32 = 8;
@@ -91,6 +98,9 @@ pub struct Deliver {
     /// The receiver's epoch the sender knows of: a restarted receiver drops what was sent to
     /// its previous epoch (the replay sends it again, in order).
     pub epoch: Epoch,
+    /// The epoch the sender's slot was granted when it sent this (a deposed primary's is
+    /// refused, S12).
+    pub grant: Epoch,
     /// The item.
     pub item: Item,
 }
@@ -111,6 +121,8 @@ pub struct Trigger(pub CheckpointId);
 pub struct Ack {
     /// Who.
     pub participant: ParticipantId,
+    /// The epoch its slot was granted (a deposed primary's ack is refused, S12).
+    pub grant: Epoch,
     /// Which checkpoint.
     pub checkpoint: CheckpointId,
 }
@@ -134,6 +146,8 @@ pub struct SinkCommitted {
 /// depends on the coordinator actor's type, nor the coordinator on theirs).
 #[derive(Clone)]
 pub struct ToCoordinator {
+    /// A standby was promoted.
+    pub failover: Recipient<coordinator::Failover>,
     /// Snapshots durable.
     pub ack: Recipient<Ack>,
     /// A source's input exhausted.
@@ -166,17 +180,29 @@ pub struct Abort(pub CheckpointId);
 /// What goes on it, in what order and to which epoch is the protocol core's decision
 /// ([`route::Outputs`]); this only carries it.
 pub struct Link {
-    to: Recipient<Deliver>,
+    to: To<Deliver>,
     /// Input index at the receiver.
     input: usize,
     credit: u32,
     queue: VecDeque<(Epoch, Item)>,
+    /// The sender's grant, sent with every item.
+    grant: Epoch,
 }
 
 impl Link {
     /// A link to `to`, arriving there as input `input`.
-    pub fn new(to: Recipient<Deliver>, input: usize) -> Link {
-        Link { to, input, credit: CREDIT, queue: VecDeque::new() }
+    pub fn new(to: To<Deliver>, input: usize) -> Link {
+        Link { to, input, credit: CREDIT, queue: VecDeque::new(), grant: 0 }
+    }
+
+    /// Where it goes.
+    pub fn to(&self) -> &To<Deliver> {
+        &self.to
+    }
+
+    /// Its receiver's input index.
+    pub fn input(&self) -> usize {
+        self.input
     }
 
     /// Queue `item` for the receiver's `epoch` and send what credit allows.
@@ -206,7 +232,7 @@ impl Link {
                 self.credit -= 1;
             }
             let (epoch, item) = self.queue.pop_front().expect("front exists");
-            self.to.do_send(Deliver { input: self.input, epoch, item });
+            self.to.do_send(Deliver { input: self.input, epoch, grant: self.grant, item });
         }
     }
 }
@@ -234,6 +260,16 @@ impl Links {
     /// Put `item` on channel `channel`, to the receiver's `epoch`.
     pub fn send(&mut self, channel: usize, epoch: Epoch, item: Item) {
         self.0[channel].push(epoch, item);
+    }
+
+    /// What is sent from now on is sent under `grant`.
+    pub fn set_grant(&mut self, grant: Epoch) {
+        self.0.iter_mut().for_each(|l| l.grant = grant);
+    }
+
+    /// Fresh links to the same receivers (for a standby's own use once promoted).
+    pub fn fresh(&self) -> Links {
+        Links(self.0.iter().map(|l| Link::new(l.to.clone(), l.input)).collect())
     }
 }
 
@@ -309,9 +345,9 @@ fn scatter<T: Copy>(
 #[derive(Clone)]
 pub struct Upstream {
     /// The sender.
-    pub to: Recipient<Credit>,
+    pub to: To<Credit>,
     /// The sender, for replay requests.
-    pub resume: Recipient<Resume>,
+    pub resume: To<Resume>,
     /// Its output channel index.
     pub output: usize,
 }

@@ -262,7 +262,7 @@ impl SourceActor {
                     }
                 }
                 SourceEffect::Ack(c) => {
-                    self.coordinator().ack.do_send(Ack { participant: self.cx.participant, checkpoint: c })
+                    self.coordinator().ack.do_send(Ack { participant: self.cx.participant, grant: 0, checkpoint: c })
                 }
                 SourceEffect::DropSnapshotsBelow(c) => {
                     let fatal = self.cx.fatal.clone();

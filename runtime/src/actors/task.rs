@@ -718,7 +718,7 @@ impl TaskActor {
                 );
             }
             Effect::Ack(c) => {
-                self.coordinator().ack.do_send(Ack { participant: self.cx.participant, checkpoint: c })
+                self.coordinator().ack.do_send(Ack { participant: self.cx.participant, grant: self.driver.grant(), checkpoint: c })
             }
             Effect::Commit(c) => {
                 self.commits += 1;
@@ -942,6 +942,7 @@ mod tests {
     fn nowhere() -> ToCoordinator {
         let coordinator = Context::<crate::actors::coordinator::CoordinatorActor>::new().address();
         ToCoordinator {
+            failover: coordinator.clone().recipient(),
             ack: coordinator.clone().recipient(),
             finished: coordinator.clone().recipient(),
             committed: coordinator.recipient(),

@@ -2,7 +2,8 @@
 //! restart needs (DESIGN.md §6).
 //!
 //! Databases (names are the constants below), keys big-endian so cursor order is numeric:
-//! - `meta`: the pipeline's fingerprint and the completion record of the latest checkpoint.
+//! - `meta`: the pipeline's fingerprint, the completion record of the latest checkpoint, and
+//!   per subtask slot promoted at least once the epoch granted (`grant` + participant u32).
 //! - `snapshots`: (participant u32, checkpoint u64) -> [`SnapshotRecord`].
 //! - `staged`: (participant u32, checkpoint u64) -> a sink's pre-committed output bytes.
 //! - `sinks`: (participant u32) -> [`CommitRecord`], a sink's "committed through".
@@ -44,6 +45,12 @@ pub const STAGED: &str = "staged";
 pub const SINKS: &str = "sinks";
 
 const KEY_COMPLETION: &[u8] = b"completion";
+/// Followed by the participant: the epoch its slot was granted (SPEC §11.8).
+const KEY_GRANT: &[u8] = b"grant";
+
+fn grant_key(p: ParticipantId) -> Vec<u8> {
+    [KEY_GRANT, &participant_key(p)[..]].concat()
+}
 const KEY_PIPELINE: &[u8] = b"pipeline";
 
 /// The format version written before every value (2: with a CRC-32C).
@@ -203,6 +210,13 @@ pub enum WriteOp {
     },
     /// Record a checkpoint as complete.
     Completion(CheckpointId),
+    /// Record the epoch granted to a subtask's slot (before it is granted: S11).
+    Grant {
+        /// Participant.
+        participant: ParticipantId,
+        /// The epoch.
+        epoch: u32,
+    },
     /// Delete a participant's snapshots below a checkpoint.
     DropSnapshotsBelow {
         /// Participant.
@@ -220,7 +234,10 @@ impl WriteOp {
                 record.state.len() + 8 * (record.positions.len() + record.out_seqs.len())
             }
             WriteOp::Stage { bytes, .. } => bytes.len(),
-            WriteOp::Commit { .. } | WriteOp::Completion(_) | WriteOp::DropSnapshotsBelow { .. } => 16,
+            WriteOp::Commit { .. }
+            | WriteOp::Completion(_)
+            | WriteOp::Grant { .. }
+            | WriteOp::DropSnapshotsBelow { .. } => 16,
         }
     }
 
@@ -235,6 +252,7 @@ impl WriteOp {
             }
             WriteOp::Commit { participant, .. } => (SINKS, participant_key(*participant).to_vec()),
             WriteOp::Completion(_) => (META, KEY_COMPLETION.to_vec()),
+            WriteOp::Grant { participant, .. } => (META, grant_key(*participant)),
             WriteOp::DropSnapshotsBelow { participant, checkpoint } => {
                 (SNAPSHOTS, checkpoint_key(*participant, *checkpoint).to_vec())
             }
@@ -556,6 +574,16 @@ impl Log {
         Ok(out)
     }
 
+    /// The epoch granted to participant `p`'s slot (0: never promoted).
+    pub fn read_grant(&self, p: ParticipantId) -> Result<u32, LogError> {
+        let key = grant_key(p);
+        let rtxn = self.env.read_txn().map_err(self.lmdb(META, &key))?;
+        match self.dbs.meta.get(&rtxn, &key).map_err(self.lmdb(META, &key))? {
+            Some(bytes) => decode(META, &key, bytes),
+            None => Ok(0),
+        }
+    }
+
     /// A sink's commit record.
     pub fn read_commit(&self, p: ParticipantId) -> Result<Option<CommitRecord>, LogError> {
         let rtxn = self.env.read_txn().map_err(self.lmdb(SINKS, &participant_key(p)))?;
@@ -598,6 +626,10 @@ impl Log {
                 .meta
                 .put(wtxn, KEY_COMPLETION, &encode(KEY_COMPLETION, &c.0))
                 .map_err(self.lmdb(META, KEY_COMPLETION)),
+            WriteOp::Grant { participant, epoch } => {
+                let key = grant_key(*participant);
+                self.dbs.meta.put(wtxn, &key, &encode(&key, epoch)).map_err(self.lmdb(META, &key))
+            }
             WriteOp::DropSnapshotsBelow { participant, checkpoint } => {
                 let (lo, hi) = (
                     checkpoint_key(*participant, CheckpointId(0)),

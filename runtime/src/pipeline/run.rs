@@ -516,6 +516,7 @@ fn start_actors(
 ) {
     let topology = env.topology;
     let to_coordinator = ToCoordinator {
+        failover: coordinator.clone().recipient(),
         ack: coordinator.clone().recipient(),
         finished: coordinator.clone().recipient(),
         committed: coordinator.clone().recipient(),

@@ -114,7 +114,7 @@ pub struct Supervisor {
     /// Per participant, `node/subtask`.
     names: Vec<String>,
     ledger: Mutex<Ledger>,
-    members: Mutex<Vec<Option<Recipient<Restart>>>>,
+    members: Mutex<Vec<Option<crate::actors::To<Restart>>>>,
 }
 
 impl Supervisor {
@@ -139,7 +139,7 @@ impl Supervisor {
     }
 
     /// The subtasks of the current attempt that can receive `Restart`, by participant.
-    pub fn set_members(&self, members: Vec<Option<Recipient<Restart>>>) {
+    pub fn set_members(&self, members: Vec<Option<crate::actors::To<Restart>>>) {
         *self.members.lock().expect("supervisor members") = members;
     }
 

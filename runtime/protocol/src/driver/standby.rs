@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 
-use super::{CURRENT, Effect, Epoch, Subtask};
+use super::{Effect, Epoch, Subtask};
 use crate::participant::{Task, TaskConfig};
 use crate::recovery::ParticipantRestore;
 use crate::route::{Group, Outputs, Payload};
@@ -347,7 +347,8 @@ impl<P: Payload> Replica<P> {
         primary.epoch = epoch;
         primary.restore_point = None;
         for (input, &from_seq) in positions.iter().enumerate() {
-            primary.effects.push_back(Effect::ResumeUpstream { input, from_seq, restored: CURRENT, epoch });
+            // It has every barrier up to the last one it passed.
+            primary.effects.push_back(Effect::ResumeUpstream { input, from_seq, restored: passed, epoch });
         }
         primary
     }
