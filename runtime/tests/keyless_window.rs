@@ -42,6 +42,7 @@ fn pipeline(dir: &std::path::Path, key: Option<&str>, parallelism: usize) -> Pip
             timeout_ms: 60_000,
         },
         supervision: SupervisionSpec::default(),
+        standby: Default::default(),
         nodes: vec![
             node("readings", &[], 1, NodeKind::Source(readings)),
             node("windows", &["readings"], parallelism, NodeKind::Transform(window)),

@@ -38,10 +38,12 @@ use std::path::{Path, PathBuf};
 
 use toml::de::DeTable;
 use weir_runtime::pipeline::spec::{
-    CheckpointMode, CheckpointSpec, PipelineSpec, RecoveryStrategy, RestartStrategy, SupervisionSpec,
+    CheckpointMode, CheckpointSpec, NodeKind, PipelineSpec, RecoveryStrategy, RestartStrategy, StandbySpec,
+    SupervisionSpec, TransformSpec, WindowKind,
 };
+use weir_runtime::protocol::driver::Mode;
 
-use self::doc::{Doc, Table};
+use self::doc::{Doc, Item, Table};
 use self::nodes::Section;
 
 const DEFAULT_DATA_DIR: &str = "data";
@@ -53,7 +55,8 @@ const TOP_LEVEL_KEYS: &[&str] =
 const CHECKPOINT_KEYS: &[&str] = &["interval_ms", "mode", "timeout_ms"];
 const SUPERVISION_KEYS: &[&str] =
     &["strategy", "max_restarts", "within_ms", "backoff_initial_ms", "backoff_max_ms"];
-const RECOVERY_KEYS: &[&str] = &["strategy", "buffer_mb"];
+const RECOVERY_KEYS: &[&str] =
+    &["strategy", "buffer_mb", "key_operator", "progress_timeout_ms", "acceptable_lag_batches"];
 
 /// A mistake in a config, or a setting this machine cannot honour; its `Display` is one line
 /// starting with `config: ` (or with the flag it is about).
@@ -219,8 +222,10 @@ fn read(
         Some(item) => supervision(&item.table()?)?,
         None => SupervisionSpec::default(),
     };
+    let mut standby = StandbySpec::default();
+    let mut key_operator = None;
     if let Some(item) = root.get("recovery") {
-        recovery(&item.table()?, &mut supervision)?;
+        key_operator = recovery(&item.table()?, &mut supervision, &mut standby)?;
     }
 
     // Every node of the three sections, in file order, so the first mistake reported is the
@@ -256,8 +261,9 @@ fn read(
         .collect();
     let sites = Sites { data_dir: data_dir_from, map_size_mb: map_size_item.map(|i| i.line()), paths };
 
+    standby.nodes = standbys(key_operator, &drafts)?;
     let nodes = graph::assemble(drafts)?;
-    Ok((PipelineSpec { data_dir, map_size, checkpoint, supervision, nodes }, sites))
+    Ok((PipelineSpec { data_dir, map_size, checkpoint, supervision, nodes, standby }, sites))
 }
 
 /// `[supervision]`.
@@ -291,9 +297,19 @@ fn supervision(table: &Table<'_>) -> Result<SupervisionSpec, ConfigError> {
     })
 }
 
-/// `[recovery]`.
-fn recovery(table: &Table<'_>, spec: &mut SupervisionSpec) -> Result<(), ConfigError> {
+/// `[recovery]`; returns its `key_operator`, resolved once the nodes are read.
+fn recovery<'a>(
+    table: &Table<'a>,
+    spec: &mut SupervisionSpec,
+    standby: &mut StandbySpec,
+) -> Result<Option<Item<'a>>, ConfigError> {
     table.deny_unknown_keys(RECOVERY_KEYS)?;
+    if let Some(item) = table.get("progress_timeout_ms") {
+        standby.progress_timeout_ms = item.int_between(10, 3_600_000)?;
+    }
+    if let Some(item) = table.get("acceptable_lag_batches") {
+        standby.acceptable_lag_batches = item.non_negative()?;
+    }
     if let Some(item) = table.get("strategy") {
         spec.recovery =
             item.choice(&[("local", RecoveryStrategy::Local), ("global", RecoveryStrategy::Global)])?;
@@ -301,7 +317,78 @@ fn recovery(table: &Table<'_>, spec: &mut SupervisionSpec) -> Result<(), ConfigE
     if let Some(item) = table.get("buffer_mb") {
         spec.buffer_bytes = (item.int_between(1, 1 << 20)? as usize) << 20;
     }
-    Ok(())
+    Ok(table.get("key_operator"))
+}
+
+/// The transforms with a standby (SPEC §11.8): `recovery.key_operator` names one, or `"auto"`
+/// picks one, or `"none"` (the default: a standby costs a core's worth of work, so the person
+/// asks for it); each transform's `standby.mode` overrides (`"off"`: none).
+fn standbys(
+    key_operator: Option<Item<'_>>,
+    drafts: &[nodes::Draft<'_>],
+) -> Result<Vec<(String, Mode)>, ConfigError> {
+    let transforms: Vec<&nodes::Draft<'_>> =
+        drafts.iter().filter(|d| d.section == Section::Transform).collect();
+    let key = match &key_operator {
+        None => None,
+        Some(item) => match item.non_empty_str()? {
+            "none" => None,
+            "auto" => auto_key_operator(&transforms),
+            name => match transforms.iter().find(|d| d.name == name) {
+                Some(d) => Some(d.name.clone()),
+                None => {
+                    let names = transforms.iter().map(|d| d.name.as_str());
+                    let hint = match doc::closest(name, names) {
+                        Some(near) => format!(" (did you mean {near:?}?)"),
+                        None => " (\"auto\", \"none\" or the name of a transform)".to_owned(),
+                    };
+                    return Err(item.error(format!("{name:?} is not a transform{hint}")));
+                }
+            },
+        },
+    };
+    Ok(transforms
+        .iter()
+        .filter_map(|d| {
+            let mode = match d.standby {
+                Some(nodes::StandbyChoice::Hot) => Mode::Hot,
+                Some(nodes::StandbyChoice::Warm) => Mode::Warm,
+                Some(nodes::StandbyChoice::Off) => return None,
+                None if key.as_deref() == Some(d.name.as_str()) => Mode::Hot,
+                None => return None,
+            };
+            Some((d.name.clone(), mode))
+        })
+        .collect())
+}
+
+/// `key_operator = "auto"`: the transform whose local restart would take longest, by the
+/// state it keeps. Built so far: a static estimate from the config ([`state_weight`]); the
+/// run does not yet re-evaluate it from measured restore and processing rates.
+fn auto_key_operator(transforms: &[&nodes::Draft<'_>]) -> Option<String> {
+    // The first of equals: `max_by_key` keeps the last, so walk backwards.
+    transforms
+        .iter()
+        .rev()
+        .filter_map(|d| match &d.kind {
+            NodeKind::Transform(spec) => state_weight(spec).map(|w| (w, d)),
+            _ => None,
+        })
+        .max_by_key(|(weight, _)| *weight)
+        .map(|(_, d)| d.name.clone())
+}
+
+/// How much state a transform keeps, roughly (none: a filter or a map keeps none): a window
+/// keeps its open windows, per key, for about their span of event time (a hopping window
+/// `size_ms / hop_ms` of them at once).
+pub(crate) fn state_weight(spec: &TransformSpec) -> Option<i128> {
+    let TransformSpec::Window(w) = spec else { return None };
+    let span = match w.kind {
+        WindowKind::Tumbling { size_ms } => i128::from(size_ms),
+        WindowKind::Hopping { size_ms, hop_ms } => i128::from(size_ms) * i128::from(size_ms / hop_ms.max(1)),
+        WindowKind::Session { gap_ms } => i128::from(gap_ms),
+    };
+    Some(span * if w.key.is_some() { 1000 } else { 1 })
 }
 
 fn checkpoint_defaults() -> CheckpointSpec {

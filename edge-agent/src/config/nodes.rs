@@ -33,13 +33,35 @@ const SOURCE_TYPES: &[(&str, &[&str])] = &[
     ("file", &["path", "format", "schema", "batch_size"]),
 ];
 const TRANSFORM_TYPES: &[(&str, &[&str])] = &[
-    ("filter", &["condition"]),
-    ("map", &["select", "drop", "rename", "compute"]),
+    ("filter", &["condition", "standby"]),
+    ("map", &["select", "drop", "rename", "compute", "standby"]),
     (
         "window",
-        &["key", "time_field", "kind", "size_ms", "hop_ms", "gap_ms", "max_out_of_order_ms", "aggregates"],
+        &[
+            "key",
+            "time_field",
+            "kind",
+            "size_ms",
+            "hop_ms",
+            "gap_ms",
+            "max_out_of_order_ms",
+            "aggregates",
+            "standby",
+        ],
     ),
 ];
+
+/// `[transforms.NAME.standby] mode`: a standby for this transform, or none even if
+/// `recovery.key_operator` would choose it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum StandbyChoice {
+    /// `"hot"`.
+    Hot,
+    /// `"warm"`.
+    Warm,
+    /// `"off"`.
+    Off,
+}
 const SINK_TYPES: &[(&str, &[&str])] = &[
     ("file", &["path", "format", "float_precision", "allow_symlink", "mode"]),
     ("stdout", &["format", "float_precision"]),
@@ -80,6 +102,8 @@ pub(super) struct Draft<'a> {
     pub(super) inputs: Vec<Located<String>>,
     pub(super) parallelism: usize,
     pub(super) kind: NodeKind,
+    /// Its `standby.mode`, if it says one.
+    pub(super) standby: Option<StandbyChoice>,
 }
 
 impl Draft<'_> {
@@ -158,7 +182,18 @@ pub(super) fn read_node<'a>(
         })?;
     }
 
-    Ok(Draft { name: name.to_owned(), section, item, inputs, parallelism, kind })
+    let standby = match table.get("standby") {
+        None => None,
+        Some(standby) => {
+            let standby = standby.table()?;
+            standby.deny_unknown_keys(&["mode"])?;
+            let choices =
+                [("hot", StandbyChoice::Hot), ("warm", StandbyChoice::Warm), ("off", StandbyChoice::Off)];
+            Some(standby.require("mode")?.choice(&choices)?)
+        }
+    };
+
+    Ok(Draft { name: name.to_owned(), section, item, inputs, parallelism, kind, standby })
 }
 
 /// The node's `type`, after checking that every key of the table belongs to it.

@@ -60,6 +60,7 @@ fn the_sensor_window_config_becomes_its_spec() {
             timeout_ms: 60_000,
         },
         supervision: SupervisionSpec::default(),
+        standby: Default::default(),
         nodes: vec![
             NodeSpec {
                 name: "readings".into(),

@@ -262,11 +262,10 @@ impl<P: Payload> Subtask<P> {
         }
     }
 
-    /// The same subtask acting under the slot's epoch `grant` (the one persisted for its
-    /// slot: a promoted standby's, SPEC §11.8).
-    pub fn with_grant(mut self, grant: Epoch) -> Subtask<P> {
+    /// From now on it acts under the slot's epoch `grant` (the one persisted for its slot: a
+    /// promoted standby's, SPEC §11.8).
+    pub fn set_grant(&mut self, grant: Epoch) {
         self.grant = grant;
-        self
     }
 
     /// The slot's epoch it acts under.

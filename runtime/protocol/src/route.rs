@@ -118,6 +118,9 @@ struct Channel<P> {
     epoch: Epoch,
     /// What was sent since the latest completed checkpoint (with local recovery).
     buffer: Option<BufferQueue<P>>,
+    /// Nothing is sent until the receiver asks for what follows its position (a promoted
+    /// standby's channels, SPEC §11.8): the buffer queue keeps it for that replay.
+    held: bool,
 }
 
 /// All outputs of a subtask.
@@ -152,6 +155,7 @@ impl<P: Payload> Outputs<P> {
                 seq,
                 epoch: 0,
                 buffer: buffered.then(|| BufferQueue::new(restored, seq).with_mutations(mutations)),
+                held: false,
             })
             .collect();
         let mut outputs = Outputs { channels, groups, budget, buffered: 0, overflowed: false, mutations };
@@ -196,6 +200,10 @@ impl<P: Payload> Outputs<P> {
         let c = &mut self.channels[channel];
         c.seq += 1;
         if let Some(buffer) = &mut c.buffer {
+            if c.held {
+                buffer.push_batch(c.seq, payload);
+                return;
+            }
             buffer.push_batch(c.seq, payload.clone());
         }
         send(channel, c.epoch, Item::Batch { seq: c.seq, payload });
@@ -239,7 +247,9 @@ impl<P: Payload> Outputs<P> {
             if let Some(buffer) = &mut channel.buffer {
                 buffer.push_barrier(c);
             }
-            send(ch, channel.epoch, Item::Barrier(c));
+            if !channel.held {
+                send(ch, channel.epoch, Item::Barrier(c));
+            }
         }
     }
 
@@ -276,6 +286,7 @@ impl<P: Payload> Outputs<P> {
         };
         let replay = buffer.replay(resume.from_seq, resume.restored)?;
         channel.epoch = resume.epoch;
+        channel.held = false;
         send(ch, resume.epoch, None);
         for entry in replay {
             let item = match entry {
@@ -285,6 +296,16 @@ impl<P: Payload> Outputs<P> {
             send(ch, resume.epoch, Some(item));
         }
         Ok(())
+    }
+
+    /// Send nothing on any channel until its receiver asks for what follows its position
+    /// ([`Outputs::resume`]): a promoted standby's receivers were sent by another, and what
+    /// it sends live must not overtake the replay they are about to ask for (SPEC §11.8).
+    /// Only channels with a buffer queue are held.
+    pub fn hold(&mut self) {
+        for channel in &mut self.channels {
+            channel.held = channel.buffer.is_some();
+        }
     }
 
     /// The receiver of `channel` restarted and is served by other means (a source re-reads):

@@ -357,6 +357,12 @@ impl SubtaskContext {
     /// where panics are caught, so it exercises the same path as a bug in operator code).
     pub fn inject(&self, processed: u64) {
         self.inject_at(FaultKind::Panic, processed);
+        for fault in &self.faults {
+            if fault.kind == FaultKind::Hang && fault.fire(processed) {
+                tracing::warn!("{}: injected fault {fault}: blocking its thread", self.name);
+                std::thread::sleep(crate::pipeline::faults::HANG);
+            }
+        }
     }
 
     /// Panic if an injected fault of `kind` is due at `count` (records, snapshots, commits).

@@ -53,6 +53,8 @@ pub enum FailureReason {
     ActorDied,
     /// An actor thread (arbiter) ended by a panic while the attempt ran.
     ArbiterDied,
+    /// A primary made no progress for its progress timeout; its standby took over.
+    Hung,
 }
 
 impl From<&crate::protocol::driver::Escalation> for FailureReason {
@@ -76,6 +78,7 @@ impl FailureReason {
             FailureReason::RestForOne => "rest_for_one",
             FailureReason::ActorDied => "actor_died",
             FailureReason::ArbiterDied => "arbiter_died",
+            FailureReason::Hung => "hung",
         }
     }
 }
@@ -479,8 +482,17 @@ mod tests {
     #[test]
     fn failure_reasons_keep_their_report_names() {
         use FailureReason::*;
-        let all =
-            [Panic, WriteError, ReplayGap, ReplayDiverged, RestoreFailed, RestForOne, ActorDied, ArbiterDied];
+        let all = [
+            Panic,
+            WriteError,
+            ReplayGap,
+            ReplayDiverged,
+            RestoreFailed,
+            RestForOne,
+            ActorDied,
+            ArbiterDied,
+            Hung,
+        ];
         let names: Vec<String> = all.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
         assert_eq!(
             names,

@@ -261,9 +261,11 @@ impl SourceActor {
                         return;
                     }
                 }
-                SourceEffect::Ack(c) => {
-                    self.coordinator().ack.do_send(Ack { participant: self.cx.participant, grant: 0, checkpoint: c })
-                }
+                SourceEffect::Ack(c) => self.coordinator().ack.do_send(Ack {
+                    participant: self.cx.participant,
+                    grant: 0,
+                    checkpoint: c,
+                }),
                 SourceEffect::DropSnapshotsBelow(c) => {
                     let fatal = self.cx.fatal.clone();
                     self.cx.writer.submit(

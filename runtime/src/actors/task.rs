@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Abort, Ack, Complete, Credit, Deliver, FailureReason, Guarded, Links, Payload, Resume, SinkCommitted,
-    SubtaskContext, ToCoordinator, Upstream,
+    SubtaskContext, TaskSlot, ToCoordinator, Upstream,
 };
 use crate::batch::Batch;
 use crate::connectors::encode::encode;
@@ -246,8 +246,11 @@ impl TaskState {
 }
 
 /// Builds a subtask's body afresh (an unrestored operator, or a sink writer opened at its
-/// durable commit record), for a local restart.
-pub type BuildBody = Box<dyn Fn(&Log) -> Result<Body, String> + Send>;
+/// durable commit record), for a local restart and for a standby.
+pub type BuildBody = std::sync::Arc<dyn Fn(&Log) -> Result<Body, String> + Send + Sync>;
+
+mod standby;
+pub use standby::FailoverPlan;
 
 /// What a transform or sink subtask restores from its snapshot: at the start of a run
 /// attempt and at every local restart.
@@ -379,6 +382,11 @@ pub struct Wire {
     pub upstream: Vec<Upstream>,
     /// The coordinator.
     pub coordinator: ToCoordinator,
+    /// Its slot.
+    pub slot: Option<Arc<TaskSlot>>,
+    /// How a standby protects it (none: no standby), and on which of the plan's arbiters it
+    /// runs.
+    pub failover: Option<(Arc<FailoverPlan>, usize)>,
 }
 
 /// A write of epoch `.0` is durable (or failed).
@@ -430,6 +438,20 @@ pub struct TaskActor {
     snapshots: u64,
     commits: u64,
     writes: u64,
+    /// Its slot (none for an actor a test drives alone).
+    slot: Option<Arc<TaskSlot>>,
+    /// How a standby protects its slot (none: no standby), and which of the plan's two
+    /// arbiters this actor runs on.
+    failover: Option<(Arc<FailoverPlan>, usize)>,
+    /// A primary's standby.
+    standby: Option<Addr<TaskActor>>,
+    /// A standby: its replica of the primary, and its takeover.
+    follower: Option<standby::Follower>,
+    /// A primary that failed and handed its slot to its standby: it does nothing more.
+    handed_over: bool,
+    /// A promoted standby, until its first output: the report's failure time and the last
+    /// output of the failed primary (milliseconds since the run started).
+    gap: Option<(u64, u64)>,
 }
 
 impl TaskActor {
@@ -453,7 +475,18 @@ impl TaskActor {
             snapshots: 0,
             commits: 0,
             writes: 0,
+            slot: None,
+            failover: None,
+            standby: None,
+            follower: None,
+            handed_over: false,
+            gap: None,
         }
+    }
+
+    /// Whether its slot was granted to another since it was granted its own.
+    fn deposed(&self) -> bool {
+        self.slot.as_ref().is_some_and(|s| s.deposed(self.driver.grant()))
     }
 
     fn coordinator(&self) -> &ToCoordinator {
@@ -518,14 +551,38 @@ impl TaskActor {
         Ok(())
     }
 
-    /// Carry out the driver's effects until it has nothing more to do.
+    /// Carry out the driver's effects until it has nothing more to do. A standby applies
+    /// what its primary shipped instead; a primary that was replaced stops.
     fn drain(&mut self, ctx: &mut Context<Self>) {
+        if self.follower.is_some() {
+            return self.drain_replica(ctx);
+        }
+        if self.deposed() {
+            tracing::warn!("{}: replaced by its standby; stopping", self.cx.name);
+            ctx.stop();
+            return;
+        }
+        if self.handed_over {
+            return;
+        }
+        // The standby's watchdog reads how long the primary has been in here.
+        let watched = self.standby.is_some().then(|| self.slot.clone()).flatten();
+        if let Some(slot) = &watched {
+            slot.busy(self.cx.supervisor.since_start(Instant::now()));
+        }
+        self.drain_effects(ctx);
+        if let Some(slot) = &watched {
+            slot.idle();
+        }
+    }
+
+    fn drain_effects(&mut self, ctx: &mut Context<Self>) {
         if self.restarting.is_some() {
             return;
         }
         while let Some(effect) = self.driver.poll_effect() {
-            if self.cx.fatal.failed() {
-                return; // the attempt is stopping: nothing done now would count
+            if self.cx.fatal.failed() || self.handed_over || self.deposed() {
+                return; // the attempt is stopping, or the slot is another's: nothing done now counts
             }
             // A panic in operator code (or anywhere in carrying out the effect) is caught and
             // handed to the supervisor; the subtask's state is not trusted after it.
@@ -552,6 +609,9 @@ impl TaskActor {
     fn fail(&mut self, reason: FailureReason, message: String, ctx: &mut Context<Self>) {
         let at = Instant::now();
         tracing::error!("{}: {reason}: {message}", self.cx.name);
+        if self.hand_over(reason, &message, at) {
+            return;
+        }
         let positions = self.driver.positions().to_vec();
         self.cx.supervisor.note_failure(self.cx.participant, at, positions.clone());
         match self.cx.supervisor.on_failure(self.cx.participant, at) {
@@ -578,6 +638,9 @@ impl TaskActor {
     /// side (buffer queues); the operator and the pending output are rebuilt from the log.
     fn begin_restart(&mut self, restarting: Restarting, ctx: &mut Context<Self>) {
         self.driver.fail();
+        if let Some(slot) = &self.slot {
+            slot.set_incarnation(self.driver.epoch());
+        }
         let backoff = restarting.backoff;
         self.restarting = Some(restarting);
         self.scratch.clear();
@@ -705,7 +768,12 @@ impl TaskActor {
                 self.process(input, None)?;
                 self.processed();
             }
-            Effect::Send { channel, epoch, item } => self.links.send(channel, epoch, item),
+            Effect::Send { channel, epoch, item } => {
+                if matches!(item, super::Item::Batch { .. }) {
+                    self.sent_output();
+                }
+                self.links.send(channel, epoch, item)
+            }
             Effect::Reset { channel } => self.links.0[channel].reset(),
             Effect::Snapshot { checkpoint, positions, out_seqs, ended } => {
                 self.snapshots += 1;
@@ -717,9 +785,11 @@ impl TaskActor {
                     ctx,
                 );
             }
-            Effect::Ack(c) => {
-                self.coordinator().ack.do_send(Ack { participant: self.cx.participant, grant: self.driver.grant(), checkpoint: c })
-            }
+            Effect::Ack(c) => self.coordinator().ack.do_send(Ack {
+                participant: self.cx.participant,
+                grant: self.driver.grant(),
+                checkpoint: c,
+            }),
             Effect::Commit(c) => {
                 self.commits += 1;
                 self.cx.inject_at(FaultKind::Commit, self.commits);
@@ -747,9 +817,8 @@ impl TaskActor {
                 .coordinator()
                 .committed
                 .do_send(SinkCommitted { participant: self.cx.participant, checkpoint }),
-            Effect::Ship(_) | Effect::Install(_) => {
-                unreachable!("the runtime starts no standby yet (issue 11)")
-            }
+            Effect::Ship(shipped) => self.ship(shipped),
+            Effect::Install(_) => unreachable!("only a standby installs, in drain_replica"),
             Effect::Escalate(escalation) => {
                 self.cx.escalate((&escalation).into(), escalation.to_string());
                 return Ok(false);
@@ -768,6 +837,10 @@ impl TaskActor {
 
 impl Actor for TaskActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.watch_primary(ctx);
+    }
 }
 
 impl Guarded for TaskActor {
@@ -783,8 +856,15 @@ impl Handler<Wire> for TaskActor {
     fn handle(&mut self, wire: Wire, ctx: &mut Context<Self>) {
         self.guard(ctx, |act, ctx| {
             act.links = wire.links;
+            if let Some(slot) = wire.slot {
+                act.links.set_grant(slot.grant());
+                act.driver.set_grant(slot.grant());
+                act.slot = Some(slot);
+            }
+            act.failover = wire.failover;
             act.upstream = wire.upstream;
             act.coordinator = Some(wire.coordinator);
+            act.start_standby(ctx);
             act.drain(ctx); // a restored sink's repair commit
         });
     }
@@ -796,7 +876,12 @@ impl Handler<Deliver> for TaskActor {
         self.guard(ctx, |act, ctx| {
             // Only what the driver takes counts towards catching up: until the restore, its gate
             // still holds the positions of the failure.
-            let taken = act.driver.handle_deliver(msg.input, 0, msg.epoch, msg.item);
+            if act.follower.is_some() {
+                return; // a standby is fed by its primary
+            }
+            let fence = act.upstream.get(msg.input).map_or(0, |up| up.to.grant());
+            act.driver.fence(msg.input, fence);
+            let taken = act.driver.handle_deliver(msg.input, msg.grant, msg.epoch, msg.item);
             if taken
                 && let Some(target) = &act.catch_up
                 && act.driver.positions().iter().zip(target).all(|(now, then)| now >= then)
@@ -813,6 +898,9 @@ impl Handler<Credit> for TaskActor {
     type Result = ();
     fn handle(&mut self, credit: Credit, ctx: &mut Context<Self>) {
         self.guard(ctx, |act, _| {
+            if act.deposed() || act.handed_over || act.follower.is_some() {
+                return;
+            }
             act.cx.inject_on(FaultKind::Credit);
             act.links.on_credit(credit);
             if act.restarting.is_none() {
@@ -875,6 +963,9 @@ impl Handler<Restore> for TaskActor {
                             duration_ms: restarting.at.elapsed().as_millis() as u64,
                             restored_from: (c.0 > 0).then_some(c.0),
                             caught_up_ms: None,
+                            epoch: None,
+                            output_gap_ms: None,
+                            reprotected_ms: None,
                         });
                     }
                     act.drain(ctx);
@@ -916,7 +1007,14 @@ impl Handler<Complete> for TaskActor {
     type Result = ();
     fn handle(&mut self, Complete(c): Complete, ctx: &mut Context<Self>) {
         self.guard(ctx, |act, ctx| {
-            act.driver.handle_complete(c);
+            if let Some(follower) = &mut act.follower {
+                follower.replica.handle_complete(c);
+            } else {
+                act.driver.handle_complete(c);
+                if let Some(standby) = &act.standby {
+                    standby.do_send(Complete(c));
+                }
+            }
             act.drain(ctx);
         });
     }
@@ -926,7 +1024,9 @@ impl Handler<Abort> for TaskActor {
     type Result = ();
     fn handle(&mut self, Abort(c): Abort, ctx: &mut Context<Self>) {
         self.guard(ctx, |act, ctx| {
-            act.driver.handle_abort(c);
+            if act.follower.is_none() {
+                act.driver.handle_abort(c);
+            }
             act.drain(ctx);
         });
     }
@@ -948,7 +1048,7 @@ mod tests {
             committed: coordinator.recipient(),
         }
     }
-    use crate::actors::{Failure, Fatal, Links};
+    use crate::actors::{Failure, Fatal, Links, To};
     use crate::log::Writer;
     use crate::operators::{Capture, OperatorError};
     use crate::pipeline::spec::{FileFormat, SupervisionSpec};
@@ -1031,7 +1131,7 @@ mod tests {
     }
 
     fn not_restarted() -> BuildBody {
-        Box::new(|_: &Log| Err("not restarted in this test".into()))
+        std::sync::Arc::new(|_: &Log| Err("not restarted in this test".into()))
     }
 
     /// Sink subtask 0 with one input, restored at checkpoint `c` whose staged output is not
@@ -1064,7 +1164,7 @@ mod tests {
         let system = System::new();
         let arbiter = Arbiter::new();
         let sink = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
-        sink.do_send(Wire { links: Links::default(), upstream: Vec::new(), coordinator: nowhere() });
+        sink.do_send(Wire { links: Links::default(), upstream: Vec::new(), coordinator: nowhere(), slot: None, failover: None });
         (system, arbiter, fatal)
     }
 
@@ -1180,12 +1280,12 @@ mod tests {
         let _system = System::new();
         let arbiter = Arbiter::new();
         let up = Upstream0::start_in_arbiter(&arbiter.handle(), |_| Upstream0);
-        let upstream = vec![Upstream { to: up.clone().recipient(), resume: up.recipient(), output: 0 }];
+        let upstream = vec![Upstream { to: To::Fixed(up.clone().recipient()), resume: To::Fixed(up.recipient()), output: 0 }];
         let task = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
         let echo = Echo::start_in_arbiter(&arbiter.handle(), |_| Echo);
-        task.do_send(Wire { links: Links::default(), upstream, coordinator: nowhere() });
+        task.do_send(Wire { links: Links::default(), upstream, coordinator: nowhere(), slot: None, failover: None });
         let c1 = CheckpointId(1);
-        task.do_send(Deliver { input: 0, epoch: 0, item: route::Item::Barrier(c1) });
+        task.do_send(Deliver { input: 0, epoch: 0, grant: 0, item: route::Item::Barrier(c1) });
         started.recv_timeout(PATIENCE).expect("the snapshot is encoded");
         let answered = answers(&echo);
         drop(release);
@@ -1219,7 +1319,7 @@ mod tests {
         let writer = cx.writer.clone();
         let (rebuilt_tx, rebuilt) = mpsc::channel();
         let rebuilt_tx = std::sync::Mutex::new(rebuilt_tx);
-        let build: BuildBody = Box::new(move |_: &Log| {
+        let build: BuildBody = std::sync::Arc::new(move |_: &Log| {
             let _ = rebuilt_tx.lock().unwrap().send(());
             Err("not restarted in this test".into())
         });
@@ -1228,11 +1328,11 @@ mod tests {
         let _system = System::new();
         let arbiter = Arbiter::new();
         let up = Upstream0::start_in_arbiter(&arbiter.handle(), |_| Upstream0);
-        let upstream = vec![Upstream { to: up.clone().recipient(), resume: up.recipient(), output: 0 }];
+        let upstream = vec![Upstream { to: To::Fixed(up.clone().recipient()), resume: To::Fixed(up.recipient()), output: 0 }];
         let task = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
-        task.do_send(Wire { links: Links::default(), upstream, coordinator: nowhere() });
+        task.do_send(Wire { links: Links::default(), upstream, coordinator: nowhere(), slot: None, failover: None });
         let c1 = CheckpointId(1);
-        task.do_send(Deliver { input: 0, epoch: 0, item: route::Item::Barrier(c1) });
+        task.do_send(Deliver { input: 0, epoch: 0, grant: 0, item: route::Item::Barrier(c1) });
         rebuilt.recv_timeout(PATIENCE).expect("the subtask restarts after the panic");
         let deadline = Instant::now() + PATIENCE;
         while !fatal.failed() {
@@ -1336,7 +1436,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path(), 1 << 20).unwrap();
         let format = OutputFormat { encoding: FileFormat::Csv, float_precision: None };
-        let build: BuildBody = Box::new(move |_: &Log| {
+        let build: BuildBody = std::sync::Arc::new(move |_: &Log| {
             SinkWriter::open(&SinkSpec::Stdout { format }, CommitRecord::default()).map(Body::Sink)
         });
         let record = |operator: Vec<u8>| SnapshotRecord {

@@ -7,7 +7,10 @@
 //!   (staged durably) and before it is appended (a crash between pre-commit and commit);
 //! - `write-error:NODE:N`: its N-th log write fails as if LMDB had returned an error;
 //! - `credit:NODE:N`: a panic as it handles its N-th flow-control credit: a bug in the
-//!   runtime's own message handling rather than in operator code.
+//!   runtime's own message handling rather than in operator code;
+//! - `hang:NODE:K`: when the subtask has processed K records, its thread blocks for
+//!   [`HANG`] (an operator stuck in a call), then goes on: with a standby, the progress
+//!   timeout has it taken over meanwhile, and the woken primary must have no effect.
 //!
 //! Every kind fires in sources, transforms and sinks except `commit`, which fires only in
 //! sinks (the only subtasks that commit), and `credit`, which fires only where credits
@@ -36,15 +39,21 @@ pub enum FaultKind {
     WriteError,
     /// A panic in the handler of the N-th credit.
     Credit,
+    /// The thread blocks for [`HANG`] after K records.
+    Hang,
 }
 
+/// How long a `hang` fault blocks its subtask's thread.
+pub const HANG: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl FaultKind {
-    const ALL: [(FaultKind, &'static str); 5] = [
+    const ALL: [(FaultKind, &'static str); 6] = [
         (FaultKind::Panic, "panic"),
         (FaultKind::Snapshot, "snapshot"),
         (FaultKind::Commit, "commit"),
         (FaultKind::WriteError, "write-error"),
         (FaultKind::Credit, "credit"),
+        (FaultKind::Hang, "hang"),
     ];
 
     /// Its name on the command line.
@@ -159,7 +168,7 @@ mod tests {
         assert_eq!(Injection::parse("panic:a/2:7").unwrap().subtask, 2);
         assert_eq!(
             Injection::parse("crash:a:1").unwrap_err(),
-            "invalid fault \"crash:a:1\": expected KIND:NODE:N or KIND:NODE/SUBTASK:N, KIND one of panic, snapshot, commit, write-error, credit"
+            "invalid fault \"crash:a:1\": expected KIND:NODE:N or KIND:NODE/SUBTASK:N, KIND one of panic, snapshot, commit, write-error, credit, hang"
         );
         assert_eq!(Injection::parse("write-error:sink/1:2").unwrap().kind, FaultKind::WriteError);
         assert_eq!(Injection::parse("commit:out:3").unwrap().to_string(), "commit:out/0:3");

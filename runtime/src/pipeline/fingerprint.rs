@@ -185,6 +185,7 @@ mod tests {
                 timeout_ms: 1,
             },
             supervision: SupervisionSpec::default(),
+            standby: Default::default(),
             nodes: vec![
                 node(
                     "readings",

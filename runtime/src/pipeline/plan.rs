@@ -223,6 +223,7 @@ mod tests {
                 timeout_ms: 1,
             },
             supervision: SupervisionSpec::default(),
+            standby: Default::default(),
             nodes,
         }
     }

@@ -19,10 +19,10 @@ use crate::actors::coordinator::{self, CoordinatorActor};
 pub use crate::actors::shared::StopRequest;
 use crate::actors::shared::{CheckpointTiming, CoordinatorShared};
 use crate::actors::source::{self, SourceActor, check_source_record};
-use crate::actors::task::{self, Body, Restored, SinkWriter, TaskActor};
+use crate::actors::task::{self, Body, FailoverPlan, Restored, SinkWriter, TaskActor};
 use crate::actors::{
-    Counters, Failure, FailureReason, Fatal, Link, Links, OutGroup, Payload, SubtaskContext, ToCoordinator,
-    Upstream, Watch,
+    Counters, Failure, FailureReason, Fatal, Link, Links, OutGroup, Payload, SubtaskContext, TaskSlot, To,
+    ToCoordinator, Upstream, Watch,
 };
 use crate::batch::SchemaRef;
 use crate::connectors::file_source::FileSource;
@@ -40,7 +40,7 @@ pub use crate::pipeline::supervise::RestartReport;
 use crate::pipeline::supervise::Supervisor;
 use crate::protocol::aligner::AlignmentMode;
 use crate::protocol::coordinator::{Coordinator, CoordinatorConfig};
-use crate::protocol::driver::Subtask as Driver;
+use crate::protocol::driver::{Epoch, Mode, Subtask as Driver};
 use crate::protocol::participant::{Task, TaskConfig};
 use crate::protocol::recovery::{RecoveryError, RestorePlan, plan_global_rollback};
 use crate::protocol::route;
@@ -256,6 +256,9 @@ pub fn run(
             duration_ms: 0,
             restored_from: None,
             caught_up_ms: None,
+            epoch: None,
+            output_gap_ms: None,
+            reprotected_ms: None,
         };
         pending = Some((restart, at));
     }
@@ -391,7 +394,15 @@ impl Env<'_> {
 /// A subtask's actor, built before the actor system starts.
 enum Built {
     Source(Box<SourceActor>),
-    Task(Box<TaskActor>),
+    /// A transform or sink, with the epoch its slot was last granted (SPEC §11.8) and, if a
+    /// standby protects it, how.
+    Task(Box<TaskActor>, Epoch, Option<StandbyPlan>),
+}
+
+/// A standby's plan before the arbiters exist.
+struct StandbyPlan {
+    mode: Mode,
+    config: TaskConfig,
 }
 
 /// Build every subtask's actor from its snapshot of the restore point: errors here are
@@ -469,7 +480,7 @@ fn build_task(
         NodeKind::Transform(t) => {
             let upstream = schemas[node_index(env.spec, &node.inputs[0])].clone();
             let (node, t) = (node.name.clone(), t.clone());
-            let build: task::BuildBody = Box::new(move |_: &Log| {
+            let build: task::BuildBody = std::sync::Arc::new(move |_: &Log| {
                 operators::build(&node, &t, upstream.clone(), n_inputs)
                     .map(Body::Operator)
                     .map_err(|e| e.to_string())
@@ -478,7 +489,7 @@ fn build_task(
         }
         NodeKind::Sink(sink_spec) => {
             let sink_spec: SinkSpec = sink_spec.clone();
-            let build: task::BuildBody = Box::new(move |log: &Log| {
+            let build: task::BuildBody = std::sync::Arc::new(move |log: &Log| {
                 let committed = log.read_commit(p).map_err(|e| e.to_string())?.unwrap_or_default();
                 SinkWriter::open(&sink_spec, committed).map(Body::Sink)
             });
@@ -500,7 +511,9 @@ fn build_task(
     let outputs = env.core_outputs(p, &out_seqs, restored);
     let driver = Driver::new(p, core, config, (&positions, ended, restored), outputs);
     let actor = TaskActor::new(env.context(p), driver, body, build);
-    Ok(Built::Task(Box::new(actor)))
+    let grant = env.log.read_grant(p)?;
+    let standby = env.spec.standby.mode(&node.name).map(|mode| StandbyPlan { mode, config });
+    Ok(Built::Task(Box::new(actor), grant, standby))
 }
 
 /// Start every subtask's actor on its arbiter and wire the channels, the coordinator and
@@ -523,10 +536,10 @@ fn start_actors(
     };
     let mut source_addrs = Vec::new();
     let mut task_addrs = Vec::new();
-    let mut credit_to: Vec<Recipient<crate::actors::Credit>> = Vec::new();
-    let mut resume_to: Vec<Recipient<crate::actors::Resume>> = Vec::new();
+    let mut credit_to: Vec<To<crate::actors::Credit>> = Vec::new();
+    let mut resume_to: Vec<To<crate::actors::Resume>> = Vec::new();
     let mut members = Vec::new();
-    let mut deliver_to: Vec<Option<Recipient<crate::actors::Deliver>>> = Vec::new();
+    let mut deliver_to: Vec<Option<To<crate::actors::Deliver>>> = Vec::new();
     let mut notices = Vec::new();
     for (p, b) in built.into_iter().enumerate() {
         let arbiter = arbiters[topology.subtasks[p].arbiter].handle();
@@ -537,25 +550,43 @@ fn start_actors(
                     watch.attach(ctx);
                     *actor
                 });
-                credit_to.push(addr.clone().recipient());
-                resume_to.push(addr.clone().recipient());
+                credit_to.push(To::Fixed(addr.clone().recipient()));
+                resume_to.push(To::Fixed(addr.clone().recipient()));
                 members.push(None);
                 deliver_to.push(None);
-                notices.push((addr.clone().recipient(), addr.clone().recipient()));
+                notices.push((To::Fixed(addr.clone().recipient()), To::Fixed(addr.clone().recipient())));
                 source_addrs.push(addr);
                 task_addrs.push(None);
             }
-            Built::Task(actor) => {
+            Built::Task(actor, grant, standby) => {
                 let addr = TaskActor::start_in_arbiter(&arbiter, move |ctx| {
                     watch.attach(ctx);
                     *actor
                 });
-                credit_to.push(addr.clone().recipient());
-                resume_to.push(addr.clone().recipient());
-                members.push(Some(addr.clone().recipient()));
-                deliver_to.push(Some(addr.clone().recipient()));
-                notices.push((addr.clone().recipient(), addr.clone().recipient()));
-                task_addrs.push(Some(addr));
+                let slot = Arc::new(TaskSlot::new(addr.clone(), grant));
+                credit_to.push(To::Slot(slot.clone()));
+                resume_to.push(To::Slot(slot.clone()));
+                members.push(Some(To::Slot(slot.clone())));
+                deliver_to.push(Some(To::Slot(slot.clone())));
+                notices.push((To::Slot(slot.clone()), To::Slot(slot.clone())));
+                let failover = standby.map(|plan| {
+                    let here = topology.subtasks[p].arbiter;
+                    let other = (here + 1) % arbiters.len();
+                    let plan = FailoverPlan {
+                        mode: plan.mode,
+                        progress_timeout: Duration::from_millis(env.spec.standby.progress_timeout_ms),
+                        acceptable_lag: env.spec.standby.acceptable_lag_batches,
+                        config: plan.config,
+                        groups: (topology.groups[p].iter())
+                            .map(|g| OutGroup::new(g.partition.clone(), g.channels.clone()))
+                            .collect(),
+                        channels: topology.outputs[p].len(),
+                        budget: env.spec.supervision.buffer_bytes,
+                        arbiters: [arbiters[here].handle(), arbiters[other].handle()],
+                    };
+                    (Arc::new(plan), 0)
+                });
+                task_addrs.push(Some((addr, slot, failover)));
             }
         }
     }
@@ -566,8 +597,8 @@ fn start_actors(
         };
         Links(topology.outputs[p].iter().map(link).collect())
     };
-    for (p, addr) in task_addrs.iter().enumerate() {
-        let Some(addr) = addr else { continue };
+    for (p, task) in task_addrs.into_iter().enumerate() {
+        let Some((addr, slot, failover)) = task else { continue };
         let upstream = (topology.inputs[p].iter())
             .map(|i| Upstream {
                 to: credit_to[i.from].clone(),
@@ -575,7 +606,13 @@ fn start_actors(
                 output: i.output,
             })
             .collect();
-        addr.do_send(task::Wire { links: links(p), upstream, coordinator: to_coordinator.clone() });
+        addr.do_send(task::Wire {
+            links: links(p),
+            upstream,
+            coordinator: to_coordinator.clone(),
+            slot: Some(slot),
+            failover,
+        });
     }
     for (s, addr) in source_addrs.iter().enumerate() {
         let outputs = env.core_outputs(s, &out_seqs[s], restored);

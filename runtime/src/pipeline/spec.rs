@@ -19,6 +19,34 @@ pub struct PipelineSpec {
     pub supervision: SupervisionSpec,
     /// Every node, sources first, each after all of its inputs (topological order).
     pub nodes: Vec<NodeSpec>,
+    /// Which transforms a standby protects, and how (SPEC §11.8).
+    pub standby: StandbySpec,
+}
+
+/// `[recovery] key_operator`, `progress_timeout_ms`, `acceptable_lag_batches` and
+/// `[transforms.NAME.standby]`, resolved: the transforms that have a standby.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StandbySpec {
+    /// Transform nodes with a standby (every subtask of each has one), and its mode.
+    pub nodes: Vec<(String, crate::protocol::driver::Mode)>,
+    /// A primary inside one handler for longer than this is taken over by its standby.
+    pub progress_timeout_ms: u64,
+    /// A standby more than this many shipped entries behind does not take over a failed
+    /// primary (the primary restarts locally instead).
+    pub acceptable_lag_batches: u64,
+}
+
+impl Default for StandbySpec {
+    fn default() -> StandbySpec {
+        StandbySpec { nodes: Vec::new(), progress_timeout_ms: 1000, acceptable_lag_batches: 100 }
+    }
+}
+
+impl StandbySpec {
+    /// The standby mode of node `name`, if it has one.
+    pub fn mode(&self, name: &str) -> Option<crate::protocol::driver::Mode> {
+        self.nodes.iter().find(|(n, _)| n == name).map(|&(_, mode)| mode)
+    }
 }
 
 /// `[checkpoint]`.

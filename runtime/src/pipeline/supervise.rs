@@ -50,6 +50,14 @@ pub struct RestartReport {
     /// From the failure until the failed subtask had again received everything it had
     /// received before failing (replay done; `null` if the run ended first).
     pub caught_up_ms: Option<u64>,
+    /// A failover: the epoch its standby was granted (`null` for a restart).
+    pub epoch: Option<u32>,
+    /// A failover: from the last batch the failed primary sent to the first its promoted
+    /// standby sent (`null` for a restart, or if the run ended first).
+    pub output_gap_ms: Option<u64>,
+    /// A failover: from the failure until a new standby had a state and could take over
+    /// (`null` for a restart, or if the run ended first).
+    pub reprotected_ms: Option<u64>,
 }
 
 /// Supervisor to a subtask: restart now (the `rest_for_one` strategy restarts what is
@@ -231,6 +239,21 @@ impl Supervisor {
     /// Record a finished restart.
     pub fn record(&self, report: RestartReport) {
         self.ledger.lock().expect("supervisor ledger").reports.push(report);
+    }
+
+    /// Amend the report of participant `p`'s failure at `at_ms` (a failover's figures come
+    /// after the promotion).
+    pub fn amend(&self, p: ParticipantId, at_ms: u64, change: impl FnOnce(&mut RestartReport)) {
+        let name = &self.names[p];
+        let mut ledger = self.ledger.lock().expect("supervisor ledger");
+        let found = ledger
+            .reports
+            .iter_mut()
+            .rev()
+            .find(|r| r.at_ms == at_ms && &format!("{}/{}", r.node, r.subtask) == name);
+        if let Some(report) = found {
+            change(report);
+        }
     }
 
     /// Every restart so far, in the order of their failures.

@@ -338,12 +338,15 @@ impl<P: Payload> Replica<P> {
     /// checkpoints its primary had in flight it does not snapshot (the coordinator aborts
     /// them at the promotion).
     pub fn into_primary(self, epoch: Epoch, grant: Epoch) -> Subtask<P> {
-        let State { positions, ended, outputs, passed } = self.state.expect("promoted once installed");
+        let State { positions, ended, mut outputs, passed } = self.state.expect("promoted once installed");
+        // Its receivers were sent by the old primary: until each asks for what follows its
+        // position, nothing live may overtake that replay.
+        outputs.hold();
         let restore = ParticipantRestore { from: Some(passed), ..ParticipantRestore::default() };
         let core = Task::restore(self.config, &restore, &positions);
         let mut primary =
-            Subtask::new(self.participant, core, self.config, (&positions, ended, passed), outputs)
-                .with_grant(grant);
+            Subtask::new(self.participant, core, self.config, (&positions, ended, passed), outputs);
+        primary.grant = grant;
         primary.epoch = epoch;
         primary.restore_point = None;
         for (input, &from_seq) in positions.iter().enumerate() {
