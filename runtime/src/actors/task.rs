@@ -250,7 +250,7 @@ impl TaskState {
 pub type BuildBody = std::sync::Arc<dyn Fn(&Log) -> Result<Body, String> + Send + Sync>;
 
 mod standby;
-pub use standby::FailoverPlan;
+pub use standby::{FailoverPlan, Spares};
 
 /// What a transform or sink subtask restores from its snapshot: at the start of a run
 /// attempt and at every local restart.

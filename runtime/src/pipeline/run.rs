@@ -521,7 +521,7 @@ fn build_task(
 fn start_actors(
     env: &Env<'_>,
     built: Vec<Built>,
-    arbiters: &[Arbiter],
+    (arbiters, spares): (&[Arbiter], &task::Spares),
     coordinator: &Addr<CoordinatorActor>,
     out_seqs: &[Vec<Seq>],
     restored: CheckpointId,
@@ -583,6 +583,7 @@ fn start_actors(
                         channels: topology.outputs[p].len(),
                         budget: env.spec.supervision.buffer_bytes,
                         arbiters: [arbiters[here].handle(), arbiters[other].handle()],
+                        spares: spares.clone(),
                     };
                     (Arc::new(plan), 0)
                 });
@@ -742,6 +743,8 @@ fn attempt(
     let (built, out_seqs) = build_all(&env, &plan, &schemas)?;
 
     let system = System::new();
+    // Threads started for standbys after a hang, stopped with the others.
+    let spares = task::Spares::default();
     // The arbiters (one thread each) live until the system stops. Every actor and every
     // arbiter is watched: one that a panic ends stops the attempt instead of leaving it to wait.
     let arbiters = system.block_on(async {
@@ -752,7 +755,7 @@ fn attempt(
         }
         let coordinator = start_coordinator(&env, plan.checkpoint, &shared);
         let restored = plan.checkpoint.unwrap_or_default();
-        start_actors(&env, built, &arbiters, &coordinator, &out_seqs, restored, stop);
+        start_actors(&env, built, (&arbiters, &spares), &coordinator, &out_seqs, restored, stop);
         arbiters
     });
 
@@ -768,7 +771,8 @@ fn attempt(
     }
     // Fence the attempt: every actor thread ends, then every write it queued is applied,
     // before anything (a restart) reads the log again.
-    for arbiter in arbiters {
+    let spares = std::mem::take(&mut *spares.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    for arbiter in arbiters.into_iter().chain(spares) {
         arbiter.stop();
         let _ = arbiter.join();
     }

@@ -43,6 +43,33 @@ pub struct FailoverPlan {
     pub budget: usize,
     /// The two arbiters the primary and its standby run on.
     pub arbiters: [ArbiterHandle; 2],
+    /// Arbiters started for standbys after a hang (the hung primary's thread is not free), to
+    /// be stopped with the run's.
+    pub spares: Spares,
+}
+
+/// Threads started during a run for standbys, stopped and joined with the run's own.
+pub type Spares = std::sync::Arc<std::sync::Mutex<Vec<Arbiter>>>;
+
+impl FailoverPlan {
+    /// The same plan with the standby of a primary on arbiter `side` on a new thread.
+    fn on_spare_arbiter(&self, side: usize) -> FailoverPlan {
+        let spare = Arbiter::new();
+        let mut arbiters = self.arbiters.clone();
+        arbiters[1 - side] = spare.handle();
+        self.spares.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(spare);
+        FailoverPlan {
+            mode: self.mode,
+            progress_timeout: self.progress_timeout,
+            acceptable_lag: self.acceptable_lag,
+            config: self.config,
+            groups: self.groups.clone(),
+            channels: self.channels,
+            budget: self.budget,
+            arbiters,
+            spares: self.spares.clone(),
+        }
+    }
 }
 
 /// A standby's state beside its actor's.
@@ -367,6 +394,12 @@ impl TaskActor {
             if let Some(receiver) = link.to().slot() {
                 receiver.addr().do_send(Reconnect { input: link.input() });
             }
+        }
+        if reason == FailureReason::Hung
+            && let Some((plan, side)) = &self.failover
+        {
+            // The old primary's thread is blocked: the new standby goes to a new one.
+            self.failover = Some((Arc::new(plan.on_spare_arbiter(*side)), *side));
         }
         self.start_standby(ctx);
         self.drain(ctx);
