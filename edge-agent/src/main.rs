@@ -44,7 +44,8 @@ enum Command {
         /// subtask 0 of NODE (`KIND:NODE/S:N` in subtask S). `panic`: after N records;
         /// `snapshot`: inside its N-th snapshot; `commit`: a sink, between pre-commit and its
         /// N-th commit; `write-error`: its N-th log write fails; `credit`: a source or
-        /// transform panics as it handles its N-th flow-control credit.
+        /// transform panics as it handles its N-th flow-control credit; `hang`: after N records
+        /// its thread blocks for 3 s (with a standby, the progress timeout has it taken over).
         #[arg(long, value_name = "FAULT")]
         inject: Vec<String>,
         /// Start afresh: remove what the data directory holds (the checkpoints of an earlier
@@ -60,6 +61,10 @@ enum Command {
         /// The data directory to check, as `run --data-dir` (overrides `data_dir` in the config).
         #[arg(long, env = "WEIR_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Also say how each transform recovers from a failure: which has a standby, which
+        /// `recovery.key_operator = "auto"` would choose, and why.
+        #[arg(long)]
+        explain: bool,
     },
 }
 
@@ -86,9 +91,12 @@ fn main() -> ExitCode {
     // default hook would print a backtrace for each. Keep one line, with the location.
     std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
     match cli.command {
-        Command::Validate { config, data_dir } => match config::load(&config, data_dir.as_deref()) {
+        Command::Validate { config, data_dir, explain } => match config::load(&config, data_dir.as_deref()) {
             Ok(spec) => {
                 println!("{}: ok ({} nodes)", config.display(), spec.nodes.len());
+                if explain {
+                    config::explain(&spec).iter().for_each(|line| println!("{line}"));
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => fail(2, e),

@@ -378,6 +378,61 @@ fn auto_key_operator(transforms: &[&nodes::Draft<'_>]) -> Option<String> {
         .map(|(_, d)| d.name.clone())
 }
 
+/// `weir validate --explain`: how each transform recovers from a failure, and where a
+/// standby would pay.
+pub fn explain(spec: &PipelineSpec) -> Vec<String> {
+    let transforms: Vec<(&str, &TransformSpec)> = spec
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.kind {
+            NodeKind::Transform(t) => Some((n.name.as_str(), t)),
+            _ => None,
+        })
+        .collect();
+    let auto = transforms
+        .iter()
+        .rev()
+        .filter_map(|&(name, t)| state_weight(t).map(|w| (w, name)))
+        .max_by_key(|(w, _)| *w)
+        .map(|(_, name)| name);
+    let mut lines = Vec::new();
+    for &(name, t) in &transforms {
+        let state = match t {
+            TransformSpec::Window(w) => {
+                let keyed = if w.key.is_some() { "per key" } else { "for one key" };
+                format!("keeps its open windows {keyed}")
+            }
+            _ => "keeps no state".to_owned(),
+        };
+        let recovery = match spec.standby.mode(name) {
+            Some(Mode::Hot) => {
+                "a hot standby takes over (a role switch: output resumes in milliseconds)".to_owned()
+            }
+            Some(Mode::Warm) => {
+                "a warm standby takes over (it applies the input since the last checkpoint first)".to_owned()
+            }
+            None => {
+                "a failure restarts it locally: it restores its last snapshot and its upstream replays since"
+                    .to_owned()
+            }
+        };
+        let choice = if auto == Some(name) {
+            "; key_operator = \"auto\" would choose it: its restart re-processes the most state"
+        } else {
+            ""
+        };
+        lines.push(format!("transforms.{name}: {state}; {recovery}{choice}"));
+    }
+    if spec.standby.nodes.is_empty()
+        && let Some(name) = auto
+    {
+        lines.push(format!(
+            "suggestion: [recovery] key_operator = \"{name}\" gives it a hot standby (it costs about one more core's work and as much memory again)"
+        ));
+    }
+    lines
+}
+
 /// How much state a transform keeps, roughly (none: a filter or a map keeps none): a window
 /// keeps its open windows, per key, for about their span of event time (a hopping window
 /// `size_ms / hop_ms` of them at once).

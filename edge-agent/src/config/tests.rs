@@ -814,3 +814,56 @@ fn file_sinks_take_allow_symlink_and_an_octal_mode() {
         "config: sinks.out: key \"mode\" does not apply to type = \"stdout\" (line 9)"
     );
 }
+
+// Reference: issue 11, "[recovery] key_operator = "auto" | "NODE" | "none" (default "none")
+// ... [transforms.NAME.standby] mode = "hot" | "warm" | "off" overrides per node".
+#[test]
+fn the_key_operator_and_standby_modes_choose_which_transforms_have_a_standby() {
+    use weir_runtime::protocol::driver::Mode;
+    let windows = |text: &str| spec(text).standby.nodes;
+    assert_eq!(windows(SENSOR_WINDOW), [], "none by default");
+    let named = format!(
+        "{SENSOR_WINDOW}\n[recovery]\nkey_operator = \"windows\"\nprogress_timeout_ms = 250\nacceptable_lag_batches = 7\n"
+    );
+    let got = spec(&named).standby;
+    assert_eq!(got.nodes, [("windows".to_owned(), Mode::Hot)]);
+    assert_eq!((got.progress_timeout_ms, got.acceptable_lag_batches), (250, 7));
+    let auto = format!("{SENSOR_WINDOW}\n[recovery]\nkey_operator = \"auto\"\n");
+    assert_eq!(windows(&auto), [("windows".to_owned(), Mode::Hot)], "the only stateful transform");
+    let warm = format!("{SENSOR_WINDOW}\n[transforms.windows.standby]\nmode = \"warm\"\n");
+    assert_eq!(windows(&warm), [("windows".to_owned(), Mode::Warm)]);
+    let off = format!(
+        "{SENSOR_WINDOW}\n[transforms.windows.standby]\nmode = \"off\"\n[recovery]\nkey_operator = \"windows\"\n"
+    );
+    assert_eq!(windows(&off), [], "off overrides the key operator");
+    // A filter keeps no state: auto chooses the window, not the filter before it.
+    let filtered = with(
+        "[transforms.hot]\ntype = \"filter\"\ninputs = [\"readings\"]\ncondition = \"value > 1.0\"\n\
+         [transforms.w]\ntype = \"window\"\ninputs = [\"hot\"]\nkey = \"sensor\"\ntime_field = \"ts\"\n\
+         kind = \"tumbling\"\nsize_ms = 10\naggregates = [\"count\"]\n[recovery]\nkey_operator = \"auto\"\n",
+        "w",
+    );
+    assert_eq!(windows(&filtered), [("w".to_owned(), Mode::Hot)]);
+}
+
+#[test]
+fn a_bad_key_operator_or_standby_mode_is_one_line_naming_the_key() {
+    let unknown = format!("{SENSOR_WINDOW}\n[recovery]\nkey_operator = \"window\"\n");
+    let err = error(&unknown);
+    assert!(
+        err.starts_with(
+            "config: recovery.key_operator: \"window\" is not a transform (did you mean \"windows\"?)"
+        ),
+        "{err}"
+    );
+    let source = format!("{SENSOR_WINDOW}\n[recovery]\nkey_operator = \"readings\"\n");
+    assert!(error(&source).contains("\"readings\" is not a transform"), "{}", error(&source));
+    let mode = format!("{SENSOR_WINDOW}\n[transforms.windows.standby]\nmode = \"lukewarm\"\n");
+    let err = error(&mode);
+    assert!(err.starts_with("config: transforms.windows.standby.mode: "), "{err}");
+    assert!(err.contains("\"lukewarm\""), "{err}");
+    let key = format!("{SENSOR_WINDOW}\n[transforms.windows.standby]\nmod = \"hot\"\n");
+    assert!(error(&key).contains("unknown key \"mod\""), "{}", error(&key));
+    let timeout = format!("{SENSOR_WINDOW}\n[recovery]\nprogress_timeout_ms = 0\n");
+    assert!(error(&timeout).starts_with("config: recovery.progress_timeout_ms: "), "{}", error(&timeout));
+}

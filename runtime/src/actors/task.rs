@@ -1164,7 +1164,13 @@ mod tests {
         let system = System::new();
         let arbiter = Arbiter::new();
         let sink = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
-        sink.do_send(Wire { links: Links::default(), upstream: Vec::new(), coordinator: nowhere(), slot: None, failover: None });
+        sink.do_send(Wire {
+            links: Links::default(),
+            upstream: Vec::new(),
+            coordinator: nowhere(),
+            slot: None,
+            failover: None,
+        });
         (system, arbiter, fatal)
     }
 
@@ -1280,10 +1286,20 @@ mod tests {
         let _system = System::new();
         let arbiter = Arbiter::new();
         let up = Upstream0::start_in_arbiter(&arbiter.handle(), |_| Upstream0);
-        let upstream = vec![Upstream { to: To::Fixed(up.clone().recipient()), resume: To::Fixed(up.recipient()), output: 0 }];
+        let upstream = vec![Upstream {
+            to: To::Fixed(up.clone().recipient()),
+            resume: To::Fixed(up.recipient()),
+            output: 0,
+        }];
         let task = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
         let echo = Echo::start_in_arbiter(&arbiter.handle(), |_| Echo);
-        task.do_send(Wire { links: Links::default(), upstream, coordinator: nowhere(), slot: None, failover: None });
+        task.do_send(Wire {
+            links: Links::default(),
+            upstream,
+            coordinator: nowhere(),
+            slot: None,
+            failover: None,
+        });
         let c1 = CheckpointId(1);
         task.do_send(Deliver { input: 0, epoch: 0, grant: 0, item: route::Item::Barrier(c1) });
         started.recv_timeout(PATIENCE).expect("the snapshot is encoded");
@@ -1328,9 +1344,19 @@ mod tests {
         let _system = System::new();
         let arbiter = Arbiter::new();
         let up = Upstream0::start_in_arbiter(&arbiter.handle(), |_| Upstream0);
-        let upstream = vec![Upstream { to: To::Fixed(up.clone().recipient()), resume: To::Fixed(up.recipient()), output: 0 }];
+        let upstream = vec![Upstream {
+            to: To::Fixed(up.clone().recipient()),
+            resume: To::Fixed(up.recipient()),
+            output: 0,
+        }];
         let task = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
-        task.do_send(Wire { links: Links::default(), upstream, coordinator: nowhere(), slot: None, failover: None });
+        task.do_send(Wire {
+            links: Links::default(),
+            upstream,
+            coordinator: nowhere(),
+            slot: None,
+            failover: None,
+        });
         let c1 = CheckpointId(1);
         task.do_send(Deliver { input: 0, epoch: 0, grant: 0, item: route::Item::Barrier(c1) });
         rebuilt.recv_timeout(PATIENCE).expect("the subtask restarts after the panic");
