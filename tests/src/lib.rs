@@ -66,6 +66,40 @@ pub fn run_ok(config: &Path, report: Option<&Path>, faults: &[&str]) {
     assert!(out.status.success(), "{faults:?}: weir run failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// What [`run_measured`] measured of one run.
+pub struct Measured {
+    /// Wall time.
+    pub seconds: f64,
+    /// Peak resident set size.
+    pub peak_rss_mib: f64,
+    /// User and system CPU time.
+    pub cpu_seconds: f64,
+}
+
+/// Run `cmd` (a `weir` command) to its end, failing unless it exits 0, and measure its wall
+/// time, CPU time and peak RSS (wait4's rusage: the child's own).
+#[allow(unsafe_code)] // wait4 is the one call that reports a child's own peak RSS
+pub fn run_measured(cmd: &mut std::process::Command) -> Measured {
+    let started = std::time::Instant::now();
+    let child = cmd.spawn().expect("starting weir");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid out-parameter for wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not yet waited for; the pointers are valid for the call.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(waited, pid, "wait4 failed");
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "weir run failed (status {status})");
+    std::mem::forget(child); // already reaped by wait4
+    let time = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Measured {
+        seconds,
+        peak_rss_mib: usage.ru_maxrss as f64 / 1024.0,
+        cpu_seconds: time(usage.ru_utime) + time(usage.ru_stime),
+    }
+}
+
 /// The run report at `path`.
 pub fn report_of(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("a report")).expect("a JSON report")

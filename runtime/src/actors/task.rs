@@ -449,9 +449,21 @@ pub struct TaskActor {
     follower: Option<standby::Follower>,
     /// A primary that failed and handed its slot to its standby: it does nothing more.
     handed_over: bool,
-    /// A promoted standby, until its first output: the report's failure time and the last
-    /// output of the failed primary (milliseconds since the run started).
-    gap: Option<(u64, u64)>,
+    /// After a failure, until the first new output: for the report's `output_gap_ms`.
+    gap: Option<Gap>,
+    /// When it last sent a batch (milliseconds since the run started).
+    last_output_ms: u64,
+}
+
+/// The output gap of a failure being measured.
+struct Gap {
+    /// The failure (the report's `at_ms`).
+    at_ms: u64,
+    /// The failed subtask's last batch sent before it.
+    last_ms: u64,
+    /// Per channel, the sequence number a batch must be above to be new to its receiver (a
+    /// restarted subtask first produces again what it had sent); empty: any batch is.
+    above: Vec<Seq>,
 }
 
 impl TaskActor {
@@ -481,6 +493,7 @@ impl TaskActor {
             follower: None,
             handed_over: false,
             gap: None,
+            last_output_ms: 0,
         }
     }
 
@@ -618,6 +631,8 @@ impl TaskActor {
             Decision::Global => self.cx.escalate(reason, message),
             Decision::Local { restart, backoff } => {
                 self.catch_up = Some(positions);
+                let (at_ms, last_ms) = (self.cx.supervisor.since_start(at), self.last_output_ms);
+                self.gap = Some(Gap { at_ms, last_ms, above: self.driver.outputs().seqs() });
                 let restarted = restart.iter().map(|&p| self.cx.supervisor.name(p).to_owned()).collect();
                 self.cx
                     .supervisor
@@ -769,8 +784,8 @@ impl TaskActor {
                 self.processed();
             }
             Effect::Send { channel, epoch, item } => {
-                if matches!(item, super::Item::Batch { .. }) {
-                    self.sent_output();
+                if let super::Item::Batch { seq, .. } = item {
+                    self.sent_output(channel, seq);
                 }
                 self.links.send(channel, epoch, item)
             }
@@ -825,6 +840,21 @@ impl TaskActor {
             }
         }
         Ok(true)
+    }
+
+    /// It sent batch `seq` on `channel`: when the slot's standby may need it, and the end of
+    /// an output gap being measured.
+    fn sent_output(&mut self, channel: usize, seq: Seq) {
+        let now = self.cx.supervisor.since_start(Instant::now());
+        self.last_output_ms = now;
+        if let Some(slot) = &self.slot {
+            slot.output(now);
+        }
+        let new = self.gap.as_ref().is_some_and(|g| g.above.get(channel).is_none_or(|&above| seq > above));
+        if new && let Some(gap) = self.gap.take() {
+            let ms = now.saturating_sub(gap.last_ms);
+            self.cx.supervisor.amend(self.cx.participant, gap.at_ms, |r| r.output_gap_ms = Some(ms));
+        }
     }
 
     /// The operator is done with what the driver gave it: return the input's credit.

@@ -52,8 +52,9 @@ pub struct RestartReport {
     pub caught_up_ms: Option<u64>,
     /// A failover: the epoch its standby was granted (`null` for a restart).
     pub epoch: Option<u32>,
-    /// A failover: from the last batch the failed primary sent to the first its promoted
-    /// standby sent (`null` for a restart, or if the run ended first).
+    /// From the last batch the failed subtask sent to the first new batch after the failure:
+    /// one its promoted standby sent, or, after a local restart, one above what it had sent
+    /// before (`null`: a global rollback, a subtask without outputs, or the run ended first).
     pub output_gap_ms: Option<u64>,
     /// A failover: from the failure until a new standby had a state and could take over
     /// (`null` for a restart, or if the run ended first).

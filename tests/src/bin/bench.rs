@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::process::Command;
 use std::time::Instant;
 
-use weir_tests::{sensor_window_config_parallel, sorted_lines, sorted_sha256, weir_bin};
+use weir_tests::{Measured, run_measured, sensor_window_config_parallel, sorted_lines, sorted_sha256, weir_bin};
 
 /// Published checksums (shared/workloads/sensor-window.md).
 fn expected_sha(records: u64) -> Option<&'static str> {
@@ -28,27 +28,9 @@ fn expected_sha(records: u64) -> Option<&'static str> {
     }
 }
 
-struct Measured {
-    seconds: f64,
-    peak_rss_mib: f64,
-}
-
-/// Run `weir run CONFIG` and measure wall time and the child's peak RSS (wait4's rusage).
-#[allow(unsafe_code)] // wait4 is the one call that reports a child's own peak RSS
+/// Run `weir run CONFIG`, measured.
 fn run_weir(config: &std::path::Path) -> Measured {
-    let started = Instant::now();
-    let child = Command::new(weir_bin()).arg("run").arg(config).spawn().expect("starting weir");
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid out-parameter for wait4.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our own child, not yet waited for; the pointers are valid for the call.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let seconds = started.elapsed().as_secs_f64();
-    assert_eq!(waited, pid, "wait4 failed");
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "weir run failed (status {status})");
-    std::mem::forget(child); // already reaped by wait4
-    Measured { seconds, peak_rss_mib: usage.ru_maxrss as f64 / 1024.0 }
+    run_measured(Command::new(weir_bin()).arg("run").arg(config))
 }
 
 /// The bare loop: the same computation, single-threaded, no framework, no checkpoints,

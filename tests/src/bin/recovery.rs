@@ -1,44 +1,71 @@
-//! `weir-recovery-bench`: the recovery benchmark of issue 4. The sensor-window job with large
-//! state (100,000 sensors by default), checkpoints every second, and one injected panic in
-//! the window operator after K readings; run once without the fault, once healed by local
-//! recovery and once by a global rollback. Prints, per run (median of `WEIR_BENCH_REPS`,
-//! default 3):
+//! `weir-recovery-bench`: the recovery benchmark of issues 4 and 11. The sensor-window job
+//! with large state (100,000 sensors by default) and checkpoints every second; one injected
+//! panic in the window operator after K readings, at several points; healed by a hot standby,
+//! a warm standby, local recovery and a global rollback; and the failure-free run without and
+//! with a hot standby. Prints, per configuration (medians over the points and
+//! `WEIR_BENCH_REPS` repetitions, default 3):
 //!
-//! - restart: from the failure until the restarted subtasks were restored and running (the
-//!   report's `duration_ms`);
-//! - first output: from the failure until the first checkpoint completed after it (sinks
-//!   make output visible when a checkpoint completes);
-//! - caught up: from the failure until the failed subtask had again received everything it
-//!   had received when it failed (the replay is done);
-//! - run delay: how much later the run finished than the failure-free run (noisy: the
-//!   difference of two runs' wall times).
+//! - output gap: from the last batch the window sent before the failure to the first new
+//!   batch after it (the report's `output_gap_ms`): how long downstream got nothing new;
+//! - restart: from the failure until the subtask was running again (`duration_ms`; for a
+//!   takeover, until the standby was promoted);
+//! - first completed checkpoint after the failure (an exactly-once sink makes output visible
+//!   when a checkpoint completes, so this bounds when new output is visible);
+//! - wall time, CPU time (user + system) and peak RSS of the whole run (wait4's rusage).
 //!
 //! Every run's output is checked against the failure-free run's. The backoff before a restart
-//! is set to 1 ms in every configuration: it is policy, not recovery cost.
+//! is 1 ms in every configuration: it is policy, not recovery cost.
 //!
-//! `cargo run --release -p weir-tests --bin weir-recovery-bench [-- RECORDS SENSORS FAULT_AT PARALLELISM]`
+//! `cargo run --release -p weir-tests --bin weir-recovery-bench [-- RECORDS SENSORS]`
 
 use std::process::Command;
-use std::time::Instant;
 
-use weir_tests::{sensor_window_config_with, sorted_lines, sorted_sha256, weir_bin};
+use weir_tests::{run_measured, sensor_window_config_with, sorted_lines, sorted_sha256, weir_bin};
 
 struct Sample {
     wall_ms: f64,
+    cpu_s: f64,
+    rss_mib: f64,
+    gap_ms: f64,
     restart_ms: f64,
-    first_output_ms: f64,
-    caught_up_ms: f64,
+    first_checkpoint_ms: f64,
     sha: String,
 }
 
-fn run(records: u64, sensors: u64, parallelism: u64, recovery: &str, fault: Option<u64>) -> Sample {
+/// One configuration: how the window is protected, and whether it fails.
+struct Setup {
+    label: &'static str,
+    /// Appended to the config.
+    extra: &'static str,
+    /// The report's `recovery` for the failure (none: no failure).
+    recovery: Option<&'static str>,
+}
+
+const SETUPS: [Setup; 6] = [
+    Setup { label: "no fault", extra: "", recovery: None },
+    Setup { label: "no fault, hot standby", extra: "key_operator = \"windows\"\n", recovery: None },
+    Setup { label: "hot standby", extra: "key_operator = \"windows\"\n", recovery: Some("failover") },
+    Setup {
+        label: "warm standby",
+        extra: "[transforms.windows.standby]\nmode = \"warm\"\n",
+        recovery: Some("failover"),
+    },
+    Setup { label: "local restart", extra: "", recovery: Some("local") },
+    Setup { label: "global rollback", extra: "strategy = \"global\"\n", recovery: Some("global") },
+];
+
+fn run(records: u64, sensors: u64, setup: &Setup, fault: Option<u64>) -> Sample {
     let dir = tempfile::tempdir().expect("tempdir");
     let config =
         sensor_window_config_with(dir.path(), records, 1000, None, &format!("sensors = {sensors}\n"));
     let mut text = std::fs::read_to_string(&config).expect("config");
-    text = text.replace("[sinks.out]", &format!("parallelism = {parallelism}\n\n[sinks.out]"));
+    // `[recovery]` keys first, then any table the setup adds.
+    let (recovery_keys, tables) = match setup.extra.find('[') {
+        Some(at) => setup.extra.split_at(at),
+        None => (setup.extra, ""),
+    };
     text.push_str(&format!(
-        "\n[supervision]\nbackoff_initial_ms = 1\n\n[recovery]\nstrategy = \"{recovery}\"\nbuffer_mb = 256\n"
+        "\n[supervision]\nbackoff_initial_ms = 1\n\n[recovery]\nbuffer_mb = 256\n{recovery_keys}\n{tables}"
     ));
     std::fs::write(&config, text).expect("config");
     let report = dir.path().join("report.json");
@@ -47,20 +74,17 @@ fn run(records: u64, sensors: u64, parallelism: u64, recovery: &str, fault: Opti
     if let Some(at) = fault {
         cmd.arg("--inject").arg(format!("panic:windows:{at}"));
     }
-    let started = Instant::now();
-    let out = cmd.output().expect("running weir");
-    let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
-    assert!(out.status.success(), "weir failed: {}", String::from_utf8_lossy(&out.stderr));
+    let measured = run_measured(&mut cmd);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("report json");
-    let (mut restart_ms, mut first_output_ms, mut caught_up_ms) = (0.0, 0.0, 0.0);
-    if fault.is_some() {
+    let (mut gap_ms, mut restart_ms, mut first_checkpoint_ms) = (f64::NAN, f64::NAN, f64::NAN);
+    if let Some(recovery) = setup.recovery {
         let restart = &report["restarts"][0];
         assert_eq!(restart["recovery"], recovery, "{report}");
         let at = restart["at_ms"].as_f64().expect("at_ms");
+        gap_ms = restart["output_gap_ms"].as_f64().unwrap_or(f64::NAN);
         restart_ms = restart["duration_ms"].as_f64().expect("duration_ms");
-        caught_up_ms = restart["caught_up_ms"].as_f64().unwrap_or(f64::NAN);
-        first_output_ms = report["checkpoints"]
+        first_checkpoint_ms = report["checkpoints"]
             .as_array()
             .expect("checkpoints")
             .iter()
@@ -69,10 +93,22 @@ fn run(records: u64, sensors: u64, parallelism: u64, recovery: &str, fault: Opti
             .map_or(f64::NAN, |t| t - at);
     }
     let sha = sorted_sha256(&sorted_lines(&dir.path().join("out/windows.csv")));
-    Sample { wall_ms, restart_ms, first_output_ms, caught_up_ms, sha }
+    Sample {
+        wall_ms: measured.seconds * 1000.0,
+        cpu_s: measured.cpu_seconds,
+        rss_mib: measured.peak_rss_mib,
+        gap_ms,
+        restart_ms,
+        first_checkpoint_ms,
+        sha,
+    }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+fn median(v: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = v.filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -81,53 +117,61 @@ fn main() {
     let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();
     let records = args.first().copied().unwrap_or(8_000_000);
     let sensors = args.get(1).copied().unwrap_or(100_000);
-    let fault_at = args.get(2).copied().unwrap_or(records / 2);
-    let parallelism = args.get(3).copied().unwrap_or(1);
+    let points = [records * 2 / 5, records / 2, records * 3 / 5];
     let reps: usize = std::env::var("WEIR_BENCH_REPS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
     println!("weir: {}", weir_bin().display());
     println!("cores: {}", std::thread::available_parallelism().map_or(0, |n| n.get()));
     println!(
-        "{records} readings, {sensors} sensors, window parallelism {parallelism}, panic after {fault_at} readings into window subtask 0, checkpoints every 1 s, {reps} reps (medians)"
+        "{records} readings, {sensors} sensors, a panic into the window after {points:?} readings, checkpoints every 1 s, {reps} reps (medians over points and reps)"
     );
     println!();
-    println!("| run | wall ms | restart ms | first output ms | caught up ms | run delay ms |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    let runs = [
-        ("no fault", "local", None),
-        ("local recovery", "local", Some(fault_at)),
-        ("global rollback", "global", Some(fault_at)),
-    ];
-    let mut samples: Vec<Vec<Sample>> = runs.iter().map(|_| Vec::new()).collect();
+    println!("| run | output gap ms | restart ms | first checkpoint after ms | wall ms | CPU s | peak RSS MiB |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut samples: Vec<Vec<Sample>> = SETUPS.iter().map(|_| Vec::new()).collect();
+    // Interleaved: every configuration once per round, so drift hits them alike.
     for _ in 0..reps {
-        for (k, &(_, recovery, fault)) in runs.iter().enumerate() {
-            samples[k].push(run(records, sensors, parallelism, recovery, fault));
+        for &at in &points {
+            for (k, setup) in SETUPS.iter().enumerate() {
+                let fault = setup.recovery.map(|_| at);
+                if fault.is_none() && at != points[0] {
+                    continue; // one failure-free run per round
+                }
+                samples[k].push(run(records, sensors, setup, fault));
+            }
         }
     }
     let reference = samples[0][0].sha.clone();
     for s in samples.iter().flatten() {
         assert_eq!(s.sha, reference, "a run's output differs from the failure-free run's");
     }
-    let baseline = median(samples[0].iter().map(|s| s.wall_ms).collect());
-    let mut figures = Vec::new();
-    for (k, &(label, _, fault)) in runs.iter().enumerate() {
-        let wall = median(samples[k].iter().map(|s| s.wall_ms).collect());
-        let restart = median(samples[k].iter().map(|s| s.restart_ms).collect());
-        let first = median(samples[k].iter().map(|s| s.first_output_ms).collect());
-        let caught_up = median(samples[k].iter().map(|s| s.caught_up_ms).collect());
-        let delay = wall - baseline;
-        figures.push((restart, first, caught_up));
-        if fault.is_none() {
-            println!("| {label} | {wall:.0} | - | - | - | - |");
-        } else {
-            println!("| {label} | {wall:.0} | {restart:.0} | {first:.0} | {caught_up:.0} | {delay:.0} |");
-        }
+    let mut gaps = Vec::new();
+    for (k, setup) in SETUPS.iter().enumerate() {
+        let s = &samples[k];
+        let gap = median(s.iter().map(|s| s.gap_ms));
+        gaps.push(gap);
+        let show = |v: f64| if v.is_nan() { "-".to_owned() } else { format!("{v:.0}") };
+        println!(
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.0} |",
+            setup.label,
+            show(gap),
+            show(median(s.iter().map(|s| s.restart_ms))),
+            show(median(s.iter().map(|s| s.first_checkpoint_ms))),
+            median(s.iter().map(|s| s.wall_ms)),
+            median(s.iter().map(|s| s.cpu_s)),
+            median(s.iter().map(|s| s.rss_mib)),
+        );
     }
-    let (l, g) = (figures[1], figures[2]);
+    let wall = |k: usize| median(samples[k].iter().map(|s| s.wall_ms));
+    let rss = |k: usize| median(samples[k].iter().map(|s| s.rss_mib));
     println!();
     println!(
-        "global / local: restart {:.1}x, first output {:.1}x, caught up {:.1}x; outputs identical to the failure-free run",
-        g.0 / l.0.max(1.0),
-        g.1 / l.1.max(1.0),
-        g.2 / l.2.max(1.0)
+        "output gap, local restart / hot standby: {:.1}x; warm standby / hot: {:.1}x",
+        gaps[4] / gaps[2].max(1.0),
+        gaps[3] / gaps[2].max(1.0)
+    );
+    println!(
+        "failure-free with a hot standby: throughput {:.2} of without, peak RSS {:.2}x; outputs identical to the failure-free run",
+        wall(0) / wall(1),
+        rss(1) / rss(0)
     );
 }

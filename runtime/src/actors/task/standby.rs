@@ -143,7 +143,7 @@ impl TaskActor {
             plan.budget,
             Mutations::NONE,
         );
-        let replaces = self.gap.map(|(at_ms, _)| at_ms);
+        let replaces = self.gap.as_ref().map(|g| g.at_ms);
         let follower = Follower { replica, primary_grant: self.driver.grant(), promotion: None, replaces };
         // The standby injects no faults: they are aimed at the primary.
         let cx = SubtaskContext { faults: Vec::new(), ..self.cx.clone() };
@@ -167,20 +167,6 @@ impl TaskActor {
         if let (Some(standby), Some(slot)) = (&self.standby, &self.slot) {
             slot.shipped();
             standby.do_send(Ship(shipped));
-        }
-    }
-
-    /// The primary sent a batch: for the output gap of a failover.
-    pub(super) fn sent_output(&mut self) {
-        let Some(slot) = &self.slot else { return };
-        if self.standby.is_none() && self.gap.is_none() {
-            return;
-        }
-        let now = self.cx.supervisor.since_start(Instant::now());
-        slot.output(now);
-        if let Some((at_ms, last)) = self.gap.take() {
-            let gap = now.saturating_sub(last);
-            self.cx.supervisor.amend(self.cx.participant, at_ms, |r| r.output_gap_ms = Some(gap));
         }
     }
 
@@ -370,7 +356,7 @@ impl TaskActor {
             return self.cx.escalate(reason, "standby: promoted before it applied what was shipped".into());
         }
         let failed_at_ms = self.cx.supervisor.since_start(at);
-        let last_output = self.slot.as_ref().map_or(failed_at_ms, |s| s.last_output());
+        let last_ms = self.slot.as_ref().map_or(failed_at_ms, |s| s.last_output());
         self.driver = follower.replica.into_primary(incarnation, grant);
         self.links.set_grant(grant);
         self.cx.supervisor.record(RestartReport {
@@ -388,7 +374,8 @@ impl TaskActor {
             output_gap_ms: None,
             reprotected_ms: None,
         });
-        self.gap = Some((failed_at_ms, last_output));
+        // Every batch it sends is new to its receivers (they asked from their positions).
+        self.gap = Some(super::Gap { at_ms: failed_at_ms, last_ms, above: Vec::new() });
         tracing::warn!("{}: promoted (epoch {grant}); receivers reconnect", self.cx.name);
         for link in &self.links.0 {
             if let Some(receiver) = link.to().slot() {
