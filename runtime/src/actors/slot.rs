@@ -61,9 +61,21 @@ impl<A: Clone> Slot<A> {
         self.grant.load(Ordering::SeqCst)
     }
 
-    /// Whether a subtask acting under `grant` has been replaced.
+    /// Whether a subtask acting under `grant` has been replaced (its own check, before every
+    /// effect: a race here is caught by its receivers, which use [`Slot::fence`]).
     pub fn deposed(&self, grant: Epoch) -> bool {
         self.grant() > grant
+    }
+
+    /// The grant a receiver holds what it handles now to: read under the slot's lock, so that
+    /// a takeover is entirely before or entirely after it. If it is still the old primary's,
+    /// everything the old primary shipped before sending what the receiver handles is in its
+    /// standby's mailbox ahead of the takeover's `Promote` (happens-before through this lock),
+    /// so the standby applies it before it is promoted (S13). Without the lock only a
+    /// sequentially consistent machine would guarantee that (loom finds the interleaving).
+    pub fn fence(&self) -> Epoch {
+        let _held = lock(&self.addr);
+        self.grant()
     }
 
     /// The primary granted `from` is replaced by `addr`, if nobody replaced it first: `persist`
@@ -192,11 +204,12 @@ where
         }
     }
 
-    /// The slot's grant (0 for an actor outside any slot).
+    /// The grant a receiver fences this input with ([`Slot::fence`]; 0 for an actor outside
+    /// any slot).
     pub fn grant(&self) -> Epoch {
         match self {
             Route::Fixed(_) => 0,
-            Route::Slot(s) => s.grant(),
+            Route::Slot(s) => s.fence(),
         }
     }
 }
@@ -222,20 +235,35 @@ mod loom_tests {
         });
     }
 
-    // S12 under concurrency: a receiver that accepts an item of the old primary (granted 0)
-    // does so only before the takeover raised the grant, so the standby was shipped what the
-    // old primary applied before sending it (the ship happens before the send): once the
-    // takeover has returned, every later check refuses the old grant.
+    // S12/S13 under concurrency, the argument of SPEC 11.8 in miniature: the old primary
+    // ships an entry and then sends its output; a receiver accepts that output only if the
+    // slot's grant is still the old one when it looks; the standby raises the grant and then
+    // drains what was shipped. Whenever the receiver accepted, the standby sees the entry.
+    // With the receiver reading the grant without the slot's lock, loom finds the
+    // store-buffering interleaving in which it does not.
     #[test]
-    fn loom_a_deposed_primarys_items_are_refused_after_the_takeover() {
+    fn loom_output_accepted_from_the_old_primary_was_shipped_before_the_takeover() {
         loom::model(|| {
             let slot = Arc::new(Slot::new(0u8, 0));
-            let receiver = slot.clone();
-            let accepted = thread::spawn(move || !receiver.deposed(0));
-            let promoted = slot.take_over(0, 1, |_| Ok::<(), ()>(())).unwrap();
-            assert_eq!(promoted, Some((1, 1)));
-            assert!(slot.deposed(0), "after the takeover the old grant is refused");
-            let _ = accepted.join().unwrap();
+            let shipped = Arc::new(AtomicBool::new(false));
+            let sent = Arc::new(AtomicBool::new(false));
+            let primary = {
+                let (shipped, sent) = (shipped.clone(), sent.clone());
+                thread::spawn(move || {
+                    shipped.store(true, Ordering::SeqCst);
+                    sent.store(true, Ordering::SeqCst);
+                })
+            };
+            let receiver = {
+                let (slot, sent) = (slot.clone(), sent.clone());
+                thread::spawn(move || sent.load(Ordering::SeqCst) && slot.fence() == 0)
+            };
+            assert!(slot.take_over(0, 1, |_| Ok::<(), ()>(())).unwrap().is_some());
+            let seen = shipped.load(Ordering::SeqCst);
+            primary.join().unwrap();
+            let accepted = receiver.join().unwrap();
+            assert!(!accepted || seen, "the receiver accepted output whose input the standby has not");
+            assert!(slot.deposed(0));
         });
     }
 
