@@ -301,21 +301,7 @@ inputs = ["windows"]
 path = "out/windows.csv"
 format = "csv"
 "#;
-    let run = |faults: &[&str]| {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("two.toml");
-        std::fs::write(&config, CONFIG).unwrap();
-        let report = dir.path().join("report.json");
-        run_ok(&config, Some(&report), faults);
-        let rows: Vec<String> = sorted_lines(&dir.path().join("out/windows.csv"))
-            .iter()
-            .map(|l| {
-                let f: Vec<&str> = l.split(',').collect();
-                format!("{},{},{},{},{}", f[0], f[1], f[2], f[4], f[5])
-            })
-            .collect();
-        (rows, report_of(&report))
-    };
+    let run = |faults: &[&str]| run_order_independent(CONFIG, faults);
     let (reference, _) = run(&[]);
     let counted: u64 = reference.iter().map(|r| r.split(',').nth(2).unwrap().parse::<u64>().unwrap()).sum();
     assert_eq!(counted, 250_000, "every reading in exactly one window");

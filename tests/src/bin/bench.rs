@@ -15,7 +15,9 @@ use std::fmt::Write as _;
 use std::process::Command;
 use std::time::Instant;
 
-use weir_tests::{Measured, run_measured, sensor_window_config_parallel, sorted_lines, sorted_sha256, weir_bin};
+use weir_tests::{
+    Measured, run_measured, sensor_window_config_parallel, sorted_lines, sorted_sha256, weir_bin,
+};
 
 /// Published checksums (shared/workloads/sensor-window.md).
 fn expected_sha(records: u64) -> Option<&'static str> {

@@ -125,7 +125,9 @@ fn main() {
         "{records} readings, {sensors} sensors, a panic into the window after {points:?} readings, checkpoints every 1 s, {reps} reps (medians over points and reps)"
     );
     println!();
-    println!("| run | output gap ms | restart ms | first checkpoint after ms | wall ms | CPU s | peak RSS MiB |");
+    println!(
+        "| run | output gap ms | restart ms | first checkpoint after ms | wall ms | CPU s | peak RSS MiB |"
+    );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut samples: Vec<Vec<Sample>> = SETUPS.iter().map(|_| Vec::new()).collect();
     // Interleaved: every configuration once per round, so drift hits them alike.
