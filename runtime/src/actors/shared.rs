@@ -504,7 +504,8 @@ mod tests {
                 "\"restore_failed\"",
                 "\"rest_for_one\"",
                 "\"actor_died\"",
-                "\"arbiter_died\""
+                "\"arbiter_died\"",
+                "\"hung\""
             ]
         );
         assert_eq!(RestForOne.to_string(), "rest_for_one");
