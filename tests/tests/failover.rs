@@ -175,3 +175,22 @@ format = "csv"
         assert_eq!(report["restarts"].as_array().unwrap().len(), 1, "{fault}: {report}");
     }
 }
+
+/// A standby whose buffer queues gave up over `buffer_mb` could not serve its receivers from
+/// their positions once promoted: it does not take over, and the primary restarts locally
+/// (before, the takeover ended in a global rollback).
+#[test]
+fn a_standby_over_its_buffer_budget_leaves_the_failure_to_a_local_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = sensor_window_config_with(dir.path(), 400_000, 10_000, None, "sensors = 100000\n");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[recovery]\nkey_operator = \"windows\"\nbuffer_mb = 1\n");
+    std::fs::write(&config, text).unwrap();
+    let report = dir.path().join("report.json");
+    run_ok(&config, Some(&report), &["panic:windows:300000"]);
+    assert_eq!(sorted_lines(&dir.path().join("out/windows.csv")), reference_lines_with(400_000, 100_000));
+    let report = report_of(&report);
+    let restarts = report["restarts"].as_array().unwrap();
+    assert_eq!(restarts.len(), 1, "{report}");
+    assert_eq!(restarts[0]["recovery"], "local", "{report}");
+}

@@ -38,8 +38,8 @@ use std::path::{Path, PathBuf};
 
 use toml::de::DeTable;
 use weir_runtime::pipeline::spec::{
-    CheckpointMode, CheckpointSpec, NodeKind, PipelineSpec, RecoveryStrategy, RestartStrategy, StandbySpec,
-    SupervisionSpec, TransformSpec, WindowKind,
+    AutoKeyOperator, CheckpointMode, CheckpointSpec, NodeKind, PipelineSpec, RecoveryStrategy,
+    RestartStrategy, StandbySpec, SupervisionSpec, TransformSpec, WindowKind,
 };
 use weir_runtime::protocol::driver::Mode;
 
@@ -261,7 +261,7 @@ fn read(
         .collect();
     let sites = Sites { data_dir: data_dir_from, map_size_mb: map_size_item.map(|i| i.line()), paths };
 
-    standby.nodes = standbys(key_operator, &drafts)?;
+    (standby.nodes, standby.auto) = standbys(key_operator, &drafts)?;
     let nodes = graph::assemble(drafts)?;
     Ok((PipelineSpec { data_dir, map_size, checkpoint, supervision, nodes, standby }, sites))
 }
@@ -320,20 +320,30 @@ fn recovery<'a>(
     Ok(table.get("key_operator"))
 }
 
+/// The transforms with a fixed standby, and `key_operator = "auto"`'s choice.
+type Standbys = (Vec<(String, Mode)>, Option<AutoKeyOperator>);
+
 /// The transforms with a standby (SPEC §11.8): `recovery.key_operator` names one, or `"auto"`
-/// picks one, or `"none"` (the default: a standby costs a core's worth of work, so the person
-/// asks for it); each transform's `standby.mode` overrides (`"off"`: none).
-fn standbys(
-    key_operator: Option<Item<'_>>,
-    drafts: &[nodes::Draft<'_>],
-) -> Result<Vec<(String, Mode)>, ConfigError> {
+/// picks one (and the run may move it), or `"none"` (the default: a standby costs a core's
+/// worth of work, so the person asks for it); each transform's `standby.mode` overrides
+/// (`"off"`: none). Returns the fixed ones and `auto`'s choice.
+fn standbys(key_operator: Option<Item<'_>>, drafts: &[nodes::Draft<'_>]) -> Result<Standbys, ConfigError> {
     let transforms: Vec<&nodes::Draft<'_>> =
         drafts.iter().filter(|d| d.section == Section::Transform).collect();
+    let mut auto = None;
     let key = match &key_operator {
         None => None,
         Some(item) => match item.non_empty_str()? {
             "none" => None,
-            "auto" => auto_key_operator(&transforms),
+            "auto" => {
+                let candidates: Vec<&nodes::Draft<'_>> =
+                    transforms.iter().copied().filter(|d| d.standby.is_none()).collect();
+                auto = auto_key_operator(&candidates).map(|first| AutoKeyOperator {
+                    candidates: candidates.iter().map(|d| d.name.clone()).collect(),
+                    first,
+                });
+                None
+            }
             name => match transforms.iter().find(|d| d.name == name) {
                 Some(d) => Some(d.name.clone()),
                 None => {
@@ -347,7 +357,7 @@ fn standbys(
             },
         },
     };
-    Ok(transforms
+    let fixed = transforms
         .iter()
         .filter_map(|d| {
             let mode = match d.standby {
@@ -359,7 +369,8 @@ fn standbys(
             };
             Some((d.name.clone(), mode))
         })
-        .collect())
+        .collect();
+    Ok((fixed, auto))
 }
 
 /// `key_operator = "auto"`: the transform whose local restart would take longest, by the
@@ -424,6 +435,7 @@ pub fn explain(spec: &PipelineSpec) -> Vec<String> {
         lines.push(format!("transforms.{name}: {state}; {recovery}{choice}"));
     }
     if spec.standby.nodes.is_empty()
+        && spec.standby.auto.is_none()
         && let Some(name) = auto
     {
         lines.push(format!(

@@ -820,7 +820,11 @@ fn file_sinks_take_allow_symlink_and_an_octal_mode() {
 #[test]
 fn the_key_operator_and_standby_modes_choose_which_transforms_have_a_standby() {
     use weir_runtime::protocol::driver::Mode;
-    let windows = |text: &str| spec(text).standby.nodes;
+    let windows = |text: &str| {
+        let standby = spec(text).standby;
+        let first = standby.auto.map(|a| (a.first, Mode::Hot));
+        standby.nodes.into_iter().chain(first).collect::<Vec<_>>()
+    };
     assert_eq!(windows(SENSOR_WINDOW), [], "none by default");
     let named = format!(
         "{SENSOR_WINDOW}\n[recovery]\nkey_operator = \"windows\"\nprogress_timeout_ms = 250\nacceptable_lag_batches = 7\n"

@@ -191,6 +191,12 @@ impl<P: Payload> Outputs<P> {
         self.channels.iter().map(|c| c.seq).collect()
     }
 
+    /// Whether a buffer queue gave up over the budget and has not reached a completion since:
+    /// it cannot serve every replay a receiver may ask for.
+    pub fn gave_up(&self) -> bool {
+        self.channels.iter().any(|c| c.buffer.as_ref().is_some_and(BufferQueue::gave_up))
+    }
+
     /// The buffer queue of `channel`, if it keeps one.
     pub fn buffer(&self, channel: usize) -> Option<&BufferQueue<P>> {
         self.channels[channel].buffer.as_ref()

@@ -18,6 +18,14 @@ pub struct Counters {
     pub records_in: AtomicU64,
     /// Records sent (or, for a sink, written).
     pub records_out: AtomicU64,
+    /// Bytes of its largest snapshot's operator state (for the recovery estimate).
+    pub snapshot_bytes: AtomicU64,
+    /// Most records received between two of its snapshots.
+    pub interval_records: AtomicU64,
+    /// Records received at its last snapshot.
+    at_snapshot: AtomicU64,
+    /// Nanoseconds its operator spent processing batches.
+    pub busy_nanos: AtomicU64,
 }
 
 impl Counters {
@@ -30,6 +38,15 @@ impl Counters {
     }
     pub(crate) fn add_out(&self, n: usize) {
         self.records_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    /// A snapshot was taken: the records since the one before are an interval's input.
+    pub(crate) fn snapshot_taken(&self) {
+        let now = self.records_in();
+        let before = self.at_snapshot.swap(now, Ordering::Relaxed);
+        self.interval_records.fetch_max(now.saturating_sub(before), Ordering::Relaxed);
+    }
+    pub(crate) fn add_busy(&self, nanos: u64) {
+        self.busy_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 }
 

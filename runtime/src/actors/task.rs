@@ -250,7 +250,7 @@ impl TaskState {
 pub type BuildBody = std::sync::Arc<dyn Fn(&Log) -> Result<Body, String> + Send + Sync>;
 
 mod standby;
-pub use standby::{FailoverPlan, Spares};
+pub use standby::{FailoverPlan, SetStandby, Spares};
 
 /// What a transform or sink subtask restores from its snapshot: at the start of a run
 /// attempt and at every local restart.
@@ -387,6 +387,8 @@ pub struct Wire {
     /// How a standby protects it (none: no standby), and on which of the plan's arbiters it
     /// runs.
     pub failover: Option<(Arc<FailoverPlan>, usize)>,
+    /// Whether it starts with its standby (`key_operator = "auto"` may start it later).
+    pub standby: bool,
 }
 
 /// A write of epoch `.0` is durable (or failed).
@@ -544,7 +546,9 @@ impl TaskActor {
             (Some(Payload::Data(batch)), Body::Operator(op)) => {
                 self.cx.counters.add_in(batch.len());
                 self.cx.inject(self.cx.counters.records_in());
+                let started = Instant::now();
                 op.process(input, &batch, &mut self.scratch).map_err(|e| e.to_string())?;
+                self.cx.counters.add_busy(started.elapsed().as_nanos() as u64);
             }
             (Some(Payload::Data(batch)), Body::Sink(sink)) => {
                 self.cx.counters.add_in(batch.len());
@@ -671,8 +675,11 @@ impl TaskActor {
         let log = self.cx.log.clone();
         let shape = (self.driver.positions().len(), self.links.0.len());
         let storage = LogStorage { log: &log, name: &self.cx.name, shape };
+        let started = Instant::now();
         let restored = self.driver.restart(&storage).map_err(|e| e.to_string())?;
+        let bytes = restored.state.as_ref().map_or(0, Vec::len);
         self.body = restore_body(&self.cx.name, &self.build, &log, restored.state)?;
+        self.cx.supervisor.note_restore(bytes, started.elapsed().as_secs_f64() * 1000.0);
         Ok(restored.checkpoint)
     }
 
@@ -751,6 +758,7 @@ impl TaskActor {
             return done(Err(injected));
         }
         let (participant, addr, epoch) = (self.cx.participant, ctx.address(), self.driver.epoch());
+        let (counters, supervisor) = (self.cx.counters.clone(), self.cx.supervisor.clone());
         let job: Job = Box::new(move || {
             let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| capture.map(|c| c())));
             let operator = match encoded {
@@ -760,6 +768,13 @@ impl TaskActor {
                     return None;
                 }
             };
+            if !operator.is_empty() {
+                counters
+                    .snapshot_bytes
+                    .fetch_max(operator.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                // Off the subtask's thread: the estimates changed.
+                supervisor.reevaluate_key_operator();
+            }
             record.state = TaskState { ended, operator }.encode();
             let mut ops = vec![WriteOp::Snapshot { participant, checkpoint: c, record }];
             if let Some(bytes) = staged {
@@ -793,6 +808,7 @@ impl TaskActor {
             Effect::Snapshot { checkpoint, positions, out_seqs, ended } => {
                 self.snapshots += 1;
                 self.cx.inject_at(FaultKind::Snapshot, self.snapshots);
+                self.cx.counters.snapshot_taken();
                 self.snapshot(
                     checkpoint,
                     SnapshotRecord { positions, out_seqs, state: Vec::new() },
@@ -892,9 +908,12 @@ impl Handler<Wire> for TaskActor {
                 act.slot = Some(slot);
             }
             act.failover = wire.failover;
+            let standby = wire.standby;
             act.upstream = wire.upstream;
             act.coordinator = Some(wire.coordinator);
-            act.start_standby(ctx);
+            if standby {
+                act.start_standby(ctx);
+            }
             act.drain(ctx); // a restored sink's repair commit
         });
     }
@@ -1200,6 +1219,7 @@ mod tests {
             coordinator: nowhere(),
             slot: None,
             failover: None,
+            standby: false,
         });
         (system, arbiter, fatal)
     }
@@ -1329,6 +1349,7 @@ mod tests {
             coordinator: nowhere(),
             slot: None,
             failover: None,
+            standby: false,
         });
         let c1 = CheckpointId(1);
         task.do_send(Deliver { input: 0, epoch: 0, grant: 0, item: route::Item::Barrier(c1) });
@@ -1386,6 +1407,7 @@ mod tests {
             coordinator: nowhere(),
             slot: None,
             failover: None,
+            standby: false,
         });
         let c1 = CheckpointId(1);
         task.do_send(Deliver { input: 0, epoch: 0, grant: 0, item: route::Item::Barrier(c1) });

@@ -6,6 +6,9 @@ pub mod fingerprint;
 pub mod spec;
 
 #[cfg(feature = "io")]
+pub mod keyop;
+
+#[cfg(feature = "io")]
 pub mod plan;
 
 #[cfg(feature = "io")]

@@ -32,6 +32,7 @@ use crate::log::{Log, LogError, SnapshotRecord, Writer};
 use crate::operators;
 use crate::pipeline::faults::Injection;
 use crate::pipeline::fingerprint;
+use crate::pipeline::keyop::Chooser;
 use crate::pipeline::plan::Plan;
 use crate::pipeline::spec::{
     CheckpointMode, NodeKind, NodeSpec, PipelineSpec, RecoveryStrategy, SinkSpec, SourceSpec,
@@ -96,7 +97,7 @@ pub struct CheckpointReport {
 }
 
 /// What a run did (`weir run --report FILE` writes it as JSON).
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct RunReport {
     /// Per node, in pipeline order.
     pub nodes: Vec<NodeReport>,
@@ -115,6 +116,9 @@ pub struct RunReport {
     pub stopped_at: Option<u64>,
     /// Every `--inject` fault, and whether it fired.
     pub injections: Vec<InjectionReport>,
+    /// Per transform subtask, its estimated recovery time from what the last attempt
+    /// measured, and its standby at the end (issue 11, `key_operator`).
+    pub recovery_estimates: Vec<crate::pipeline::keyop::Estimate>,
     /// Wall time of the run in milliseconds.
     pub wall_ms: u64,
 }
@@ -160,6 +164,8 @@ struct Attempt {
     failure: Option<(String, usize, FailureReason, String, Instant)>,
     /// Set when a requested stop ended it at this checkpoint.
     stopped_at: Option<u64>,
+    /// Its transform subtasks' estimated recovery times.
+    estimates: Vec<crate::pipeline::keyop::Estimate>,
 }
 
 /// Run `spec` until its sources are exhausted and all output is committed, or until `stop`
@@ -194,6 +200,7 @@ pub fn run(
         stopped: None,
         stopped_at: None,
         injections: Vec::new(),
+        recovery_estimates: Vec::new(),
         wall_ms: 0,
     };
     let supervisor = Arc::new(supervisor_for(spec, started));
@@ -210,6 +217,7 @@ pub fn run(
             total.records_out += part.records_out;
         }
         report.checkpoints.extend(attempt.checkpoints);
+        report.recovery_estimates = attempt.estimates;
         if let Some((mut restart, at)) = pending.take() {
             restart.duration_ms = attempt.running_at.duration_since(at).as_millis() as u64;
             restart.restored_from = attempt.restored_from;
@@ -403,6 +411,8 @@ enum Built {
 struct StandbyPlan {
     mode: Mode,
     config: TaskConfig,
+    /// It starts with the run (else only if `key_operator = "auto"` moves it here).
+    starts: bool,
 }
 
 /// Build every subtask's actor from its snapshot of the restore point: errors here are
@@ -512,7 +522,13 @@ fn build_task(
     let driver = Driver::new(p, core, config, (&positions, ended, restored), outputs);
     let actor = TaskActor::new(env.context(p), driver, body, build);
     let grant = env.log.read_grant(p)?;
-    let standby = env.spec.standby.mode(&node.name).map(|mode| StandbyPlan { mode, config });
+    let standby = match env.spec.standby.mode(&node.name) {
+        Some(mode) => Some(StandbyPlan { mode, config, starts: true }),
+        None if env.spec.standby.auto_candidate(&node.name) => {
+            Some(StandbyPlan { mode: Mode::Hot, config, starts: false })
+        }
+        None => None,
+    };
     Ok(Built::Task(Box::new(actor), grant, standby))
 }
 
@@ -541,6 +557,7 @@ fn start_actors(
     let mut members = Vec::new();
     let mut deliver_to: Vec<Option<To<crate::actors::Deliver>>> = Vec::new();
     let mut notices = Vec::new();
+    let mut slots: Vec<Option<Arc<TaskSlot>>> = vec![None; built.len()];
     for (p, b) in built.into_iter().enumerate() {
         let arbiter = arbiters[topology.subtasks[p].arbiter].handle();
         let watch = Watch::actor(env.fatal.clone(), &env.node(p).name, topology.subtasks[p].index);
@@ -569,9 +586,11 @@ fn start_actors(
                 members.push(Some(To::Slot(slot.clone())));
                 deliver_to.push(Some(To::Slot(slot.clone())));
                 notices.push((To::Slot(slot.clone()), To::Slot(slot.clone())));
+                slots[p] = Some(slot.clone());
                 let failover = standby.map(|plan| {
                     let here = topology.subtasks[p].arbiter;
                     let other = (here + 1) % arbiters.len();
+                    let starts = plan.starts;
                     let plan = FailoverPlan {
                         mode: plan.mode,
                         progress_timeout: Duration::from_millis(env.spec.standby.progress_timeout_ms),
@@ -585,13 +604,14 @@ fn start_actors(
                         arbiters: [arbiters[here].handle(), arbiters[other].handle()],
                         spares: spares.clone(),
                     };
-                    (Arc::new(plan), 0)
+                    (Arc::new(plan), 0, starts)
                 });
                 task_addrs.push(Some((addr, slot, failover)));
             }
         }
     }
     env.supervisor.set_members(members);
+    env.supervisor.set_chooser(key_operator_chooser(env, slots), env.counters.clone());
     let links = |p: ParticipantId| {
         let link = |o: &crate::pipeline::plan::OutputChannel| {
             Link::new(deliver_to[o.to].clone().expect("only tasks receive data"), o.input)
@@ -600,6 +620,8 @@ fn start_actors(
     };
     for (p, task) in task_addrs.into_iter().enumerate() {
         let Some((addr, slot, failover)) = task else { continue };
+        let standby = failover.as_ref().is_some_and(|f| f.2);
+        let failover = failover.map(|(plan, side, _)| (plan, side));
         let upstream = (topology.inputs[p].iter())
             .map(|i| Upstream {
                 to: credit_to[i.from].clone(),
@@ -613,6 +635,7 @@ fn start_actors(
             coordinator: to_coordinator.clone(),
             slot: Some(slot),
             failover,
+            standby,
         });
     }
     for (s, addr) in source_addrs.iter().enumerate() {
@@ -628,6 +651,59 @@ fn start_actors(
     for addr in &source_addrs {
         addr.do_send(source::Start);
     }
+}
+
+/// Each transform subtask's estimated recovery time from its `counters`, and its standby at
+/// the end (with `key_operator = "auto"`: the node it chose last).
+fn recovery_estimates(
+    spec: &PipelineSpec,
+    topology: &Plan,
+    counters: &[Arc<Counters>],
+    supervisor: &Supervisor,
+) -> Vec<crate::pipeline::keyop::Estimate> {
+    let auto = supervisor.key_operator();
+    let rate = supervisor.restore_rate();
+    (topology.subtasks.iter().enumerate())
+        .filter(|(_, s)| matches!(spec.nodes[s.node].kind, NodeKind::Transform(_)))
+        .map(|(p, s)| {
+            let node = &spec.nodes[s.node].name;
+            let (restore_ms, replay_ms) = crate::pipeline::keyop::estimate(&counters[p], rate);
+            let standby = match spec.standby.nodes.iter().find(|(n, _)| n == node) {
+                Some((_, Mode::Hot)) => Some("hot"),
+                Some((_, Mode::Warm)) => Some("warm"),
+                None if auto.as_deref() == Some(node.as_str()) => Some("hot"),
+                None => None,
+            };
+            crate::pipeline::keyop::Estimate {
+                subtask: format!("{node}/{}", s.index),
+                snapshot_bytes: counters[p].snapshot_bytes.load(Ordering::Relaxed),
+                restore_ms: (restore_ms * 10.0).round() / 10.0,
+                replay_ms: (replay_ms * 10.0).round() / 10.0,
+                estimate_ms: ((restore_ms + replay_ms) * 10.0).round() / 10.0,
+                standby: standby.map(str::to_owned),
+            }
+        })
+        .collect()
+}
+
+/// `key_operator = "auto"`'s chooser over its candidate transforms, which reaches their
+/// subtasks through their `slots`; none unless asked for.
+fn key_operator_chooser(env: &Env<'_>, slots: Vec<Option<Arc<TaskSlot>>>) -> Option<Chooser> {
+    let auto = env.spec.standby.auto.as_ref()?;
+    let nodes: Vec<(String, Vec<ParticipantId>)> = (auto.candidates.iter())
+        .map(|name| {
+            let n = node_index(env.spec, name);
+            let first = env.topology.first[n];
+            (name.clone(), (first..first + env.spec.nodes[n].parallelism).collect())
+        })
+        .collect();
+    let current = nodes.iter().position(|(name, _)| *name == auto.first)?;
+    let switch = Box::new(move |p: ParticipantId, on: bool| {
+        if let Some(slot) = &slots[p] {
+            slot.addr().do_send(task::SetStandby(on));
+        }
+    });
+    Some(Chooser::new(nodes, current, switch))
 }
 
 /// The coordinator of an attempt that restored `restored`, started and watched.
@@ -790,7 +866,9 @@ fn attempt(
         return Err(RunError::Failed("the pipeline stopped before it finished".into()));
     }
 
+    let estimates = recovery_estimates(spec, &topology, &counters, supervisor);
     Ok(Attempt {
+        estimates,
         nodes: node_reports(spec, &topology, &counters),
         checkpoints: checkpoint_reports(&shared, started),
         restored_from: plan.checkpoint.map(|c: CheckpointId| c.0),

@@ -27,8 +27,12 @@ pub struct PipelineSpec {
 /// `[transforms.NAME.standby]`, resolved: the transforms that have a standby.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StandbySpec {
-    /// Transform nodes with a standby (every subtask of each has one), and its mode.
+    /// Transform nodes with a standby (every subtask of each has one), and its mode: named by
+    /// `key_operator` or by their own `standby.mode`.
     pub nodes: Vec<(String, crate::protocol::driver::Mode)>,
+    /// `key_operator = "auto"`: the transforms it may choose (those without a `standby.mode`
+    /// of their own) and its first choice, which the run moves as it measures.
+    pub auto: Option<AutoKeyOperator>,
     /// A primary inside one handler for longer than this is taken over by its standby.
     pub progress_timeout_ms: u64,
     /// A standby more than this many shipped entries behind does not take over a failed
@@ -36,16 +40,35 @@ pub struct StandbySpec {
     pub acceptable_lag_batches: u64,
 }
 
+/// `key_operator = "auto"`, resolved against the transforms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AutoKeyOperator {
+    /// The transforms it may give a (hot) standby.
+    pub candidates: Vec<String>,
+    /// The one it gives it first, by a static estimate from the config.
+    pub first: String,
+}
+
 impl Default for StandbySpec {
     fn default() -> StandbySpec {
-        StandbySpec { nodes: Vec::new(), progress_timeout_ms: 1000, acceptable_lag_batches: 100 }
+        StandbySpec { nodes: Vec::new(), auto: None, progress_timeout_ms: 1000, acceptable_lag_batches: 100 }
     }
 }
 
 impl StandbySpec {
-    /// The standby mode of node `name`, if it has one.
+    /// The standby mode node `name` starts with, if it has one.
     pub fn mode(&self, name: &str) -> Option<crate::protocol::driver::Mode> {
-        self.nodes.iter().find(|(n, _)| n == name).map(|&(_, mode)| mode)
+        match self.nodes.iter().find(|(n, _)| n == name) {
+            Some(&(_, mode)) => Some(mode),
+            None => {
+                self.auto.as_ref().filter(|a| a.first == name).map(|_| crate::protocol::driver::Mode::Hot)
+            }
+        }
+    }
+
+    /// Whether `key_operator = "auto"` may give node `name` a standby.
+    pub fn auto_candidate(&self, name: &str) -> bool {
+        self.auto.as_ref().is_some_and(|a| a.candidates.iter().any(|c| c == name))
     }
 }
 

@@ -124,6 +124,10 @@ pub struct Supervisor {
     names: Vec<String>,
     ledger: Mutex<Ledger>,
     members: Mutex<Vec<Option<crate::actors::To<Restart>>>>,
+    /// `key_operator = "auto"` in the current attempt, with its subtasks' counters.
+    chooser: Mutex<Option<(crate::pipeline::keyop::Chooser, Vec<crate::sync::Arc<crate::actors::Counters>>)>>,
+    /// Snapshot bytes restored per millisecond, as this run's local restarts measured it.
+    restore_rate: Mutex<f64>,
 }
 
 impl Supervisor {
@@ -144,12 +148,50 @@ impl Supervisor {
             names,
             ledger: Mutex::new(Ledger::default()),
             members: Mutex::new(Vec::new()),
+            chooser: Mutex::new(None),
+            restore_rate: Mutex::new(crate::pipeline::keyop::PRIOR_RESTORE_BYTES_PER_MS),
         }
     }
 
     /// The subtasks of the current attempt that can receive `Restart`, by participant.
     pub fn set_members(&self, members: Vec<Option<crate::actors::To<Restart>>>) {
         *self.members.lock().expect("supervisor members") = members;
+    }
+
+    /// `key_operator = "auto"` in the current attempt (none: not asked for), over subtasks
+    /// counted by `counters`.
+    pub fn set_chooser(
+        &self,
+        chooser: Option<crate::pipeline::keyop::Chooser>,
+        counters: Vec<crate::sync::Arc<crate::actors::Counters>>,
+    ) {
+        *self.chooser.lock().expect("supervisor chooser") = chooser.map(|c| (c, counters));
+    }
+
+    /// A transform took a snapshot: with `key_operator = "auto"`, move the standby if another
+    /// transform's estimated recovery is now well above its current one's.
+    pub fn reevaluate_key_operator(&self) {
+        let rate = self.restore_rate();
+        if let Some((chooser, counters)) = self.chooser.lock().expect("supervisor chooser").as_mut() {
+            chooser.reevaluate(counters, rate);
+        }
+    }
+
+    /// With `key_operator = "auto"`, the node whose subtasks have the standby now.
+    pub fn key_operator(&self) -> Option<String> {
+        self.chooser.lock().expect("supervisor chooser").as_ref().map(|(c, _)| c.current().to_owned())
+    }
+
+    /// A local restart restored `bytes` of snapshot in `ms`: the restore rate estimates use.
+    pub fn note_restore(&self, bytes: usize, ms: f64) {
+        if bytes > 0 && ms > 0.0 {
+            *self.restore_rate.lock().expect("supervisor restore rate") = bytes as f64 / ms;
+        }
+    }
+
+    /// Snapshot bytes restored per millisecond (measured, or the prior).
+    pub fn restore_rate(&self) -> f64 {
+        *self.restore_rate.lock().expect("supervisor restore rate")
     }
 
     /// Participant `p` failed at `at`: how is it healed? A local decision is counted in the

@@ -210,6 +210,14 @@ impl<P: Payload> Replica<P> {
         self.state.is_some() || self.pending.iter().any(|s| matches!(s, Shipped::Install(_)))
     }
 
+    /// Whether it can take over now: it has a state, and its buffer queues did not give up
+    /// over their budget (promoted, it must serve each receiver from its position; a queue
+    /// that gave up could not, and the takeover would end in a global rollback, where a local
+    /// restart of the primary would not).
+    pub fn can_take_over(&self) -> bool {
+        self.installed() && !self.state.as_ref().is_some_and(|s| s.outputs.gave_up())
+    }
+
     /// Its primary failed: a warm replica applies the input it kept (a hot one has).
     pub fn take_over(&mut self) {
         self.taking_over = true;

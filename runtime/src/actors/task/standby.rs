@@ -115,6 +115,16 @@ struct Promote;
 #[rtype(result = "()")]
 struct Reattach;
 
+/// `key_operator = "auto"` to a primary: start (`true`) or stop its standby.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetStandby(pub bool);
+
+/// Primary to its standby: it is not needed any more.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Dismiss;
+
 /// A promoted standby to a receiver: ask me for what follows your position on `input`.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -218,13 +228,12 @@ impl TaskActor {
         if let Some(e) = failure {
             return self.standby_lost(&e, ctx);
         }
-        let (Some(follower), Some(slot)) = (&self.follower, &self.slot) else { return };
-        if follower.replica.installed() && !slot.standby_ready(u64::MAX) {
-            slot.set_standby_ready(true);
-            if let Some(at_ms) = follower.replaces {
-                let ready = self.cx.supervisor.since_start(Instant::now()).saturating_sub(at_ms);
-                self.cx.supervisor.amend(self.cx.participant, at_ms, |r| r.reprotected_ms = Some(ready));
-            }
+        let (Some(follower), Some(slot)) = (&mut self.follower, &self.slot) else { return };
+        let ready = follower.replica.can_take_over();
+        slot.set_standby_ready(ready);
+        if ready && let Some(at_ms) = follower.replaces.take() {
+            let ready = self.cx.supervisor.since_start(Instant::now()).saturating_sub(at_ms);
+            self.cx.supervisor.amend(self.cx.participant, at_ms, |r| r.reprotected_ms = Some(ready));
         }
     }
 
@@ -310,7 +319,7 @@ impl TaskActor {
     /// Take the slot over from the primary.
     fn take_over(&mut self, reason: FailureReason, message: String, at: Instant, ctx: &mut Context<Self>) {
         let (Some(slot), Some(follower)) = (self.slot.clone(), &self.follower) else { return };
-        if follower.promotion.is_some() || !follower.replica.installed() {
+        if follower.promotion.is_some() || !follower.replica.can_take_over() {
             return;
         }
         let (writer, p) = (self.cx.writer.clone(), self.cx.participant);
@@ -438,6 +447,39 @@ impl Handler<Promote> for TaskActor {
     type Result = ();
     fn handle(&mut self, _: Promote, ctx: &mut Context<Self>) {
         self.guard(ctx, |act, ctx| act.promote(ctx));
+    }
+}
+
+impl Handler<SetStandby> for TaskActor {
+    type Result = ();
+    fn handle(&mut self, SetStandby(on): SetStandby, ctx: &mut Context<Self>) {
+        self.guard(ctx, |act, ctx| {
+            if act.follower.is_some() || act.handed_over {
+                return;
+            }
+            match (on, act.standby.take()) {
+                (true, None) => act.start_standby(ctx),
+                (false, Some(standby)) => {
+                    standby.do_send(Dismiss);
+                    act.driver.detach_standby();
+                    if let Some(slot) = &act.slot {
+                        slot.new_standby();
+                    }
+                    tracing::info!("{}: standby stopped (the key operator moved)", act.cx.name);
+                }
+                (_, standby) => act.standby = standby,
+            }
+            act.drain(ctx);
+        });
+    }
+}
+
+impl Handler<Dismiss> for TaskActor {
+    type Result = ();
+    fn handle(&mut self, _: Dismiss, ctx: &mut Context<Self>) {
+        if self.follower.as_ref().is_some_and(|f| f.promotion.is_none()) {
+            ctx.stop();
+        }
     }
 }
 
