@@ -1010,6 +1010,11 @@ impl CheckpointModel {
                     position += u8::from(!exhausted);
                     driver.reread_batch(0, n.min(usize::from(!exhausted)), batch);
                 }
+                Step::Skip(n) => {
+                    let exhausted = position >= self.scope.batches_per_source;
+                    position += u8::from(!exhausted);
+                    driver.reread_skipped(0, n.min(usize::from(!exhausted)));
+                }
                 Step::Sent => {}
                 Step::Done => return,
             }

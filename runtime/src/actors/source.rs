@@ -177,6 +177,18 @@ impl SourceActor {
                             batch.map(|b| Payload::Data(Arc::new(b))),
                         );
                     }
+                    Step::Skip(n) => {
+                        let Some((_, reader)) = self.rereaders.iter_mut().find(|(ch, _)| *ch == channel)
+                        else {
+                            unreachable!("the driver asked for a re-reader first")
+                        };
+                        match reader.skip(n) {
+                            Ok(records) => self.driver().reread_skipped(channel, records),
+                            Err(e) => {
+                                return self.cx.fatal.fail(format!("{}: re-reading: {e}", self.cx.name));
+                            }
+                        }
+                    }
                     Step::Sent => {}
                     Step::Done => break,
                 }

@@ -626,11 +626,11 @@ impl TaskActor {
     fn fail(&mut self, reason: FailureReason, message: String, ctx: &mut Context<Self>) {
         let at = Instant::now();
         tracing::error!("{}: {reason}: {message}", self.cx.name);
+        let positions = self.driver.positions().to_vec();
+        self.cx.supervisor.note_failure(self.cx.participant, at, positions.clone());
         if self.hand_over(reason, &message, at) {
             return;
         }
-        let positions = self.driver.positions().to_vec();
-        self.cx.supervisor.note_failure(self.cx.participant, at, positions.clone());
         match self.cx.supervisor.on_failure(self.cx.participant, at) {
             Decision::Global => self.cx.escalate(reason, message),
             Decision::Local { restart, backoff } => {
@@ -858,6 +858,16 @@ impl TaskActor {
         Ok(true)
     }
 
+    /// Whether it has again received everything it had when it failed (for the report).
+    fn check_caught_up(&mut self) {
+        if let Some(target) = &self.catch_up
+            && self.driver.positions().iter().zip(target).all(|(now, then)| now >= then)
+        {
+            self.cx.supervisor.caught_up(self.cx.participant, Instant::now());
+            self.catch_up = None;
+        }
+    }
+
     /// It sent batch `seq` on `channel`: when the slot's standby may need it, and the end of
     /// an output gap being measured.
     fn sent_output(&mut self, channel: usize, seq: Seq) {
@@ -931,12 +941,8 @@ impl Handler<Deliver> for TaskActor {
             let fence = act.upstream.get(msg.input).map_or(0, |up| up.to.grant());
             act.driver.fence(msg.input, fence);
             let taken = act.driver.handle_deliver(msg.input, msg.grant, msg.epoch, msg.item);
-            if taken
-                && let Some(target) = &act.catch_up
-                && act.driver.positions().iter().zip(target).all(|(now, then)| now >= then)
-            {
-                act.cx.supervisor.caught_up(act.cx.participant, Instant::now());
-                act.catch_up = None;
+            if taken {
+                act.check_caught_up();
             }
             act.drain(ctx);
         });

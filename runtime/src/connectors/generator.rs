@@ -127,6 +127,16 @@ impl SourceReader for Generator {
         self.schema.clone()
     }
 
+    fn skip(&mut self, n: usize) -> Result<usize, SourceError> {
+        if self.share.count != 1 {
+            // A share's readings are not contiguous: step through them.
+            return Ok(self.next_batch(n)?.map_or(0, |b| b.len()));
+        }
+        let passed = (n as u64).min(self.records.saturating_sub(self.next));
+        self.next += passed;
+        Ok(passed as usize)
+    }
+
     fn next_batch(&mut self, max: usize) -> Result<Option<Batch>, SourceError> {
         if self.next >= self.records {
             return Ok(None);

@@ -31,6 +31,11 @@ pub trait SourceReader: Send {
     fn position(&self) -> Vec<u8>;
     /// Continue from a position returned by `position` (possibly in an earlier run).
     fn seek(&mut self, position: &[u8]) -> Result<(), SourceError>;
+    /// Step past the next `n` records without building them (a re-read that sends nothing
+    /// of them); how many there were. By default they are read and dropped.
+    fn skip(&mut self, n: usize) -> Result<usize, SourceError> {
+        Ok(self.next_batch(n)?.map_or(0, |b| b.len()))
+    }
 }
 
 /// The part of a source's input one of its subtasks reads: subtask `index` of `count`.

@@ -63,8 +63,10 @@ struct Cursor<K> {
     restored: CheckpointId,
     /// Absolute index of the next event.
     next: usize,
-    /// Records the last `Read` step asked for, while the shell reads them.
+    /// Records the last `Read` (or `Skip`) step asked for, while the shell reads them.
     reading: Option<usize>,
+    /// The last step was a `Skip`.
+    skipping: bool,
 }
 
 /// What the shell must do, in order.
@@ -119,6 +121,10 @@ pub enum Step {
     /// Read this many records from the channel's re-reader and pass them to
     /// [`Source::reread_batch`].
     Read(usize),
+    /// Step the channel's re-reader past this many records without building them, and say
+    /// how many it passed with [`Source::reread_skipped`]: the batch goes whole to this
+    /// channel, at or below the receiver's position, so nothing of it is sent.
+    Skip(usize),
     /// An item went out (or nothing needed to): step again as flow control allows.
     Sent,
     /// The channel is caught up (or not being re-read).
@@ -292,6 +298,7 @@ impl<P: Payload, Pos: Clone> Source<P, Pos> {
             restored,
             next: base.event,
             reading: None,
+            skipping: false,
         });
         self.outputs.set_epoch(channel, epoch);
         self.effects.push_back(SourceEffect::Reread { channel, position: base.position.clone() });
@@ -312,7 +319,7 @@ impl<P: Payload, Pos: Clone> Source<P, Pos> {
         let Some(i) = self.cursors.iter().position(|c| c.channel == channel) else { return Step::Done };
         let cursor = &mut self.cursors[i];
         if let Some(n) = cursor.reading {
-            return Step::Read(n);
+            return if cursor.skipping { Step::Skip(n) } else { Step::Read(n) };
         }
         let epoch = self.outputs.epoch(channel);
         let Some(&event) = self.events.get(cursor.next - self.events_from) else {
@@ -325,7 +332,13 @@ impl<P: Payload, Pos: Clone> Source<P, Pos> {
         match event {
             Event::Read(n) => {
                 cursor.reading = Some(n);
-                return Step::Read(n);
+                // A batch that goes whole to this channel takes exactly one sequence number
+                // there; at or below the receiver's position it is not sent, so re-reading
+                // it is only stepping past it (a promoted standby's replay is a few batches
+                // after a long walk from the base).
+                let whole = cursor.groups.iter().any(|g| g.channels == [channel]);
+                cursor.skipping = whole && cursor.seq < cursor.from_seq;
+                return if cursor.skipping { Step::Skip(n) } else { Step::Read(n) };
             }
             Event::Barrier(c) if cursor.seq >= cursor.from_seq && c > cursor.restored => {
                 self.effects.push_back(SourceEffect::Send { channel, epoch, item: Item::Barrier(c) })
@@ -359,6 +372,23 @@ impl<P: Payload, Pos: Clone> Source<P, Pos> {
         if let Some(part) = mine {
             put(&mut self.effects, cursor, epoch, part);
         }
+    }
+
+    /// The shell stepped the re-reader of `channel` past `records` records (after
+    /// [`Step::Skip`]). Fewer than the first read had means the input changed under the
+    /// source: the run rolls back.
+    pub fn reread_skipped(&mut self, channel: usize, records: usize) {
+        let Some(cursor) = self.cursors.iter_mut().find(|c| c.channel == channel) else { return };
+        let Some(wanted) = cursor.reading.take() else { return };
+        cursor.skipping = false;
+        if records != wanted {
+            let detail =
+                format!("re-reading output {channel}: {records} records where {wanted} were read before");
+            self.effects.push_back(SourceEffect::Escalate(Escalation::Diverged(detail)));
+            return;
+        }
+        // The batch's one part on this channel, at or below the receiver's position.
+        cursor.seq += 1;
     }
 
     /// The next thing to do.
@@ -441,6 +471,8 @@ mod tests {
     struct Harness {
         driver: Source<B, u32>,
         input: u32,
+        /// Batches a re-read stepped past without reading.
+        skipped: usize,
     }
 
     impl Harness {
@@ -455,6 +487,7 @@ mod tests {
             Harness {
                 driver: Source::new(7, (CheckpointId(0), 0, false), outputs, Mutations::NONE),
                 input: 0,
+                skipped: 0,
             }
         }
 
@@ -487,6 +520,11 @@ mod tests {
                             Some(B::Data((position..position + n).collect())),
                         );
                         position += n;
+                    }
+                    Step::Skip(n) => {
+                        self.skipped += 1;
+                        self.driver.reread_skipped(channel, n);
+                        position += n as u32;
                     }
                     Step::Sent => {}
                     Step::Done => break,
@@ -583,6 +621,31 @@ mod tests {
         h.effects();
         h.driver.handle_resume(resume(0, 1, C1));
         assert_eq!(h.reread(0), vec![batch(2, &[1, 2])], "batch 1 and Barrier(c1) were restored");
+        assert_eq!(h.skipped, 1, "batch 1, which went whole to the receiver and it has, was not read");
+    }
+
+    // A batch split over several channels cannot be stepped past: which of its records the
+    // receiver's channel got depends on the records. A skip that passes fewer records than the
+    // first read escalates as a read of fewer would.
+    #[test]
+    fn only_batches_that_go_whole_to_the_channel_are_skipped_and_a_short_skip_escalates() {
+        let mut h = Harness::new(Partition::RoundRobin);
+        h.read(1);
+        h.read(1);
+        h.read(1);
+        h.effects();
+        h.driver.handle_resume(resume(0, 1, CheckpointId(0)));
+        assert_eq!(h.reread(0), vec![batch(2, &[2])]);
+        assert_eq!(h.skipped, 0);
+        let mut h = Harness::new(Partition::Forward);
+        h.read(2);
+        h.read(1);
+        h.effects();
+        h.driver.handle_resume(resume(0, 1, CheckpointId(0)));
+        h.effects();
+        assert_eq!(h.driver.reread_step(0), Step::Skip(2));
+        h.driver.reread_skipped(0, 1);
+        assert!(matches!(h.effects().as_slice(), [SourceEffect::Escalate(Escalation::Diverged(_))]));
     }
 
     // Reference: SPEC §10.2. Nothing live goes on a channel while it is re-read: a barrier

@@ -385,6 +385,9 @@ impl TaskActor {
         });
         // Every batch it sends is new to its receivers (they asked from their positions).
         self.gap = Some(super::Gap { at_ms: failed_at_ms, last_ms, above: Vec::new() });
+        // A primary that failed said what it had received (a hung one could not).
+        self.catch_up = self.cx.supervisor.catch_up_target(self.cx.participant);
+        self.check_caught_up();
         tracing::warn!("{}: promoted (epoch {grant}); receivers reconnect", self.cx.name);
         for link in &self.links.0 {
             if let Some(receiver) = link.to().slot() {
