@@ -22,7 +22,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Epoch, Escalation, Resume};
+use super::{CURRENT, Epoch, Escalation, Resume};
 use crate::buffer::ReplayGap;
 use crate::participant::{Action, SourceTask};
 use crate::route::{Group, Item, Outputs, Payload, route};
@@ -327,7 +327,12 @@ impl<P: Payload, Pos: Clone> Source<P, Pos> {
                 cursor.reading = Some(n);
                 return Step::Read(n);
             }
-            Event::Barrier(c) if cursor.seq >= cursor.from_seq && c > cursor.restored => {
+            // A promoted standby (`CURRENT`) restored no checkpoint: every barrier after its
+            // position is sent (its gate drops those its state has passed), or a checkpoint
+            // triggered around the promotion never aligns there (found by the protocol model).
+            Event::Barrier(c)
+                if cursor.seq >= cursor.from_seq && (c > cursor.restored || cursor.restored == CURRENT) =>
+            {
                 self.effects.push_back(SourceEffect::Send { channel, epoch, item: Item::Barrier(c) })
             }
             Event::Barrier(_) => {}
@@ -583,6 +588,20 @@ mod tests {
         h.effects();
         h.driver.handle_resume(resume(0, 1, C1));
         assert_eq!(h.reread(0), vec![batch(2, &[1, 2])], "batch 1 and Barrier(c1) were restored");
+    }
+
+    // Reference: SPEC §11.8. A promoted standby asks for what follows its position with
+    // `restored` = CURRENT: only the position counts, so the barriers after it are sent (a
+    // checkpoint triggered while it was being promoted aligns there).
+    #[test]
+    fn a_reread_for_a_promoted_standby_sends_the_barriers_after_its_position() {
+        let mut h = Harness::new(Partition::Forward);
+        h.read(1);
+        h.driver.handle_trigger(C1, h.input);
+        h.read(2);
+        h.effects();
+        h.driver.handle_resume(resume(0, 1, CURRENT));
+        assert_eq!(h.reread(0), vec![Item::Barrier(C1), batch(2, &[1, 2])]);
     }
 
     // Reference: SPEC §10.2. Nothing live goes on a channel while it is re-read: a barrier
