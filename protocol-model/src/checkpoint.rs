@@ -466,7 +466,9 @@ impl State {
     /// determinant logs, the buffer queues' entries and the S8 record of what the transform
     /// sent can no longer influence any step or any property: a log and a queue are read
     /// only by a restart and a replay, and the transform sends a sequence number again only
-    /// after a local restart (a global rollback rebuilds all of them).
+    /// after a local restart (a global rollback rebuilds all of them). In the failover
+    /// scopes that holds only once the standby is promoted (the S8 and S14 records are read
+    /// when the promoted standby serves the sink's reconnection).
     pub fn recovery_settled(&self) -> bool {
         self.budget.local_crashes == 0
             && (!self.failover.enabled || self.failover.phase == Phase::Promoted)

@@ -68,11 +68,12 @@ pub struct Failover {
     pub authority: Epoch,
     /// The standby, if one runs.
     pub standby: Option<StandbyNode>,
-    /// Shipped by the primary, not yet delivered to the standby (FIFO). The standby takes
+    /// Shipped by the primary, not yet delivered to the standby (FIFO). A hot standby takes
     /// all of it when it hears of a completion (before it handles it) and when it is
-    /// promoted, not entry by entry: until then nothing it does is visible (S15), and what
-    /// it has taken in decides nothing else; the warm standby's installs, the one thing that
-    /// depends on what arrived before a completion, see the most they can.
+    /// promoted, not entry by entry: until then nothing it does is visible (S15), and the
+    /// promotion hands it the rest anyway. A warm standby takes each entry as it is shipped:
+    /// what it keeps is this channel, so that costs no states, and its data filter sees each
+    /// snapshot mark before the checkpoint completes or aborts.
     pub ship: VecDeque<Shipped<BatchId>>,
     /// What the old primary sent to the sink under its old grant and is still in flight,
     /// per sink input (the hung primary's later sends join it).
