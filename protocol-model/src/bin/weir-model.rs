@@ -108,10 +108,11 @@ enum ScopeName {
     EndOfInput,
     /// The local scope with a buffer budget of one batch (CI).
     Overflow,
-    /// One batch per source, one interval, a hot standby of the transform; its primary
-    /// crashes or hangs once, the standby may crash once (CI).
+    /// One batch per source, only the final checkpoint, a hot standby of the transform; its
+    /// primary crashes or hangs once (CI).
     Failover,
-    /// The failover scope with a warm standby (CI).
+    /// The failover scope with a warm standby; the primary crashes once, and the standby may
+    /// crash once before (CI).
     FailoverWarm,
 }
 
