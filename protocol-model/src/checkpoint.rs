@@ -45,13 +45,14 @@ use weir_protocol::aligner::AlignmentMode;
 use weir_protocol::buffer::BufferQueue;
 use weir_protocol::coordinator::{Coordinator, CoordinatorAction, CoordinatorConfig};
 use weir_protocol::driver::source::{Source, SourceEffect, Step};
-use weir_protocol::driver::{self, Effect, Escalation, Subtask};
+use weir_protocol::driver::{self, Effect, Escalation, Mode, Subtask};
 use weir_protocol::participant::{Task, TaskConfig};
 use weir_protocol::recovery::{self, ParticipantLog, ParticipantRestore, RecoveryInput, SinkLog};
 use weir_protocol::route::{self, Group, Item, Partition, Payload};
 use weir_protocol::storage::{Snapshot, Storage};
 use weir_protocol::{CheckpointId, Mutant, Mutations, ParticipantId, Seq};
 
+use crate::failover::{Failover, FailoverAction, Phase};
 use crate::props::{self, Violation};
 
 /// Number of sources in the model.
@@ -91,7 +92,7 @@ const K: Node = Node::Sink;
 pub const NODES: [Node; 5] = [C, S0, S1, T, K];
 
 impl Node {
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         match self {
             Node::Coordinator => 0,
             Node::Source(s) => 1 + s as usize,
@@ -136,7 +137,7 @@ fn is_data(ch: usize) -> bool {
 }
 
 /// The index of the `lane`-th channel `from -> to` (lane 1: the transform's second output).
-fn channel_lane(from: Node, to: Node, lane: u8) -> usize {
+pub(crate) fn channel_lane(from: Node, to: Node, lane: u8) -> usize {
     CHANNELS
         .iter()
         .enumerate()
@@ -146,7 +147,7 @@ fn channel_lane(from: Node, to: Node, lane: u8) -> usize {
         .unwrap_or_else(|| panic!("no channel {from:?} -> {to:?} lane {lane}"))
 }
 
-fn channel(from: Node, to: Node) -> usize {
+pub(crate) fn channel(from: Node, to: Node) -> usize {
     channel_lane(from, to, 0)
 }
 
@@ -357,7 +358,7 @@ pub struct Watermark {
 }
 
 impl Watermark {
-    fn restored(positions: &[Seq], checkpoint: CheckpointId) -> Vec<Watermark> {
+    pub(crate) fn restored(positions: &[Seq], checkpoint: CheckpointId) -> Vec<Watermark> {
         positions.iter().map(|&seq| Watermark { seq, barrier: checkpoint }).collect()
     }
 
@@ -390,6 +391,10 @@ pub struct Budget {
     pub crashes: u8,
     /// Local failures of the transform or the sink left.
     pub local_crashes: u8,
+    /// Failures (crash or hang) of the transform's primary left, each followed by a failover.
+    pub failovers: u8,
+    /// Crashes of the transform's standby left.
+    pub standby_crashes: u8,
 }
 
 /// History the properties need that the system itself does not keep (ghost state). Kept to
@@ -447,6 +452,8 @@ pub struct State {
     pub disk: Disk,
     /// Pending writes per node (by node index), durable in order.
     pub writes: [VecDeque<Write>; NODES.len()],
+    /// The transform's standby, the epoch authority and a deposed primary (failover scopes).
+    pub failover: Failover,
     /// What the environment may still do.
     pub budget: Budget,
     /// History for the properties.
@@ -459,9 +466,12 @@ impl State {
     /// determinant logs, the buffer queues' entries and the S8 record of what the transform
     /// sent can no longer influence any step or any property: a log and a queue are read
     /// only by a restart and a replay, and the transform sends a sequence number again only
-    /// after a local restart (a global rollback rebuilds all of them).
+    /// after a local restart (a global rollback rebuilds all of them). In the failover
+    /// scopes that holds only once the standby is promoted (the S8 and S14 records are read
+    /// when the promoted standby serves the sink's reconnection).
     pub fn recovery_settled(&self) -> bool {
         self.budget.local_crashes == 0
+            && (!self.failover.enabled || self.failover.phase == Phase::Promoted)
             && self.resume.iter().all(Option::is_none)
             && !self.task.driver.replaying()
             && !self.sink.driver.replaying()
@@ -479,8 +489,9 @@ impl State {
 /// seven. Before recovery is settled, everything is hashed.
 impl Hash for State {
     fn hash<H: Hasher>(&self, h: &mut H) {
-        let State { coordinator, sources, task, sink, net, resume, disk, writes, budget, ghost } = self;
-        (coordinator, net, resume, disk, writes, budget).hash(h);
+        let State { coordinator, sources, task, sink, net, resume, disk, writes, failover, budget, ghost } =
+            self;
+        (coordinator, net, resume, disk, writes, failover, budget).hash(h);
         if !self.recovery_settled() {
             (sources, task, sink, ghost).hash(h);
             return;
@@ -532,6 +543,8 @@ pub enum Action {
     /// The sender of channel `from -> to` (lane `.2`) serves the replay request of its
     /// restarted receiver.
     Resume(Node, Node, u8),
+    /// A step of the failover scopes: the standby, the epoch authority, a hung primary.
+    Failover(FailoverAction),
 }
 
 /// The size of the checked world.
@@ -555,6 +568,14 @@ pub struct Scope {
     /// The batches the transform's buffer queues may hold before they give up until the next
     /// barrier (0: no limit; SPEC §11.6).
     pub buffer_budget: u8,
+    /// The transform has a standby in this mode from the start (SPEC §11.8).
+    pub standby: Option<Mode>,
+    /// Failures of the transform's primary (a crash or a hang), each followed by a failover.
+    pub failovers: u8,
+    /// Crashes of the transform's standby (each may be followed by a new standby).
+    pub standby_crashes: u8,
+    /// A failure of the primary may be a hang: it goes on under its old grant.
+    pub hang: bool,
 }
 
 /// How the transform's output reaches the sink.
@@ -584,6 +605,10 @@ impl Default for Scope {
             fan_out: FanOut::One,
             end_of_input: false,
             buffer_budget: 0,
+            standby: None,
+            failovers: 0,
+            standby_crashes: 0,
+            hang: false,
         }
     }
 }
@@ -648,6 +673,31 @@ impl Scope {
         Scope { fan_out: FanOut::Hash, ..Scope::routing() }
     }
 
+    /// The failover scope, which CI checks exhaustively: one batch per source, only the
+    /// final checkpoint, no timeout, crash or local failure; the transform has a hot
+    /// standby, and its primary crashes or hangs once at any step (a failover).
+    pub fn failover() -> Scope {
+        Scope {
+            batches_per_source: 1,
+            ticks: 0,
+            timeouts: 0,
+            crashes: 0,
+            local_crashes: 0,
+            standby: Some(Mode::Hot),
+            failovers: 1,
+            standby_crashes: 0,
+            hang: true,
+            ..Scope::default()
+        }
+    }
+
+    /// The failover scope with a warm standby (it installs each completed checkpoint's
+    /// snapshot and applies the input since only when it takes over); the primary crashes
+    /// (no hang), and the standby may crash once before, and a new one be attached.
+    pub fn failover_warm() -> Scope {
+        Scope { standby: Some(Mode::Warm), standby_crashes: 1, hang: false, ..Scope::failover() }
+    }
+
     /// The sink's inputs.
     pub fn sink_inputs(&self) -> usize {
         if self.fan_out == FanOut::One { 1 } else { 2 }
@@ -682,7 +732,7 @@ impl CheckpointModel {
             .with_mutations(self.mutations)
     }
 
-    fn task_config(&self, sink: bool) -> TaskConfig {
+    pub(crate) fn task_config(&self, sink: bool) -> TaskConfig {
         let inputs = if sink { self.scope.sink_inputs() } else { SOURCES };
         TaskConfig { inputs, mode: AlignmentMode::ExactlyOnce, sink, mutations: self.mutations }
     }
@@ -701,23 +751,36 @@ impl CheckpointModel {
         }
     }
 
-    /// The transform's driver, restored as `plan` says from `snapshot` (none: fresh).
-    fn task_driver(&self, plan: &ParticipantRestore, snapshot: Option<&TaskSnapshot>) -> Subtask<BatchId> {
-        let config = self.task_config(false);
-        let restored = plan.from.unwrap_or_default();
+    /// The transform's output groups.
+    pub(crate) fn task_groups(&self) -> Vec<Group<()>> {
         let (partition, channels) = match self.scope.fan_out {
             FanOut::One => (Partition::Forward, vec![0]),
             FanOut::RoundRobin => (Partition::RoundRobin, vec![0, 1]),
             FanOut::Hash => (Partition::Hash(()), vec![0, 1]),
         };
-        let out_seqs = snapshot.map_or(vec![0; channels.len()], |s| s.out_seqs.clone());
-        let groups = vec![Group::new(partition, channels)];
+        vec![Group::new(partition, channels)]
+    }
+
+    /// The transform's driver, restored as `plan` says from `snapshot` (none: fresh), acting
+    /// under the slot's epoch `grant`.
+    fn task_driver(
+        &self,
+        plan: &ParticipantRestore,
+        snapshot: Option<&TaskSnapshot>,
+        grant: driver::Epoch,
+    ) -> Subtask<BatchId> {
+        let config = self.task_config(false);
+        let restored = plan.from.unwrap_or_default();
+        let groups = self.task_groups();
+        let out_seqs = snapshot.map_or(vec![0; self.scope.sink_inputs()], |s| s.out_seqs.clone());
         let budget = usize::from(self.scope.buffer_budget);
         let outputs = route::Outputs::new(&out_seqs, restored, groups, (true, budget), self.mutations);
         let positions = snapshot.map_or(vec![0; SOURCES], |s| s.positions.clone());
         let ended = snapshot.map_or(vec![false; SOURCES], |s| s.ended.clone());
         let core = Task::restore(config, plan, &positions);
-        Subtask::new(T.participant(), core, config, (&positions, ended, restored), outputs)
+        let mut driver = Subtask::new(T.participant(), core, config, (&positions, ended, restored), outputs);
+        driver.set_grant(grant);
+        driver
     }
 
     /// The sink's driver, restored as `plan` says from `snapshot` (none: fresh).
@@ -800,6 +863,7 @@ impl CheckpointModel {
                 let resume = state.resume[ch].take().expect("no replay request");
                 self.serve_resume(state, ch, resume, log);
             }
+            Action::Failover(action) => self.failover_step(state, action, log),
         }
     }
 
@@ -821,13 +885,16 @@ impl CheckpointModel {
                 }
                 // What the channel holds is for the receiver's current epoch: a restart
                 // empties it, and what is sent until the replay is dropped (see `send`).
+                // The sender's grant: the slot's current primary's (what the old one sent is
+                // on a channel of its own, `Failover::stale`).
+                let grant = if from == T { state.task.driver.grant() } else { 0 };
                 let driver = driver(state, to);
                 let epoch = driver.epoch();
                 let taken = match msg {
                     Msg::Batch { seq, id } => {
-                        driver.handle_deliver(input, 0, epoch, Item::Batch { seq, payload: id })
+                        driver.handle_deliver(input, grant, epoch, Item::Batch { seq, payload: id })
                     }
-                    Msg::Barrier(c) => driver.handle_deliver(input, 0, epoch, Item::Barrier(c)),
+                    Msg::Barrier(c) => driver.handle_deliver(input, grant, epoch, Item::Barrier(c)),
                     Msg::Complete(c) => {
                         driver.handle_complete(c);
                         true
@@ -911,6 +978,7 @@ impl CheckpointModel {
                 state.disk.completed = Some(checkpoint);
                 let ghost = &mut state.ghost;
                 ghost.completed_this_run = true;
+                state.failover.completed_after |= state.failover.phase == Phase::Promoted;
                 let keep = ghost.restored_locally.map_or(checkpoint, |r| r.min(checkpoint));
                 ghost.barrier_positions.retain(|&c, _| c >= keep);
                 ghost.task_snapshots.retain(|&c, _| c >= keep);
@@ -925,7 +993,7 @@ impl CheckpointModel {
         }
     }
 
-    fn drain_coordinator(&self, state: &mut State, log: &mut Log) {
+    pub(crate) fn drain_coordinator(&self, state: &mut State, log: &mut Log) {
         while let Some(action) = state.coordinator.poll_action() {
             log.note(|| format!("coordinator: {action:?}"));
             match action {
@@ -951,8 +1019,17 @@ impl CheckpointModel {
                         state.sources[s as usize].driver.handle_complete(c);
                         self.drain_source(state, s, log);
                     }
-                    state.task.driver.handle_complete(c);
-                    self.pump(state, T, log);
+                    // The standby first: it may install the snapshot of `c`, which the
+                    // primary's completion makes older snapshots obsolete beside.
+                    self.deliver_shipped(state, log);
+                    if let Some(standby) = &mut state.failover.standby {
+                        standby.replica.handle_complete(c);
+                        self.pump_standby(state, log);
+                    }
+                    if !state.failover.down() {
+                        state.task.driver.handle_complete(c);
+                        self.pump(state, T, log);
+                    }
                     send(state, channel(C, K), Msg::Complete(c), log);
                 }
                 CoordinatorAction::NotifyAbort(c) => {
@@ -1034,7 +1111,7 @@ impl CheckpointModel {
 
     /// Carry out what the driver of the transform or the sink asks until it is quiet.
     /// Returns false when it escalated and the pipeline rolled back.
-    fn pump(&self, state: &mut State, node: Node, log: &mut Log) -> bool {
+    pub(crate) fn pump(&self, state: &mut State, node: Node, log: &mut Log) -> bool {
         while let Some(effect) = driver(state, node).poll_effect() {
             if !self.carry_out(state, node, effect, log) {
                 return false;
@@ -1075,6 +1152,15 @@ impl CheckpointModel {
                 send(state, channel_lane(T, K, channel as u8), msg, log);
             }
             (Node::Task, Effect::Reset { channel }) => state.net[channel_lane(T, K, channel as u8)].clear(),
+            (Node::Task, Effect::Ship(shipped)) => {
+                if let Some(standby) = &state.failover.standby {
+                    let warm = standby.replica.mode() == Mode::Warm;
+                    state.failover.ship.push_back(shipped);
+                    if warm {
+                        self.deliver_shipped(state, log);
+                    }
+                }
+            }
             (Node::Task, Effect::Snapshot { checkpoint, positions, out_seqs, ended }) => {
                 props::check_snapshot_order(state, T, checkpoint);
                 props::check_task_alignment(state, checkpoint);
@@ -1140,7 +1226,8 @@ impl CheckpointModel {
 
     fn ack(&self, state: &mut State, node: Node, checkpoint: CheckpointId, log: &mut Log) {
         log.note(|| format!("coordinator receives Ack({checkpoint:?}) from {node:?}"));
-        state.coordinator.handle_ack(node.participant(), 0, checkpoint);
+        let grant = if node == T { state.task.driver.grant() } else { 0 };
+        state.coordinator.handle_ack(node.participant(), grant, checkpoint);
         self.drain_coordinator(state, log);
     }
 
@@ -1296,7 +1383,11 @@ impl CheckpointModel {
             state.sources[s] = self.source(s as u8, restored, next);
         }
         let task_snapshot = from.map(|c| disk.task[&c].clone());
-        let driver = self.task_driver(&plan.participants[2], task_snapshot.as_ref());
+        // The slot's epoch is persisted: the restarted pipeline acts under the latest grant,
+        // with no standby (a hung primary died with the process).
+        let grant = state.failover.authority;
+        state.failover.reset();
+        let driver = self.task_driver(&plan.participants[2], task_snapshot.as_ref(), grant);
         state.task = TaskNode {
             watermarks: Watermark::restored(driver.positions(), restored),
             driver,
@@ -1313,6 +1404,12 @@ impl CheckpointModel {
             unstaged: Vec::new(),
             output: restored_output(disk, from),
         };
+        if grant > 0 {
+            state.coordinator.handle_failover(T.participant(), grant);
+            for lane in 0..self.scope.sink_inputs() {
+                state.sink.driver.fence(lane, grant);
+            }
+        }
         state.ghost = Ghost {
             violations: std::mem::take(&mut state.ghost.violations),
             replayed: state.ghost.replayed,
@@ -1409,7 +1506,7 @@ impl Log {
         Log::default()
     }
 
-    fn note(&mut self, line: impl FnOnce() -> String) {
+    pub(crate) fn note(&mut self, line: impl FnOnce() -> String) {
         if self.enabled {
             self.lines.push(line());
         }
@@ -1426,7 +1523,7 @@ impl Model for CheckpointModel {
             coordinator: self.coordinator(None),
             sources: std::array::from_fn(|s| self.source(s as u8, none, 0)),
             task: TaskNode {
-                driver: self.task_driver(&ParticipantRestore::fresh(), None),
+                driver: self.task_driver(&ParticipantRestore::fresh(), None, 0),
                 watermarks: vec![Watermark::default(); SOURCES],
                 applied: BTreeSet::new(),
             },
@@ -1441,14 +1538,25 @@ impl Model for CheckpointModel {
             resume: [None; CHANNELS.len()],
             disk: Disk::default(),
             writes: Default::default(),
+            failover: Failover::default(),
             budget: Budget {
                 ticks: self.scope.ticks,
                 timeouts: self.scope.timeouts,
                 crashes: self.scope.crashes,
                 local_crashes: self.scope.local_crashes,
+                failovers: self.scope.failovers,
+                standby_crashes: self.scope.standby_crashes,
             },
             ghost: Ghost::default(),
         };
+        if let Some(mode) = self.scope.standby {
+            // The standby is attached at the start: the primary ships its initial state.
+            state.failover =
+                Failover { enabled: true, next_id: 2, grants: vec![(0, 0)], ..Failover::default() };
+            state.failover.standby = Some(self.standby(mode, 1));
+            state.task.driver.attach_standby();
+            self.pump(&mut state, T, &mut Log::off());
+        }
         for s in 0..SOURCES as u8 {
             self.start_source(&mut state, s, &mut Log::off());
         }
@@ -1465,6 +1573,10 @@ impl Model for CheckpointModel {
             }
         }
         for (i, &(from, to)) in CHANNELS.iter().enumerate() {
+            // With the primary down, what is sent to it waits (the promotion settles it).
+            if state.failover.down() && to == T {
+                continue;
+            }
             if !state.net[i].is_empty() {
                 actions.push(Action::Deliver(from, to, lane_of(i)));
             }
@@ -1499,6 +1611,9 @@ impl Model for CheckpointModel {
         if state.budget.local_crashes > 0 {
             actions.extend([Action::Fail(T), Action::Fail(K)]);
         }
+        let mut failover = Vec::new();
+        self.failover_actions(state, &mut failover);
+        actions.extend(failover.into_iter().map(Action::Failover));
     }
 
     fn next_state(&self, last: &State, action: Action) -> Option<State> {

@@ -8,11 +8,14 @@
 //! - [`checkpoint`]: the checkpoint model (sources, a two-input subtask, a sink, the
 //!   coordinator; global rollback after a crash, local recovery after a failure of the
 //!   transform or the sink).
+//! - [`failover`]: its failover scopes' part (a standby of the transform, the epoch
+//!   authority, a crashed or hung primary).
 //! - [`props`]: its properties.
 //! - [`check`]: runs a checker and turns its result into a [`Report`] with readable traces.
 //! - [`fuzzing`]: the same model driven by arbitrary bytes, for cargo-fuzz and its corpus.
 
 pub mod checkpoint;
+pub mod failover;
 pub mod fuzzing;
 pub mod props;
 

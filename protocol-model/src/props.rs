@@ -12,6 +12,7 @@ use stateright::Property;
 use weir_protocol::{CheckpointId, Seq};
 
 use crate::checkpoint::{BatchId, CheckpointModel, Node, SOURCES, Scope, State};
+use crate::failover::Phase;
 
 /// A safety violation observed at the step it happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -45,6 +46,21 @@ pub enum Violation {
     /// S10: the run ended at its final checkpoint before the sink had committed all of its
     /// output.
     EndedEarly,
+    /// S11: an epoch was granted to two replicas, a grant did not increase, or the core's
+    /// record of the grant (the promoted driver's, the coordinator's) differs from the
+    /// authority's.
+    UniqueGrant,
+    /// S12: a receiver took an item sent under a grant lower than the one it was fenced with.
+    SplitBrain,
+    /// S13: a standby was promoted whose state does not cover an output the sink accepted
+    /// from the old primary (or it could not catch up at all).
+    PromotionUnsafe,
+    /// S14: after a promotion, the sink applied a sequence number twice or past a gap, a
+    /// batch twice, or the new primary sent other content under a sequence number than the
+    /// old one had.
+    HandOff,
+    /// S15: a standby sent, acknowledged or wrote something.
+    StandbyActed,
 }
 
 /// S4, at a snapshot: each participant snapshots increasing checkpoints within an
@@ -103,6 +119,11 @@ pub(crate) fn check_apply(state: &mut State, node: Node, input: usize, seq: Seq,
     if again {
         violations.insert(Violation::AppliedTwice);
     }
+    // S14: after a promotion, the sink's channel from the transform goes on exactly where it
+    // was (nothing twice, no gap).
+    if node == Node::Sink && state.failover.phase == Phase::Promoted && (seq != last as Seq + 1 || again) {
+        violations.insert(Violation::HandOff);
+    }
 }
 
 /// S8, when the task sends `batch` to the sink under `seq` on output `channel`: within a
@@ -111,6 +132,10 @@ pub(crate) fn check_task_output(state: &mut State, channel: usize, seq: Seq, bat
     match state.ghost.task_sent.get(&(channel, seq)) {
         Some(&first) if first != batch => {
             state.ghost.violations.insert(Violation::Nondeterministic);
+            // S14: the promoted standby sends other content than its old primary did.
+            if state.failover.phase == Phase::Promoted {
+                state.ghost.violations.insert(Violation::HandOff);
+            }
         }
         Some(_) => {}
         None => {
@@ -135,6 +160,34 @@ pub(crate) fn check_restore(state: &mut State, node: Node, restored: Option<Chec
     if !holds {
         state.ghost.violations.insert(Violation::RestoreMismatch);
     }
+}
+
+/// S12, when the sink took an item the old primary sent under `grant`: taken at all, it
+/// must not be below the slot's epoch it was fenced with.
+pub(crate) fn check_stale_taken(state: &mut State, grant: weir_protocol::driver::Epoch) {
+    if grant < state.failover.authority {
+        state.ghost.violations.insert(Violation::SplitBrain);
+    }
+}
+
+/// S13, when the standby is promoted with operator state `applied`: every batch in the
+/// sink's output (all of it accepted from the old primary) is in that state, i.e. the
+/// standby's applied positions cover its provenance (the operator is the identity, so a
+/// batch's provenance is the batch).
+pub(crate) fn check_promotion(state: &mut State, applied: &BTreeSet<BatchId>) {
+    if !state.sink.output.iter().all(|b| applied.contains(b)) {
+        state.ghost.violations.insert(Violation::PromotionUnsafe);
+    }
+}
+
+/// S11, when replica `id` is granted `grant`: no other replica ever had it, and it is above
+/// every earlier grant. Recorded in the ghost list of grants.
+pub(crate) fn check_grant(state: &mut State, id: u8, grant: weir_protocol::driver::Epoch) {
+    let grants = &mut state.failover.grants;
+    if grants.iter().any(|&(other, g)| g >= grant || (other != id && g == grant)) {
+        state.ghost.violations.insert(Violation::UniqueGrant);
+    }
+    grants.push((id, grant));
 }
 
 /// S6, when a buffer queue cannot serve a replay to a receiver restored from `restored`:
@@ -310,6 +363,28 @@ pub fn l3_end_of_input(model: &CheckpointModel, state: &State) -> bool {
         || (all(state.task.driver.ended()) && all(state.sink.driver.ended()))
 }
 
+/// S14: no violation at the hand-off, and once a promotion happened, every behaviour ends
+/// with the sink's output equal to the failure-free output, each batch once.
+pub fn s14_exact_hand_off(model: &CheckpointModel, state: &State) -> bool {
+    if !holds(state, Violation::HandOff) {
+        return false;
+    }
+    if state.failover.phase != Phase::Promoted || !model.is_terminal(state) {
+        return true;
+    }
+    let mut output = state.sink.output.clone();
+    output.sort();
+    output.iter().eq(model.reference_output().iter())
+}
+
+/// L3 (failover): every behaviour in which the primary failed ends with its standby
+/// promoted and the run ended by the coordinator.
+pub fn l3_failover_completes(model: &CheckpointModel, state: &State) -> bool {
+    state.budget.failovers == model.scope.failovers
+        || !model.is_terminal(state)
+        || (state.failover.phase == Phase::Promoted && state.coordinator.has_ended())
+}
+
 /// Every property of the checkpoint model, in README order.
 pub fn properties() -> Vec<Property<CheckpointModel>> {
     vec![
@@ -328,6 +403,12 @@ pub fn properties() -> Vec<Property<CheckpointModel>> {
         Property::always("L1 checkpoint termination", l1_checkpoint_termination),
         Property::always("L2 abort progress", l2_abort_progress),
         Property::always("L3 end of input", l3_end_of_input),
+        Property::always(S11, |_, s: &State| holds(s, Violation::UniqueGrant)),
+        Property::always(S12, |_, s: &State| holds(s, Violation::SplitBrain)),
+        Property::always(S13, |_, s: &State| holds(s, Violation::PromotionUnsafe)),
+        Property::always(S14, s14_exact_hand_off),
+        Property::always(S15, |_, s: &State| holds(s, Violation::StandbyActed)),
+        Property::always(L3F, l3_failover_completes),
         Property::sometimes("N1 a checkpoint completes", |_, s: &State| s.disk.completed.is_some()),
         Property::sometimes(N4, |_, s: &State| s.task.driver.core().aligner().held_batches() > 0),
         Property::sometimes(N5, |_, s: &State| s.ghost.replayed),
@@ -336,8 +417,19 @@ pub fn properties() -> Vec<Property<CheckpointModel>> {
         }),
         Property::sometimes(N7, |_, s: &State| s.task.driver.replaying()),
         Property::sometimes(N8, |_, s: &State| s.ghost.overflow_escalated),
+        Property::sometimes(N2, |_, s: &State| s.failover.completed_after),
+        Property::sometimes(N3, |_, s: &State| s.failover.refused_stale),
     ]
 }
+
+const S11: &str = "S11 unique grant";
+const S12: &str = "S12 no split-brain effect";
+const S13: &str = "S13 promotion safety";
+const S14: &str = "S14 exact hand-off";
+const S15: &str = "S15 standby silence";
+const L3F: &str = "L3 failover completes";
+const N2: &str = "N2 a takeover happens and afterwards a checkpoint completes";
+const N3: &str = "N3 a stale-epoch message is refused";
 
 const N4: &str = "N4 alignment holds back a batch";
 const N5: &str = "N5 a local recovery replays from the buffer queue";
@@ -357,6 +449,8 @@ pub fn properties_for(scope: &Scope) -> Vec<Property<CheckpointModel>> {
             N5 | N7 => scope.local_crashes > 0,
             N6 => scope.crashes > 0,
             N8 => scope.buffer_budget > 0 && scope.local_crashes > 0,
+            S11 | S12 | S13 | S14 | S15 | L3F => scope.standby.is_some(),
+            N2 | N3 => scope.standby.is_some() && scope.failovers > 0,
             _ => true,
         })
         .collect()
@@ -433,7 +527,14 @@ mod tests {
     fn s10_fails_in_a_terminal_state_with_output_missing() {
         let m = model(Scope { batches_per_source: 1, ..Scope::default() });
         let (_, mut s) = stranded();
-        s.budget = crate::checkpoint::Budget { ticks: 0, timeouts: 0, crashes: 0, local_crashes: 0 };
+        s.budget = crate::checkpoint::Budget {
+            ticks: 0,
+            timeouts: 0,
+            crashes: 0,
+            local_crashes: 0,
+            failovers: 0,
+            standby_crashes: 0,
+        };
         for source in &mut s.sources {
             source.next = 1;
         }
@@ -459,6 +560,20 @@ mod tests {
         assert!(s2_consistent_cut(&m, &s));
         s.disk.task.get_mut(&C1).unwrap().applied.clear();
         assert!(!s2_consistent_cut(&m, &s));
+    }
+
+    #[test]
+    fn s11_fails_when_an_epoch_is_granted_twice_or_does_not_increase() {
+        let m = model(Scope::failover());
+        let mut s = init(&m);
+        check_grant(&mut s, 2, 1);
+        assert!(holds(&s, Violation::UniqueGrant));
+        check_grant(&mut s, 3, 1);
+        assert!(!holds(&s, Violation::UniqueGrant), "two replicas granted epoch 1");
+        let mut s = init(&m);
+        check_grant(&mut s, 2, 2);
+        check_grant(&mut s, 3, 1);
+        assert!(!holds(&s, Violation::UniqueGrant), "a grant went down");
     }
 
     #[test]

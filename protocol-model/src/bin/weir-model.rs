@@ -60,8 +60,9 @@ enum ModelName {
 struct ModelOptions {
     /// Switch on a deliberately broken variant: no-alignment, ack-before-durable,
     /// commit-before-complete, reset-seq-on-restore, no-dedup, truncate-at-snapshot,
-    /// no-determinants, no-restart-gap, router-not-restored, end-not-restored or
-    /// end-before-commit.
+    /// no-determinants, no-restart-gap, router-not-restored, end-not-restored,
+    /// end-before-commit; with a failover scope no-epoch-check, promote-unsynced,
+    /// standby-emits, standby-own-order or warm-drops-uncovered.
     #[arg(long, value_name = "NAME")]
     mutant: Option<String>,
     /// Batches each source emits [default: the scope's, 2].
@@ -107,6 +108,12 @@ enum ScopeName {
     EndOfInput,
     /// The local scope with a buffer budget of one batch (CI).
     Overflow,
+    /// One batch per source, only the final checkpoint, a hot standby of the transform; its
+    /// primary crashes or hangs once (CI).
+    Failover,
+    /// The failover scope with a warm standby; the primary crashes once, and the standby may
+    /// crash once before (CI).
+    FailoverWarm,
 }
 
 impl ModelOptions {
@@ -122,6 +129,8 @@ impl ModelOptions {
             Some(ScopeName::Hash) => Scope::hash(),
             Some(ScopeName::EndOfInput) => Scope::end_of_input(),
             Some(ScopeName::Overflow) => Scope::overflow(),
+            Some(ScopeName::Failover) => Scope::failover(),
+            Some(ScopeName::FailoverWarm) => Scope::failover_warm(),
         };
         Scope {
             batches_per_source: self.batches.unwrap_or(base.batches_per_source),

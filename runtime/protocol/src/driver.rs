@@ -74,7 +74,7 @@ impl fmt::Display for Escalation {
 
 /// What the shell must do, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Effect<P> {
+pub enum Effect<P: Payload> {
     /// Apply `batch` from `input` to the operator (sinks: write it); pass what the operator
     /// outputs to [`Subtask::emit`], then call [`Subtask::processed`].
     Process {
@@ -374,20 +374,24 @@ impl<P: Payload> Subtask<P> {
                     ended: ended.clone(),
                 };
                 self.effects.push_back(Effect::Snapshot { checkpoint, positions, out_seqs, ended });
+                let effects = &mut self.effects;
+                self.outputs.send_barrier(checkpoint, |channel, epoch, item| {
+                    effects.push_back(Effect::Send { channel, epoch, item })
+                });
                 // Shipped after the write is issued: a standby that starts from this snapshot
-                // reads it once the log has written what was issued before.
+                // reads it once the log has written what was issued before. It starts with
+                // this subtask's buffer queues: the checkpoint may abort, and a receiver still
+                // need what was sent before it.
                 match self.standby {
                     Shipping::Off => {}
                     Shipping::AtNextSnapshot => {
                         self.standby = Shipping::On;
                         self.effects.push_back(Effect::Ship(Shipped::Install(point)));
+                        let outputs = Box::new(self.outputs.clone());
+                        self.effects.push_back(Effect::Ship(Shipped::Outputs(outputs)));
                     }
                     Shipping::On => self.effects.push_back(Effect::Ship(Shipped::Snapshot(point))),
                 }
-                let effects = &mut self.effects;
-                self.outputs.send_barrier(checkpoint, |channel, epoch, item| {
-                    effects.push_back(Effect::Send { channel, epoch, item })
-                });
             }
             Action::Ack(c) => self.effects.push_back(Effect::Ack(c)),
             Action::Commit(c) => self.effects.push_back(Effect::Commit(c)),
@@ -967,5 +971,33 @@ mod tests {
         // Receiver 0 completed c1 and so has its seq 1 (batch 1): it gets batch 3 from the tail.
         promoted.handle_resume(Resume { channel: 0, from_seq: 1, restored: C1, epoch: 0 });
         assert_eq!(sends(&run(&mut promoted), 0), [Item::Batch { seq: 2, payload: data(3) }]);
+    }
+
+    // Reference: SPEC §11.8 (S6, S14). A standby started at a snapshot that may still abort
+    // keeps its primary's buffer queues: a receiver may need what was sent before it. (The
+    // failover-warm model scope found the queue starting at that snapshot instead.)
+    #[test]
+    fn a_standby_started_at_a_snapshot_keeps_the_primarys_buffer_queues() {
+        let mut primary = round_robin(1);
+        let mut standby = replica(1, Mode::Warm);
+        let mut sent = Vec::new();
+        primary.handle_deliver(0, 0, 0, Item::Batch { seq: 1, payload: data(1) });
+        sent.extend(run(&mut primary));
+        primary.attach_standby();
+        sent.extend(run(&mut primary));
+        primary.handle_deliver(0, 0, 0, Item::Barrier(C1));
+        sent.extend(run(&mut primary));
+        for s in shipped(&sent) {
+            standby.handle_shipped(s);
+            run_replica(&mut standby);
+        }
+        standby.take_over();
+        run_replica(&mut standby);
+        assert!(standby.caught_up());
+        let mut promoted = standby.into_primary(1, 1);
+        assert_eq!(promoted.outputs().buffer(0).unwrap().base(), CheckpointId(0));
+        run(&mut promoted);
+        promoted.handle_resume(Resume { channel: 0, from_seq: 0, restored: CheckpointId(0), epoch: 0 });
+        assert_eq!(sends(&run(&mut promoted), 0), sends(&sent, 0), "batch 1 and Barrier(c1)");
     }
 }

@@ -36,7 +36,7 @@ pub struct Point {
 
 /// What a primary ships to its standby, in the order it applies it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Shipped<P> {
+pub enum Shipped<P: Payload> {
     /// From here the primary's state is this snapshot's: start (again) from it.
     Install(Point),
     /// It applies this batch.
@@ -57,6 +57,10 @@ pub enum Shipped<P> {
     },
     /// It took its snapshot here.
     Snapshot(Point),
+    /// Right after an `Install` of a snapshot not known complete: the primary's output side
+    /// there, buffer queues included (they reach back to the last completed checkpoint, which
+    /// a receiver may still need if this one aborts). Payloads are shared, not copied.
+    Outputs(Box<Outputs<P>>),
     /// The receiver of `channel` restarted and is sent to `epoch` from now on.
     Receiver {
         /// The output channel.
@@ -242,6 +246,8 @@ impl<P: Payload> Replica<P> {
                     self.pending.pop_front();
                     continue;
                 }
+                // The output side that goes with the state just installed.
+                Shipped::Outputs(_) => self.pending.pop_front(),
                 _ if !applying => return None,
                 _ if self.mutations.has(Mutant::StandbyOwnOrder) => self.own_order(),
                 _ => self.pending.pop_front(),
@@ -301,6 +307,16 @@ impl<P: Payload> Replica<P> {
                 state.ended[input] = true;
                 self.processing = Some((input, true));
                 self.effects.push_back(Effect::InputEnded { input });
+            }
+            Shipped::Outputs(outputs) => {
+                // As trimmed as the primary's at the snapshot: the completions it had heard
+                // of then are in; later ones come here after this (no `complete` of an older
+                // checkpoint here: a queue drops through the first barrier at or after it).
+                let state = self.state.as_mut().expect("installed");
+                state.outputs = *outputs;
+                for (channel, &epoch) in self.receivers.iter().enumerate() {
+                    state.outputs.set_epoch(channel, epoch);
+                }
             }
             Shipped::Snapshot(point) => {
                 let state = self.state.as_mut().expect("installed");
