@@ -6,7 +6,11 @@
 //! `WEIR_BENCH_REPS` repetitions, default 3):
 //!
 //! - output gap: from the last batch the window sent before the failure to the first new
-//!   batch after it (the report's `output_gap_ms`): how long downstream got nothing new;
+//!   batch after it (the report's `output_gap_ms`): how long downstream got nothing new. It
+//!   includes the window's own cadence: it emits when the watermark closes windows, here once
+//!   per 100,000 readings (1 s of event time);
+//! - caught up: from the failure until the failed subtask (or its promoted standby) had
+//!   again received everything it had received when it failed (`caught_up_ms`);
 //! - restart: from the failure until the subtask was running again (`duration_ms`; for a
 //!   takeover, until the standby was promoted);
 //! - first completed checkpoint after the failure (an exactly-once sink makes output visible
@@ -16,7 +20,8 @@
 //! Every run's output is checked against the failure-free run's. The backoff before a restart
 //! is 1 ms in every configuration: it is policy, not recovery cost.
 //!
-//! `cargo run --release -p weir-tests --bin weir-recovery-bench [-- RECORDS SENSORS]`
+//! `cargo run --release -p weir-tests --bin weir-recovery-bench [-- RECORDS SENSORS]`;
+//! `WEIR_BENCH_RATE=N` limits the source to N readings a second.
 
 use std::process::Command;
 
@@ -27,6 +32,7 @@ struct Sample {
     cpu_s: f64,
     rss_mib: f64,
     gap_ms: f64,
+    caught_up_ms: f64,
     restart_ms: f64,
     first_checkpoint_ms: f64,
     sha: String,
@@ -57,7 +63,7 @@ const SETUPS: [Setup; 6] = [
 fn run(records: u64, sensors: u64, setup: &Setup, fault: Option<u64>) -> Sample {
     let dir = tempfile::tempdir().expect("tempdir");
     let config =
-        sensor_window_config_with(dir.path(), records, 1000, None, &format!("sensors = {sensors}\n"));
+        sensor_window_config_with(dir.path(), records, 1000, rate(), &format!("sensors = {sensors}\n"));
     let mut text = std::fs::read_to_string(&config).expect("config");
     // `[recovery]` keys first, then any table the setup adds.
     let (recovery_keys, tables) = match setup.extra.find('[') {
@@ -77,12 +83,14 @@ fn run(records: u64, sensors: u64, setup: &Setup, fault: Option<u64>) -> Sample 
     let measured = run_measured(&mut cmd);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("report json");
-    let (mut gap_ms, mut restart_ms, mut first_checkpoint_ms) = (f64::NAN, f64::NAN, f64::NAN);
+    let (mut gap_ms, mut caught_up_ms, mut restart_ms, mut first_checkpoint_ms) =
+        (f64::NAN, f64::NAN, f64::NAN, f64::NAN);
     if let Some(recovery) = setup.recovery {
         let restart = &report["restarts"][0];
         assert_eq!(restart["recovery"], recovery, "{report}");
         let at = restart["at_ms"].as_f64().expect("at_ms");
         gap_ms = restart["output_gap_ms"].as_f64().unwrap_or(f64::NAN);
+        caught_up_ms = restart["caught_up_ms"].as_f64().unwrap_or(f64::NAN);
         restart_ms = restart["duration_ms"].as_f64().expect("duration_ms");
         first_checkpoint_ms = report["checkpoints"]
             .as_array()
@@ -98,10 +106,16 @@ fn run(records: u64, sensors: u64, setup: &Setup, fault: Option<u64>) -> Sample 
         cpu_s: measured.cpu_seconds,
         rss_mib: measured.peak_rss_mib,
         gap_ms,
+        caught_up_ms,
         restart_ms,
         first_checkpoint_ms,
         sha,
     }
+}
+
+/// `WEIR_BENCH_RATE`: the source's readings per second (unset: as fast as it goes).
+fn rate() -> Option<u64> {
+    std::env::var("WEIR_BENCH_RATE").ok().and_then(|r| r.parse().ok())
 }
 
 fn median(v: impl Iterator<Item = f64>) -> f64 {
@@ -122,7 +136,8 @@ fn main() {
     println!("weir: {}", weir_bin().display());
     println!("cores: {}", std::thread::available_parallelism().map_or(0, |n| n.get()));
     println!(
-        "{records} readings, {sensors} sensors, a panic into the window after {points:?} readings, checkpoints every 1 s, {reps} reps (medians over points and reps)"
+        "{records} readings, {sensors} sensors, source rate {}, a panic into the window after {points:?} readings, checkpoints every 1 s, {reps} reps (medians over points and reps)",
+        rate().map_or("unlimited".to_owned(), |r| format!("{r}/s"))
     );
     println!();
     println!(
@@ -147,15 +162,18 @@ fn main() {
         assert_eq!(s.sha, reference, "a run's output differs from the failure-free run's");
     }
     let mut gaps = Vec::new();
+    let mut caught = Vec::new();
     for (k, setup) in SETUPS.iter().enumerate() {
         let s = &samples[k];
         let gap = median(s.iter().map(|s| s.gap_ms));
         gaps.push(gap);
+        caught.push(median(s.iter().map(|s| s.caught_up_ms)));
         let show = |v: f64| if v.is_nan() { "-".to_owned() } else { format!("{v:.0}") };
         println!(
-            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.0} |",
+            "| {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.0} |",
             setup.label,
             show(gap),
+            show(median(s.iter().map(|s| s.caught_up_ms))),
             show(median(s.iter().map(|s| s.restart_ms))),
             show(median(s.iter().map(|s| s.first_checkpoint_ms))),
             median(s.iter().map(|s| s.wall_ms)),
@@ -167,9 +185,10 @@ fn main() {
     let rss = |k: usize| median(samples[k].iter().map(|s| s.rss_mib));
     println!();
     println!(
-        "output gap, local restart / hot standby: {:.1}x; warm standby / hot: {:.1}x",
+        "output gap, local restart / hot standby: {:.1}x; warm standby / hot: {:.1}x; caught up, local / hot: {:.0}x",
         gaps[4] / gaps[2].max(1.0),
-        gaps[3] / gaps[2].max(1.0)
+        gaps[3] / gaps[2].max(1.0),
+        caught[4] / caught[2].max(1.0)
     );
     println!(
         "failure-free with a hot standby: throughput {:.2} of without, peak RSS {:.2}x; outputs identical to the failure-free run",
