@@ -141,9 +141,9 @@ fn main() {
     );
     println!();
     println!(
-        "| run | output gap ms | restart ms | first checkpoint after ms | wall ms | CPU s | peak RSS MiB |"
+        "| run | output gap ms | caught up ms | restart ms | first checkpoint after ms | wall ms | CPU s | peak RSS MiB |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut samples: Vec<Vec<Sample>> = SETUPS.iter().map(|_| Vec::new()).collect();
     // Interleaved: every configuration once per round, so drift hits them alike.
     for _ in 0..reps {
