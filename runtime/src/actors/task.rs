@@ -1093,6 +1093,18 @@ mod tests {
 
     use super::*;
 
+    /// The wiring of a subtask a test drives alone: no outputs, these inputs, no slot.
+    fn wired(upstream: Vec<Upstream>) -> Wire {
+        Wire {
+            links: Links::default(),
+            upstream,
+            coordinator: nowhere(),
+            slot: None,
+            failover: None,
+            standby: false,
+        }
+    }
+
     /// Reports to a coordinator that was never started: they go nowhere.
     fn nowhere() -> ToCoordinator {
         let coordinator = Context::<crate::actors::coordinator::CoordinatorActor>::new().address();
@@ -1219,14 +1231,7 @@ mod tests {
         let system = System::new();
         let arbiter = Arbiter::new();
         let sink = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
-        sink.do_send(Wire {
-            links: Links::default(),
-            upstream: Vec::new(),
-            coordinator: nowhere(),
-            slot: None,
-            failover: None,
-            standby: false,
-        });
+        sink.do_send(wired(Vec::new()));
         (system, arbiter, fatal)
     }
 
@@ -1342,21 +1347,13 @@ mod tests {
         let _system = System::new();
         let arbiter = Arbiter::new();
         let up = Upstream0::start_in_arbiter(&arbiter.handle(), |_| Upstream0);
-        let upstream = vec![Upstream {
+        let task = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
+        let echo = Echo::start_in_arbiter(&arbiter.handle(), |_| Echo);
+        task.do_send(wired(vec![Upstream {
             to: To::Fixed(up.clone().recipient()),
             resume: To::Fixed(up.recipient()),
             output: 0,
-        }];
-        let task = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
-        let echo = Echo::start_in_arbiter(&arbiter.handle(), |_| Echo);
-        task.do_send(Wire {
-            links: Links::default(),
-            upstream,
-            coordinator: nowhere(),
-            slot: None,
-            failover: None,
-            standby: false,
-        });
+        }]));
         let c1 = CheckpointId(1);
         task.do_send(Deliver { input: 0, epoch: 0, grant: 0, item: route::Item::Barrier(c1) });
         started.recv_timeout(PATIENCE).expect("the snapshot is encoded");
@@ -1401,20 +1398,12 @@ mod tests {
         let _system = System::new();
         let arbiter = Arbiter::new();
         let up = Upstream0::start_in_arbiter(&arbiter.handle(), |_| Upstream0);
-        let upstream = vec![Upstream {
+        let task = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
+        task.do_send(wired(vec![Upstream {
             to: To::Fixed(up.clone().recipient()),
             resume: To::Fixed(up.recipient()),
             output: 0,
-        }];
-        let task = TaskActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
-        task.do_send(Wire {
-            links: Links::default(),
-            upstream,
-            coordinator: nowhere(),
-            slot: None,
-            failover: None,
-            standby: false,
-        });
+        }]));
         let c1 = CheckpointId(1);
         task.do_send(Deliver { input: 0, epoch: 0, grant: 0, item: route::Item::Barrier(c1) });
         rebuilt.recv_timeout(PATIENCE).expect("the subtask restarts after the panic");
