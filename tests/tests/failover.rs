@@ -70,10 +70,12 @@ fn a_panic_of_the_window_with_a_warm_standby_is_healed_by_a_takeover_at_five_poi
 
 /// A primary that stops making progress (its thread blocked for 3 s) is taken over once the
 /// progress timeout passes; when it wakes up it has been replaced and has no effect: the
-/// output is still exactly the reference.
+/// output is still exactly the reference. At the five points of the panic tests with a hot
+/// standby, and once with a warm one.
 #[test]
 fn a_hung_window_is_taken_over_after_the_progress_timeout_and_has_no_effect_when_it_wakes() {
-    for (mode, at) in [("hot", 40_000), ("warm", 120_000)] {
+    let points = [20_000, 50_000, 80_000, 110_000, 150_000].map(|at| ("hot", at));
+    for (mode, at) in points.into_iter().chain([("warm", 120_000)]) {
         let fault = format!("hang:windows:{at}");
         let extra = format!(
             "[recovery]\nprogress_timeout_ms = 200\n[transforms.windows.standby]\nmode = \"{mode}\"\n"
