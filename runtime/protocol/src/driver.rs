@@ -291,11 +291,6 @@ impl<P: Payload> Subtask<P> {
         self.standby = Shipping::Off;
     }
 
-    /// Whether it ships to a standby that has a state to apply it to.
-    pub fn shipping(&self) -> bool {
-        self.standby == Shipping::On
-    }
-
     fn ship(&mut self, shipped: Shipped<P>) {
         if self.standby == Shipping::On {
             self.effects.push_back(Effect::Ship(shipped));
