@@ -76,6 +76,10 @@ pub struct BufferQueue<T> {
     /// it can have applied. A sender that restarts from a snapshot past it cannot continue
     /// the channel (SPEC §10.2).
     sent_high: Seq,
+    /// The latest barrier the receiver's current incarnation restored or has been sent: a
+    /// sender that restarts from a later snapshot would not send that snapshot's barrier
+    /// again (SPEC §10.2).
+    barrier_high: CheckpointId,
     /// The checkpoint the receiver last restored (0: it never restarted).
     receiver_restored: CheckpointId,
     mutations: Mutations,
@@ -92,6 +96,7 @@ impl<T> BufferQueue<T> {
             overflowed: false,
             gave_up: false,
             sent_high: base_seq,
+            barrier_high: base,
             receiver_restored: CheckpointId(0),
             mutations: Mutations::NONE,
         }
@@ -115,6 +120,7 @@ impl<T> BufferQueue<T> {
 
     /// The sender put `Barrier(c)` on the channel (after its snapshot of `c`).
     pub fn push_barrier(&mut self, c: CheckpointId) {
+        self.barrier_high = self.barrier_high.max(c);
         if self.overflowed {
             self.overflowed = false;
             self.base = c;
@@ -172,6 +178,11 @@ impl<T> BufferQueue<T> {
             Buffered::Barrier(_) => None,
         });
         self.sent_high = last.last().unwrap_or(from_seq);
+        let barriers = self.entries.iter().skip(start).filter_map(|e| match e {
+            Buffered::Barrier(b) => Some(*b),
+            Buffered::Batch { .. } => None,
+        });
+        self.barrier_high = barriers.max().unwrap_or(restored).max(restored);
         self.receiver_restored = restored;
         Ok(self.entries.iter().skip(start))
     }
@@ -185,8 +196,10 @@ impl<T> BufferQueue<T> {
     /// The channel cannot go on if the receiver has not been sent everything up to `seq`:
     /// a receiver that restarted from an older checkpoint while this sender was replaying to
     /// it still needs items the sender will now never produce again (the sender resumes
-    /// after `seq`). That is a replay gap, healed by a global rollback; the protocol model's
-    /// fuzzer found the trace (SPEC §10.2).
+    /// after `seq`). Nor if the receiver has not been sent `Barrier(c)`: a restarted sender
+    /// never sends the barrier of the snapshot it restored, and a receiver restored from an
+    /// older checkpoint would wait for it forever. Either is a replay gap, healed by a global
+    /// rollback; the protocol model's fuzzer found both traces (SPEC §10.2).
     pub fn restart_from(&mut self, c: CheckpointId, seq: Seq) -> Result<(), ReplayGap> {
         match self.entries.iter().position(|e| matches!(e, Buffered::Barrier(b) if *b == c)) {
             Some(at) => self.entries.truncate(at + 1),
@@ -198,7 +211,8 @@ impl<T> BufferQueue<T> {
                 self.gave_up = false;
             }
         }
-        if seq > self.sent_high && !self.mutations.has(Mutant::NoRestartGap) {
+        let behind = seq > self.sent_high || c > self.barrier_high;
+        if behind && !self.mutations.has(Mutant::NoRestartGap) {
             return Err(ReplayGap { base: c, restored: self.receiver_restored });
         }
         self.sent_high = self.sent_high.max(seq);
@@ -252,12 +266,14 @@ mod tests {
     const C1: CheckpointId = CheckpointId(1);
     const C2: CheckpointId = CheckpointId(2);
 
-    /// A sender that sent seq 1..8, restarted from nothing and has produced 1..4 again.
+    /// A sender that sent seq 1..8 and Barrier(c4), restarted from nothing and has produced
+    /// 1..4 again.
     fn sent_8_then_restarted_and_sent_4_again() -> BufferQueue<&'static str> {
         let mut q = BufferQueue::new(CheckpointId(0), 0);
         for seq in 1..=8 {
             q.push_batch(seq, "b");
         }
+        q.push_barrier(CheckpointId(4));
         q.restart_from(CheckpointId(0), 0).unwrap();
         for seq in 1..=4 {
             q.push_batch(seq, "b");
@@ -276,6 +292,36 @@ mod tests {
             q.restart_from(CheckpointId(4), 8),
             Err(ReplayGap { base: CheckpointId(4), restored: CheckpointId(0) })
         );
+    }
+
+    // Reference: SPEC §10.2, the sender's own restart. The second trace the fuzzer found,
+    // reduced: the receiver restored c1 and was served before the sender had sent
+    // Barrier(c2) again; c2 completed; the sender restores c2 and would never send it.
+    #[test]
+    fn a_sender_restarting_past_the_barrier_its_restarted_receiver_was_sent_is_a_replay_gap() {
+        let mut q: BufferQueue<&'static str> = BufferQueue::new(C1, 8);
+        q.push_barrier(C2);
+        q.complete(C1);
+        // The sender restarts from c1 (c2 was not complete yet): Barrier(c2) will come again.
+        q.restart_from(C1, 8).unwrap();
+        // The receiver restarts from c1 and is sent nothing: it still needs Barrier(c2).
+        assert_eq!(q.replay(8, C1).unwrap().count(), 0);
+        q.complete(C2);
+        assert_eq!(q.restart_from(C2, 8), Err(ReplayGap { base: C2, restored: C1 }));
+    }
+
+    #[test]
+    fn a_sender_restarting_after_the_barrier_its_receiver_was_sent_goes_on() {
+        let mut q: BufferQueue<&'static str> = BufferQueue::new(C1, 8);
+        q.push_barrier(C2);
+        q.complete(C2);
+        q.restart_from(C2, 8).unwrap();
+        // After a replay that included it, too.
+        let mut q: BufferQueue<&'static str> = BufferQueue::new(C1, 8);
+        q.push_barrier(C2);
+        assert_eq!(q.replay(8, C1).unwrap().count(), 1);
+        q.complete(C2);
+        q.restart_from(C2, 8).unwrap();
     }
 
     #[test]
