@@ -2,4 +2,5 @@
 //! into a validated [`weir_runtime::pipeline::spec::PipelineSpec`], kept apart from the `weir`
 //! binary so that it can be fuzzed and embedded.
 
+pub mod agent;
 pub mod config;

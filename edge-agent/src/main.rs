@@ -1,4 +1,5 @@
-//! `weir`: run and validate stream-processing pipelines described in TOML.
+//! `weir`: run and validate stream-processing pipelines described in TOML, or run a folder of
+//! them as an agent (`weir agent`) and look at it (`weir status`, `weir top`).
 //!
 //! Exit codes: 0 success (also a run stopped at a checkpoint by SIGTERM or SIGINT); 1 the
 //! run failed (storage, I/O, bad input data); 2 a bad config or bad flags; 143 or 130 a
@@ -6,18 +7,19 @@
 
 mod sigbus;
 
-use weir_edge_agent::config;
+use weir_edge_agent::{agent, config};
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use weir_runtime::log::LogError;
 use weir_runtime::pipeline::faults::Injection;
-use weir_runtime::pipeline::run::{Progress, ProgressFn, RunError, RunReport, StopRequest, run};
+use weir_runtime::pipeline::run::{Observe, Progress, ProgressFn, RunError, RunReport, StopRequest, run};
 use weir_runtime::pipeline::spec::PipelineSpec;
 
 #[derive(Parser)]
@@ -66,7 +68,40 @@ enum Command {
         #[arg(long)]
         explain: bool,
     },
+    /// Run every pipeline (`*.toml`) in a folder until SIGTERM or SIGINT, each isolated, with
+    /// metrics and status over HTTP. SIGHUP reads the folder again: added pipelines start,
+    /// removed ones stop, changed ones restart.
+    Agent {
+        /// The folder of pipeline configs.
+        #[arg(long, value_name = "DIR")]
+        config_dir: PathBuf,
+        /// Where to serve /metrics, /healthz, /readyz and /status.
+        #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_HTTP)]
+        http: std::net::SocketAddr,
+        /// How long SIGTERM waits for the pipelines' final checkpoints before exiting anyway
+        /// (the logs survive; each pipeline resumes from its last completed checkpoint).
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        stop_timeout: u64,
+    },
+    /// Print a running agent's status.
+    Status {
+        /// The agent's HTTP address.
+        #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_HTTP)]
+        http: std::net::SocketAddr,
+        /// Print the agent's JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A running agent's status, refreshed every second, with rates (Ctrl-C to quit).
+    Top {
+        /// The agent's HTTP address.
+        #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_HTTP)]
+        http: std::net::SocketAddr,
+    },
 }
+
+/// The agent's HTTP address unless told otherwise: loopback only.
+const DEFAULT_HTTP: &str = "127.0.0.1:9464";
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -100,6 +135,29 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => fail(2, e),
+        },
+        Command::Agent { config_dir, http, stop_timeout } => {
+            let options =
+                agent::Options { config_dir, http, stop_timeout: Duration::from_secs(stop_timeout) };
+            match agent::run_agent(&options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(1, causes(&e)),
+            }
+        }
+        Command::Status { http, json } => match agent::status::fetch(http) {
+            Ok(status) if json => {
+                println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Ok(status) => {
+                print!("{}", agent::status::render(&status, None));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, causes(&e)),
+        },
+        Command::Top { http } => match agent::status::top(http, Duration::from_secs(1)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(1, causes(&e)),
         },
         Command::Run { config, data_dir, report, inject, fresh } => {
             let spec = match config::load(&config, data_dir.as_deref()) {
@@ -264,7 +322,7 @@ fn run_pipeline(
         }) as ProgressFn
     });
     let stop = stop_on_signals()?;
-    let outcome = match run(spec, progress, faults, &stop, fresh) {
+    let outcome = match run(spec, &Observe { progress, live: None }, faults, &stop, fresh) {
         Ok(outcome) => outcome,
         Err(RunError::Escalated { message, report: partial }) => {
             if let Some(path) = &report {

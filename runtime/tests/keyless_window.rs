@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use weir_runtime::pipeline::run::{RunError, StopRequest, run};
+use weir_runtime::pipeline::run::{Observe, RunError, StopRequest, run};
 use weir_runtime::pipeline::spec::{
     AggregateFunction, AggregateSpec, CheckpointMode, CheckpointSpec, DEFAULT_OUTPUT_MODE, FileFormat,
     GeneratorSpec, NodeKind, NodeSpec, OutputFormat, PipelineSpec, SinkSpec, SourceSpec, SupervisionSpec,
@@ -55,7 +55,7 @@ fn pipeline(dir: &std::path::Path, key: Option<&str>, parallelism: usize) -> Pip
 fn a_window_without_a_key_and_two_subtasks_does_not_run() {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let spec = pipeline(dir.path(), None, 2);
-    match run(&spec, None, &[], &Arc::new(StopRequest::default()), false) {
+    match run(&spec, &Observe::default(), &[], &Arc::new(StopRequest::default()), false) {
         Err(RunError::Build(message)) => assert_eq!(
             message,
             "windows: a window without a key must have parallelism = 1 (each subtask would emit a \
@@ -72,7 +72,7 @@ fn a_keyed_window_with_two_subtasks_and_a_keyless_one_with_one_run() {
     for (key, parallelism) in [(Some("sensor"), 2), (None, 1)] {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let spec = pipeline(dir.path(), key, parallelism);
-        let report = run(&spec, None, &[], &Arc::new(StopRequest::default()), false)
+        let report = run(&spec, &Observe::default(), &[], &Arc::new(StopRequest::default()), false)
             .unwrap_or_else(|e| panic!("{key:?}, parallelism {parallelism}: {e}"));
         assert_eq!(report.nodes[0].records_out, 1000);
         let rows = std::fs::read_to_string(dir.path().join("out.csv")).expect("the output");

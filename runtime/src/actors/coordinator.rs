@@ -131,6 +131,7 @@ impl CoordinatorActor {
                 }
                 CoordinatorAction::NotifyAbort(c) => {
                     self.triggered_at.remove(&c);
+                    self.shared.aborted.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("{c} aborted");
                     for (_, abort) in &self.participants {
                         abort.do_send(Abort(c));

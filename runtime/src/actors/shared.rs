@@ -298,6 +298,8 @@ pub struct CoordinatorShared {
     pub completed: Mutex<Vec<CheckpointTiming>>,
     /// The latest completed checkpoint id (0 for none).
     pub last_completed: AtomicU64,
+    /// Checkpoints aborted.
+    pub aborted: AtomicU64,
     /// Set when the run finished normally.
     pub finished: AtomicU64,
     /// The checkpoint a requested stop ended the run at (0 for none).
@@ -359,7 +361,7 @@ impl StopRequest {
     }
 
     /// Wait up to `timeout` (a backoff) for a request; true if one was made.
-    pub(crate) fn wait(&self, timeout: Duration) -> bool {
+    pub fn wait(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut state = lock(&self.state);
         while state.reason.is_none() {

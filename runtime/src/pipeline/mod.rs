@@ -9,6 +9,9 @@ pub mod spec;
 pub mod keyop;
 
 #[cfg(feature = "io")]
+pub mod live;
+
+#[cfg(feature = "io")]
 pub mod plan;
 
 #[cfg(feature = "io")]

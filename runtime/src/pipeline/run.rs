@@ -33,6 +33,7 @@ use crate::operators;
 use crate::pipeline::faults::Injection;
 use crate::pipeline::fingerprint;
 use crate::pipeline::keyop::Chooser;
+use crate::pipeline::live::{Live, Phase};
 use crate::pipeline::plan::Plan;
 use crate::pipeline::spec::{
     CheckpointMode, NodeKind, NodeSpec, PipelineSpec, RecoveryStrategy, SinkSpec, SourceSpec,
@@ -146,6 +147,16 @@ pub struct Progress {
 /// Called about once a second while the pipeline runs.
 pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
+/// Who watches a run while it runs: a progress display, and the live figures `weir agent`
+/// serves.
+#[derive(Clone, Default)]
+pub struct Observe {
+    /// Called about once a second.
+    pub progress: Option<ProgressFn>,
+    /// Kept up to date by the run.
+    pub live: Option<Arc<Live>>,
+}
+
 fn reader(spec: &SourceSpec, share: Share) -> Box<dyn SourceReader> {
     match spec {
         SourceSpec::Generator(g) => Box::new(Generator::new(g, share)),
@@ -177,7 +188,7 @@ struct Attempt {
 /// from the beginning of its input and the file sinks write their output anew.
 pub fn run(
     spec: &PipelineSpec,
-    progress: Option<ProgressFn>,
+    observe: &Observe,
     faults: &[Arc<Injection>],
     stop: &Arc<StopRequest>,
     fresh: bool,
@@ -204,10 +215,23 @@ pub fn run(
         wall_ms: 0,
     };
     let supervisor = Arc::new(supervisor_for(spec, started));
+    if let Some(live) = &observe.live {
+        let topology = Plan::new(spec, 1);
+        let names = topology.subtasks.iter().map(|s| {
+            let node = &spec.nodes[s.node];
+            let kind = match node.kind {
+                NodeKind::Source(_) => "source",
+                NodeKind::Transform(_) => "transform",
+                NodeKind::Sink(_) => "sink",
+            };
+            (node.name.clone(), s.index, kind)
+        });
+        live.begin(names.collect(), supervisor.clone(), started);
+    }
     let mut pending: Option<(RestartReport, Instant)> = None;
     let mut first = true;
     loop {
-        let attempt = attempt(spec, &log, &writer, progress.clone(), faults, started, &supervisor, stop)?;
+        let attempt = attempt(spec, &log, &writer, observe, faults, started, &supervisor, stop)?;
         if first {
             report.restored_from = attempt.restored_from;
             first = false;
@@ -228,12 +252,16 @@ pub fn run(
                 report.stopped = stop.reason();
                 report.stopped_at = attempt.stopped_at;
             }
+            let phase = if attempt.stopped_at.is_some() { Phase::Stopped } else { Phase::Finished };
+            observe.live.iter().for_each(|live| live.set_phase(phase));
             return Ok(finish(report, &supervisor, faults, started));
         };
         if stop.reason().is_some() {
             tracing::warn!("{node}/{subtask} failed ({reason}: {message}); stopping as requested");
+            observe.live.iter().for_each(|live| live.set_phase(Phase::Stopped));
             return Ok(stopped_in_rollback(report, stop, &supervisor, faults, started));
         }
+        observe.live.iter().for_each(|live| live.restarting());
         let Some(backoff) = supervisor.admit_global(at) else {
             let message = format!(
                 "supervision: {node}/{subtask} failed after {} global rollback(s) within {} ms (max_restarts = {}), giving up; last failure ({reason}): {message}",
@@ -251,6 +279,7 @@ pub fn run(
             backoff.as_millis()
         );
         if stop.wait(backoff) {
+            observe.live.iter().for_each(|live| live.set_phase(Phase::Stopped));
             return Ok(stopped_in_rollback(report, stop, &supervisor, faults, started));
         }
         let restart = RestartReport {
@@ -782,7 +811,7 @@ fn attempt(
     spec: &PipelineSpec,
     log: &Log,
     writer: &Writer,
-    progress: Option<ProgressFn>,
+    observe: &Observe,
     faults: &[Arc<Injection>],
     started: Instant,
     supervisor: &Arc<Supervisor>,
@@ -835,9 +864,14 @@ fn attempt(
         arbiters
     });
 
+    if let Some(live) = &observe.live {
+        live.attach(counters.clone(), shared.clone(), plan.checkpoint.map(|c| c.0));
+    }
     let stop_progress = Arc::new(AtomicBool::new(false));
-    let progress_thread =
-        progress.map(|show| show_progress(show, &stop_progress, &shared, &counters[..sources], started));
+    let progress_thread = observe
+        .progress
+        .clone()
+        .map(|show| show_progress(show, &stop_progress, &shared, &counters[..sources], started));
     let running_at = Instant::now();
     let run_result = system.run();
     stop.detach();
@@ -853,6 +887,7 @@ fn attempt(
         let _ = arbiter.join();
     }
     writer.flush();
+    observe.live.iter().for_each(|live| live.detach());
     let failure = match fatal.take() {
         Some(Failure::Error(error)) => return Err(RunError::Failed(error)),
         Some(Failure::Healable { node, subtask, reason, message, at }) => {

@@ -1,0 +1,243 @@
+//! The agent's HTTP endpoint (loopback unless `--http` says otherwise): `GET /metrics`
+//! (OpenMetrics text, which Prometheus reads; names prefixed `weir_`, labels pipeline, node
+//! and subtask, never a key), `GET /healthz` (the agent answers), `GET /readyz` (every
+//! pipeline restored and running, or finished) and `GET /status` (JSON, what `weir status`
+//! prints). One thread serves it; every answer is a copy of the pipelines' live figures made
+//! under short locks, so a scrape never waits for a pipeline.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::Context as _;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
+use tiny_http::{Header, Method, Response, Server};
+use weir_runtime::pipeline::live::Phase;
+
+use super::{Agent, AgentStatus};
+
+/// Serve `agent` on `addr` from a thread of its own.
+pub fn serve(addr: SocketAddr, agent: Arc<Agent>) -> anyhow::Result<JoinHandle<()>> {
+    let server = Server::http(addr).map_err(|e| anyhow::anyhow!("--http {addr}: cannot listen: {e}"))?;
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Metrics(agent.clone())));
+    std::thread::Builder::new()
+        .name("http".into())
+        .spawn(move || {
+            for request in server.incoming_requests() {
+                let (status, content_type, body) = answer(request.method(), request.url(), &agent, &registry);
+                let header = Header::from_bytes("Content-Type", content_type).expect("a valid header");
+                let response = Response::from_string(body).with_status_code(status).with_header(header);
+                if let Err(e) = request.respond(response) {
+                    tracing::debug!("http: {e}");
+                }
+            }
+        })
+        .context("starting the HTTP thread")
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Status code, content type and body for one request.
+fn answer(method: &Method, url: &str, agent: &Agent, registry: &Registry) -> (u16, &'static str, String) {
+    if *method != Method::Get && *method != Method::Head {
+        return (405, TEXT, "only GET\n".into());
+    }
+    match url.split('?').next().unwrap_or_default() {
+        "/healthz" => (200, TEXT, "ok\n".into()),
+        "/readyz" => match agent.ready() {
+            Ok(()) => (200, TEXT, "ready\n".into()),
+            Err(waiting) => (503, TEXT, format!("not ready: {}\n", waiting.join(", "))),
+        },
+        "/status" => match serde_json::to_string_pretty(&agent.status()) {
+            Ok(json) => (200, JSON, json + "\n"),
+            Err(e) => (500, TEXT, format!("encoding the status: {e}\n")),
+        },
+        "/metrics" => {
+            let mut text = String::new();
+            match prometheus_client::encoding::text::encode(&mut text, registry) {
+                Ok(()) => (200, OPENMETRICS, text),
+                Err(e) => (500, TEXT, format!("encoding the metrics: {e}\n")),
+            }
+        }
+        "/" => (200, TEXT, "weir agent: /metrics /healthz /readyz /status\n".into()),
+        other => {
+            let mut body = String::new();
+            let _ = writeln!(body, "no {other}: try /metrics /healthz /readyz /status");
+            (404, TEXT, body)
+        }
+    }
+}
+
+/// The metrics, read from the agent's status at each scrape.
+#[derive(Debug)]
+struct Metrics(Arc<Agent>);
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("config_dir", &self.config_dir).finish()
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// One metric family: its descriptor, then one sample per label set.
+fn family<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    (name, help, unit): (&str, &str, Option<&Unit>),
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (Labels, M)>,
+) -> std::fmt::Result {
+    let mut descriptor = encoder.encode_descriptor(name, help, unit, kind)?;
+    for (labels, metric) in samples {
+        metric.encode(descriptor.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn pipeline(name: &str) -> Labels {
+    vec![("pipeline", name.to_owned())]
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let AgentStatus { pipelines, uptime_ms, .. } = self.0.status();
+        let e = &mut encoder;
+        let secs = |ms: u64| ms as f64 / 1000.0;
+        let counter = |v: u64| ConstCounter::new(v);
+        let uptime = ConstGauge::new(secs(uptime_ms));
+        uptime.encode(e.encode_descriptor(
+            "weir_agent_uptime",
+            "Since the agent started",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?)?;
+        let phases = [
+            Phase::Starting,
+            Phase::Running,
+            Phase::Restarting,
+            Phase::Stopping,
+            Phase::Finished,
+            Phase::Stopped,
+            Phase::Failed,
+        ];
+        family(
+            e,
+            ("weir_pipeline_phase", "1 for the phase each pipeline is in, 0 for the others", None),
+            MetricType::Gauge,
+            pipelines.iter().flat_map(|p| {
+                phases.iter().map(move |&phase| {
+                    let mut labels = pipeline(&p.name);
+                    labels.push(("phase", phase.name().to_owned()));
+                    (labels, ConstGauge::new(i64::from(p.live.phase == phase)))
+                })
+            }),
+        )?;
+        let subtask = |p: &super::PipelineStatus, s: &weir_runtime::pipeline::live::SubtaskView| {
+            let mut labels = pipeline(&p.name);
+            labels.push(("node", s.node.clone()));
+            labels.push(("subtask", s.subtask.to_string()));
+            labels
+        };
+        family(
+            e,
+            ("weir_records_in", "Records received by a subtask (sources: 0)", None),
+            MetricType::Counter,
+            pipelines
+                .iter()
+                .flat_map(|p| p.live.subtasks.iter().map(move |s| (subtask(p, s), counter(s.records_in)))),
+        )?;
+        family(
+            e,
+            ("weir_records_out", "Records sent by a subtask (sinks: written)", None),
+            MetricType::Counter,
+            pipelines
+                .iter()
+                .flat_map(|p| p.live.subtasks.iter().map(move |s| (subtask(p, s), counter(s.records_out)))),
+        )?;
+        family(
+            e,
+            ("weir_checkpoints_completed", "Checkpoints completed", None),
+            MetricType::Counter,
+            pipelines.iter().map(|p| (pipeline(&p.name), counter(p.live.checkpoints_completed))),
+        )?;
+        family(
+            e,
+            ("weir_checkpoints_aborted", "Checkpoints aborted (a timeout, a failure)", None),
+            MetricType::Counter,
+            pipelines.iter().map(|p| (pipeline(&p.name), counter(p.live.checkpoints_aborted))),
+        )?;
+        family(
+            e,
+            (
+                "weir_checkpoint_duration",
+                "Sum of the completed checkpoints' durations, trigger to durable completion",
+                Some(&Unit::Seconds),
+            ),
+            MetricType::Counter,
+            pipelines
+                .iter()
+                .map(|p| (pipeline(&p.name), ConstCounter::new(secs(p.live.checkpoint_duration_ms_sum)))),
+        )?;
+        family(
+            e,
+            ("weir_last_checkpoint", "The latest completed checkpoint's id (0: none)", None),
+            MetricType::Gauge,
+            pipelines.iter().map(|p| (pipeline(&p.name), ConstGauge::new(p.live.last_checkpoint as i64))),
+        )?;
+        family(
+            e,
+            (
+                "weir_last_checkpoint_duration",
+                "How long the latest completed checkpoint took",
+                Some(&Unit::Seconds),
+            ),
+            MetricType::Gauge,
+            pipelines
+                .iter()
+                .map(|p| (pipeline(&p.name), ConstGauge::new(secs(p.live.last_checkpoint_duration_ms)))),
+        )?;
+        let levels = ["local", "failover", "global"];
+        family(
+            e,
+            ("weir_restarts", "Restarts by the supervisor, by how they recovered", None),
+            MetricType::Counter,
+            pipelines.iter().flat_map(|p| {
+                levels.iter().map(move |&level| {
+                    let n = p.live.restarts.iter().filter(|r| r.recovery == level).count();
+                    let mut labels = pipeline(&p.name);
+                    labels.push(("recovery", level.to_owned()));
+                    (labels, counter(n as u64))
+                })
+            }),
+        )?;
+        family(
+            e,
+            (
+                "weir_last_recovery_duration",
+                "The latest restart's time until running again",
+                Some(&Unit::Seconds),
+            ),
+            MetricType::Gauge,
+            pipelines.iter().filter_map(|p| {
+                let last = p.live.restarts.last()?;
+                Some((pipeline(&p.name), ConstGauge::new(secs(last.duration_ms))))
+            }),
+        )?;
+        family(
+            e,
+            ("weir_pipeline_failures", "Runs of a pipeline that failed (the agent starts it again)", None),
+            MetricType::Counter,
+            pipelines.iter().map(|p| (pipeline(&p.name), counter(p.retries.failures))),
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,258 @@
+//! A running pipeline seen from outside while it runs: what `weir agent` serves on
+//! `/status` and `/metrics`. The runner ([`super::run::run`]) attaches each attempt's
+//! counters and coordinator view here and folds them into totals when the attempt ends, so
+//! the figures only grow across global rollbacks; a reader takes a [`LiveView`], a copy made
+//! under one short lock (never per record: the counters are the subtasks' own atomics).
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::actors::shared::{CoordinatorShared, Counters};
+use crate::pipeline::supervise::{RestartReport, Supervisor};
+use crate::sync::atomic::Ordering;
+use crate::sync::{Arc, Mutex, MutexGuard, lock};
+
+/// Where a pipeline is in its life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Opening its log and restoring the last completed checkpoint.
+    #[default]
+    Starting,
+    /// Every subtask restored and running.
+    Running,
+    /// Rolling back to the last completed checkpoint after a failure.
+    Restarting,
+    /// A stop was requested: it ends at the next completed checkpoint.
+    Stopping,
+    /// Its input ended and all output is committed.
+    Finished,
+    /// It stopped at a checkpoint as requested.
+    Stopped,
+    /// It failed (the error says why).
+    Failed,
+}
+
+impl Phase {
+    /// Its name, as `/status` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Restarting => "restarting",
+            Phase::Stopping => "stopping",
+            Phase::Finished => "finished",
+            Phase::Stopped => "stopped",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// One subtask's figures, summed over the run's attempts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SubtaskView {
+    /// Its node.
+    pub node: String,
+    /// Its index within the node.
+    pub subtask: usize,
+    /// `source`, `transform` or `sink`.
+    pub kind: &'static str,
+    /// Records received.
+    pub records_in: u64,
+    /// Records sent (a sink: written).
+    pub records_out: u64,
+}
+
+/// A copy of a pipeline's live figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct LiveView {
+    /// Where it is.
+    pub phase: Phase,
+    /// Per subtask, in pipeline order.
+    pub subtasks: Vec<SubtaskView>,
+    /// Checkpoints completed since it started.
+    pub checkpoints_completed: u64,
+    /// Checkpoints aborted since it started.
+    pub checkpoints_aborted: u64,
+    /// The sum of the completed checkpoints' durations (trigger to durable completion).
+    pub checkpoint_duration_ms_sum: u64,
+    /// The latest completed checkpoint (0: none yet).
+    pub last_checkpoint: u64,
+    /// How long the latest completed checkpoint took.
+    pub last_checkpoint_duration_ms: u64,
+    /// The checkpoint it restored when it started, if it resumed.
+    pub restored_from: Option<u64>,
+    /// Restarts by the supervisor, in order.
+    pub restarts: Vec<RestartReport>,
+    /// Since it started, in milliseconds.
+    pub uptime_ms: u64,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// The current attempt's live parts.
+struct Attached {
+    counters: Vec<Arc<Counters>>,
+    shared: Arc<CoordinatorShared>,
+}
+
+#[derive(Default)]
+struct Inner {
+    phase: Phase,
+    started: Option<Instant>,
+    /// Per participant: node, subtask index and kind.
+    names: Vec<(String, usize, &'static str)>,
+    /// Per participant: records in and out of the attempts that ended.
+    totals: Vec<(u64, u64)>,
+    /// Checkpoint figures of the attempts that ended: completed, aborted, duration sum.
+    ended: (u64, u64, u64),
+    last: (u64, u64),
+    restored_from: Option<u64>,
+    /// Attempts attached so far.
+    attempts: u32,
+    supervisor: Option<Arc<Supervisor>>,
+    attempt: Option<Attached>,
+    error: Option<String>,
+}
+
+/// A pipeline's live figures, shared by its runner and its readers.
+#[derive(Default)]
+pub struct Live {
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").field("phase", &self.view().phase).finish()
+    }
+}
+
+impl Live {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.inner)
+    }
+
+    /// The run starts: its subtasks are `names` (node, index, kind) in participant order.
+    pub(crate) fn begin(
+        &self,
+        names: Vec<(String, usize, &'static str)>,
+        supervisor: Arc<Supervisor>,
+        at: Instant,
+    ) {
+        let mut inner = self.lock();
+        inner.totals = vec![(0, 0); names.len()];
+        inner.names = names;
+        inner.supervisor = Some(supervisor);
+        inner.started = Some(at);
+        if inner.phase != Phase::Stopping {
+            inner.phase = Phase::Starting;
+        }
+    }
+
+    /// An attempt restored `restored` and runs with these counters and coordinator view.
+    pub(crate) fn attach(
+        &self,
+        counters: Vec<Arc<Counters>>,
+        shared: Arc<CoordinatorShared>,
+        restored: Option<u64>,
+    ) {
+        let mut inner = self.lock();
+        if inner.attempts == 0 {
+            inner.restored_from = restored;
+        }
+        inner.attempts += 1;
+        inner.attempt = Some(Attached { counters, shared });
+        if inner.phase != Phase::Stopping {
+            inner.phase = Phase::Running;
+        }
+    }
+
+    /// The attempt ended: its figures become part of the totals.
+    pub(crate) fn detach(&self) {
+        let mut inner = self.lock();
+        let Some(attempt) = inner.attempt.take() else { return };
+        for (total, c) in inner.totals.iter_mut().zip(&attempt.counters) {
+            total.0 += c.records_in.load(Ordering::Relaxed);
+            total.1 += c.records_out.load(Ordering::Relaxed);
+        }
+        let (completed, aborted, sum) = checkpoint_figures(&attempt.shared);
+        inner.ended.0 += completed;
+        inner.ended.1 += aborted;
+        inner.ended.2 += sum;
+        if let Some(last) = last_checkpoint(&attempt.shared) {
+            inner.last = last;
+        }
+    }
+
+    /// The runner rolls the pipeline back after a failure.
+    pub(crate) fn restarting(&self) {
+        let mut inner = self.lock();
+        if inner.phase != Phase::Stopping {
+            inner.phase = Phase::Restarting;
+        }
+    }
+
+    /// Set where it is (the agent: `Stopping` when it asks it to stop; the end).
+    pub fn set_phase(&self, phase: Phase) {
+        self.lock().phase = phase;
+    }
+
+    /// It failed with `error`.
+    pub fn fail(&self, error: String) {
+        let mut inner = self.lock();
+        inner.phase = Phase::Failed;
+        inner.error = Some(error);
+    }
+
+    /// Its figures now.
+    pub fn view(&self) -> LiveView {
+        let inner = self.lock();
+        let mut subtasks: Vec<SubtaskView> = (inner.names.iter().zip(&inner.totals))
+            .map(|((node, subtask, kind), &(records_in, records_out))| SubtaskView {
+                node: node.clone(),
+                subtask: *subtask,
+                kind,
+                records_in,
+                records_out,
+            })
+            .collect();
+        let (mut completed, mut aborted, mut sum) = inner.ended;
+        let mut last = inner.last;
+        if let Some(attempt) = &inner.attempt {
+            for (view, c) in subtasks.iter_mut().zip(&attempt.counters) {
+                view.records_in += c.records_in.load(Ordering::Relaxed);
+                view.records_out += c.records_out.load(Ordering::Relaxed);
+            }
+            let (c, a, s) = checkpoint_figures(&attempt.shared);
+            (completed, aborted, sum) = (completed + c, aborted + a, sum + s);
+            last = last_checkpoint(&attempt.shared).unwrap_or(last);
+        }
+        LiveView {
+            phase: inner.phase,
+            subtasks,
+            checkpoints_completed: completed,
+            checkpoints_aborted: aborted,
+            checkpoint_duration_ms_sum: sum,
+            last_checkpoint: last.0,
+            last_checkpoint_duration_ms: last.1,
+            restored_from: inner.restored_from,
+            restarts: inner.supervisor.as_ref().map(|s| s.reports()).unwrap_or_default(),
+            uptime_ms: inner.started.map_or(0, |t| t.elapsed().as_millis() as u64),
+            error: inner.error.clone(),
+        }
+    }
+}
+
+/// Completed, aborted and the sum of the completed durations, of one attempt.
+fn checkpoint_figures(shared: &CoordinatorShared) -> (u64, u64, u64) {
+    let completed = lock(&shared.completed);
+    let sum = completed.iter().map(|t| t.duration_ms).sum();
+    (completed.len() as u64, shared.aborted.load(Ordering::Relaxed), sum)
+}
+
+/// The latest completed checkpoint of one attempt and its duration.
+fn last_checkpoint(shared: &CoordinatorShared) -> Option<(u64, u64)> {
+    let completed = lock(&shared.completed);
+    completed.last().map(|t| (t.id, t.duration_ms))
+}

@@ -1,0 +1,280 @@
+//! End-to-end: `weir agent` runs every pipeline of a config folder, each isolated; serves
+//! /metrics, /healthz, /readyz and /status; re-reads the folder on SIGHUP; stops every
+//! pipeline at a checkpoint on SIGTERM (exit 0), and they resume when it starts again.
+//! Every wait is on a condition read from the agent's own endpoint, never a sleep.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weir_edge_agent::agent::status;
+use weir_tests::*;
+
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A free loopback port (bound, then released for the agent).
+fn free_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("its address")
+}
+
+/// A sensor-window pipeline `name` in `conf`, its data and output under `work/name`.
+fn pipeline(conf: &Path, work: &Path, name: &str, records: u64, rate: Option<u64>) -> PathBuf {
+    let scratch = tempfile::tempdir().expect("a temporary folder");
+    let text =
+        std::fs::read_to_string(sensor_window_config(scratch.path(), records, 200, rate)).expect("config");
+    let own = work.join(name);
+    let text = text
+        .replace("data_dir = \"data\"", &format!("data_dir = \"{}\"", own.join("data").display()))
+        .replace("path = \"out/windows.csv\"", &format!("path = \"{}\"", own.join("windows.csv").display()));
+    let path = conf.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("writing the config");
+    path
+}
+
+/// A pipeline whose run fails: a file source with a reading that is not a number.
+fn failing_pipeline(conf: &Path, work: &Path, name: &str) {
+    let own = work.join(name);
+    std::fs::create_dir_all(&own).unwrap();
+    std::fs::write(own.join("in.csv"), "s1,1.5\ns2,not-a-number\n").unwrap();
+    let text = format!(
+        r#"data_dir = "{data}"
+[checkpoint]
+interval_ms = 100
+[sources.src]
+type = "file"
+path = "{input}"
+format = "csv"
+schema = {{ sensor = "string", v = "float" }}
+[sinks.out]
+type = "file"
+inputs = ["src"]
+path = "{out}"
+format = "csv"
+"#,
+        data = own.join("data").display(),
+        input = own.join("in.csv").display(),
+        out = own.join("out.csv").display()
+    );
+    std::fs::write(conf.join(format!("{name}.toml")), text).unwrap();
+}
+
+struct Agent {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Agent {
+    fn start(conf: &Path) -> Agent {
+        let addr = free_addr();
+        let child = Command::new(weir_bin())
+            .args(["agent", "--config-dir"])
+            .arg(conf)
+            .arg("--http")
+            .arg(addr.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("weir agent starts");
+        let agent = Agent { child, addr };
+        agent.wait_for("the HTTP endpoint", |_| true);
+        agent
+    }
+
+    fn status(&self) -> Option<Value> {
+        status::fetch(self.addr).ok()
+    }
+
+    fn pipeline(&self, name: &str) -> Option<Value> {
+        let status = self.status()?;
+        status["pipelines"].as_array()?.iter().find(|p| p["name"] == name).cloned()
+    }
+
+    /// Wait until `done` holds for the agent's status; the status then.
+    fn wait_for(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.status()
+                && done(&status)
+            {
+                return status;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "waited {PATIENCE:?} for {what}; status: {:?}",
+                self.status()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_for_pipeline(&self, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let status = self.wait_for(&format!("{name}: {what}"), |s| {
+            s["pipelines"].as_array().into_iter().flatten().any(|p| p["name"] == name && done(p))
+        });
+        status["pipelines"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap().clone()
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill");
+    }
+
+    /// SIGTERM; the exit code and stderr.
+    fn stop(mut self) -> (Option<i32>, String) {
+        self.signal(libc::SIGTERM);
+        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
+            .wait_with_output()
+            .expect("the agent exits");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn source_out(p: &Value) -> u64 {
+    let subtasks = p["subtasks"].as_array().unwrap();
+    subtasks.iter().filter(|s| s["kind"] == "source").map(|s| s["records_out"].as_u64().unwrap()).sum()
+}
+
+fn sink_out(p: &Value) -> u64 {
+    let subtasks = p["subtasks"].as_array().unwrap();
+    subtasks.iter().filter(|s| s["kind"] == "sink").map(|s| s["records_out"].as_u64().unwrap()).sum()
+}
+
+/// The value of the sample `name{labels}` in OpenMetrics text.
+fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn the_agent_runs_pipelines_apart_serves_their_status_and_stops_them_at_a_checkpoint() {
+    const BOUNDED: u64 = 300_000;
+    let work = tempfile::tempdir().unwrap();
+    let conf = work.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    // Runs until stopped (a billion readings at 20,000 a second).
+    pipeline(&conf, work.path(), "steady", 1_000_000_000, Some(20_000));
+    pipeline(&conf, work.path(), "bounded", BOUNDED, None);
+    std::fs::write(conf.join("broken.toml"), "data_dir = [\n").unwrap();
+
+    let agent = Agent::start(&conf);
+    // The bounded pipeline finishes with exactly the reference output.
+    let bounded = agent.wait_for_pipeline("bounded", "finished", |p| p["phase"] == "finished");
+    let lines = sorted_lines(&work.path().join("bounded/windows.csv"));
+    assert_eq!(lines, reference_lines(BOUNDED));
+    assert_eq!(sink_out(&bounded), lines.len() as u64, "the status counts what was written");
+    assert_eq!(source_out(&bounded), BOUNDED);
+    // A broken config is reported, and stops nothing else.
+    let broken = agent.pipeline("broken").expect("broken listed");
+    assert_eq!(broken["phase"], "failed");
+    assert!(broken["error"].as_str().unwrap().contains("broken.toml"), "{broken}");
+    let steady = agent.wait_for_pipeline("steady", "two checkpoints", |p| {
+        p["phase"] == "running" && p["last_checkpoint"].as_u64() >= Some(2)
+    });
+
+    // The endpoints.
+    assert_eq!(status::get(agent.addr, "/healthz").unwrap().trim(), "ok");
+    let not_ready = status::get(agent.addr, "/readyz").unwrap_err().to_string();
+    assert!(not_ready.contains("503") && not_ready.contains("broken: failed"), "{not_ready}");
+    let metrics = status::get(agent.addr, "/metrics").unwrap();
+    assert!(metrics.ends_with("# EOF\n"), "OpenMetrics text");
+    let read =
+        |m: &str| sample(m, r#"weir_records_out_total{pipeline="steady",node="readings",subtask="0"}"#);
+    let before = read(&metrics).expect("steady's source counter");
+    assert!(before >= source_out(&steady) as f64);
+    assert_eq!(
+        sample(&metrics, r#"weir_records_out_total{pipeline="bounded",node="out",subtask="0"}"#),
+        Some(lines.len() as f64)
+    );
+    assert_eq!(sample(&metrics, r#"weir_pipeline_phase{pipeline="bounded",phase="finished"}"#), Some(1.0));
+    assert!(sample(&metrics, r#"weir_checkpoints_completed_total{pipeline="steady"}"#) >= Some(2.0));
+    // The counters move.
+    agent.wait_for("steady's counter to move", |_| {
+        status::get(agent.addr, "/metrics").ok().and_then(|m| read(&m)).is_some_and(|now| now > before)
+    });
+    let table =
+        Command::new(weir_bin()).args(["status", "--http", &agent.addr.to_string()]).output().unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(table.lines().any(|l| l.starts_with("steady") && l.contains("running")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("broken") && l.contains("failed")), "{table}");
+
+    // SIGHUP: the removed pipeline goes, the added one starts, the unchanged run on.
+    std::fs::remove_file(conf.join("broken.toml")).unwrap();
+    pipeline(&conf, work.path(), "late", 50_000, None);
+    let steady_before = source_out(&agent.pipeline("steady").unwrap());
+    agent.signal(libc::SIGHUP);
+    agent.wait_for_pipeline("late", "finished", |p| p["phase"] == "finished");
+    assert_eq!(sorted_lines(&work.path().join("late/windows.csv")), reference_lines(50_000));
+    let status = agent.wait_for("broken to go", |s| s["pipelines"].as_array().unwrap().len() == 3);
+    let steady =
+        status["pipelines"].as_array().unwrap().iter().find(|p| p["name"] == "steady").unwrap().clone();
+    assert_eq!(steady["phase"], "running");
+    assert!(source_out(&steady) >= steady_before, "steady was not restarted by the reload");
+    assert_eq!(status::get(agent.addr, "/readyz").unwrap().trim(), "ready");
+
+    // SIGTERM: every pipeline stops at a checkpoint, exit 0.
+    let (code, stderr) = agent.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("steady: SIGTERM: stopped at checkpoint"), "{stderr}");
+
+    // Started again, the running one resumes from its checkpoint; the finished ones stay so.
+    let agent = Agent::start(&conf);
+    let steady = agent.wait_for_pipeline("steady", "running", |p| p["phase"] == "running");
+    assert!(steady["restored_from"].as_u64() > Some(0), "{steady}");
+    agent.wait_for_pipeline("bounded", "finished", |p| p["phase"] == "finished");
+    assert_eq!(sorted_lines(&work.path().join("bounded/windows.csv")), reference_lines(BOUNDED));
+    let (code, stderr) = agent.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn a_failing_pipeline_is_started_again_and_the_others_run_on() {
+    let work = tempfile::tempdir().unwrap();
+    let conf = work.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    pipeline(&conf, work.path(), "steady", 1_000_000_000, Some(20_000));
+    failing_pipeline(&conf, work.path(), "bad");
+    let agent = Agent::start(&conf);
+    // It fails, is retried after a backoff and fails again; each time it says why.
+    let bad =
+        agent.wait_for_pipeline("bad", "two failed runs", |p| p["retries"]["failures"].as_u64() >= Some(2));
+    assert_eq!(bad["phase"], "failed");
+    assert!(bad["error"].as_str().unwrap().contains("not-a-number"), "{bad}");
+    // Meanwhile the other one runs and keeps completing checkpoints.
+    let steady = agent.wait_for_pipeline("steady", "running", |p| p["phase"] == "running");
+    let (checkpoint, read) = (steady["last_checkpoint"].as_u64().unwrap(), source_out(&steady));
+    agent.wait_for_pipeline("steady", "progress", |p| {
+        p["last_checkpoint"].as_u64() > Some(checkpoint) && source_out(p) > read
+    });
+    assert_eq!(steady["restarts"].as_array().unwrap().len(), 0);
+    let metrics = status::get(agent.addr, "/metrics").unwrap();
+    assert!(sample(&metrics, r#"weir_pipeline_failures_total{pipeline="bad"}"#) >= Some(2.0), "{metrics}");
+    let (code, stderr) = agent.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("bad: "), "each failure is on stderr: {stderr}");
+}
+
+#[test]
+fn a_second_pipeline_on_the_same_data_dir_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let conf = work.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let first = pipeline(&conf, work.path(), "first", 1_000_000_000, Some(1000));
+    std::fs::copy(&first, conf.join("second.toml")).unwrap();
+    let agent = Agent::start(&conf);
+    let second = agent.wait_for_pipeline("second", "refused", |p| p["phase"] == "failed");
+    let error = second["error"].as_str().unwrap();
+    assert!(error.contains("already used by pipeline first"), "{error}");
+    agent.wait_for_pipeline("first", "running", |p| p["phase"] == "running");
+    let (code, stderr) = agent.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+}
