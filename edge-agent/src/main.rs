@@ -243,7 +243,9 @@ fn cli_error(error: &clap::Error) -> String {
             .get_subcommands()
             .map(|c| c.get_name().to_owned())
             .collect();
-        return format!("missing subcommand: expected {}; see weir --help", names.join(" or "));
+        let (last, first) = names.split_last().expect("weir has subcommands");
+        let names = if first.is_empty() { last.clone() } else { format!("{} or {last}", first.join(", ")) };
+        return format!("missing subcommand: expected {names}; see weir --help");
     }
     // `render` is plain text (clap drops terminal escapes); its lines are "error: ...",
     // indented details and tips, "Usage: ..." and "For more information, try '--help'.". Any

@@ -43,7 +43,10 @@ fn a_missing_argument_is_one_line() {
         &weir(&["run", "pipeline.toml", "--data-dir"]),
         "a value is required for '--data-dir <DATA_DIR>' but none was supplied",
     );
-    assert_one_line(&weir(&[]), "missing subcommand: expected run or validate; see weir --help");
+    assert_one_line(
+        &weir(&[]),
+        "missing subcommand: expected run, validate, agent, status or top; see weir --help",
+    );
 }
 
 #[test]

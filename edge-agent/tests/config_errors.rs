@@ -100,7 +100,7 @@ fn bad_enum_string() {
 fn unknown_type() {
     assert_rejected(
         &validate(&edited("type = \"generator\"", "type = \"generater\""), &[]),
-        "config: sources.readings.type: expected \"generator\" or \"file\", found \"generater\" (line 8)",
+        "config: sources.readings.type: expected \"generator\", \"file\" or \"mqtt\", found \"generater\" (line 8)",
     );
 }
 

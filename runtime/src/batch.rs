@@ -248,6 +248,20 @@ impl Column {
         }
     }
 
+    /// Keep the first `len` values (a record that failed half-way is taken back).
+    pub fn truncate(&mut self, len: usize) {
+        match self {
+            Column::Bool(v) => v.truncate(len),
+            Column::Int(v) => v.truncate(len),
+            Column::Float(v) => v.truncate(len),
+            Column::Str(v) => {
+                v.ends.truncate(len);
+                let end = v.ends.last().map_or(0, |&e| e as usize);
+                v.bytes.truncate(end);
+            }
+        }
+    }
+
     /// Append `value`, which must have the column's type.
     pub fn push(&mut self, value: &Value) {
         match (self, value) {

@@ -1,7 +1,9 @@
 //! Support for the end-to-end tests and the benchmark: find the `weir` binary, write a
 //! pipeline config, compute the sensor-window reference independently, compare outputs.
 
+pub mod agent;
 pub mod fuzzing;
+pub mod mosquitto;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -151,26 +153,35 @@ type = "generator"
 shape = "sensors"
 records = {records}
 {rate}
-[transforms.windows]
+{window}"#,
+        window = window_and_file_sink(100, "out/windows.csv")
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).expect("writing the config");
+    path
+}
+
+/// The sensor-window job's window (`windows`, reading `readings`, out-of-order bound
+/// `out_of_order_ms`) and its file sink (`out`, CSV at `path`), as TOML.
+pub fn window_and_file_sink(out_of_order_ms: u64, path: &str) -> String {
+    format!(
+        r#"[transforms.windows]
 type = "window"
 inputs = ["readings"]
 key = "sensor"
 time_field = "ts"
 kind = "tumbling"
 size_ms = 1000
-max_out_of_order_ms = 100
+max_out_of_order_ms = {out_of_order_ms}
 aggregates = ["count", "sum(value)", "min(value)", "max(value)", "mean(value)"]
 [sinks.out]
 type = "file"
 inputs = ["windows"]
-path = "out/windows.csv"
+path = "{path}"
 format = "csv"
 float_precision = 3
 "#
-    );
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, text).expect("writing the config");
-    path
+    )
 }
 
 /// The sensor-window config with the source and the window at `parallelism`.
@@ -198,12 +209,20 @@ pub fn reference_lines(records: u64) -> Vec<String> {
 
 /// The same for `sensors` sensors.
 pub fn reference_lines_with(records: u64, sensors: u64) -> Vec<String> {
-    let mut acc: BTreeMap<(u64, i64), (u64, f64, f64, f64)> = BTreeMap::new();
-    for i in 0..records {
+    reference_of((0..records).map(|i| {
         let ts = (i / 100 + (i * 37) % 50) as i64;
         let v = ((i * 7919 + 13) % 10007) as f64 / 100.0;
-        let a =
-            acc.entry((i % sensors, ts - ts % 1000)).or_insert((0, 0.0, f64::INFINITY, f64::NEG_INFINITY));
+        (i % sensors, ts, v)
+    }))
+}
+
+/// The sensor-window output (1000 ms tumbling windows per sensor, the five aggregates, CSV
+/// with three decimals) of `readings` (sensor number, event time, value), summed in the
+/// order given: the sorted CSV lines.
+pub fn reference_of(readings: impl Iterator<Item = (u64, i64, f64)>) -> Vec<String> {
+    let mut acc: BTreeMap<(u64, i64), (u64, f64, f64, f64)> = BTreeMap::new();
+    for (sensor, ts, v) in readings {
+        let a = acc.entry((sensor, ts - ts % 1000)).or_insert((0, 0.0, f64::INFINITY, f64::NEG_INFINITY));
         a.0 += 1;
         a.1 += v;
         a.2 = a.2.min(v);

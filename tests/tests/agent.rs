@@ -4,20 +4,11 @@
 //! Every wait is on a condition read from the agent's own endpoint, never a sleep.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use serde_json::Value;
 use weir_edge_agent::agent::status;
+use weir_tests::agent::{Agent, sample, sink_out, source_out};
 use weir_tests::*;
-
-const PATIENCE: Duration = Duration::from_secs(120);
-
-/// A free loopback port (bound, then released for the agent).
-fn free_addr() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("its address")
-}
 
 /// A sensor-window pipeline `name` in `conf`, its data and output under `work/name`.
 fn pipeline(conf: &Path, work: &Path, name: &str, records: u64, rate: Option<u64>) -> PathBuf {
@@ -58,101 +49,6 @@ format = "csv"
         out = own.join("out.csv").display()
     );
     std::fs::write(conf.join(format!("{name}.toml")), text).unwrap();
-}
-
-struct Agent {
-    child: Child,
-    addr: std::net::SocketAddr,
-}
-
-impl Agent {
-    fn start(conf: &Path) -> Agent {
-        let addr = free_addr();
-        let child = Command::new(weir_bin())
-            .args(["agent", "--config-dir"])
-            .arg(conf)
-            .arg("--http")
-            .arg(addr.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("weir agent starts");
-        let agent = Agent { child, addr };
-        agent.wait_for("the HTTP endpoint", |_| true);
-        agent
-    }
-
-    fn status(&self) -> Option<Value> {
-        status::fetch(self.addr).ok()
-    }
-
-    fn pipeline(&self, name: &str) -> Option<Value> {
-        let status = self.status()?;
-        status["pipelines"].as_array()?.iter().find(|p| p["name"] == name).cloned()
-    }
-
-    /// Wait until `done` holds for the agent's status; the status then.
-    fn wait_for(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.status()
-                && done(&status)
-            {
-                return status;
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "waited {PATIENCE:?} for {what}; status: {:?}",
-                self.status()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait_for_pipeline(&self, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let status = self.wait_for(&format!("{name}: {what}"), |s| {
-            s["pipelines"].as_array().into_iter().flatten().any(|p| p["name"] == name && done(p))
-        });
-        status["pipelines"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap().clone()
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) on our own child.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-        assert_eq!(rc, 0, "kill");
-    }
-
-    /// SIGTERM; the exit code and stderr.
-    fn stop(mut self) -> (Option<i32>, String) {
-        self.signal(libc::SIGTERM);
-        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
-            .wait_with_output()
-            .expect("the agent exits");
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn source_out(p: &Value) -> u64 {
-    let subtasks = p["subtasks"].as_array().unwrap();
-    subtasks.iter().filter(|s| s["kind"] == "source").map(|s| s["records_out"].as_u64().unwrap()).sum()
-}
-
-fn sink_out(p: &Value) -> u64 {
-    let subtasks = p["subtasks"].as_array().unwrap();
-    subtasks.iter().filter(|s| s["kind"] == "sink").map(|s| s["records_out"].as_u64().unwrap()).sum()
-}
-
-/// The value of the sample `name{labels}` in OpenMetrics text.
-fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[test]

@@ -232,6 +232,48 @@ impl Collector for Metrics {
                 Some((pipeline(&p.name), ConstGauge::new(secs(last.duration_ms))))
             }),
         )?;
+        let mqtt = |p: &super::PipelineStatus, m: &weir_runtime::pipeline::live::MqttView| {
+            let mut labels = pipeline(&p.name);
+            labels.push(("node", m.node.clone()));
+            labels
+        };
+        let sources = || pipelines.iter().flat_map(|p| p.live.mqtt.iter().map(move |m| (p, m)));
+        family(
+            e,
+            ("weir_mqtt_connected", "1 while an MQTT source is connected to its broker", None),
+            MetricType::Gauge,
+            sources().map(|(p, m)| (mqtt(p, m), ConstGauge::new(i64::from(m.connected)))),
+        )?;
+        family(
+            e,
+            ("weir_mqtt_disconnects", "Connections of an MQTT source to its broker that were lost", None),
+            MetricType::Counter,
+            sources().map(|(p, m)| (mqtt(p, m), counter(m.disconnects))),
+        )?;
+        family(
+            e,
+            ("weir_mqtt_received", "Messages an MQTT source wrote to its write-ahead log", None),
+            MetricType::Counter,
+            sources().map(|(p, m)| (mqtt(p, m), counter(m.received))),
+        )?;
+        family(
+            e,
+            ("weir_mqtt_duplicates", "Messages sent again that the write-ahead log had (by dedup_key)", None),
+            MetricType::Counter,
+            sources().map(|(p, m)| (mqtt(p, m), counter(m.duplicates))),
+        )?;
+        family(
+            e,
+            ("weir_mqtt_bad_payloads", "Payloads that did not fit the schema (skipped)", None),
+            MetricType::Counter,
+            sources().map(|(p, m)| (mqtt(p, m), counter(m.bad_payloads))),
+        )?;
+        family(
+            e,
+            ("weir_source_wal_entries", "Entries in a source's write-ahead log not yet released", None),
+            MetricType::Gauge,
+            sources().map(|(p, m)| (mqtt(p, m), ConstGauge::new(m.wal_entries as i64))),
+        )?;
         family(
             e,
             ("weir_pipeline_failures", "Runs of a pipeline that failed (the agent starts it again)", None),

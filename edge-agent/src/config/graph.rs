@@ -25,6 +25,7 @@ pub(super) fn assemble(drafts: Vec<Draft<'_>>) -> Result<Vec<NodeSpec>, ConfigEr
         schemas[i] = match &draft.kind {
             NodeKind::Source(SourceSpec::Generator(_)) => Some(sensors_schema()),
             NodeKind::Source(SourceSpec::File(file)) => Some(file.schema.clone()),
+            NodeKind::Source(SourceSpec::Mqtt(mqtt)) => Some(mqtt.schema.clone()),
             NodeKind::Transform(spec) => {
                 let input = input_schema(&drafts, &upstream, &schemas, i)?;
                 // One subtask of this node reads from every subtask upstream (all-to-all for a

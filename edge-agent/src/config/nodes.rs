@@ -10,7 +10,8 @@ use std::sync::Arc;
 use weir_runtime::batch::{DataType, Field, Schema};
 use weir_runtime::pipeline::spec::{
     AggregateFunction, AggregateSpec, DEFAULT_OUTPUT_MODE, FileFormat, FileSourceSpec, GeneratorSpec,
-    MapSpec, NodeKind, OutputFormat, SinkSpec, SourceSpec, TransformSpec, WindowKind, WindowSpec,
+    MapSpec, MqttSourceSpec, NodeKind, OutputFormat, PayloadFormat, SinkSpec, SourceSpec, TransformSpec,
+    WindowKind, WindowSpec,
 };
 
 use super::doc::{Item, Located, Table, closest, one_of};
@@ -31,6 +32,23 @@ const NODE_KEYS: &[&str] = &["type", "inputs", "parallelism"];
 const SOURCE_TYPES: &[(&str, &[&str])] = &[
     ("generator", &["shape", "records", "sensors", "rate", "batch_size"]),
     ("file", &["path", "format", "schema", "batch_size"]),
+    (
+        "mqtt",
+        &[
+            "url",
+            "topics",
+            "client_id",
+            "format",
+            "schema",
+            "topic_field",
+            "arrival_field",
+            "dedup_key",
+            "dedup_retention_ms",
+            "batch_size",
+            "keep_alive_s",
+            "max_inflight",
+        ],
+    ),
 ];
 const TRANSFORM_TYPES: &[(&str, &[&str])] = &[
     ("filter", &["condition", "standby"]),
@@ -161,6 +179,13 @@ pub(super) fn read_node<'a>(
 
     let kind = match (section, ty) {
         (Section::Source, "generator") => NodeKind::Source(SourceSpec::Generator(generator(&table)?)),
+        (Section::Source, "mqtt") => {
+            if parallelism != 1 {
+                let item = table.get("parallelism").expect("set, since it is not 1");
+                return Err(item.error("an mqtt source is one client: parallelism must be 1"));
+            }
+            NodeKind::Source(SourceSpec::Mqtt(mqtt_source(&table)?))
+        }
         (Section::Source, _) => NodeKind::Source(SourceSpec::File(file_source(&table, base_dir)?)),
         (Section::Transform, "filter") => NodeKind::Transform(TransformSpec::Filter {
             condition: table.require("condition")?.non_empty_str()?.to_owned(),
@@ -241,6 +266,103 @@ fn file_source(table: &Table<'_>, base_dir: &Path) -> Result<FileSourceSpec, Con
     let path = resolve(base_dir, table.require("path")?.non_empty_str()?);
     let format =
         table.require("format")?.choice(&[("json", FileFormat::JsonLines), ("csv", FileFormat::Csv)])?;
+    let fields = schema_fields(table)?;
+    Ok(FileSourceSpec { path, format, schema: Arc::new(Schema::new(fields)), batch_size: batch_size(table)? })
+}
+
+/// `mqtt://host[:port]` (or `tcp://`, or `host[:port]`): host and port (1883 by default).
+fn broker(item: &Item<'_>) -> Result<(String, u16), ConfigError> {
+    let text = item.non_empty_str()?;
+    let rest = text.strip_prefix("mqtt://").or_else(|| text.strip_prefix("tcp://")).unwrap_or(text);
+    if rest.contains("://") {
+        return Err(item.error(format!("{text:?}: only mqtt:// (plain TCP) is supported yet")));
+    }
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => {
+            let port = port.parse::<u16>().ok().filter(|&p| p > 0);
+            (host, port.ok_or_else(|| item.error(format!("{text:?}: the port must be from 1 to 65535")))?)
+        }
+        None => (rest, 1883),
+    };
+    if host.is_empty() {
+        return Err(item.error(format!("{text:?}: no host")));
+    }
+    Ok((host.to_owned(), port))
+}
+
+fn mqtt_source(table: &Table<'_>) -> Result<MqttSourceSpec, ConfigError> {
+    let (host, port) = broker(&table.require("url")?)?;
+    let topics_item = table.require("topics")?;
+    let topics: Vec<String> = topics_item.str_list()?.into_iter().map(|t| t.value).collect();
+    if topics.is_empty() {
+        return Err(topics_item.error("expected at least one topic filter"));
+    }
+    let format =
+        table.require("format")?.choice(&[("json", PayloadFormat::Json), ("raw", PayloadFormat::Raw)])?;
+    let mut fields = match format {
+        PayloadFormat::Json => schema_fields(table)?,
+        PayloadFormat::Raw => {
+            if let Some(item) = table.get("schema") {
+                return Err(item.error("a raw payload is one string field, \"payload\": no schema"));
+            }
+            vec![Field::new("payload", DataType::Str)]
+        }
+    };
+    let payload_fields = fields.len();
+    let mut extra = |key: &str, ty: DataType| -> Result<Option<String>, ConfigError> {
+        let Some(item) = table.get(key) else { return Ok(None) };
+        let name = item.non_empty_str()?.to_owned();
+        if fields.iter().any(|f| f.name == name) {
+            return Err(item.error(format!("field \"{name}\" is already a field of the record")));
+        }
+        fields.push(Field::new(name.clone(), ty));
+        Ok(Some(name))
+    };
+    let topic_field = extra("topic_field", DataType::Str)?;
+    let arrival_field = extra("arrival_field", DataType::Int)?;
+    let dedup_key = match table.get("dedup_key") {
+        None => Vec::new(),
+        Some(item) => {
+            let names: Vec<String> = match item.str() {
+                Ok(name) => vec![name.to_owned()],
+                Err(_) => item.str_list()?.into_iter().map(|n| n.value).collect(),
+            };
+            if format != PayloadFormat::Json {
+                return Err(item.error("dedup_key names payload fields: it needs format = \"json\""));
+            }
+            if let Some(name) = names.iter().find(|n| !fields[..payload_fields].iter().any(|f| &f.name == *n))
+            {
+                return Err(item.error(format!("dedup_key: \"{name}\" is not a field of the schema")));
+            }
+            if names.is_empty() {
+                return Err(item.error("expected at least one field"));
+            }
+            names
+        }
+    };
+    let client_id =
+        optional(table, "client_id", |i| i.non_empty_str().map(str::to_owned))?.unwrap_or_default();
+    Ok(MqttSourceSpec {
+        host,
+        port,
+        topics,
+        client_id,
+        format,
+        schema: Arc::new(Schema::new(fields)),
+        payload_fields,
+        topic_field,
+        arrival_field,
+        dedup_key,
+        dedup_retention_ms: optional(table, "dedup_retention_ms", Item::positive)?.unwrap_or(600_000),
+        batch_size: batch_size(table)?,
+        keep_alive_s: optional(table, "keep_alive_s", |i| i.int_between(5, 3600))?.unwrap_or(10),
+        max_inflight: optional(table, "max_inflight", |i| i.int_between(1, 65535))?.unwrap_or(1000) as u16,
+    })
+}
+
+/// A source's `schema = { field = "type", ... }`, in declaration order.
+fn schema_fields(table: &Table<'_>) -> Result<Vec<Field>, ConfigError> {
     let schema_item = table.require("schema")?;
     let schema_table = schema_item.table()?;
     let types = [
@@ -259,7 +381,7 @@ fn file_source(table: &Table<'_>, base_dir: &Path) -> Result<FileSourceSpec, Con
     if fields.is_empty() {
         return Err(schema_item.error("expected at least one field"));
     }
-    Ok(FileSourceSpec { path, format, schema: Arc::new(Schema::new(fields)), batch_size: batch_size(table)? })
+    Ok(fields)
 }
 
 fn batch_size(table: &Table<'_>) -> Result<usize, ConfigError> {

@@ -499,7 +499,7 @@ fn bad_enum_strings_and_types() {
     );
     assert_eq!(
         error(&SENSOR_WINDOW.replace("type = \"generator\"", "type = \"generater\"")),
-        "config: sources.readings.type: expected \"generator\" or \"file\", found \"generater\" (line 8)"
+        "config: sources.readings.type: expected \"generator\", \"file\" or \"mqtt\", found \"generater\" (line 8)"
     );
     assert_eq!(
         error(&SENSOR_WINDOW.replace("type = \"window\"", "type = \"windows\"")),
@@ -870,4 +870,51 @@ fn a_bad_key_operator_or_standby_mode_is_one_line_naming_the_key() {
     assert!(error(&key).contains("unknown key \"mod\""), "{}", error(&key));
     let timeout = format!("{SENSOR_WINDOW}\n[recovery]\nprogress_timeout_ms = 0\n");
     assert!(error(&timeout).starts_with("config: recovery.progress_timeout_ms: "), "{}", error(&timeout));
+}
+
+/// An MQTT source feeding a stdout sink, with `extra` lines in the source's table.
+fn mqtt(extra: &str) -> String {
+    format!(
+        "[sources.m]\ntype = \"mqtt\"\nurl = \"mqtt://broker.local:1884\"\ntopics = [\"weir/in/#\"]\n\
+         format = \"json\"\nschema = {{ sensor = \"string\", ts = \"int\" }}\n{extra}\n\
+         [sinks.out]\ntype = \"stdout\"\ninputs = [\"m\"]\n"
+    )
+}
+
+#[test]
+fn an_mqtt_source_is_read_with_its_extra_fields_and_dedup_key() {
+    let spec =
+        spec(&mqtt("topic_field = \"topic\"\narrival_field = \"at\"\ndedup_key = [\"sensor\", \"ts\"]"));
+    let NodeKind::Source(SourceSpec::Mqtt(m)) = &spec.nodes[0].kind else { panic!("{:?}", spec.nodes[0]) };
+    assert_eq!((m.host.as_str(), m.port), ("broker.local", 1884));
+    assert_eq!(m.topics, ["weir/in/#"]);
+    let fields: Vec<(&str, DataType)> = m.schema.fields().iter().map(|f| (f.name.as_str(), f.ty)).collect();
+    assert_eq!(
+        fields,
+        [("sensor", DataType::Str), ("ts", DataType::Int), ("topic", DataType::Str), ("at", DataType::Int)]
+    );
+    assert_eq!(m.payload_fields, 2);
+    assert_eq!(m.dedup_key, ["sensor", "ts"]);
+    assert_eq!((m.dedup_retention_ms, m.keep_alive_s, m.max_inflight), (600_000, 10, 1000));
+}
+
+#[test]
+fn mqtt_source_mistakes_are_one_line_each() {
+    let cases = [
+        ("dedup_key = \"missing\"", "dedup_key: \"missing\" is not a field of the schema"),
+        ("topic_field = \"ts\"", "field \"ts\" is already a field of the record"),
+        ("parallelism = 2", "an mqtt source is one client: parallelism must be 1"),
+        ("keep_alive_s = 1", "expected an integer from 5 to 3600"),
+    ];
+    for (extra, expected) in cases {
+        let e = error(&mqtt(extra));
+        assert!(e.contains(expected), "{extra}: {e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+    let e = error(&mqtt("").replace("mqtt://broker.local:1884", "mqtts://broker.local"));
+    assert!(e.contains("only mqtt:// (plain TCP) is supported yet"), "{e}");
+    let e = error(&mqtt("").replace("mqtt://broker.local:1884", "mqtt://broker.local:99999"));
+    assert!(e.contains("the port must be from 1 to 65535"), "{e}");
+    let e = error(&mqtt("").replace("format = \"json\"", "format = \"raw\""));
+    assert!(e.contains("a raw payload is one string field"), "{e}");
 }

@@ -48,6 +48,11 @@ pub struct Start;
 #[rtype(result = "()")]
 struct Produce;
 
+/// The reader has input again (an unbounded source's waker).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Wake;
+
 #[derive(Message)]
 #[rtype(result = "()")]
 struct SnapshotDurable(CheckpointId);
@@ -74,6 +79,8 @@ pub struct SourceActor {
     rereaders: Vec<(usize, Box<dyn SourceReader>)>,
     /// Snapshots taken in this attempt, which are also its log writes (for `--inject`).
     snapshots: u64,
+    /// The reader's position at each snapshot not yet covered by a completion.
+    positions: Vec<(CheckpointId, Vec<u8>)>,
 }
 
 /// A source's snapshot state: the reader's position, then 1 if `End` was already sent.
@@ -139,6 +146,7 @@ impl SourceActor {
             make_reader,
             rereaders: Vec::new(),
             snapshots: 0,
+            positions: Vec::new(),
         }
     }
 
@@ -206,6 +214,9 @@ impl SourceActor {
         if !self.driver().may_read() || self.links.congested() || self.cx.fatal.failed() {
             return; // a credit, the end of a re-read or the end of the run resumes
         }
+        if !self.reader.ready() {
+            return; // the reader's waker resumes
+        }
         let mut max = self.batch_size;
         if let (Some(rate), Some((since, sent_before))) = (self.rate, self.started) {
             let allowed = (since.elapsed().as_secs_f64() * rate as f64) as u64;
@@ -229,6 +240,13 @@ impl SourceActor {
             Err(payload) => return self.cx.panicked(super::panic_message(&*payload)),
         };
         match read {
+            // Nothing decodable arrived (an unbounded source): read again if there is more.
+            Ok(Some(batch)) if batch.is_empty() => {
+                if self.reader.ready() {
+                    self.producing = true;
+                    ctx.notify(Produce);
+                }
+            }
             Ok(Some(batch)) => {
                 let n = batch.len();
                 self.driver().read(n, Payload::Data(Arc::new(batch)));
@@ -261,6 +279,7 @@ impl SourceActor {
                     tracing::debug!("{}: replay of output {channel} caught up", self.cx.name);
                 }
                 SourceEffect::Snapshot { checkpoint, position, out_seqs, ended } => {
+                    self.positions.push((checkpoint, position.clone()));
                     if !self.write_snapshot(
                         checkpoint,
                         SnapshotRecord {
@@ -279,6 +298,11 @@ impl SourceActor {
                     checkpoint: c,
                 }),
                 SourceEffect::DropSnapshotsBelow(c) => {
+                    // `c` completed: the reader's input before its position there is done with.
+                    if let Some((_, position)) = self.positions.iter().find(|(at, _)| *at == c) {
+                        self.reader.release(position);
+                    }
+                    self.positions.retain(|(at, _)| *at > c);
                     let fatal = self.cx.fatal.clone();
                     self.cx.writer.submit(
                         vec![WriteOp::DropSnapshotsBelow { participant: self.cx.participant, checkpoint: c }],
@@ -362,9 +386,22 @@ impl Handler<Start> for SourceActor {
         self.guard(ctx, |act, ctx| {
             let sent = act.cx.counters.records_out.load(crate::sync::atomic::Ordering::Relaxed);
             act.started = Some((Instant::now(), sent));
+            let addr = ctx.address();
+            act.reader.set_waker(std::sync::Arc::new(move || addr.do_send(Wake)));
             act.driver().start();
             act.carry_out(ctx);
             act.produce(ctx);
+        });
+    }
+}
+
+impl Handler<Wake> for SourceActor {
+    type Result = ();
+    fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
+        self.guard(ctx, |act, ctx| {
+            if !act.producing && act.started.is_some() {
+                act.produce(ctx);
+            }
         });
     }
 }

@@ -342,7 +342,7 @@ fn out_of_range(field: &Field, number: impl std::fmt::Display) -> String {
 
 /// Push one JSON object's fields, each straight into its column; keys not in the schema are
 /// ignored.
-fn json_record(
+pub(crate) fn json_record(
     schema: &Schema,
     columns: &mut [Column],
     seen: &mut [bool],

@@ -13,6 +13,7 @@
 pub mod encode;
 pub mod file_source;
 pub mod generator;
+pub mod mqtt;
 
 use crate::batch::{Batch, SchemaRef};
 
@@ -35,6 +36,20 @@ pub trait SourceReader: Send {
     /// of them); how many there were. By default they are read and dropped.
     fn skip(&mut self, n: usize) -> Result<usize, SourceError> {
         Ok(self.next_batch(n)?.map_or(0, |b| b.len()))
+    }
+    /// Whether input is there to read now. An unbounded source (MQTT) says no while it
+    /// waits for messages; the source actor then asks again shortly, never blocking.
+    fn ready(&self) -> bool {
+        true
+    }
+    /// A checkpoint whose snapshot of this source was at `position` completed: what
+    /// precedes it will never be read again (a write-ahead log may let it go).
+    fn release(&mut self, position: &[u8]) {
+        let _ = position;
+    }
+    /// Have `waker` called when [`SourceReader::ready`] may have become true.
+    fn set_waker(&mut self, waker: mqtt::Waker) {
+        let _ = waker;
     }
 }
 

@@ -7,6 +7,7 @@
 //! - `snapshots`: (participant u32, checkpoint u64) -> [`SnapshotRecord`].
 //! - `staged`: (participant u32, checkpoint u64) -> a sink's pre-committed output bytes.
 //! - `sinks`: (participant u32) -> [`CommitRecord`], a sink's "committed through".
+//! - `wal`, `wal_keys`, `wal_ages`: a network source's write-ahead log ([`wal`]).
 //!
 //! Every value starts with a format version byte and a CRC-32C over its key and payload,
 //! then postcard: LMDB does not checksum its pages, and edge hosts keep their logs on SD
@@ -32,6 +33,7 @@ use crate::protocol::recovery::{ParticipantLog, RecoveryInput, RestorePlan, Sink
 use crate::protocol::{CheckpointId, ParticipantId};
 
 pub mod dir;
+pub mod wal;
 mod writer;
 pub use writer::{Job, Writer};
 
@@ -217,6 +219,16 @@ pub enum WriteOp {
         /// The epoch.
         epoch: u32,
     },
+    /// Delete a source's WAL entries below an index, and its dedup keys that arrived
+    /// before a time.
+    WalTruncate {
+        /// Participant.
+        participant: ParticipantId,
+        /// Keep this entry and newer.
+        below: u64,
+        /// Forget dedup keys that arrived before this (ms since the Unix epoch).
+        keys_before_ms: u64,
+    },
     /// Delete a participant's snapshots below a checkpoint.
     DropSnapshotsBelow {
         /// Participant.
@@ -237,6 +249,7 @@ impl WriteOp {
             WriteOp::Commit { .. }
             | WriteOp::Completion(_)
             | WriteOp::Grant { .. }
+            | WriteOp::WalTruncate { .. }
             | WriteOp::DropSnapshotsBelow { .. } => 16,
         }
     }
@@ -256,6 +269,7 @@ impl WriteOp {
             WriteOp::DropSnapshotsBelow { participant, checkpoint } => {
                 (SNAPSHOTS, checkpoint_key(*participant, *checkpoint).to_vec())
             }
+            WriteOp::WalTruncate { participant, .. } => (wal::WAL, participant_key(*participant).to_vec()),
         }
     }
 }
@@ -269,6 +283,9 @@ struct Dbs {
     snapshots: Database<Bytes, Bytes>,
     staged: Database<Bytes, Bytes>,
     sinks: Database<Bytes, Bytes>,
+    wal: Database<Bytes, Bytes>,
+    wal_keys: Database<Bytes, Bytes>,
+    wal_ages: Database<Bytes, Bytes>,
 }
 
 /// The log of one data directory.
@@ -386,6 +403,9 @@ impl Log {
             snapshots: create(SNAPSHOTS)?,
             staged: create(STAGED)?,
             sinks: create(SINKS)?,
+            wal: create(wal::WAL)?,
+            wal_keys: create(wal::WAL_KEYS)?,
+            wal_ages: create(wal::WAL_AGES)?,
         };
         wtxn.commit().map_err(|e| open_err(Box::new(e)))?;
         if new {
@@ -640,6 +660,9 @@ impl Log {
                     .delete_range(wtxn, &(Bound::Included(&lo[..]), Bound::Excluded(&hi[..])))
                     .map_err(self.lmdb(SNAPSHOTS, &hi))?;
                 Ok(())
+            }
+            WriteOp::WalTruncate { participant, below, keys_before_ms } => {
+                self.wal_truncate(wtxn, *participant, *below, *keys_before_ms)
             }
         }
     }

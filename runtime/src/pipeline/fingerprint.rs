@@ -86,6 +86,24 @@ fn node_settings(node: &NodeSpec, data_dir: &Path, out: &mut Vec<(String, String
                 ),
             ],
         ),
+        NodeKind::Source(SourceSpec::Mqtt(m)) => (
+            "mqtt",
+            vec![
+                ("topics", list(&m.topics, |t| quoted(t))),
+                (
+                    "format",
+                    quoted(match m.format {
+                        crate::pipeline::spec::PayloadFormat::Json => "json",
+                        crate::pipeline::spec::PayloadFormat::Raw => "raw",
+                    }),
+                ),
+                (
+                    "schema",
+                    list(m.schema.fields(), |field| format!("{} = {}", field.name, quoted(field.ty.name()))),
+                ),
+                ("dedup_key", list(&m.dedup_key, |f| quoted(f))),
+            ],
+        ),
         NodeKind::Transform(TransformSpec::Filter { condition }) => {
             ("filter", vec![("condition", quoted(condition))])
         }

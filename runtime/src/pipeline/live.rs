@@ -64,6 +64,25 @@ pub struct SubtaskView {
     pub records_out: u64,
 }
 
+/// An MQTT source subtask's connection and write-ahead log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MqttView {
+    /// Its node.
+    pub node: String,
+    /// Connected to the broker now.
+    pub connected: bool,
+    /// Connections lost since the pipeline started.
+    pub disconnects: u64,
+    /// Messages written to the WAL.
+    pub received: u64,
+    /// Messages the broker sent again that the WAL had (recognised by `dedup_key`).
+    pub duplicates: u64,
+    /// Payloads that did not decode (skipped).
+    pub bad_payloads: u64,
+    /// Entries in the WAL that no completed checkpoint covers yet (or not yet truncated).
+    pub wal_entries: u64,
+}
+
 /// A copy of a pipeline's live figures.
 #[derive(Clone, Debug, Serialize)]
 pub struct LiveView {
@@ -71,6 +90,8 @@ pub struct LiveView {
     pub phase: Phase,
     /// Per subtask, in pipeline order.
     pub subtasks: Vec<SubtaskView>,
+    /// Its MQTT sources.
+    pub mqtt: Vec<MqttView>,
     /// Checkpoints completed since it started.
     pub checkpoints_completed: u64,
     /// Checkpoints aborted since it started.
@@ -114,6 +135,7 @@ struct Inner {
     supervisor: Option<Arc<Supervisor>>,
     attempt: Option<Attached>,
     error: Option<String>,
+    mqtt: Vec<(String, Arc<crate::connectors::mqtt::Wal>)>,
 }
 
 /// A pipeline's live figures, shared by its runner and its readers.
@@ -185,6 +207,11 @@ impl Live {
         }
     }
 
+    /// Its MQTT sources' write-ahead logs, by node.
+    pub(crate) fn set_mqtt(&self, wals: Vec<(String, Arc<crate::connectors::mqtt::Wal>)>) {
+        self.lock().mqtt = wals;
+    }
+
     /// The runner rolls the pipeline back after a failure.
     pub(crate) fn restarting(&self) {
         let mut inner = self.lock();
@@ -228,9 +255,25 @@ impl Live {
             (completed, aborted, sum) = (completed + c, aborted + a, sum + s);
             last = last_checkpoint(&attempt.shared).unwrap_or(last);
         }
+        let mqtt = (inner.mqtt.iter())
+            .map(|(node, wal)| {
+                let s = &wal.status;
+                let released = s.released.load(Ordering::Relaxed);
+                MqttView {
+                    node: node.clone(),
+                    connected: s.connected.load(Ordering::Relaxed),
+                    disconnects: s.disconnects.load(Ordering::Relaxed),
+                    received: s.received.load(Ordering::Relaxed),
+                    duplicates: s.duplicates.load(Ordering::Relaxed),
+                    bad_payloads: s.bad_payloads.load(Ordering::Relaxed),
+                    wal_entries: wal.end().saturating_sub(released),
+                }
+            })
+            .collect();
         LiveView {
             phase: inner.phase,
             subtasks,
+            mqtt,
             checkpoints_completed: completed,
             checkpoints_aborted: aborted,
             checkpoint_duration_ms_sum: sum,

@@ -27,6 +27,7 @@ use crate::actors::{
 use crate::batch::SchemaRef;
 use crate::connectors::file_source::FileSource;
 use crate::connectors::generator::Generator;
+use crate::connectors::mqtt::{Ingest, MqttReader, Wal};
 use crate::connectors::{Share, SourceReader};
 use crate::log::{Log, LogError, SnapshotRecord, Writer};
 use crate::operators;
@@ -157,11 +158,44 @@ pub struct Observe {
     pub live: Option<Arc<Live>>,
 }
 
-fn reader(spec: &SourceSpec, share: Share) -> Box<dyn SourceReader> {
+fn reader(spec: &SourceSpec, share: Share, wal: Option<&Arc<Wal>>) -> Box<dyn SourceReader> {
     match spec {
         SourceSpec::Generator(g) => Box::new(Generator::new(g, share)),
         SourceSpec::File(f) => Box::new(FileSource::new(f, share)),
+        SourceSpec::Mqtt(m) => Box::new(MqttReader::new("mqtt", m, wal.cloned())),
     }
+}
+
+/// Per participant, its write-ahead log (an MQTT source's).
+type Wals = Vec<Option<Arc<Wal>>>;
+
+/// The MQTT sources' WALs by participant (none for other subtasks), and their ingest
+/// threads, which run for the whole run (across global rollbacks) and stop when dropped.
+fn start_ingests(spec: &PipelineSpec, log: &Log, writer: &Writer) -> Result<(Wals, Vec<Ingest>), RunError> {
+    let topology = Plan::new(spec, 1);
+    let mut wals = vec![None; topology.subtasks.len()];
+    let mut ingests = Vec::new();
+    for (p, s) in topology.subtasks.iter().enumerate() {
+        let node = &spec.nodes[s.node];
+        let NodeKind::Source(SourceSpec::Mqtt(m)) = &node.kind else { continue };
+        let wal = Wal::open(log, writer, p, m.dedup_retention_ms)
+            .map_err(|e| RunError::Build(format!("{}: {e}", node.name)))?;
+        let client_id = if m.client_id.is_empty() {
+            // Stable for this data directory: the session belongs with its WAL.
+            let dir = std::path::absolute(&spec.data_dir).unwrap_or(spec.data_dir.clone());
+            format!(
+                "weir-{}-{:08x}-{}",
+                node.name,
+                crc32c::crc32c(dir.as_os_str().as_encoded_bytes()),
+                s.index
+            )
+        } else {
+            format!("{}-{}", m.client_id, s.index)
+        };
+        ingests.push(Ingest::start(m, client_id, wal.clone()));
+        wals[p] = Some(wal);
+    }
+    Ok((wals, ingests))
 }
 
 /// What one attempt did.
@@ -197,6 +231,13 @@ pub fn run(
     let log = Log::open_with(&spec.data_dir, spec.map_size, fresh)?;
     log.claim(&fingerprint::settings(spec))?;
     let writer = Writer::start(log.clone());
+    let (wals, _ingests) = start_ingests(spec, &log, &writer)?;
+    if let Some(live) = &observe.live {
+        let topology = Plan::new(spec, 1);
+        let named = (wals.iter().enumerate())
+            .filter_map(|(p, w)| Some((spec.nodes[topology.subtasks[p].node].name.clone(), w.clone()?)));
+        live.set_mqtt(named.collect());
+    }
     let supervision = spec.supervision;
     let mut report = RunReport {
         nodes: spec
@@ -231,7 +272,7 @@ pub fn run(
     let mut pending: Option<(RestartReport, Instant)> = None;
     let mut first = true;
     loop {
-        let attempt = attempt(spec, &log, &writer, observe, faults, started, &supervisor, stop)?;
+        let attempt = attempt(spec, (&log, &wals), &writer, observe, faults, started, &supervisor, stop)?;
         if first {
             report.restored_from = attempt.restored_from;
             first = false;
@@ -351,7 +392,7 @@ fn output_schemas(spec: &PipelineSpec) -> Result<Vec<SchemaRef>, RunError> {
     let mut schemas: Vec<SchemaRef> = Vec::new();
     for node in &spec.nodes {
         let schema = match &node.kind {
-            NodeKind::Source(s) => reader(s, Share::WHOLE).schema(),
+            NodeKind::Source(s) => reader(s, Share::WHOLE, None).schema(),
             NodeKind::Sink(_) => schemas[node_index(spec, &node.inputs[0])].clone(),
             NodeKind::Transform(t) => {
                 let upstream = schemas[node_index(spec, &node.inputs[0])].clone();
@@ -374,6 +415,8 @@ struct Env<'a> {
     faults: &'a [Arc<Injection>],
     writer: &'a Writer,
     log: &'a Log,
+    /// The MQTT sources' write-ahead logs, by participant.
+    wals: &'a [Option<Arc<Wal>>],
     counters: Vec<Arc<Counters>>,
     fatal: Arc<Fatal>,
     supervisor: &'a Arc<Supervisor>,
@@ -477,7 +520,8 @@ fn build_source(
     let restore = &rollback.participants[p];
     let name = env.context(p).name;
     let share = Share { index: env.topology.subtasks[p].index, count: env.node(p).parallelism };
-    let mut reader = reader(source_spec, share);
+    let wal = env.wals[p].clone();
+    let mut reader = reader(source_spec, share, wal.as_ref());
     let mut ended = false;
     if let Some(record) = &record {
         let (position, was_ended) = check_source_record(record, env.topology.outputs[p].len())
@@ -489,9 +533,10 @@ fn build_source(
         // The rate is the node's: its subtasks share it.
         SourceSpec::Generator(g) => (g.batch_size, g.rate.map(|r| r.div_ceil(share.count as u64))),
         SourceSpec::File(f) => (f.batch_size, None),
+        SourceSpec::Mqtt(m) => (m.batch_size, None),
     };
     let again = source_spec.clone();
-    let make_reader: source::MakeReader = Box::new(move || self::reader(&again, share));
+    let make_reader: source::MakeReader = Box::new(move || self::reader(&again, share, wal.as_ref()));
     let actor = SourceActor::new(
         env.context(p),
         p,
@@ -809,7 +854,7 @@ fn show_progress(
 #[allow(clippy::too_many_arguments)]
 fn attempt(
     spec: &PipelineSpec,
-    log: &Log,
+    (log, wals): (&Log, &[Option<Arc<Wal>>]),
     writer: &Writer,
     observe: &Observe,
     faults: &[Arc<Injection>],
@@ -840,6 +885,7 @@ fn attempt(
         faults,
         writer,
         log: &log,
+        wals,
         counters: counters.clone(),
         fatal: fatal.clone(),
         supervisor,

@@ -182,6 +182,52 @@ pub enum SourceSpec {
     Generator(GeneratorSpec),
     /// `type = "file"`.
     File(FileSourceSpec),
+    /// `type = "mqtt"`.
+    Mqtt(MqttSourceSpec),
+}
+
+/// `type = "mqtt"` source: topic filters on a broker, QoS 1, a persistent session, each
+/// message durable in the source's write-ahead log before the broker is told.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MqttSourceSpec {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Topic filters (`weir/in/#`).
+    pub topics: Vec<String>,
+    /// The client id (the session); per subtask, `-S` is appended.
+    pub client_id: String,
+    /// How a payload becomes a record.
+    pub format: PayloadFormat,
+    /// The record's fields: the payload's, then `topic_field`, then `arrival_field`.
+    pub schema: SchemaRef,
+    /// The payload's fields (a prefix of `schema`).
+    pub payload_fields: usize,
+    /// A string field for the message's topic.
+    pub topic_field: Option<String>,
+    /// An int field for its arrival time (milliseconds since the Unix epoch).
+    pub arrival_field: Option<String>,
+    /// Payload fields whose values identify a message: a redelivered one is recognised.
+    pub dedup_key: Vec<String>,
+    /// How long a dedup key is remembered, in milliseconds.
+    pub dedup_retention_ms: u64,
+    /// Records per batch.
+    pub batch_size: usize,
+    /// The broker's keep-alive, in seconds.
+    pub keep_alive_s: u64,
+    /// Messages the broker may send before we acknowledge (ask the broker for as many:
+    /// mosquitto's `max_inflight_messages`).
+    pub max_inflight: u16,
+}
+
+/// How an MQTT payload becomes a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadFormat {
+    /// One JSON object.
+    Json,
+    /// The payload as a UTF-8 string field `payload`.
+    Raw,
 }
 
 /// `type = "generator"`, `shape = "sensors"`: the formula of the sensor-window workload.

@@ -1,0 +1,447 @@
+//! The MQTT source: an ingest thread that subscribes with QoS 1 in a persistent session
+//! (`clean_session = false`, a stable client id, manual acknowledgements) and appends each
+//! message to the source's write-ahead log ([`crate::log::wal`]) in group commits, telling
+//! the broker it has a message (PUBACK, in arrival order) only once the commit is durable; and
+//! a [`SourceReader`] that reads the WAL by position, as the file source reads its file.
+//! A crash loses nothing: what was acknowledged is in the WAL, what was not the broker sends
+//! again (then marked `dup`). A message sent again that is already in the WAL is recognised
+//! by its `dedup_key` fields and acknowledged without being stored twice; without a
+//! `dedup_key` the boundary with the broker is at-least-once. The WAL is truncated below the
+//! position of each completed checkpoint; dedup keys are kept for `dedup_retention_ms`.
+//!
+//! The client is rumqttc's synchronous one, on the ingest thread: no async runtime, and never
+//! an actor thread. rumqttc keeps nothing on disk and drops acknowledgements queued at a
+//! disconnect; both are fine here, since the WAL is the record and the broker sends again
+//! what was not acknowledged.
+
+use std::sync::atomic::AtomicBool;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rumqttc::{Client, ConnectionError, Event, MqttOptions, Packet, Publish, QoS, RecvTimeoutError};
+
+use super::file_source::json_record;
+use super::{SourceError, SourceReader};
+use crate::batch::{Batch, Column, Schema, SchemaRef};
+use crate::log::wal::WalEntry;
+use crate::log::{Log, WriteOp, Writer};
+use crate::pipeline::spec::{MqttSourceSpec, PayloadFormat};
+use crate::protocol::ParticipantId;
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{Arc, Mutex, lock};
+
+/// Called when the WAL grew: the source actor reads again.
+pub type Waker = std::sync::Arc<dyn Fn() + Send + Sync>;
+
+/// A source subtask's WAL, shared by its ingest thread and its readers.
+pub struct Wal {
+    log: Log,
+    writer: Writer,
+    participant: ParticipantId,
+    /// The index the next entry will get: everything below is durable.
+    end: AtomicU64,
+    retention_ms: u64,
+    waker: Mutex<Option<Waker>>,
+    /// Why the ingest thread stopped, if it failed (the log failed).
+    failed: Mutex<Option<String>>,
+    /// What it did, for the agent's metrics.
+    pub status: MqttStatus,
+}
+
+/// The ingest thread's counters.
+#[derive(Debug, Default)]
+pub struct MqttStatus {
+    /// Connected to the broker now.
+    pub connected: crate::sync::atomic::AtomicBool,
+    /// Connections lost.
+    pub disconnects: AtomicU64,
+    /// Messages written to the WAL.
+    pub received: AtomicU64,
+    /// Messages the broker sent again that the WAL had already.
+    pub duplicates: AtomicU64,
+    /// Payloads that did not decode into a record (skipped, each logged).
+    pub bad_payloads: AtomicU64,
+    /// The WAL position below which a completed checkpoint released it.
+    pub released: AtomicU64,
+}
+
+impl Wal {
+    /// The WAL of participant `p` in `log`.
+    pub fn open(
+        log: &Log,
+        writer: &Writer,
+        p: ParticipantId,
+        retention_ms: u64,
+    ) -> Result<Arc<Wal>, SourceError> {
+        let end = log.wal_next(p).map_err(|e| SourceError(format!("write-ahead log: {e}")))?;
+        Ok(Arc::new(Wal {
+            log: log.clone(),
+            writer: writer.clone(),
+            participant: p,
+            end: AtomicU64::new(end),
+            retention_ms,
+            waker: Mutex::new(None),
+            failed: Mutex::new(None),
+            status: MqttStatus::default(),
+        }))
+    }
+
+    /// The index the next entry will get.
+    pub fn end(&self) -> u64 {
+        self.end.load(Ordering::Acquire)
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = lock(&self.waker).clone() {
+            waker();
+        }
+    }
+}
+
+/// The ingest thread of one MQTT source subtask; stopped (with a clean disconnect) when
+/// dropped.
+pub struct Ingest {
+    stop: std::sync::Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ingest {
+    /// Connect as `client_id` and keep appending what arrives to `wal`.
+    pub fn start(spec: &MqttSourceSpec, client_id: String, wal: Arc<Wal>) -> Ingest {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (spec, flag) = (spec.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("mqtt {client_id}"))
+            .spawn(move || ingest(&spec, client_id, &wal, &flag))
+            .expect("spawning the MQTT ingest thread");
+        Ingest { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Messages committed to the WAL in one transaction at most.
+const GROUP: usize = 1024;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The dedup key of a JSON payload: the named fields' JSON text, joined by 0x1f; none if a
+/// field is missing or the payload is not a JSON object.
+fn dedup_of(payload: &[u8], fields: &[String]) -> Option<Vec<u8>> {
+    if fields.is_empty() {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let object = value.as_object()?;
+    let mut key = Vec::new();
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            key.push(0x1f);
+        }
+        key.extend_from_slice(object.get(field)?.to_string().as_bytes());
+    }
+    Some(key)
+}
+
+fn ingest(spec: &MqttSourceSpec, client_id: String, wal: &Wal, stop: &AtomicBool) {
+    let mut options = MqttOptions::new(client_id.clone(), spec.host.clone(), spec.port);
+    options
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(spec.keep_alive_s))
+        .set_max_packet_size(1 << 20, 1 << 20);
+    // The request channel carries our acknowledgements: room for a whole in-flight window,
+    // so acknowledging never waits for the event loop that sends them.
+    let (client, mut connection) = Client::new(options, usize::from(spec.max_inflight) * 2 + 16);
+    let mut pending: Vec<(Publish, WalEntry, Option<Vec<u8>>)> = Vec::new();
+    let mut backoff = Duration::from_millis(100);
+    let status = &wal.status;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let wait = if pending.is_empty() { Duration::from_millis(100) } else { Duration::from_millis(1) };
+        match connection.recv_timeout(wait) {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                status.connected.store(true, Ordering::Relaxed);
+                backoff = Duration::from_millis(100);
+                tracing::info!(
+                    "{client_id}: connected to {}:{} (session present: {})",
+                    spec.host,
+                    spec.port,
+                    ack.session_present
+                );
+                for topic in &spec.topics {
+                    if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
+                        tracing::warn!("{client_id}: subscribing to {topic}: {e}");
+                    }
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(publish)))) => {
+                let entry = WalEntry {
+                    topic: publish.topic.clone(),
+                    arrival_ms: now_ms(),
+                    payload: publish.payload.to_vec(),
+                };
+                let dedup = dedup_of(&entry.payload, &spec.dedup_key);
+                pending.push((publish, entry, dedup));
+                if pending.len() >= GROUP {
+                    commit(wal, &client, &mut pending);
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                commit(wal, &client, &mut pending);
+                if status.connected.swap(false, Ordering::Relaxed) {
+                    status.disconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                let refused = matches!(e, ConnectionError::ConnectionRefused(_));
+                tracing::warn!(
+                    "{client_id}: {}:{}: {e}; retrying in {} ms",
+                    spec.host,
+                    spec.port,
+                    backoff.as_millis()
+                );
+                sleep_unless(stop, backoff);
+                backoff =
+                    if refused { Duration::from_secs(5) } else { (backoff * 2).min(Duration::from_secs(2)) };
+            }
+            Err(RecvTimeoutError::Timeout) => commit(wal, &client, &mut pending),
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if lock(&wal.failed).is_some() {
+            return;
+        }
+    }
+    commit(wal, &client, &mut pending);
+    // Let the acknowledgements and the disconnect go out.
+    let _ = client.try_disconnect();
+    let deadline = std::time::Instant::now() + Duration::from_millis(500);
+    while std::time::Instant::now() < deadline {
+        match connection.recv_timeout(Duration::from_millis(50)) {
+            Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) => break,
+            Err(RecvTimeoutError::Disconnected) => break,
+            _ => {}
+        }
+    }
+}
+
+fn sleep_unless(stop: &AtomicBool, total: Duration) {
+    let until = std::time::Instant::now() + total;
+    while std::time::Instant::now() < until && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20).min(until - std::time::Instant::now()));
+    }
+}
+
+/// Append `pending` to the WAL (durably), then acknowledge each message to the broker in
+/// arrival order.
+fn commit(wal: &Wal, client: &Client, pending: &mut Vec<(Publish, WalEntry, Option<Vec<u8>>)>) {
+    if pending.is_empty() {
+        return;
+    }
+    let entries: Vec<(WalEntry, Option<Vec<u8>>)> = pending
+        .iter_mut()
+        .map(|(_, entry, dedup)| (std::mem::replace(entry, empty_entry()), dedup.take()))
+        .collect();
+    match wal.log.wal_append(wal.participant, &entries) {
+        Ok(appended) => {
+            wal.end.store(appended.next, Ordering::Release);
+            wal.status.received.fetch_add(appended.written as u64, Ordering::Relaxed);
+            wal.status.duplicates.fetch_add(appended.duplicates as u64, Ordering::Relaxed);
+            for (publish, _, _) in pending.drain(..) {
+                if let Err(e) = client.try_ack(&publish) {
+                    // The broker sends it again; the dedup key (if any) recognises it.
+                    tracing::warn!("acknowledging an MQTT message: {e}");
+                }
+            }
+            wal.wake();
+        }
+        Err(e) => {
+            // Nothing is acknowledged: the broker keeps the messages. The source fails.
+            *lock(&wal.failed) = Some(format!("write-ahead log: {e}"));
+            pending.clear();
+            wal.wake();
+        }
+    }
+}
+
+fn empty_entry() -> WalEntry {
+    WalEntry { topic: String::new(), arrival_ms: 0, payload: Vec::new() }
+}
+
+/// Reads a source subtask's WAL from a position (the index of the next entry).
+pub struct MqttReader {
+    spec: MqttSourceSpec,
+    payload_schema: Schema,
+    wal: Option<Arc<Wal>>,
+    position: u64,
+    seen: Vec<bool>,
+    /// The node's name, for messages.
+    name: String,
+}
+
+impl MqttReader {
+    /// A reader of `wal` (none: only the schema is asked for).
+    pub fn new(name: &str, spec: &MqttSourceSpec, wal: Option<Arc<Wal>>) -> MqttReader {
+        let payload_schema = Schema::new(spec.schema.fields()[..spec.payload_fields].to_vec());
+        MqttReader {
+            spec: spec.clone(),
+            payload_schema,
+            wal,
+            position: 0,
+            seen: Vec::new(),
+            name: name.to_owned(),
+        }
+    }
+
+    fn wal(&self) -> Result<&Arc<Wal>, SourceError> {
+        let wal =
+            self.wal.as_ref().ok_or_else(|| SourceError(format!("{}: no write-ahead log", self.name)))?;
+        if let Some(failed) = lock(&wal.failed).clone() {
+            return Err(SourceError(failed));
+        }
+        Ok(wal)
+    }
+
+    /// Append the record of `entry` to `batch`; false (and nothing appended) if its payload
+    /// does not fit the schema.
+    fn push(&mut self, index: u64, entry: &WalEntry, batch: &mut Batch) -> bool {
+        let len = batch.len();
+        let fields = self.spec.payload_fields;
+        let columns = batch.columns_mut();
+        let decoded = match self.spec.format {
+            PayloadFormat::Json => {
+                self.seen.clear();
+                self.seen.resize(fields, false);
+                // A JSON object may span lines; outside strings a line break is whitespace.
+                if entry.payload.contains(&b'\n') {
+                    let flat: Vec<u8> = entry
+                        .payload
+                        .iter()
+                        .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b })
+                        .collect();
+                    json_record(&self.payload_schema, &mut columns[..fields], &mut self.seen, &flat)
+                } else {
+                    json_record(&self.payload_schema, &mut columns[..fields], &mut self.seen, &entry.payload)
+                }
+            }
+            PayloadFormat::Raw => match (std::str::from_utf8(&entry.payload), &mut columns[0]) {
+                (Ok(text), Column::Str(c)) => {
+                    c.push(text);
+                    Ok(())
+                }
+                (Err(_), _) => Err("the payload is not UTF-8".into()),
+                (Ok(_), _) => Err("the payload field is not a string".into()),
+            },
+        };
+        if let Err(problem) = decoded {
+            for c in columns.iter_mut() {
+                c.truncate(len);
+            }
+            if let Some(wal) = &self.wal {
+                wal.status.bad_payloads.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!(
+                "{}: message {index} on topic {:?} skipped: {problem}",
+                self.name,
+                entry.topic.chars().take(200).collect::<String>()
+            );
+            return false;
+        }
+        let mut at = fields;
+        if self.spec.topic_field.is_some() {
+            if let Column::Str(c) = &mut columns[at] {
+                c.push(&entry.topic);
+            }
+            at += 1;
+        }
+        if self.spec.arrival_field.is_some()
+            && let Column::Int(c) = &mut columns[at]
+        {
+            c.push(i64::try_from(entry.arrival_ms).unwrap_or(i64::MAX));
+        }
+        batch.set_len(len + 1);
+        true
+    }
+}
+
+impl SourceReader for MqttReader {
+    fn schema(&self) -> SchemaRef {
+        self.spec.schema.clone()
+    }
+
+    /// Up to `max` records from the WAL: entries whose payload does not decode are skipped
+    /// (and counted), the same way every time they are read, so a re-read gives the same
+    /// batches. Never the end: an MQTT source runs until it is stopped.
+    fn next_batch(&mut self, max: usize) -> Result<Option<Batch>, SourceError> {
+        let wal = self.wal()?.clone();
+        let mut batch = Batch::with_capacity(self.spec.schema.clone(), max.min(self.spec.batch_size));
+        while batch.len() < max && self.position < wal.end.load(Ordering::Acquire) {
+            let entries = (wal.log)
+                .wal_read(wal.participant, self.position, max - batch.len())
+                .map_err(|e| SourceError(format!("{}: write-ahead log: {e}", self.name)))?;
+            let Some(&(first, _)) = entries.first() else { break };
+            if first != self.position {
+                return Err(SourceError(format!(
+                    "{}: the write-ahead log has no entry {} (it starts at {first}): it was truncated too early",
+                    self.name, self.position
+                )));
+            }
+            for (index, entry) in &entries {
+                self.push(*index, entry, &mut batch);
+                self.position = index + 1;
+            }
+        }
+        Ok(Some(batch))
+    }
+
+    fn position(&self) -> Vec<u8> {
+        self.position.to_be_bytes().to_vec()
+    }
+
+    fn seek(&mut self, position: &[u8]) -> Result<(), SourceError> {
+        let bytes: [u8; 8] = position.try_into().map_err(|_| {
+            SourceError(format!("{}: a position of {} bytes, not 8", self.name, position.len()))
+        })?;
+        self.position = u64::from_be_bytes(bytes);
+        Ok(())
+    }
+
+    fn ready(&self) -> bool {
+        self.wal
+            .as_ref()
+            .is_some_and(|w| w.end.load(Ordering::Acquire) > self.position || lock(&w.failed).is_some())
+    }
+
+    fn release(&mut self, position: &[u8]) {
+        let (Some(wal), Ok(bytes)) = (&self.wal, <[u8; 8]>::try_from(position)) else { return };
+        let below = u64::from_be_bytes(bytes);
+        wal.status.released.fetch_max(below, Ordering::Relaxed);
+        let op = WriteOp::WalTruncate {
+            participant: wal.participant,
+            below,
+            keys_before_ms: now_ms().saturating_sub(wal.retention_ms),
+        };
+        let name = self.name.clone();
+        wal.writer.submit(
+            vec![op],
+            Box::new(move |r| {
+                if let Err(e) = r {
+                    tracing::warn!("{name}: truncating the write-ahead log: {e}");
+                }
+            }),
+        );
+    }
+
+    fn set_waker(&mut self, waker: Waker) {
+        if let Some(wal) = &self.wal {
+            *lock(&wal.waker) = Some(waker);
+        }
+    }
+}

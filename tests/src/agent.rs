@@ -1,0 +1,141 @@
+//! A running `weir agent` for the end-to-end tests: started on a free loopback port, read
+//! through its own `/status` and `/metrics`, signalled, killed when dropped.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weir_edge_agent::agent::status;
+
+use crate::weir_bin;
+
+/// How long a condition may take before a test gives up: a hang, not a slow machine.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A free loopback port (bound, then released for the agent).
+pub fn free_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("its address")
+}
+
+/// A running agent.
+pub struct Agent {
+    child: Child,
+    /// Its HTTP address.
+    pub addr: std::net::SocketAddr,
+    /// Where its stderr goes.
+    stderr: tempfile::NamedTempFile,
+}
+
+impl Agent {
+    /// `weir agent --config-dir conf` on a free port, once its endpoint answers.
+    pub fn start(conf: &Path) -> Agent {
+        let addr = free_addr();
+        let stderr = tempfile::NamedTempFile::new().expect("a file for stderr");
+        let child = Command::new(weir_bin())
+            .args(["agent", "--config-dir"])
+            .arg(conf)
+            .arg("--http")
+            .arg(addr.to_string())
+            .stdout(Stdio::null())
+            .stderr(stderr.reopen().expect("stderr file"))
+            .spawn()
+            .expect("weir agent starts");
+        let agent = Agent { child, addr, stderr };
+        agent.wait_for("the HTTP endpoint", |_| true);
+        agent
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+    }
+
+    /// `kill -9`, and wait for it.
+    pub fn kill_9(mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// Its `/status`, if it answers.
+    pub fn status(&self) -> Option<Value> {
+        status::fetch(self.addr).ok()
+    }
+
+    /// One pipeline's entry in `/status`.
+    pub fn pipeline(&self, name: &str) -> Option<Value> {
+        let status = self.status()?;
+        status["pipelines"].as_array()?.iter().find(|p| p["name"] == name).cloned()
+    }
+
+    /// Wait until `done` holds for the agent's status; the status then.
+    pub fn wait_for(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.status()
+                && done(&status)
+            {
+                return status;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "waited {PATIENCE:?} for {what}; status: {:?}",
+                self.status()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until `done` holds for pipeline `name`; its entry then.
+    pub fn wait_for_pipeline(&self, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let status = self.wait_for(&format!("{name}: {what}"), |s| {
+            s["pipelines"].as_array().into_iter().flatten().any(|p| p["name"] == name && done(p))
+        });
+        status["pipelines"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap().clone()
+    }
+
+    /// Send it `signal`.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill");
+    }
+
+    /// SIGTERM; the exit code and stderr.
+    pub fn stop(mut self) -> (Option<i32>, String) {
+        self.signal(libc::SIGTERM);
+        let status = self.child.wait().expect("the agent exits");
+        (status.code(), self.stderr())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Records read by a pipeline's sources, from its `/status` entry.
+pub fn source_out(p: &Value) -> u64 {
+    let subtasks = p["subtasks"].as_array().unwrap();
+    subtasks.iter().filter(|s| s["kind"] == "source").map(|s| s["records_out"].as_u64().unwrap()).sum()
+}
+
+/// Records written by a pipeline's sinks, from its `/status` entry.
+pub fn sink_out(p: &Value) -> u64 {
+    let subtasks = p["subtasks"].as_array().unwrap();
+    subtasks.iter().filter(|s| s["kind"] == "sink").map(|s| s["records_out"].as_u64().unwrap()).sum()
+}
+
+/// The value of the sample `name{labels}` in OpenMetrics text.
+pub fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.parse().ok())
+}

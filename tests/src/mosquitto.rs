@@ -1,0 +1,240 @@
+//! A real mosquitto broker for the end-to-end tests: installed with apt-get when missing,
+//! started on a free loopback port with its own config and persistence folder, stopped by
+//! PID. The broker runs as the test's user (`user` is set to it), so its persistence folder
+//! needs no other owner.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
+
+/// The mosquitto binary, installed (Debian's package) if it is not there.
+pub fn binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let found = || {
+                ["mosquitto", "/usr/sbin/mosquitto"].into_iter().map(PathBuf::from).find(|bin| {
+                    Command::new(bin).arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+                })
+            };
+            if let Some(bin) = found() {
+                return bin;
+            }
+            let install = |args: &[&str]| {
+                Command::new("apt-get")
+                    .args(args)
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            if !install(&["install", "-y", "-q", "mosquitto"]) {
+                install(&["update", "-q"]);
+                install(&["install", "-y", "-q", "mosquitto"]);
+            }
+            found().expect(
+                "mosquitto is not installed and `apt-get install mosquitto` failed (the MQTT tests need it)",
+            )
+        })
+        .clone()
+}
+
+/// A running broker; killed when dropped.
+pub struct Mosquitto {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+impl Mosquitto {
+    /// Start a broker with persistence (saved every second) and no limit on queued messages.
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().expect("a folder for the broker");
+        let mut broker = Mosquitto { child: None, port: free_port(), dir };
+        broker.restart();
+        broker
+    }
+
+    fn config(&self) -> PathBuf {
+        let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "root".into());
+        let text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {dir}/\n\
+             autosave_interval 1\nmax_queued_messages 0\nmax_inflight_messages 1000\nuser {user}\nlog_dest stderr\n",
+            port = self.port,
+            dir = self.dir.path().display(),
+        );
+        let path = self.dir.path().join("mosquitto.conf");
+        std::fs::write(&path, text).expect("writing the broker config");
+        path
+    }
+
+    /// `mqtt://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)start it on the same port and persistence folder, and wait until it accepts
+    /// connections.
+    pub fn restart(&mut self) {
+        let config = self.config();
+        let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).expect("the broker's log");
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting mosquitto");
+        self.child = Some(child);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("mosquitto exited ({status}): {}", self.log());
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "mosquitto did not listen: {}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Kill it with `signal` and wait for it.
+    pub fn kill(&mut self, signal: libc::c_int) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, signal);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Its persistence folder.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Create the persistent session `client_id` subscribed to `topic` (QoS 1), so that the broker
+/// keeps what is published for it before its client first connects.
+pub fn create_session(port: u16, client_id: &str, topic: &str) {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_clean_session(false);
+    let (client, mut connection) = Client::new(options, 10);
+    client.subscribe(topic, QoS::AtLeastOnce).expect("subscribe request");
+    let start = Instant::now();
+    for event in connection.iter() {
+        match event {
+            Ok(Event::Incoming(Packet::SubAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => panic!("creating session {client_id}: {e}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no SUBACK");
+    }
+    client.disconnect().expect("disconnect request");
+    for event in connection.iter() {
+        if matches!(event, Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)) {
+            break;
+        }
+    }
+}
+
+/// Publish `messages` (topic, payload) with QoS 1, at most `rate` a second if given, and
+/// return once the broker acknowledged every one.
+pub fn publish_all(port: u16, rate: Option<u64>, messages: impl IntoIterator<Item = (String, Vec<u8>)>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let mut options = MqttOptions::new(format!("weir-test-pub-{}", std::process::id()), "127.0.0.1", port);
+    options.set_inflight(200).set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut connection) = Client::new(options, 256);
+    let acked = Arc::new(AtomicU64::new(0));
+    let counter = acked.clone();
+    let poller = std::thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+                Ok(_) => {}
+                Err(e) => panic!("publisher: {e}"),
+            }
+        }
+    });
+    let mut sent = 0u64;
+    let began = Instant::now();
+    for (topic, payload) in messages {
+        client.publish(topic, QoS::AtLeastOnce, false, payload).expect("publish request");
+        sent += 1;
+        // Pace the workload: the next message is due at sent / rate seconds.
+        if let Some(rate) = rate {
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(began.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    let start = Instant::now();
+    while acked.load(Ordering::Relaxed) < sent {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the broker acknowledged {} of {sent}",
+            acked.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    client.disconnect().expect("disconnect request");
+    poller.join().expect("the publisher's poller");
+}
+
+/// The sensor-window job with an MQTT source (`readings`, topic filter `weir/in/#`, JSON
+/// `{sensor, ts, value}`, client id `client`, `source_extra` lines added to its table) and a
+/// file sink, its data and output (`windows.csv`) in `work`, written to `config`.
+pub fn mqtt_window_config(
+    config: &Path,
+    work: &Path,
+    url: &str,
+    client: &str,
+    source_extra: &str,
+    (interval_ms, out_of_order_ms): (u64, u64),
+) {
+    let text = format!(
+        r#"data_dir = "{data}"
+[checkpoint]
+interval_ms = {interval_ms}
+[sources.readings]
+type = "mqtt"
+url = "{url}"
+topics = ["weir/in/#"]
+client_id = "{client}"
+format = "json"
+schema = {{ sensor = "string", ts = "int", value = "float" }}
+{source_extra}
+{window}"#,
+        data = work.join("data").display(),
+        window =
+            crate::window_and_file_sink(out_of_order_ms, &work.join("windows.csv").display().to_string()),
+    );
+    std::fs::write(config, text).expect("writing the config");
+}
