@@ -31,9 +31,15 @@ pub struct Agent {
 impl Agent {
     /// `weir agent --config-dir conf` on a free port, once its endpoint answers.
     pub fn start(conf: &Path) -> Agent {
+        Agent::start_with_env(conf, &[])
+    }
+
+    /// [`Agent::start`] with environment variables `env` set (a config's `${VAR}`s).
+    pub fn start_with_env(conf: &Path, env: &[(&str, &str)]) -> Agent {
         let addr = free_addr();
         let stderr = tempfile::NamedTempFile::new().expect("a file for stderr");
         let child = Command::new(weir_bin())
+            .envs(env.iter().copied())
             .args(["agent", "--config-dir"])
             .arg(conf)
             .arg("--http")

@@ -121,6 +121,17 @@ impl Mosquitto {
         }
     }
 
+    /// Send it `signal` without waiting for it (SIGSTOP: a broker that stalls).
+    pub fn signal(&self, signal: libc::c_int) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on our own child.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+
     /// Its persistence folder.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -237,4 +248,111 @@ schema = {{ sensor = "string", ts = "int", value = "float" }}
             crate::window_and_file_sink(out_of_order_ms, &work.join("windows.csv").display().to_string()),
     );
     std::fs::write(config, text).expect("writing the config");
+}
+
+/// A message an MQTT sink published, as a consumer got it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// Its user properties `pipeline`, `epoch`, `checkpoint` and `seq` (empty if missing).
+    pub pipeline: String,
+    /// `epoch`.
+    pub epoch: u64,
+    /// `checkpoint`.
+    pub checkpoint: u64,
+    /// `seq`.
+    pub seq: u64,
+    /// Its payload.
+    pub payload: String,
+}
+
+impl Received {
+    /// What a consumer de-duplicates by: the message's (pipeline, checkpoint, seq).
+    pub fn key(&self) -> (String, u64, u64) {
+        (self.pipeline.clone(), self.checkpoint, self.seq)
+    }
+}
+
+/// A consumer of `topic` (MQTT 5, QoS 1, a persistent session: it gets what was published
+/// while it was away, also across a restart of the broker), collecting every message in the
+/// order received; stopped when dropped.
+pub struct Consumer {
+    got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Consumer {
+    /// Connect to the broker on `port`, subscribe to `topic`, and return once subscribed.
+    pub fn start(port: u16, topic: &str) -> Consumer {
+        use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet as P5};
+        use rumqttc::v5::{Client as C5, Event as E5, MqttOptions as O5};
+        use std::sync::atomic::Ordering;
+        let mut options = O5::new(format!("weir-test-consumer-{}", free_port()), "127.0.0.1", port);
+        let properties =
+            ConnectProperties { session_expiry_interval: Some(3600), ..ConnectProperties::new() };
+        options.set_clean_start(false).set_connect_properties(properties).set_max_packet_size(Some(1 << 20));
+        let (client, mut connection) = C5::new(options, 64);
+        let topic = topic.to_owned();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (subscribed_tx, subscribed) = std::sync::mpsc::channel();
+        let (into, flag) = (got.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let client = client; // the event loop ends when every client is gone
+            while !flag.load(Ordering::Relaxed) {
+                match connection.recv_timeout(Duration::from_millis(50)) {
+                    // Subscribed on every connection: a broker killed before it saved the
+                    // session has forgotten it.
+                    Ok(Ok(E5::Incoming(P5::ConnAck(_)))) => {
+                        let _ = client.try_subscribe(topic.clone(), rumqttc::v5::mqttbytes::QoS::AtLeastOnce);
+                    }
+                    Ok(Ok(E5::Incoming(P5::SubAck(_)))) => {
+                        let _ = subscribed_tx.send(());
+                    }
+                    Ok(Ok(E5::Incoming(P5::Publish(p)))) => {
+                        let props = p.properties.map(|p| p.user_properties).unwrap_or_default();
+                        let prop = |name: &str| props.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+                        let number = |name: &str| prop(name).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+                        let received = Received {
+                            pipeline: prop("pipeline").unwrap_or_default(),
+                            epoch: number("epoch"),
+                            checkpoint: number("checkpoint"),
+                            seq: number("seq"),
+                            payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                        };
+                        into.lock().unwrap().push(received);
+                    }
+                    Ok(Ok(_)) | Err(_) => {}
+                    // The broker went away: the next poll reconnects into the session.
+                    Ok(Err(_)) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        subscribed.recv_timeout(Duration::from_secs(30)).expect("the consumer's SUBACK");
+        Consumer { got, stop, thread: Some(thread) }
+    }
+
+    /// Every message received so far, in order (duplicates included).
+    pub fn received(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// The messages received so far, each (pipeline, checkpoint, seq) once, in the order of
+    /// their first receipt; and how many were duplicates.
+    pub fn deduplicated(&self) -> (Vec<Received>, usize) {
+        let all = self.received();
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<Received> = all.iter().filter(|r| seen.insert(r.key())).cloned().collect();
+        let duplicates = all.len() - unique.len();
+        (unique, duplicates)
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

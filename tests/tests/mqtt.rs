@@ -168,3 +168,227 @@ fn the_source_reconnects_after_the_broker_restarts_and_loses_nothing() {
     assert!(p["mqtt"][0]["disconnects"].as_u64() >= Some(1), "{p}");
     assert_eq!(p["mqtt"][0]["received"].as_u64(), Some(READINGS + 1), "{p}");
 }
+
+// MQTT out: `examples/mqtt-window.toml` as written (the contract), its rows published from
+// the sink's outbox; consumers de-duplicate by the user properties (pipeline, checkpoint,
+// seq) and then see every window exactly once.
+
+use weir_tests::mosquitto::{Consumer, Received};
+
+/// The example's text; with `two_brokers`, its sink publishes to `${WEIR_SINK_URL}` instead
+/// of `${WEIR_MQTT_URL}` (so that the sink's broker can stop alone).
+fn example(two_brokers: bool) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mqtt-window.toml");
+    let text = std::fs::read_to_string(path).expect("examples/mqtt-window.toml");
+    if !two_brokers {
+        return text;
+    }
+    let url = r#"url = "${WEIR_MQTT_URL:-mqtt://127.0.0.1:1883}""#;
+    let sink = text.rfind(url).expect("the sink's url");
+    assert!(text.find(url) < Some(sink), "the source's url comes first");
+    format!("{}url = \"${{WEIR_SINK_URL}}\"{}", &text[..sink], &text[sink + url.len()..])
+}
+
+/// A config folder holding the example, and its data dir, in `work`.
+fn example_folder(work: &Path, two_brokers: bool) -> std::path::PathBuf {
+    let conf = work.join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(conf.join("mqtt-window.toml"), example(two_brokers)).unwrap();
+    conf
+}
+
+/// The example's rows as the reference lines (`sensor,window_start,count,sum,min,max,mean`,
+/// floats with 3 decimals), sorted.
+fn rows(received: &[Received]) -> Vec<String> {
+    let mut lines: Vec<String> = received
+        .iter()
+        .filter_map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.payload).expect("a JSON row");
+            if v["sensor"] == "flush" {
+                return None;
+            }
+            let f = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
+            Some(format!(
+                "{},{},{},{:.3},{:.3},{:.3},{:.3}",
+                v["sensor"].as_str().unwrap(),
+                v["window_start"],
+                v["count"],
+                f("sum"),
+                f("min"),
+                f("max"),
+                f("mean")
+            ))
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Wait until the consumer has (after de-duplication) every window of readings
+/// `0..readings`; check them against the reference and that no window came twice under two
+/// keys. The de-duplicated messages and the number of duplicates.
+fn consumed_exactly(agent: &Agent, consumer: &Consumer, readings: u64) -> (Vec<Received>, usize) {
+    let expected = reference_of((0..readings).map(reading));
+    agent.wait_for("every window at the consumer", |_| {
+        rows(&consumer.deduplicated().0).len() >= expected.len()
+    });
+    let (unique, duplicates) = consumer.deduplicated();
+    assert_same_windows(&rows(&unique), &expected);
+    assert!(unique.iter().all(|r| !r.pipeline.is_empty() && r.checkpoint != u64::MAX && r.seq != u64::MAX));
+    (unique, duplicates)
+}
+
+/// (A, D) The example, its agent killed with `kill -9` at seeded moments and once stopped
+/// with SIGTERM while readings arrive: after de-duplication by the user properties the
+/// consumer has every window once, equal to the reference.
+#[test]
+fn the_mqtt_example_is_exact_downstream_across_kill_9_and_sigterm() {
+    const READINGS: u64 = 20_000;
+    let broker = Mosquitto::start();
+    let work = tempfile::tempdir().unwrap();
+    let conf = example_folder(work.path(), false);
+    let (url, data) = (broker.url(), work.path().join("data").display().to_string());
+    let env = [("WEIR_MQTT_URL", url.as_str()), ("WEIR_DATA_DIR", data.as_str())];
+    let consumer = Consumer::start(broker.port, "weir/out");
+    // The source's session exists once it has subscribed; from then on the broker keeps
+    // what is published for it, also while the agent is down.
+    let agent = Agent::start_with_env(&conf, &env);
+    agent.wait_for_pipeline("mqtt-window", "subscribed", |p| p["mqtt"][0]["subscribed"] == true);
+    let port = broker.port;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let published = done.clone();
+    let publisher = std::thread::spawn(move || {
+        publish_all(port, Some(2_500), messages(0..READINGS).chain(flush()));
+        published.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let seed = std::env::var("WEIR_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_u64);
+    eprintln!("kill points from seed {seed} (rerun with WEIR_TEST_SEED={seed})");
+    let mut kills = seeded(seed).map(|x| 1 + x % 1_500);
+    let mut agent = Some(agent);
+    for round in 0..4 {
+        let a = agent.take().unwrap_or_else(|| Agent::start_with_env(&conf, &env));
+        let target = kills.next().unwrap();
+        // Killed once it read a seeded number of readings (or all there were) and completed
+        // two checkpoints: output was committed, some of it published, some maybe not.
+        let p = a.wait_for_pipeline("mqtt-window", &format!("round {round}: {target} readings"), |p| {
+            let from = p["restored_from"].as_u64().unwrap_or(0);
+            let read = source_out(p) >= target || done.load(std::sync::atomic::Ordering::Relaxed);
+            p["phase"] == "failed" || (read && p["last_checkpoint"].as_u64() >= Some(from + 2))
+        });
+        assert_ne!(p["phase"], "failed", "{p}\n{}", a.stderr());
+        if round == 2 {
+            let (code, stderr) = a.stop();
+            assert_eq!(code, Some(0), "{stderr}");
+        } else {
+            a.kill_9();
+        }
+    }
+    publisher.join().expect("the publisher");
+    let agent = Agent::start_with_env(&conf, &env);
+    let (unique, duplicates) = consumed_exactly(&agent, &consumer, READINGS);
+    eprintln!("{} windows, {duplicates} duplicates dropped by the consumer", unique.len());
+    let (code, stderr) = agent.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// (B, F) The sink's broker stops for 10 s while readings keep arriving at the source's: the
+/// outbox keeps the committed output, and once the broker is back delivers all of it, in
+/// commit order, and drains. Meanwhile the metrics move and in the end agree with the
+/// status and the consumer.
+#[test]
+fn the_outbox_keeps_output_while_the_sinks_broker_is_down_and_delivers_it_in_order() {
+    const READINGS: u64 = 10_000;
+    let (source, mut sink) = (Mosquitto::start(), Mosquitto::start());
+    let work = tempfile::tempdir().unwrap();
+    let conf = example_folder(work.path(), true);
+    let (url, sink_url) = (source.url(), sink.url());
+    let data = work.path().join("data").display().to_string();
+    let env =
+        [("WEIR_MQTT_URL", url.as_str()), ("WEIR_SINK_URL", sink_url.as_str()), ("WEIR_DATA_DIR", &data)];
+    let consumer = Consumer::start(sink.port, "weir/out");
+    let agent = Agent::start_with_env(&conf, &env);
+    agent.wait_for_pipeline("mqtt-window", "subscribed", |p| p["mqtt"][0]["subscribed"] == true);
+    let port = source.port;
+    let publisher =
+        std::thread::spawn(move || publish_all(port, Some(700), messages(0..READINGS).chain(flush())));
+    let acknowledged = |agent: &Agent| {
+        let text = weir_edge_agent::agent::status::get(agent.addr, "/metrics").expect("/metrics");
+        weir_tests::agent::sample(
+            &text,
+            "weir_mqtt_sink_acknowledged_total{pipeline=\"mqtt-window\",node=\"out\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let p = agent.wait_for_pipeline("mqtt-window", "output acknowledged", |p| {
+        p["mqtt_sinks"][0]["acknowledged"].as_u64() > Some(0)
+    });
+    let first = acknowledged(&agent);
+    assert!(first > 0.0, "{p}");
+    sink.kill(libc::SIGTERM);
+    agent.wait_for_pipeline("mqtt-window", "the sink disconnected", |p| {
+        p["mqtt_sinks"][0]["connected"] == false
+    });
+    // The scenario (not a race): the broker is away for 10 s while commits go on.
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    let p = agent.pipeline("mqtt-window").unwrap();
+    assert!(p["mqtt_sinks"][0]["outbox_bytes"].as_u64() > Some(0), "the outbox kept the output: {p}");
+    sink.restart();
+    let (unique, duplicates) = consumed_exactly(&agent, &consumer, READINGS);
+    publisher.join().expect("the publisher");
+    // In commit order: the (checkpoint, seq) of first receipts only grow.
+    let order: Vec<(u64, u64)> = unique.iter().map(|r| (r.checkpoint, r.seq)).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "out of order: {order:?}");
+    let p = agent.wait_for_pipeline("mqtt-window", "the outbox drained", |p| {
+        p["mqtt_sinks"][0]["outbox_bytes"] == 0
+            && p["mqtt_sinks"][0]["acknowledged"].as_u64() >= Some(unique.len() as u64)
+    });
+    let s = &p["mqtt_sinks"][0];
+    assert!(s["disconnects"].as_u64() >= Some(1), "{p}");
+    assert_eq!(s["dropped"], 0, "{p}");
+    // Every acknowledged message reached the consumer (duplicates are sends again after the
+    // broker's restart that it had received before).
+    let received = consumer.received().len() as u64;
+    assert_eq!(s["acknowledged"].as_u64(), Some(received), "{p}");
+    assert!(received >= unique.len() as u64 && duplicates as u64 == received - unique.len() as u64);
+    // The metrics moved and agree with the status.
+    assert!(acknowledged(&agent) > first);
+    assert_eq!(acknowledged(&agent) as u64, s["acknowledged"].as_u64().unwrap());
+    let (code, stderr) = agent.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// (C) The sink's broker stalls (SIGSTOP) with messages in flight, then is killed
+/// (`kill -9`) and started again: what it had not acknowledged is sent again, and the
+/// consumer has every window.
+#[test]
+fn the_sink_sends_again_what_a_killed_broker_had_not_acknowledged() {
+    // Half of them close the first windows (5 000 readings a second of event time).
+    const READINGS: u64 = 16_000;
+    let (source, mut sink) = (Mosquitto::start(), Mosquitto::start());
+    let work = tempfile::tempdir().unwrap();
+    let conf = example_folder(work.path(), true);
+    let (url, sink_url) = (source.url(), sink.url());
+    let data = work.path().join("data").display().to_string();
+    let env =
+        [("WEIR_MQTT_URL", url.as_str()), ("WEIR_SINK_URL", sink_url.as_str()), ("WEIR_DATA_DIR", &data)];
+    let consumer = Consumer::start(sink.port, "weir/out");
+    let agent = Agent::start_with_env(&conf, &env);
+    agent.wait_for_pipeline("mqtt-window", "subscribed", |p| p["mqtt"][0]["subscribed"] == true);
+    sink.signal(libc::SIGSTOP);
+    publish_all(source.port, None, messages(0..READINGS / 2));
+    // Sent to the stalled broker, never acknowledged.
+    agent.wait_for_pipeline("mqtt-window", "messages in flight", |p| {
+        p["mqtt_sinks"][0]["published"].as_u64() > Some(0) && p["mqtt_sinks"][0]["acknowledged"] == 0
+    });
+    sink.kill(libc::SIGKILL);
+    publish_all(source.port, None, messages(READINGS / 2..READINGS).chain(flush()));
+    sink.restart();
+    let (unique, _) = consumed_exactly(&agent, &consumer, READINGS);
+    let p = agent
+        .wait_for_pipeline("mqtt-window", "the outbox drained", |p| p["mqtt_sinks"][0]["outbox_bytes"] == 0);
+    assert!(p["mqtt_sinks"][0]["disconnects"].as_u64() >= Some(1), "{p}");
+    assert!(p["mqtt_sinks"][0]["resent"].as_u64() > Some(0), "what was in flight was sent again: {p}");
+    assert!(!unique.is_empty());
+    let (code, stderr) = agent.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+}

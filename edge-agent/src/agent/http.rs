@@ -274,6 +274,79 @@ impl Collector for Metrics {
             MetricType::Gauge,
             sources().map(|(p, m)| (mqtt(p, m), ConstGauge::new(m.wal_entries as i64))),
         )?;
+        let sinks = || pipelines.iter().flat_map(|p| p.live.mqtt_sinks.iter().map(move |m| (p, m)));
+        let sink_labels = |p: &super::PipelineStatus, node: &str| {
+            let mut labels = pipeline(&p.name);
+            labels.push(("node", node.to_owned()));
+            labels
+        };
+        type SinkFigure = fn(&weir_runtime::pipeline::live::OutboxView) -> u64;
+        let sink_counters: [(&str, &str, SinkFigure); 6] = [
+            (
+                "weir_mqtt_sink_disconnects",
+                "Connections of an MQTT sink to its broker lost or given up",
+                |m| m.disconnects,
+            ),
+            (
+                "weir_mqtt_sink_published",
+                "Messages an MQTT sink sent (again after a reconnect included)",
+                |m| m.published,
+            ),
+            ("weir_mqtt_sink_acknowledged", "Messages of an MQTT sink the broker acknowledged", |m| {
+                m.acknowledged
+            }),
+            ("weir_mqtt_sink_resent", "Messages an MQTT sink sent again after a reconnect", |m| m.resent),
+            (
+                "weir_mqtt_sink_dropped",
+                "Committed messages an MQTT sink dropped because its outbox was full",
+                |m| m.dropped,
+            ),
+            (
+                "weir_mqtt_sink_refused",
+                "Acknowledgements with an error reason (the message is sent again)",
+                |m| m.refused,
+            ),
+        ];
+        for (name, help, figure) in sink_counters {
+            family(
+                e,
+                (name, help, None),
+                MetricType::Counter,
+                sinks().map(|(p, m)| (sink_labels(p, &m.node), counter(figure(m)))),
+            )?;
+        }
+        let sink_gauges: [(&str, &str, Option<&Unit>, SinkFigure); 4] = [
+            ("weir_mqtt_sink_connected", "1 while an MQTT sink is connected to its broker", None, |m| {
+                u64::from(m.connected)
+            }),
+            ("weir_outbox_bytes", "Bytes of committed messages in an MQTT sink's outbox", None, |m| {
+                m.outbox_bytes
+            }),
+            ("weir_outbox_chunks", "Commits whose messages wait in an MQTT sink's outbox", None, |m| {
+                m.outbox_chunks
+            }),
+            (
+                "weir_outbox_oldest_age",
+                "How long the oldest output in an MQTT sink's outbox has waited",
+                Some(&Unit::Seconds),
+                |m| m.outbox_oldest_age_ms,
+            ),
+        ];
+        for (name, help, unit, figure) in sink_gauges {
+            let seconds = unit.is_some();
+            family(
+                e,
+                (name, help, unit),
+                MetricType::Gauge,
+                sinks().map(|(p, m)| {
+                    let value = figure(m);
+                    (
+                        sink_labels(p, &m.node),
+                        ConstGauge::new(if seconds { secs(value) } else { value as f64 }),
+                    )
+                }),
+            )?;
+        }
         family(
             e,
             ("weir_pipeline_failures", "Runs of a pipeline that failed (the agent starts it again)", None),

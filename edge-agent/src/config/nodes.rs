@@ -10,8 +10,8 @@ use std::sync::Arc;
 use weir_runtime::batch::{DataType, Field, Schema};
 use weir_runtime::pipeline::spec::{
     AggregateFunction, AggregateSpec, DEFAULT_OUTPUT_MODE, FileFormat, FileSourceSpec, GeneratorSpec,
-    MapSpec, MqttSourceSpec, NodeKind, OutputFormat, PayloadFormat, SinkSpec, SourceSpec, TransformSpec,
-    WindowKind, WindowSpec,
+    MapSpec, MqttSinkSpec, MqttSourceSpec, NodeKind, OnFull, OutputFormat, PayloadFormat, SinkSpec,
+    SourceSpec, TransformSpec, WindowKind, WindowSpec,
 };
 
 use super::doc::{Item, Located, Table, closest, one_of};
@@ -83,6 +83,23 @@ pub(super) enum StandbyChoice {
 const SINK_TYPES: &[(&str, &[&str])] = &[
     ("file", &["path", "format", "float_precision", "allow_symlink", "mode"]),
     ("stdout", &["format", "float_precision"]),
+    (
+        "mqtt",
+        &[
+            "url",
+            "topic",
+            "client_id",
+            "qos",
+            "format",
+            "float_precision",
+            "keep_alive_s",
+            "max_inflight",
+            "max_outbox_mb",
+            "on_full",
+            "max_packet_size",
+            "progress_timeout_ms",
+        ],
+    ),
 ];
 
 const DEFAULT_BATCH_SIZE: u64 = 4096;
@@ -198,6 +215,7 @@ pub(super) fn read_node<'a>(
             allow_symlink: optional(&table, "allow_symlink", Item::bool)?.unwrap_or(false),
             mode: optional(&table, "mode", file_mode)?.unwrap_or(DEFAULT_OUTPUT_MODE),
         }),
+        (Section::Sink, "mqtt") => NodeKind::Sink(SinkSpec::Mqtt(mqtt_sink(&table)?)),
         (Section::Sink, _) => NodeKind::Sink(SinkSpec::Stdout { format: output_format(&table, false)? }),
     };
     if let NodeKind::Transform(spec) = &kind {
@@ -358,6 +376,72 @@ fn mqtt_source(table: &Table<'_>) -> Result<MqttSourceSpec, ConfigError> {
         batch_size: batch_size(table)?,
         keep_alive_s: optional(table, "keep_alive_s", |i| i.int_between(5, 3600))?.unwrap_or(10),
         max_inflight: optional(table, "max_inflight", |i| i.int_between(1, 65535))?.unwrap_or(1000) as u16,
+    })
+}
+
+fn mqtt_sink(table: &Table<'_>) -> Result<MqttSinkSpec, ConfigError> {
+    let (host, port) = broker(&table.require("url")?)?;
+    let topic_item = table.require("topic")?;
+    let topic = topic_item.non_empty_str()?.to_owned();
+    if topic.contains(['#', '+', '\0']) {
+        return Err(topic_item.error(format!("{topic:?}: a topic to publish to has no wildcards (# or +)")));
+    }
+    if let Some(item) = table.get("qos")
+        && item.int_between(1, 1).is_err()
+    {
+        return Err(item.error(format!(
+            "expected 1, found {}: the mqtt sink publishes with QoS 1 (consumers de-duplicate by its user properties)",
+            item.found()
+        )));
+    }
+    if let Some(item) = table.get("format") {
+        item.choice(&[("json", ())])?;
+    }
+    let format = output_format(table, false)?;
+    let client_id =
+        optional(table, "client_id", |i| i.non_empty_str().map(str::to_owned))?.unwrap_or_default();
+    let max_packet_item = table.get("max_packet_size");
+    let max_packet_size = match &max_packet_item {
+        Some(item) => item.int_between(1024, 268_435_455)? as u32,
+        None => 1 << 20,
+    };
+    // The property `pipeline` carries the client id, derived when not set (at most ~60 bytes).
+    let room = max_packet_size as usize
+        - weir_runtime::connectors::mqtt_sink::PUBLISH_OVERHEAD
+        - topic.len()
+        - client_id.len().max(64);
+    if room < 256 {
+        let problem = format!(
+            "max_packet_size = {max_packet_size} leaves {room} bytes for a row after the topic and the user properties; \
+             allow at least 256"
+        );
+        return Err(match max_packet_item {
+            Some(item) => item.error(problem),
+            None => topic_item.error(problem),
+        });
+    }
+    let on_full = match table.get("on_full") {
+        Some(item) => item.choice(&[
+            ("backpressure", OnFull::Backpressure),
+            ("drop_oldest", OnFull::DropOldest),
+            ("reject_new", OnFull::RejectNew),
+        ])?,
+        None => OnFull::Backpressure,
+    };
+    Ok(MqttSinkSpec {
+        host,
+        port,
+        topic,
+        client_id,
+        format,
+        keep_alive_s: optional(table, "keep_alive_s", |i| i.int_between(5, 3600))?.unwrap_or(10),
+        max_inflight: optional(table, "max_inflight", |i| i.int_between(1, 65535))?.unwrap_or(100) as u16,
+        max_outbox_bytes: optional(table, "max_outbox_mb", |i| i.int_between(1, 1 << 20))?.unwrap_or(64)
+            << 20,
+        on_full,
+        max_packet_size,
+        progress_timeout_ms: optional(table, "progress_timeout_ms", |i| i.int_between(100, 3_600_000))?
+            .unwrap_or(10_000),
     })
 }
 

@@ -81,6 +81,8 @@ pub struct SourceActor {
     snapshots: u64,
     /// The reader's position at each snapshot not yet covered by a completion.
     positions: Vec<(CheckpointId, Vec<u8>)>,
+    /// The pipeline's backpressure (an MQTT sink's full outbox): no new input while held.
+    hold: Option<std::sync::Arc<crate::connectors::mqtt_sink::Hold>>,
 }
 
 /// A source's snapshot state: the reader's position, then 1 if `End` was already sent.
@@ -147,7 +149,14 @@ impl SourceActor {
             rereaders: Vec::new(),
             snapshots: 0,
             positions: Vec::new(),
+            hold: None,
         }
+    }
+
+    /// Read no new input while `hold` is held.
+    pub fn with_hold(mut self, hold: std::sync::Arc<crate::connectors::mqtt_sink::Hold>) -> SourceActor {
+        self.hold = Some(hold);
+        self
     }
 
     fn driver(&mut self) -> &mut Driver {
@@ -214,8 +223,8 @@ impl SourceActor {
         if !self.driver().may_read() || self.links.congested() || self.cx.fatal.failed() {
             return; // a credit, the end of a re-read or the end of the run resumes
         }
-        if !self.reader.ready() {
-            return; // the reader's waker resumes
+        if !self.reader.ready() || self.hold.as_ref().is_some_and(|h| h.held()) {
+            return; // the reader's (or the hold's) waker resumes
         }
         let mut max = self.batch_size;
         if let (Some(rate), Some((since, sent_before))) = (self.rate, self.started) {
@@ -387,7 +396,11 @@ impl Handler<Start> for SourceActor {
             let sent = act.cx.counters.records_out.load(crate::sync::atomic::Ordering::Relaxed);
             act.started = Some((Instant::now(), sent));
             let addr = ctx.address();
-            act.reader.set_waker(std::sync::Arc::new(move || addr.do_send(Wake)));
+            let waker: crate::connectors::mqtt::Waker = std::sync::Arc::new(move || addr.do_send(Wake));
+            if let Some(hold) = &act.hold {
+                hold.set_waker(act.cx.participant, waker.clone());
+            }
+            act.reader.set_waker(waker);
             act.driver().start();
             act.carry_out(ctx);
             act.produce(ctx);

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::batch::Batch;
 use crate::connectors::encode::encode;
+use crate::connectors::mqtt_sink::Outbox;
 use crate::log::{CommitRecord, Done, Job, Log, LogError, SnapshotRecord, WriteOp};
 use crate::operators::Operator;
 use crate::pipeline::faults::FaultKind;
@@ -42,6 +43,9 @@ pub enum Destination {
     /// printing and before the commit record is durable prints that output again:
     /// at-least-once).
     Stdout,
+    /// An MQTT sink's outbox: a commit puts its output there, in its transaction, and the
+    /// publisher thread delivers it.
+    Mqtt(Arc<Outbox>),
     /// A test's stream, printed to as standard output is.
     #[cfg(test)]
     Stream(Box<dyn Write + Send>),
@@ -72,6 +76,7 @@ impl SinkWriter {
     pub fn open(spec: &SinkSpec, committed: CommitRecord) -> Result<SinkWriter, String> {
         let (format, destination) = match spec {
             SinkSpec::Stdout { format } => (*format, Destination::Stdout),
+            SinkSpec::Mqtt(_) => return Err("an MQTT sink is opened with its outbox".into()),
             SinkSpec::File { path, format, allow_symlink, mode } => {
                 let file = open_output(path, *allow_symlink, *mode)?;
                 let len = file.metadata().map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
@@ -90,6 +95,11 @@ impl SinkWriter {
         Ok(SinkWriter::new(format, destination, committed))
     }
 
+    /// An MQTT sink's writer, into `outbox`.
+    pub fn mqtt(format: OutputFormat, outbox: Arc<Outbox>, committed: CommitRecord) -> SinkWriter {
+        SinkWriter::new(format, Destination::Mqtt(outbox), committed)
+    }
+
     fn new(format: OutputFormat, destination: Destination, committed: CommitRecord) -> SinkWriter {
         let output = Arc::new(Mutex::new(Output { destination, committed }));
         SinkWriter { format, pending: Vec::new(), output }
@@ -102,18 +112,22 @@ impl SinkWriter {
 
 impl Output {
     /// Append the staged output of checkpoints after the last commit through `c`, durably
-    /// (a file is synced); the commit record to write next.
+    /// (a file is synced); the commit record to write next, and the writes to make with it
+    /// (an MQTT sink's: into its outbox, stamped with the sink's `epoch`).
     fn append(
         &mut self,
         log: &Log,
         participant: ParticipantId,
         c: CheckpointId,
-    ) -> Result<CommitRecord, String> {
+        epoch: Epoch,
+    ) -> Result<(CommitRecord, Vec<WriteOp>), String> {
         let staged = log
             .read_staged(participant, CheckpointId(self.committed.through), c)
             .map_err(|e| e.to_string())?;
         let bytes: usize = staged.iter().map(|(_, b)| b.len()).sum();
+        let mut ops = Vec::new();
         match &mut self.destination {
+            Destination::Mqtt(outbox) => ops = outbox.commit_ops(staged, epoch)?,
             Destination::File { path, file } => {
                 let io = |e: std::io::Error| format!("writing {}: {e}", path.display());
                 file.set_len(self.committed.file_len).map_err(io)?;
@@ -128,7 +142,7 @@ impl Output {
             Destination::Stream(out) => print(out, &staged),
         }
         self.committed = CommitRecord { through: c.0, file_len: self.committed.file_len + bytes as u64 };
-        Ok(self.committed)
+        Ok((self.committed, ops))
     }
 }
 
@@ -712,14 +726,30 @@ impl TaskActor {
         let Body::Sink(sink) = &self.body else { unreachable!("only sinks commit") };
         let output = sink.output.clone();
         let (done, injected) = self.next_write(ctx, Durable::Commit, c);
-        let (log, participant) = (self.cx.log.clone(), self.cx.participant);
+        // An outbox's publisher goes on once the commit is durable.
+        let done: Done = match &lock(&output).destination {
+            Destination::Mqtt(outbox) => {
+                let outbox = outbox.clone();
+                Box::new(move |r| {
+                    if r.is_ok() {
+                        outbox.notify();
+                    }
+                    done(r)
+                })
+            }
+            _ => done,
+        };
+        let (log, participant, epoch) = (self.cx.log.clone(), self.cx.participant, self.driver.epoch());
         let (fatal, name) = (self.cx.fatal.clone(), self.cx.name.clone());
         let job: Job = Box::new(move || {
             let appended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                lock(&output).append(&log, participant, c)
+                lock(&output).append(&log, participant, c, epoch)
             }));
             match (appended, injected) {
-                (Ok(Ok(record)), None) => return Some((vec![WriteOp::Commit { participant, record }], done)),
+                (Ok(Ok((record, mut ops))), None) => {
+                    ops.push(WriteOp::Commit { participant, record });
+                    return Some((ops, done));
+                }
                 // The output is appended, its record is not: as a crash between the two.
                 (Ok(Ok(_)), Some(injected)) => done(Err(injected)),
                 (Ok(Err(e)), _) => fatal.fail(format!("{name}: {e}")),

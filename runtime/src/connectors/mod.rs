@@ -14,6 +14,7 @@ pub mod encode;
 pub mod file_source;
 pub mod generator;
 pub mod mqtt;
+pub mod mqtt_sink;
 
 use crate::batch::{Batch, SchemaRef};
 

@@ -58,6 +58,9 @@ pub struct Wal {
 pub struct MqttStatus {
     /// Connected to the broker now.
     pub connected: crate::sync::atomic::AtomicBool,
+    /// Its subscriptions were acknowledged (on this connection or an earlier one of the
+    /// session): what is published to its topics from now on is kept for it.
+    pub subscribed: crate::sync::atomic::AtomicBool,
     /// Connections lost.
     pub disconnects: AtomicU64,
     /// Messages written to the WAL.
@@ -175,10 +178,14 @@ fn ingest(spec: &MqttSourceSpec, client_id: String, wal: &Wal, stop: &AtomicBool
     // so acknowledging never waits for the event loop that sends them.
     let (client, mut connection) = Client::new(options, usize::from(spec.max_inflight) * 2 + 16);
     let mut pending: Vec<(Publish, WalEntry, Option<Vec<u8>>)> = Vec::new();
+    // Durable messages whose acknowledgement did not fit the request channel yet.
+    let mut acks: std::collections::VecDeque<Publish> = std::collections::VecDeque::new();
     let mut backoff = Duration::from_millis(100);
     let status = &wal.status;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let wait = if pending.is_empty() { Duration::from_millis(100) } else { Duration::from_millis(1) };
+        send_acks(&client, &mut acks);
+        let busy = !pending.is_empty() || !acks.is_empty();
+        let wait = if busy { Duration::from_millis(1) } else { Duration::from_millis(100) };
         match connection.recv_timeout(wait) {
             Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
                 status.connected.store(true, Ordering::Relaxed);
@@ -204,12 +211,16 @@ fn ingest(spec: &MqttSourceSpec, client_id: String, wal: &Wal, stop: &AtomicBool
                 let dedup = dedup_of(&entry.payload, &spec.dedup_key);
                 pending.push((publish, entry, dedup));
                 if pending.len() >= GROUP {
-                    commit(wal, &client, &mut pending);
+                    commit(wal, &mut acks, &mut pending);
                 }
             }
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => status.subscribed.store(true, Ordering::Relaxed),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                commit(wal, &client, &mut pending);
+                commit(wal, &mut acks, &mut pending);
+                // Acknowledgements belong to the session's connection: the broker sends the
+                // unacknowledged messages again on the next one (the WAL recognises them).
+                acks.clear();
                 if status.connected.swap(false, Ordering::Relaxed) {
                     status.disconnects.fetch_add(1, Ordering::Relaxed);
                 }
@@ -224,15 +235,22 @@ fn ingest(spec: &MqttSourceSpec, client_id: String, wal: &Wal, stop: &AtomicBool
                 backoff =
                     if refused { Duration::from_secs(5) } else { (backoff * 2).min(Duration::from_secs(2)) };
             }
-            Err(RecvTimeoutError::Timeout) => commit(wal, &client, &mut pending),
+            Err(RecvTimeoutError::Timeout) => commit(wal, &mut acks, &mut pending),
             Err(RecvTimeoutError::Disconnected) => break,
         }
         if lock(&wal.failed).is_some() {
             return;
         }
     }
-    commit(wal, &client, &mut pending);
+    commit(wal, &mut acks, &mut pending);
     // Let the acknowledgements and the disconnect go out.
+    let deadline = std::time::Instant::now() + Duration::from_millis(500);
+    while !acks.is_empty() && std::time::Instant::now() < deadline {
+        send_acks(&client, &mut acks);
+        if matches!(connection.recv_timeout(Duration::from_millis(1)), Err(RecvTimeoutError::Disconnected)) {
+            break;
+        }
+    }
     let _ = client.try_disconnect();
     let deadline = std::time::Instant::now() + Duration::from_millis(500);
     while std::time::Instant::now() < deadline {
@@ -253,9 +271,25 @@ fn sleep_unless(stop: &AtomicBool, total: Duration) {
 }
 
 #[cfg(not(loom))]
-/// Append `pending` to the WAL (durably), then acknowledge each message to the broker in
-/// arrival order.
-fn commit(wal: &Wal, client: &Client, pending: &mut Vec<(Publish, WalEntry, Option<Vec<u8>>)>) {
+/// Queue the acknowledgements in `acks` on the client's request channel, in order, as far as
+/// it has room. Never waits: the event loop that empties the channel runs on this thread.
+fn send_acks(client: &Client, acks: &mut std::collections::VecDeque<Publish>) {
+    while let Some(publish) = acks.front() {
+        if client.try_ack(publish).is_err() {
+            return;
+        }
+        acks.pop_front();
+    }
+}
+
+#[cfg(not(loom))]
+/// Append `pending` to the WAL (durably), then queue an acknowledgement of each message to
+/// the broker, in arrival order.
+fn commit(
+    wal: &Wal,
+    acks: &mut std::collections::VecDeque<Publish>,
+    pending: &mut Vec<(Publish, WalEntry, Option<Vec<u8>>)>,
+) {
     if pending.is_empty() {
         return;
     }
@@ -268,12 +302,7 @@ fn commit(wal: &Wal, client: &Client, pending: &mut Vec<(Publish, WalEntry, Opti
             wal.end.store(appended.next, Ordering::Release);
             wal.status.received.fetch_add(appended.written as u64, Ordering::Relaxed);
             wal.status.duplicates.fetch_add(appended.duplicates as u64, Ordering::Relaxed);
-            for (publish, _, _) in pending.drain(..) {
-                if let Err(e) = client.try_ack(&publish) {
-                    // The broker sends it again; the dedup key (if any) recognises it.
-                    tracing::warn!("acknowledging an MQTT message: {e}");
-                }
-            }
+            acks.extend(pending.drain(..).map(|(publish, _, _)| publish));
             wal.wake();
         }
         Err(e) => {

@@ -8,6 +8,7 @@
 //! - `staged`: (participant u32, checkpoint u64) -> a sink's pre-committed output bytes.
 //! - `sinks`: (participant u32) -> [`CommitRecord`], a sink's "committed through".
 //! - `wal`, `wal_keys`, `wal_ages`: a network source's write-ahead log ([`wal`]).
+//! - `outbox`: a network sink's committed output until the broker has it ([`outbox`]).
 //!
 //! Every value starts with a format version byte and a CRC-32C over its key and payload,
 //! then postcard: LMDB does not checksum its pages, and edge hosts keep their logs on SD
@@ -33,6 +34,7 @@ use crate::protocol::recovery::{ParticipantLog, RecoveryInput, RestorePlan, Sink
 use crate::protocol::{CheckpointId, ParticipantId};
 
 pub mod dir;
+pub mod outbox;
 pub mod wal;
 mod writer;
 pub use writer::{Job, Writer};
@@ -229,6 +231,22 @@ pub enum WriteOp {
         /// Forget dedup keys that arrived before this (ms since the Unix epoch).
         keys_before_ms: u64,
     },
+    /// Put a sink's committed output into its outbox (with its commit record).
+    OutboxPut {
+        /// Participant.
+        participant: ParticipantId,
+        /// Checkpoint.
+        checkpoint: CheckpointId,
+        /// The output.
+        chunk: outbox::OutboxChunk,
+    },
+    /// Move a sink's delivery position forward, deleting what is wholly before it.
+    OutboxDeliver {
+        /// Participant.
+        participant: ParticipantId,
+        /// The new position.
+        to: outbox::Delivered,
+    },
     /// Delete a participant's snapshots below a checkpoint.
     DropSnapshotsBelow {
         /// Participant.
@@ -246,7 +264,9 @@ impl WriteOp {
                 record.state.len() + 8 * (record.positions.len() + record.out_seqs.len())
             }
             WriteOp::Stage { bytes, .. } => bytes.len(),
-            WriteOp::Commit { .. }
+            WriteOp::OutboxPut { chunk, .. } => chunk.messages.len(),
+            WriteOp::OutboxDeliver { .. }
+            | WriteOp::Commit { .. }
             | WriteOp::Completion(_)
             | WriteOp::Grant { .. }
             | WriteOp::WalTruncate { .. }
@@ -270,6 +290,12 @@ impl WriteOp {
                 (SNAPSHOTS, checkpoint_key(*participant, *checkpoint).to_vec())
             }
             WriteOp::WalTruncate { participant, .. } => (wal::WAL, participant_key(*participant).to_vec()),
+            WriteOp::OutboxPut { participant, checkpoint, .. } => {
+                (outbox::OUTBOX, checkpoint_key(*participant, *checkpoint).to_vec())
+            }
+            WriteOp::OutboxDeliver { participant, .. } => {
+                (outbox::OUTBOX, participant_key(*participant).to_vec())
+            }
         }
     }
 }
@@ -286,6 +312,7 @@ struct Dbs {
     wal: Database<Bytes, Bytes>,
     wal_keys: Database<Bytes, Bytes>,
     wal_ages: Database<Bytes, Bytes>,
+    outbox: Database<Bytes, Bytes>,
 }
 
 /// The log of one data directory.
@@ -385,7 +412,7 @@ impl Log {
         dir::check_data_file(dir)?;
         let new = !dir.join(dir::DATA_FILE).exists();
         let mut options = EnvOpenOptions::new();
-        options.map_size(map_size).max_dbs(8);
+        options.map_size(map_size).max_dbs(16);
         // SAFETY: LMDB requires that an environment is opened at most once per process and
         // that its files are not modified by other means while open. The agent opens each
         // data directory once, at start, and holds that one `Env` (cloned) for the whole run.
@@ -406,6 +433,7 @@ impl Log {
             wal: create(wal::WAL)?,
             wal_keys: create(wal::WAL_KEYS)?,
             wal_ages: create(wal::WAL_AGES)?,
+            outbox: create(outbox::OUTBOX)?,
         };
         wtxn.commit().map_err(|e| open_err(Box::new(e)))?;
         if new {
@@ -664,6 +692,10 @@ impl Log {
             WriteOp::WalTruncate { participant, below, keys_before_ms } => {
                 self.wal_truncate(wtxn, *participant, *below, *keys_before_ms)
             }
+            WriteOp::OutboxPut { participant, checkpoint, chunk } => {
+                self.outbox_put(wtxn, *participant, *checkpoint, chunk)
+            }
+            WriteOp::OutboxDeliver { participant, to } => self.outbox_deliver(wtxn, *participant, *to),
         }
     }
 

@@ -152,6 +152,12 @@ fn node_settings(node: &NodeSpec, data_dir: &Path, out: &mut Vec<(String, String
             ("file", v)
         }
         NodeKind::Sink(SinkSpec::Stdout { format }) => ("stdout", output_format(*format)),
+        // The broker may move; the topic and the rows' form are what the outbox holds.
+        NodeKind::Sink(SinkSpec::Mqtt(m)) => {
+            let mut v = vec![("topic", quoted(&m.topic))];
+            v.extend(output_format(m.format));
+            ("mqtt", v)
+        }
     };
     set("type", quoted(kind));
     set("inputs", list(&node.inputs, |i| quoted(i)));

@@ -71,6 +71,8 @@ pub struct MqttView {
     pub node: String,
     /// Connected to the broker now.
     pub connected: bool,
+    /// Its subscriptions were acknowledged: what is published to its topics is kept for it.
+    pub subscribed: bool,
     /// Connections lost since the pipeline started.
     pub disconnects: u64,
     /// Messages written to the WAL.
@@ -83,6 +85,33 @@ pub struct MqttView {
     pub wal_entries: u64,
 }
 
+/// An MQTT sink's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutboxView {
+    /// Its node.
+    pub node: String,
+    /// Connected to the broker now.
+    pub connected: bool,
+    /// Connections lost (or given up for want of progress) since the pipeline started.
+    pub disconnects: u64,
+    /// Messages sent (again after a reconnect included).
+    pub published: u64,
+    /// Messages the broker acknowledged.
+    pub acknowledged: u64,
+    /// Messages sent again after a reconnect.
+    pub resent: u64,
+    /// Messages dropped by `on_full`.
+    pub dropped: u64,
+    /// Acknowledgements with an error reason.
+    pub refused: u64,
+    /// Bytes of committed messages waiting in the outbox.
+    pub outbox_bytes: u64,
+    /// Commits with output waiting.
+    pub outbox_chunks: u64,
+    /// How long the oldest waiting output has waited, in milliseconds.
+    pub outbox_oldest_age_ms: u64,
+}
+
 /// A copy of a pipeline's live figures.
 #[derive(Clone, Debug, Serialize)]
 pub struct LiveView {
@@ -92,6 +121,8 @@ pub struct LiveView {
     pub subtasks: Vec<SubtaskView>,
     /// Its MQTT sources.
     pub mqtt: Vec<MqttView>,
+    /// Its MQTT sinks.
+    pub mqtt_sinks: Vec<OutboxView>,
     /// Checkpoints completed since it started.
     pub checkpoints_completed: u64,
     /// Checkpoints aborted since it started.
@@ -136,6 +167,7 @@ struct Inner {
     attempt: Option<Attached>,
     error: Option<String>,
     mqtt: Vec<(String, Arc<crate::connectors::mqtt::Wal>)>,
+    outboxes: Vec<(String, Arc<crate::connectors::mqtt_sink::Outbox>)>,
 }
 
 /// A pipeline's live figures, shared by its runner and its readers.
@@ -212,6 +244,11 @@ impl Live {
         self.lock().mqtt = wals;
     }
 
+    /// The runner started its MQTT sinks' publishers, whose outboxes these are.
+    pub(crate) fn set_outboxes(&self, outboxes: Vec<(String, Arc<crate::connectors::mqtt_sink::Outbox>)>) {
+        self.lock().outboxes = outboxes;
+    }
+
     /// The runner rolls the pipeline back after a failure.
     pub(crate) fn restarting(&self) {
         let mut inner = self.lock();
@@ -262,6 +299,7 @@ impl Live {
                 MqttView {
                     node: node.clone(),
                     connected: s.connected.load(Ordering::Relaxed),
+                    subscribed: s.subscribed.load(Ordering::Relaxed),
                     disconnects: s.disconnects.load(Ordering::Relaxed),
                     received: s.received.load(Ordering::Relaxed),
                     duplicates: s.duplicates.load(Ordering::Relaxed),
@@ -270,10 +308,29 @@ impl Live {
                 }
             })
             .collect();
+        let mqtt_sinks = (inner.outboxes.iter())
+            .map(|(node, outbox)| {
+                let s = &outbox.status;
+                OutboxView {
+                    node: node.clone(),
+                    connected: s.connected.load(Ordering::Relaxed),
+                    disconnects: s.disconnects.load(Ordering::Relaxed),
+                    published: s.published.load(Ordering::Relaxed),
+                    acknowledged: s.acknowledged.load(Ordering::Relaxed),
+                    resent: s.resent.load(Ordering::Relaxed),
+                    dropped: s.dropped.load(Ordering::Relaxed),
+                    refused: s.refused.load(Ordering::Relaxed),
+                    outbox_bytes: outbox.bytes(),
+                    outbox_chunks: outbox.chunks() as u64,
+                    outbox_oldest_age_ms: outbox.oldest_age_ms(),
+                }
+            })
+            .collect();
         LiveView {
             phase: inner.phase,
             subtasks,
             mqtt,
+            mqtt_sinks,
             checkpoints_completed: completed,
             checkpoints_aborted: aborted,
             checkpoint_duration_ms_sum: sum,

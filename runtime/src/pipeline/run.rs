@@ -28,6 +28,7 @@ use crate::batch::SchemaRef;
 use crate::connectors::file_source::FileSource;
 use crate::connectors::generator::Generator;
 use crate::connectors::mqtt::{Ingest, MqttReader, Wal};
+use crate::connectors::mqtt_sink::{Hold, Outbox, Publisher};
 use crate::connectors::{Share, SourceReader};
 use crate::log::{Log, LogError, SnapshotRecord, Writer};
 use crate::operators;
@@ -169,33 +170,64 @@ fn reader(spec: &SourceSpec, share: Share, wal: Option<&Arc<Wal>>) -> Box<dyn So
 /// Per participant, its write-ahead log (an MQTT source's).
 type Wals = Vec<Option<Arc<Wal>>>;
 
-/// The MQTT sources' WALs by participant (none for other subtasks), and their ingest
-/// threads, which run for the whole run (across global rollbacks) and stop when dropped.
-fn start_ingests(spec: &PipelineSpec, log: &Log, writer: &Writer) -> Result<(Wals, Vec<Ingest>), RunError> {
+/// A run's network connectors: per participant, an MQTT source's write-ahead log or an MQTT
+/// sink's outbox; the pipeline's backpressure; and their threads, which run for the whole
+/// run (across global rollbacks) and stop when dropped.
+struct Connectors {
+    wals: Wals,
+    outboxes: Vec<Option<Arc<Outbox>>>,
+    hold: std::sync::Arc<Hold>,
+    _ingests: Vec<Ingest>,
+    _publishers: Vec<Publisher>,
+}
+
+/// A client id stable for this data directory (a session belongs with its log): `weir-`,
+/// the node, a hash of the directory, the subtask.
+fn default_client_id(spec: &PipelineSpec, node: &str, index: usize) -> String {
+    let dir = std::path::absolute(&spec.data_dir).unwrap_or(spec.data_dir.clone());
+    format!("weir-{node}-{:08x}-{index}", crc32c::crc32c(dir.as_os_str().as_encoded_bytes()))
+}
+
+fn start_connectors(spec: &PipelineSpec, log: &Log, writer: &Writer) -> Result<Connectors, RunError> {
     let topology = Plan::new(spec, 1);
-    let mut wals = vec![None; topology.subtasks.len()];
-    let mut ingests = Vec::new();
+    let n = topology.subtasks.len();
+    let hold = std::sync::Arc::new(Hold::default());
+    let mut connectors = Connectors {
+        wals: vec![None; n],
+        outboxes: vec![None; n],
+        hold,
+        _ingests: Vec::new(),
+        _publishers: Vec::new(),
+    };
     for (p, s) in topology.subtasks.iter().enumerate() {
         let node = &spec.nodes[s.node];
-        let NodeKind::Source(SourceSpec::Mqtt(m)) = &node.kind else { continue };
-        let wal = Wal::open(log, writer, p, m.dedup_retention_ms)
-            .map_err(|e| RunError::Build(format!("{}: {e}", node.name)))?;
-        let client_id = if m.client_id.is_empty() {
-            // Stable for this data directory: the session belongs with its WAL.
-            let dir = std::path::absolute(&spec.data_dir).unwrap_or(spec.data_dir.clone());
-            format!(
-                "weir-{}-{:08x}-{}",
-                node.name,
-                crc32c::crc32c(dir.as_os_str().as_encoded_bytes()),
-                s.index
-            )
-        } else {
-            format!("{}-{}", m.client_id, s.index)
-        };
-        ingests.push(Ingest::start(m, client_id, wal.clone()));
-        wals[p] = Some(wal);
+        match &node.kind {
+            NodeKind::Source(SourceSpec::Mqtt(m)) => {
+                let wal = Wal::open(log, writer, p, m.dedup_retention_ms)
+                    .map_err(|e| RunError::Build(format!("{}: {e}", node.name)))?;
+                let client_id = if m.client_id.is_empty() {
+                    default_client_id(spec, &node.name, s.index)
+                } else {
+                    format!("{}-{}", m.client_id, s.index)
+                };
+                connectors._ingests.push(Ingest::start(m, client_id, wal.clone()));
+                connectors.wals[p] = Some(wal);
+            }
+            NodeKind::Sink(SinkSpec::Mqtt(m)) => {
+                let outbox = Outbox::open(log, writer, p, &node.name, m, connectors.hold.clone())
+                    .map_err(|e| RunError::Build(format!("{}: {e}", node.name)))?;
+                let client_id = if m.client_id.is_empty() {
+                    default_client_id(spec, &node.name, s.index)
+                } else {
+                    m.client_id.clone()
+                };
+                connectors._publishers.push(Publisher::start(m, client_id, outbox.clone()));
+                connectors.outboxes[p] = Some(outbox);
+            }
+            _ => {}
+        }
     }
-    Ok((wals, ingests))
+    Ok(connectors)
 }
 
 /// What one attempt did.
@@ -231,12 +263,15 @@ pub fn run(
     let log = Log::open_with(&spec.data_dir, spec.map_size, fresh)?;
     log.claim(&fingerprint::settings(spec))?;
     let writer = Writer::start(log.clone());
-    let (wals, _ingests) = start_ingests(spec, &log, &writer)?;
+    let connectors = start_connectors(spec, &log, &writer)?;
     if let Some(live) = &observe.live {
         let topology = Plan::new(spec, 1);
-        let named = (wals.iter().enumerate())
-            .filter_map(|(p, w)| Some((spec.nodes[topology.subtasks[p].node].name.clone(), w.clone()?)));
-        live.set_mqtt(named.collect());
+        let name = |p: usize| spec.nodes[topology.subtasks[p].node].name.clone();
+        let wals = connectors.wals.iter().enumerate().filter_map(|(p, w)| Some((name(p), w.clone()?)));
+        live.set_mqtt(wals.collect());
+        let outboxes =
+            connectors.outboxes.iter().enumerate().filter_map(|(p, o)| Some((name(p), o.clone()?)));
+        live.set_outboxes(outboxes.collect());
     }
     let supervision = spec.supervision;
     let mut report = RunReport {
@@ -272,7 +307,8 @@ pub fn run(
     let mut pending: Option<(RestartReport, Instant)> = None;
     let mut first = true;
     loop {
-        let attempt = attempt(spec, (&log, &wals), &writer, observe, faults, started, &supervisor, stop)?;
+        let attempt =
+            attempt(spec, (&log, &connectors), &writer, observe, faults, started, &supervisor, stop)?;
         if first {
             report.restored_from = attempt.restored_from;
             first = false;
@@ -415,8 +451,8 @@ struct Env<'a> {
     faults: &'a [Arc<Injection>],
     writer: &'a Writer,
     log: &'a Log,
-    /// The MQTT sources' write-ahead logs, by participant.
-    wals: &'a [Option<Arc<Wal>>],
+    /// The MQTT sources' write-ahead logs and sinks' outboxes, by participant.
+    connectors: &'a Connectors,
     counters: Vec<Arc<Counters>>,
     fatal: Arc<Fatal>,
     supervisor: &'a Arc<Supervisor>,
@@ -520,7 +556,7 @@ fn build_source(
     let restore = &rollback.participants[p];
     let name = env.context(p).name;
     let share = Share { index: env.topology.subtasks[p].index, count: env.node(p).parallelism };
-    let wal = env.wals[p].clone();
+    let wal = env.connectors.wals[p].clone();
     let mut reader = reader(source_spec, share, wal.as_ref());
     let mut ended = false;
     if let Some(record) = &record {
@@ -546,7 +582,8 @@ fn build_source(
         rate,
         ended,
         restore.from.unwrap_or_default(),
-    );
+    )
+    .with_hold(env.connectors.hold.clone());
     Ok(Built::Source(Box::new(actor)))
 }
 
@@ -570,6 +607,15 @@ fn build_task(
                     .map_err(|e| e.to_string())
             });
             (build, false)
+        }
+        NodeKind::Sink(SinkSpec::Mqtt(m)) => {
+            let (format, outbox) =
+                (m.format, env.connectors.outboxes[p].clone().expect("started with the run"));
+            let build: task::BuildBody = std::sync::Arc::new(move |log: &Log| {
+                let committed = log.read_commit(p).map_err(|e| e.to_string())?.unwrap_or_default();
+                Ok(Body::Sink(SinkWriter::mqtt(format, outbox.clone(), committed)))
+            });
+            (build, true)
         }
         NodeKind::Sink(sink_spec) => {
             let sink_spec: SinkSpec = sink_spec.clone();
@@ -854,7 +900,7 @@ fn show_progress(
 #[allow(clippy::too_many_arguments)]
 fn attempt(
     spec: &PipelineSpec,
-    (log, wals): (&Log, &[Option<Arc<Wal>>]),
+    (log, connectors): (&Log, &Connectors),
     writer: &Writer,
     observe: &Observe,
     faults: &[Arc<Injection>],
@@ -885,7 +931,7 @@ fn attempt(
         faults,
         writer,
         log: &log,
-        wals,
+        connectors,
         counters: counters.clone(),
         fatal: fatal.clone(),
         supervisor,

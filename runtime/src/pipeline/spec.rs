@@ -380,6 +380,48 @@ pub enum SinkSpec {
         /// Line format.
         format: OutputFormat,
     },
+    /// `type = "mqtt"`: committed output through an LMDB outbox to a broker, QoS 1.
+    Mqtt(MqttSinkSpec),
+}
+
+/// `type = "mqtt"` sink: each committed row one message (a JSON object) on `topic`, QoS 1,
+/// from the sink's outbox, with the de-duplication key as MQTT 5 user properties.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MqttSinkSpec {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// The topic every message goes to.
+    pub topic: String,
+    /// The client id; empty: derived from the node and the data directory. Also the
+    /// `pipeline` user property of every message.
+    pub client_id: String,
+    /// How a row is written (JSON).
+    pub format: OutputFormat,
+    /// The broker's keep-alive, in seconds.
+    pub keep_alive_s: u64,
+    /// Messages sent and not yet acknowledged, at most.
+    pub max_inflight: u16,
+    /// The outbox's size limit in bytes of messages.
+    pub max_outbox_bytes: u64,
+    /// What a commit does when the outbox is at its limit.
+    pub on_full: OnFull,
+    /// The largest message (packet) the broker takes, in bytes.
+    pub max_packet_size: u32,
+    /// With messages in flight and no acknowledgement for this long, reconnect.
+    pub progress_timeout_ms: u64,
+}
+
+/// `on_full`: what an MQTT sink does while its outbox is at `max_outbox_mb`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFull {
+    /// The sources stop reading until the outbox drains: the pipeline slows, nothing is lost.
+    Backpressure,
+    /// The oldest committed output is dropped (and counted) to make room.
+    DropOldest,
+    /// The new committed output is dropped (and counted).
+    RejectNew,
 }
 
 /// The permission bits of a file sink's output unless its `mode` says otherwise: `rw-r--r--`.

@@ -27,8 +27,9 @@ fn config(conf: &Path, work: &Path, url: &str, dedup: bool) {
     mqtt_window_config(&conf.join("bench.toml"), work, url, CLIENT, dedup, (1000, 100));
 }
 
-fn messages(n: u64) -> impl Iterator<Item = (String, Vec<u8>)> {
-    (0..n).map(|i| {
+/// Messages `from..from + n`: unique (sensor, ts) pairs, so `dedup_key` drops none.
+fn messages(from: u64, n: u64) -> impl Iterator<Item = (String, Vec<u8>)> {
+    (from..from + n).map(|i| {
         let (sensor, ts, value) = (i % 1000, i / 100, ((i * 7919 + 13) % 10007) as f64 / 100.0);
         (
             format!("weir/in/s{sensor:04}"),
@@ -49,14 +50,14 @@ fn run(n: u64, dedup: bool) -> (f64, f64) {
     std::fs::create_dir(&conf).unwrap();
     config(&conf, work.path(), &broker.url(), dedup);
     create_session(broker.port, &format!("{CLIENT}-0"), "weir/in/#");
-    publish_all(broker.port, None, messages(n));
+    publish_all(broker.port, None, messages(0, n));
     let started = Instant::now();
     let agent = Agent::start(&conf);
     read_all(&agent, n);
     let backlog = n as f64 / started.elapsed().as_secs_f64();
     // Live: the same again while it runs (its count goes on from n).
     let started = Instant::now();
-    publish_all(broker.port, None, messages(n));
+    publish_all(broker.port, None, messages(n, n));
     read_all(&agent, 2 * n);
     let live = n as f64 / started.elapsed().as_secs_f64();
     let (code, stderr) = agent.stop();
