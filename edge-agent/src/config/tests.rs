@@ -918,3 +918,51 @@ fn mqtt_source_mistakes_are_one_line_each() {
     let e = error(&mqtt("").replace("format = \"json\"", "format = \"raw\""));
     assert!(e.contains("a raw payload is one string field"), "{e}");
 }
+
+/// An MQTT source feeding an MQTT sink, with `extra` lines in the sink's table.
+fn mqtt_sink(extra: &str) -> String {
+    mqtt("").replace(
+        "[sinks.out]\ntype = \"stdout\"\ninputs = [\"m\"]\n",
+        &format!("[sinks.out]\ntype = \"mqtt\"\ninputs = [\"m\"]\nurl = \"mqtt://b:1885\"\ntopic = \"weir/out\"\n{extra}\n"),
+    )
+}
+
+#[test]
+fn an_mqtt_sink_is_read_with_its_defaults() {
+    use weir_runtime::pipeline::spec::OnFull;
+    let spec = spec(&mqtt_sink("on_full = \"drop_oldest\"\nmax_outbox_mb = 2\nqos = 1"));
+    let NodeKind::Sink(SinkSpec::Mqtt(m)) = &spec.nodes[1].kind else { panic!("{:?}", spec.nodes[1]) };
+    assert_eq!((m.host.as_str(), m.port, m.topic.as_str()), ("b", 1885, "weir/out"));
+    assert_eq!((m.on_full, m.max_outbox_bytes), (OnFull::DropOldest, 2 << 20));
+    assert_eq!((m.max_inflight, m.max_packet_size, m.progress_timeout_ms), (100, 1 << 20, 10_000));
+    let spec = spec(&mqtt_sink(""));
+    let NodeKind::Sink(SinkSpec::Mqtt(m)) = &spec.nodes[1].kind else { panic!() };
+    assert_eq!(m.on_full, OnFull::Backpressure);
+}
+
+#[test]
+fn mqtt_sink_mistakes_are_one_line_each() {
+    let cases = [
+        ("qos = 2", "expected 1, found 2: the mqtt sink publishes with QoS 1"),
+        ("qos = 0", "expected 1, found 0"),
+        ("format = \"csv\"", "expected \"json\", found \"csv\""),
+        ("on_full = \"block\"", "expected \"backpressure\", \"drop_oldest\" or \"reject_new\""),
+        ("max_packet_size = 300", "expected an integer from 1024"),
+        ("topics = [\"x\"]", "unknown key \"topics\""),
+        ("max_outbox_mb = 0", "expected an integer from 1"),
+    ];
+    for (extra, expected) in cases {
+        let e = error(&mqtt_sink(extra));
+        assert!(e.contains(expected), "{extra}: {e}");
+        assert!(e.starts_with("config: sinks.out"), "{extra}: {e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+    let e = error(&mqtt_sink("").replace("topic = \"weir/out\"", "topic = \"weir/#\""));
+    assert!(e.contains("a topic to publish to has no wildcards"), "{e}");
+    let long = format!("topic = \"{}\"", "t".repeat(700));
+    let e = error(&mqtt_sink("max_packet_size = 1024").replace("topic = \"weir/out\"", &long));
+    assert!(
+        e.contains("max_packet_size = 1024 leaves") && e.starts_with("config: sinks.out.max_packet_size"),
+        "{e}"
+    );
+}

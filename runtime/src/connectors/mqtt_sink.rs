@@ -715,3 +715,111 @@ mod publisher {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::pipeline::spec::{FileFormat, OutputFormat};
+
+    fn spec(max_outbox_bytes: u64, on_full: OnFull) -> MqttSinkSpec {
+        MqttSinkSpec {
+            host: "127.0.0.1".into(),
+            port: 1,
+            topic: "t".into(),
+            client_id: "c".into(),
+            format: OutputFormat { encoding: FileFormat::JsonLines, float_precision: None },
+            keep_alive_s: 10,
+            max_inflight: 10,
+            max_outbox_bytes,
+            on_full,
+            max_packet_size: 1024,
+            progress_timeout_ms: 1000,
+        }
+    }
+
+    /// An outbox of `limit` bytes in a fresh log; `commit` applies a commit's writes as the
+    /// writer thread would (a chunk of 11 bytes: 2 messages).
+    fn outbox(limit: u64, on_full: OnFull) -> (tempfile::TempDir, Log, std::sync::Arc<Hold>, Arc<Outbox>) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), 1 << 24).unwrap();
+        let writer = Writer::start(log.clone());
+        let hold = std::sync::Arc::new(Hold::default());
+        let outbox = Outbox::open(&log, &writer, 0, "out", &spec(limit, on_full), hold.clone()).unwrap();
+        (dir, log, hold, outbox)
+    }
+
+    fn commit(log: &Log, outbox: &Outbox, c: u64) {
+        let ops = outbox.commit_ops(vec![(CheckpointId(c), b"{\"a\":1}\n{}\n".to_vec())], 3).unwrap();
+        log.write_now(&ops).unwrap();
+    }
+
+    fn held_chunks(log: &Log) -> Vec<u64> {
+        log.outbox_index(0).unwrap().iter().map(|c| c.checkpoint).collect()
+    }
+
+    #[test]
+    fn a_chunk_is_split_into_its_messages() {
+        let chunk = OutboxChunk { epoch: 1, committed_ms: 0, messages: b"{\"a\":1}\n{}\n".to_vec() };
+        let ranges = chunk.ranges();
+        assert_eq!(ranges, [0..7, 8..10]);
+    }
+
+    #[test]
+    fn reject_new_drops_what_does_not_fit_and_counts_it() {
+        let (_dir, log, hold, outbox) = outbox(25, OnFull::RejectNew);
+        for c in 1..=3 {
+            commit(&log, &outbox, c);
+        }
+        assert_eq!(held_chunks(&log), [1, 2]);
+        assert_eq!((outbox.bytes(), outbox.status.dropped.load(Ordering::Relaxed)), (22, 2));
+        assert!(!hold.held());
+    }
+
+    #[test]
+    fn drop_oldest_makes_room_and_moves_delivery_past_it() {
+        let (_dir, log, _hold, outbox) = outbox(25, OnFull::DropOldest);
+        for c in 1..=4 {
+            commit(&log, &outbox, c);
+        }
+        assert_eq!(held_chunks(&log), [3, 4]);
+        assert_eq!(log.outbox_delivered(0).unwrap(), Delivered { checkpoint: 3, index: 0 });
+        assert_eq!(outbox.status.dropped.load(Ordering::Relaxed), 4);
+        // Delivery never goes back.
+        log.write_now(&[WriteOp::OutboxDeliver {
+            participant: 0,
+            to: Delivered { checkpoint: 2, index: 1 },
+        }])
+        .unwrap();
+        assert_eq!(log.outbox_delivered(0).unwrap(), Delivered { checkpoint: 3, index: 0 });
+    }
+
+    #[test]
+    fn backpressure_holds_the_sources_until_delivery_drains_it() {
+        let (_dir, log, hold, outbox) = outbox(25, OnFull::Backpressure);
+        let woken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let w = woken.clone();
+        hold.set_waker(
+            7,
+            std::sync::Arc::new(move || drop(w.fetch_add(1, std::sync::atomic::Ordering::SeqCst))),
+        );
+        for c in 1..=3 {
+            commit(&log, &outbox, c);
+        }
+        assert_eq!(held_chunks(&log), [1, 2, 3], "nothing dropped");
+        assert!(hold.held());
+        let (tx, rx) = std::sync::mpsc::channel();
+        outbox.deliver(Delivered { checkpoint: 2, index: 0 }, Box::new(move |ok| tx.send(ok).unwrap()));
+        assert!(rx.recv().unwrap());
+        assert_eq!((held_chunks(&log), outbox.bytes()), (vec![2, 3], 22));
+        assert!(!hold.held());
+        assert_eq!(woken.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_row_larger_than_the_packet_allows_is_an_error() {
+        let (_dir, _log, _hold, outbox) = outbox(1 << 20, OnFull::Backpressure);
+        let row = [vec![b'x'; 2000], b"\n".to_vec()].concat();
+        let e = outbox.commit_ops(vec![(CheckpointId(1), row)], 0).unwrap_err();
+        assert!(e.contains("a row of 2000 bytes is too large for max_packet_size"), "{e}");
+    }
+}
