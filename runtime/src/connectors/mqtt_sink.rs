@@ -800,7 +800,9 @@ mod tests {
         let w = woken.clone();
         hold.set_waker(
             7,
-            std::sync::Arc::new(move || drop(w.fetch_add(1, std::sync::atomic::Ordering::SeqCst))),
+            std::sync::Arc::new(move || {
+                w.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }),
         );
         for c in 1..=3 {
             commit(&log, &outbox, c);
