@@ -935,8 +935,8 @@ fn an_mqtt_sink_is_read_with_its_defaults() {
     assert_eq!((m.host.as_str(), m.port, m.topic.as_str()), ("b", 1885, "weir/out"));
     assert_eq!((m.on_full, m.max_outbox_bytes), (OnFull::DropOldest, 2 << 20));
     assert_eq!((m.max_inflight, m.max_packet_size, m.progress_timeout_ms), (100, 1 << 20, 10_000));
-    let spec = spec(&mqtt_sink(""));
-    let NodeKind::Sink(SinkSpec::Mqtt(m)) = &spec.nodes[1].kind else { panic!() };
+    let default = spec(&mqtt_sink(""));
+    let NodeKind::Sink(SinkSpec::Mqtt(m)) = &default.nodes[1].kind else { panic!() };
     assert_eq!(m.on_full, OnFull::Backpressure);
 }
 
