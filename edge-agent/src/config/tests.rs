@@ -930,8 +930,8 @@ fn mqtt_sink(extra: &str) -> String {
 #[test]
 fn an_mqtt_sink_is_read_with_its_defaults() {
     use weir_runtime::pipeline::spec::OnFull;
-    let spec = spec(&mqtt_sink("on_full = \"drop_oldest\"\nmax_outbox_mb = 2\nqos = 1"));
-    let NodeKind::Sink(SinkSpec::Mqtt(m)) = &spec.nodes[1].kind else { panic!("{:?}", spec.nodes[1]) };
+    let set = spec(&mqtt_sink("on_full = \"drop_oldest\"\nmax_outbox_mb = 2\nqos = 1"));
+    let NodeKind::Sink(SinkSpec::Mqtt(m)) = &set.nodes[1].kind else { panic!("{:?}", set.nodes[1]) };
     assert_eq!((m.host.as_str(), m.port, m.topic.as_str()), ("b", 1885, "weir/out"));
     assert_eq!((m.on_full, m.max_outbox_bytes), (OnFull::DropOldest, 2 << 20));
     assert_eq!((m.max_inflight, m.max_packet_size, m.progress_timeout_ms), (100, 1 << 20, 10_000));
