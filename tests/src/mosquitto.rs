@@ -174,6 +174,16 @@ pub fn create_session(port: u16, client_id: &str, topic: &str) {
 /// Publish `messages` (topic, payload) with QoS 1, at most `rate` a second if given, and
 /// return once the broker acknowledged every one.
 pub fn publish_all(port: u16, rate: Option<u64>, messages: impl IntoIterator<Item = (String, Vec<u8>)>) {
+    publish_timed(port, rate, messages);
+}
+
+/// [`publish_all`], returning when each message was handed to the client (in order).
+pub fn publish_timed(
+    port: u16,
+    rate: Option<u64>,
+    messages: impl IntoIterator<Item = (String, Vec<u8>)>,
+) -> Vec<Instant> {
+    let mut times = Vec::new();
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
     let mut options = MqttOptions::new(format!("weir-test-pub-{}", std::process::id()), "127.0.0.1", port);
@@ -196,6 +206,7 @@ pub fn publish_all(port: u16, rate: Option<u64>, messages: impl IntoIterator<Ite
     let mut sent = 0u64;
     let began = Instant::now();
     for (topic, payload) in messages {
+        times.push(Instant::now());
         client.publish(topic, QoS::AtLeastOnce, false, payload).expect("publish request");
         sent += 1;
         // Pace the workload: the next message is due at sent / rate seconds.
@@ -217,6 +228,7 @@ pub fn publish_all(port: u16, rate: Option<u64>, messages: impl IntoIterator<Ite
     }
     client.disconnect().expect("disconnect request");
     poller.join().expect("the publisher's poller");
+    times
 }
 
 /// The sensor-window job with an MQTT source (`readings`, topic filter `weir/in/#`, JSON
@@ -263,6 +275,8 @@ pub struct Received {
     pub seq: u64,
     /// Its payload.
     pub payload: String,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 impl Received {
@@ -319,6 +333,7 @@ impl Consumer {
                             checkpoint: number("checkpoint"),
                             seq: number("seq"),
                             payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                            at: Instant::now(),
                         };
                         into.lock().unwrap().push(received);
                     }

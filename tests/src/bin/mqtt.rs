@@ -9,8 +9,17 @@
 //!   publishes with QoS 1: messages per second from the first publish until the source has
 //!   read them all (bounded by the publisher and the broker as much as by weir);
 //!
-//! each with and without `dedup_key`; and the resident memory of an agent running one idle
-//! MQTT pipeline (connected, nothing arriving).
+//! each with and without `dedup_key`; the resident memory of an agent running one idle
+//! MQTT pipeline (connected, nothing arriving); and end to end, `examples/mqtt-window.toml`
+//! (MQTT in -> window -> MQTT out through the sink's outbox, exactly-once path on, both
+//! QoS 1) with a consumer on `weir/out`:
+//!
+//! - messages per second from the first publish until the consumer has every window;
+//! - latency per window from the publish of the reading that closes it (the first whose
+//!   event time passes its end plus the allowed lateness) to the consumer's receipt of its
+//!   row: p50 and p99, at the example's checkpoint interval (1000 ms) and at 100 ms (output
+//!   leaves at the checkpoint that commits it), with the publisher flat out (a backlog
+//!   forms) and paced at 10 000 msg/s (below capacity: the latency of a steady load).
 //!
 //! `cargo run --release -p weir-tests --bin weir-mqtt-bench [-- MESSAGES]` (default 200000).
 
@@ -18,7 +27,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use weir_tests::agent::{Agent, source_out};
-use weir_tests::mosquitto::{Mosquitto, create_session, mqtt_window_config, publish_all};
+use weir_tests::mosquitto::{
+    Consumer, Mosquitto, create_session, mqtt_window_config, publish_all, publish_timed,
+};
 
 const CLIENT: &str = "weir-bench-source";
 
@@ -91,6 +102,55 @@ fn idle_rss_mib() -> f64 {
     rss
 }
 
+/// End to end: (msg/s, p50 ms, p99 ms) of `n` readings published as fast as one client
+/// does or at `rate` a second, through the example with checkpoints every `interval_ms`. Reading i: sensor i % 1000, event time i / 10 ms (10 000 readings a
+/// second of event time: 10 per sensor and window).
+fn end_to_end(n: u64, interval_ms: u64, rate: Option<u64>) -> (f64, f64, f64) {
+    let broker = Mosquitto::start();
+    let work = tempfile::tempdir().unwrap();
+    let conf = work.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mqtt-window.toml");
+    let text = std::fs::read_to_string(example).expect("examples/mqtt-window.toml");
+    let text = text.replace("interval_ms = 1000", &format!("interval_ms = {interval_ms}"));
+    std::fs::write(conf.join("e2e.toml"), text).unwrap();
+    let (url, data) = (broker.url(), work.path().join("data").display().to_string());
+    let consumer = Consumer::start(broker.port, "weir/out");
+    let agent = Agent::start_with_env(&conf, &[("WEIR_MQTT_URL", &url), ("WEIR_DATA_DIR", &data)]);
+    agent.wait_for_pipeline("e2e", "subscribed", |p| p["mqtt"][0]["subscribed"] == true);
+    let reading = |i: u64| {
+        let (sensor, ts, value) = (i % 1000, i / 10, ((i * 7919 + 13) % 10007) as f64 / 100.0);
+        (
+            format!("weir/in/s{sensor:04}"),
+            format!(r#"{{"sensor": "s{sensor:04}", "ts": {ts}, "value": {value}}}"#).into_bytes(),
+        )
+    };
+    // A last reading far ahead closes every window.
+    let flush =
+        ("weir/in/flush".to_owned(), br#"{"sensor": "flush", "ts": 1000000000, "value": 0}"#.to_vec());
+    let times = publish_timed(broker.port, rate, (0..n).map(reading).chain(std::iter::once(flush)));
+    let windows = (n / 10).div_ceil(1000) * 1000;
+    agent.wait_for("every window at the consumer", |_| consumer.deduplicated().0.len() as u64 >= windows);
+    let (rows, _) = consumer.deduplicated();
+    let last = rows.iter().map(|r| r.at).max().unwrap();
+    let rate = n as f64 / last.duration_since(times[0]).as_secs_f64();
+    let mut latencies: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| {
+            let row: serde_json::Value = serde_json::from_str(&r.payload).ok()?;
+            let start = row["window_start"].as_u64()?;
+            // The first reading with ts >= start + 1000 + 100 closes it (else the flush).
+            let closing = ((start + 1100) * 10).min(n) as usize;
+            Some(r.at.duration_since(times[closing]).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    let (code, stderr) = agent.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    (rate, at(0.5), at(0.99))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -112,5 +172,18 @@ fn main() {
     }
     let rss: Vec<f64> = (0..reps).map(|_| idle_rss_mib()).collect();
     println!("idle agent, one MQTT pipeline: RSS {:.1} MiB", median(rss));
+    println!("MQTT -> window -> MQTT (examples/mqtt-window.toml), {n} readings, a consumer on weir/out");
+    println!("{:<36} {:>10} {:>10} {:>10}", "checkpoint interval, publishing", "msg/s", "p50 ms", "p99 ms");
+    for (interval, rate) in [(1000, None), (100, None), (1000, Some(10_000)), (100, Some(10_000))] {
+        let runs: Vec<(f64, f64, f64)> = (0..reps).map(|_| end_to_end(n, interval, rate)).collect();
+        let how = rate.map_or("as fast as it can".to_owned(), |r| format!("{r} msg/s"));
+        println!(
+            "{:<36} {:>10.0} {:>10.0} {:>10.0}",
+            format!("{interval} ms, {how}"),
+            median(runs.iter().map(|r| r.0).collect()),
+            median(runs.iter().map(|r| r.1).collect()),
+            median(runs.iter().map(|r| r.2).collect())
+        );
+    }
     let _ = Duration::ZERO;
 }
