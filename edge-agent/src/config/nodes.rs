@@ -316,10 +316,13 @@ fn mqtt_source(table: &Table<'_>) -> Result<MqttSourceSpec, ConfigError> {
     if topics.is_empty() {
         return Err(topics_item.error("expected at least one topic filter"));
     }
-    let format =
-        table.require("format")?.choice(&[("json", PayloadFormat::Json), ("raw", PayloadFormat::Raw)])?;
+    let format = table.require("format")?.choice(&[
+        ("json", PayloadFormat::Json),
+        ("csv", PayloadFormat::Csv),
+        ("raw", PayloadFormat::Raw),
+    ])?;
     let mut fields = match format {
-        PayloadFormat::Json => schema_fields(table)?,
+        PayloadFormat::Json | PayloadFormat::Csv => schema_fields(table)?,
         PayloadFormat::Raw => {
             if let Some(item) = table.get("schema") {
                 return Err(item.error("a raw payload is one string field, \"payload\": no schema"));

@@ -917,6 +917,11 @@ fn mqtt_source_mistakes_are_one_line_each() {
     assert!(e.contains("the port must be from 1 to 65535"), "{e}");
     let e = error(&mqtt("").replace("format = \"json\"", "format = \"raw\""));
     assert!(e.contains("a raw payload is one string field"), "{e}");
+    let csv = spec(&mqtt("").replace("format = \"json\"", "format = \"csv\""));
+    let NodeKind::Source(SourceSpec::Mqtt(m)) = &csv.nodes[0].kind else { panic!() };
+    assert_eq!((m.format, m.payload_fields), (weir_runtime::pipeline::spec::PayloadFormat::Csv, 2));
+    let e = error(&mqtt("dedup_key = \"ts\"").replace("format = \"json\"", "format = \"csv\""));
+    assert!(e.contains("it needs format = \"json\""), "{e}");
 }
 
 /// An MQTT source feeding an MQTT sink, with `extra` lines in the sink's table.

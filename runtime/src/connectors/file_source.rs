@@ -257,6 +257,33 @@ impl Decoder {
     }
 }
 
+impl Decoder {
+    /// One CSV record from a message's `payload` (a line break at its end is optional) into
+    /// `columns`, its fields as `schema` says. An error names what is wrong with it.
+    pub(crate) fn csv_message(
+        &mut self,
+        schema: &Schema,
+        columns: &mut [Column],
+        payload: &[u8],
+    ) -> Result<(), String> {
+        self.csv.reset();
+        // As in `csv`: csv-core would strip a byte order mark from its first input.
+        let _ = self.csv.read_record(b" ", &mut [], &mut []);
+        self.ends.resize(schema.len() + 1, 0);
+        match self.csv_step(payload, true) {
+            CsvStep::Record { len, fields } => {
+                if !payload[len..].iter().all(u8::is_ascii_whitespace) {
+                    return Err("more than one CSV record".into());
+                }
+                csv_record(schema, columns, &self.fields, &self.ends[..fields])
+            }
+            CsvStep::Blank { .. } => Err("an empty payload".into()),
+            CsvStep::TooMany { .. } => Err(format!("more than {} fields", schema.len())),
+            CsvStep::Unterminated | CsvStep::Incomplete => Err("a quoted field is not closed".into()),
+        }
+    }
+}
+
 /// How far a chunk has been decoded.
 struct Framing {
     share: Share,

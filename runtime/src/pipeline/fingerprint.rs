@@ -94,6 +94,7 @@ fn node_settings(node: &NodeSpec, data_dir: &Path, out: &mut Vec<(String, String
                     "format",
                     quoted(match m.format {
                         crate::pipeline::spec::PayloadFormat::Json => "json",
+                        crate::pipeline::spec::PayloadFormat::Csv => "csv",
                         crate::pipeline::spec::PayloadFormat::Raw => "raw",
                     }),
                 ),

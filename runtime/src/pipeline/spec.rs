@@ -226,6 +226,8 @@ pub struct MqttSourceSpec {
 pub enum PayloadFormat {
     /// One JSON object.
     Json,
+    /// One CSV record, its fields in schema order.
+    Csv,
     /// The payload as a UTF-8 string field `payload`.
     Raw,
 }
