@@ -82,6 +82,10 @@ enum Command {
         /// (the logs survive; each pipeline resumes from its last completed checkpoint).
         #[arg(long, value_name = "SECONDS", default_value_t = 30)]
         stop_timeout: u64,
+        /// Inject a fault into every run of one pipeline (repeatable), for tests and chaos
+        /// drills: `PIPELINE=FAULT`, FAULT as `weir run --inject` takes it.
+        #[arg(long, value_name = "PIPELINE=FAULT", value_parser = pipeline_fault)]
+        inject: Vec<(String, String)>,
     },
     /// Print a running agent's status.
     Status {
@@ -136,9 +140,9 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(2, e),
         },
-        Command::Agent { config_dir, http, stop_timeout } => {
-            let options =
-                agent::Options { config_dir, http, stop_timeout: Duration::from_secs(stop_timeout) };
+        Command::Agent { config_dir, http, stop_timeout, inject } => {
+            let stop_timeout = Duration::from_secs(stop_timeout);
+            let options = agent::Options { config_dir, http, stop_timeout, inject };
             match agent::run_agent(&options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(1, causes(&e)),
@@ -164,7 +168,7 @@ fn main() -> ExitCode {
                 Ok(spec) => spec,
                 Err(e) => return fail(2, e),
             };
-            let faults = match faults(&spec, &inject) {
+            let faults = match Injection::parse_all(&spec, &inject) {
                 Ok(faults) => faults,
                 Err(e) => return fail(2, e),
             };
@@ -276,29 +280,6 @@ fn cli_error(error: &clap::Error) -> String {
     message
 }
 
-/// `--inject` values, checked against the pipeline.
-fn faults(spec: &PipelineSpec, inject: &[String]) -> Result<Vec<Arc<Injection>>, String> {
-    inject
-        .iter()
-        .map(|text| {
-            let fault = Injection::parse(text).map_err(|e| format!("--inject: {e}"))?;
-            let node = spec
-                .nodes
-                .iter()
-                .find(|n| n.name == fault.node)
-                .ok_or_else(|| format!("--inject {text}: no node \"{}\" in the pipeline", fault.node))?;
-            if fault.subtask >= node.parallelism {
-                return Err(format!(
-                    "--inject {text}: node \"{}\" has {} subtask(s), numbered from 0",
-                    fault.node, node.parallelism
-                ));
-            }
-            fault.check_node(&node.kind).map_err(|e| format!("--inject {text}: {e}"))?;
-            Ok(Arc::new(fault))
-        })
-        .collect()
-}
-
 fn write_report(path: &Path, report: &RunReport) -> anyhow::Result<()> {
     let mut json = serde_json::to_vec_pretty(report).context("encoding the report")?;
     json.push(b'\n');
@@ -387,4 +368,14 @@ fn stop_on_signals() -> anyhow::Result<Arc<StopRequest>> {
         }
     });
     Ok(stop)
+}
+
+/// `weir agent --inject PIPELINE=FAULT`.
+fn pipeline_fault(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((pipeline, fault)) if !pipeline.is_empty() && !fault.is_empty() => {
+            Ok((pipeline.to_owned(), fault.to_owned()))
+        }
+        _ => Err(format!("expected PIPELINE=FAULT (e.g. bad=panic:windows:1000), found {text:?}")),
+    }
 }

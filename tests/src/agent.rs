@@ -36,6 +36,11 @@ impl Agent {
 
     /// [`Agent::start`] with environment variables `env` set (a config's `${VAR}`s).
     pub fn start_with_env(conf: &Path, env: &[(&str, &str)]) -> Agent {
+        Agent::start_with(conf, env, &[])
+    }
+
+    /// [`Agent::start`] with environment variables `env` and more arguments `args`.
+    pub fn start_with(conf: &Path, env: &[(&str, &str)], args: &[&str]) -> Agent {
         let addr = free_addr();
         let stderr = tempfile::NamedTempFile::new().expect("a file for stderr");
         let child = Command::new(weir_bin())
@@ -44,6 +49,7 @@ impl Agent {
             .arg(conf)
             .arg("--http")
             .arg(addr.to_string())
+            .args(args)
             .stdout(Stdio::null())
             .stderr(stderr.reopen().expect("stderr file"))
             .spawn()

@@ -159,6 +159,46 @@ fn a_failing_pipeline_is_started_again_and_the_others_run_on() {
     assert!(stderr.contains("bad: "), "each failure is on stderr: {stderr}");
 }
 
+/// (E) One pipeline panics again and again (faults injected into every run) until its
+/// supervisor gives up, and the agent starts it again after a backoff, over and over; the
+/// other pipeline of the agent is never restarted, completes its checkpoints meanwhile, and
+/// its output is exact. Its rate is printed, not asserted (speed belongs in benchmarks).
+#[test]
+fn a_pipeline_panicking_until_escalation_does_not_disturb_the_other() {
+    const STEADY: u64 = 600_000;
+    let work = tempfile::tempdir().unwrap();
+    let conf = work.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    pipeline(&conf, work.path(), "steady", STEADY, Some(50_000));
+    let crashing = pipeline(&conf, work.path(), "crashing", 1_000_000_000, Some(20_000));
+    let text = std::fs::read_to_string(&crashing).unwrap();
+    std::fs::write(&crashing, format!("{text}\n[supervision]\nmax_restarts = 1\n")).unwrap();
+    let faults =
+        ["crashing=panic:windows:1000", "crashing=panic:windows:3000", "crashing=panic:windows:6000"];
+    let args: Vec<&str> = faults.iter().flat_map(|f| ["--inject", f]).collect();
+    let started = std::time::Instant::now();
+    let agent = Agent::start_with(&conf, &[], &args);
+    let bad = agent
+        .wait_for_pipeline("crashing", "two escalations", |p| p["retries"]["failures"].as_u64() >= Some(2));
+    let error = bad["error"].as_str().unwrap_or_default();
+    assert!(error.contains("supervision:") && error.contains("giving up"), "{bad}");
+    assert!(error.contains("injected fault panic:windows"), "{bad}");
+    let steady = agent.pipeline("steady").unwrap();
+    assert_eq!(steady["phase"], "running", "the two overlapped: {steady}");
+    let steady = agent.wait_for_pipeline("steady", "finished", |p| p["phase"] == "finished");
+    let rate = STEADY as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(steady["restarts"].as_array().unwrap().len(), 0, "{steady}");
+    assert_eq!(steady["retries"]["failures"], 0, "{steady}");
+    assert_eq!(sorted_lines(&work.path().join("steady/windows.csv")), reference_lines(STEADY));
+    let crashing = agent.pipeline("crashing").unwrap();
+    eprintln!(
+        "steady: {rate:.0} readings/s (its rate limit is 50000) while crashing failed {} times",
+        crashing["retries"]["failures"]
+    );
+    let (code, stderr) = agent.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
 #[test]
 fn a_second_pipeline_on_the_same_data_dir_is_refused() {
     let work = tempfile::tempdir().unwrap();

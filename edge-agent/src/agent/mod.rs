@@ -39,6 +39,9 @@ pub struct Options {
     pub http: SocketAddr,
     /// How long a stop waits for the pipelines' final checkpoints.
     pub stop_timeout: Duration,
+    /// Faults to inject, for chaos drills: (pipeline, `--inject` value of `weir run`). They
+    /// are injected afresh into every run of that pipeline.
+    pub inject: Vec<(String, String)>,
 }
 
 /// The longest wait before a failed pipeline is started again.
@@ -86,6 +89,8 @@ pub struct Agent {
     pub started: Option<Instant>,
     /// Its config folder.
     pub config_dir: PathBuf,
+    /// `--inject`: faults by pipeline.
+    pub inject: Vec<(String, String)>,
 }
 
 /// A pipeline's status, as `/status` serves it.
@@ -168,12 +173,24 @@ pub fn run_agent(options: &Options) -> anyhow::Result<()> {
     if !dir.is_dir() {
         anyhow::bail!("--config-dir {}: not a folder", dir.display());
     }
-    let agent =
-        Arc::new(Agent { started: Some(Instant::now()), config_dir: dir.clone(), ..Agent::default() });
+    let agent = Arc::new(Agent {
+        started: Some(Instant::now()),
+        config_dir: dir.clone(),
+        inject: options.inject.clone(),
+        ..Agent::default()
+    });
     let signals = signals()?;
     let _server = http::serve(options.http, agent.clone())?;
     tracing::info!("listening on http://{}", options.http);
     reconcile(&agent, dir);
+    for (pipeline, fault) in &options.inject {
+        if !lock(&agent.pipelines).contains_key(pipeline) {
+            eprintln!(
+                "weir: warning: --inject {pipeline}={fault}: no pipeline {pipeline} in {}",
+                dir.display()
+            );
+        }
+    }
     systemd::start(agent.clone());
     loop {
         match signals.recv() {
@@ -318,7 +335,9 @@ fn reconcile(agent: &Agent, dir: &Path) {
         if pipelines.contains_key(&name) {
             continue;
         }
-        let m = Managed::start(name.clone(), path, contents, &pipelines);
+        let inject: Vec<String> =
+            agent.inject.iter().filter(|(p, _)| *p == name).map(|(_, fault)| fault.clone()).collect();
+        let m = Managed::start(name.clone(), path, contents, &pipelines, inject);
         pipelines.insert(name, m);
     }
 }
@@ -330,6 +349,7 @@ impl Managed {
         config_path: PathBuf,
         contents: Vec<u8>,
         others: &BTreeMap<String, Managed>,
+        inject: Vec<String>,
     ) -> Managed {
         let live = Arc::new(Live::default());
         let retries = Arc::new(Mutex::new(Retries::default()));
@@ -347,6 +367,12 @@ impl Managed {
                 None => Ok((spec, data_dir)),
             }
         });
+        // The faults are checked once here, and parsed afresh for every run (each fires once
+        // per run).
+        let loaded = loaded.and_then(|(spec, data_dir)| {
+            weir_runtime::pipeline::faults::Injection::parse_all(&spec, &inject)?;
+            Ok((spec, data_dir))
+        });
         let stall_after = loaded.as_ref().ok().and_then(|(spec, _)| {
             let interval = spec.checkpoint.interval_ms?;
             Some(Duration::from_millis(2 * interval + spec.checkpoint.timeout_ms))
@@ -362,7 +388,7 @@ impl Managed {
                 let shared = (name.clone(), live.clone(), retries.clone(), stop.clone(), quit.clone());
                 let thread = std::thread::Builder::new().name(format!("pipeline {name}")).spawn(move || {
                     let (name, live, retries, stop, quit) = shared;
-                    keep_running(&name, &spec, &live, &retries, &stop, &quit);
+                    keep_running(&name, (&spec, &inject), &live, &retries, &stop, &quit);
                 });
                 match thread {
                     Ok(thread) => (Some(thread), Some(data_dir)),
@@ -401,7 +427,7 @@ impl Managed {
 /// finishes or is told to quit.
 fn keep_running(
     name: &str,
-    spec: &weir_runtime::pipeline::spec::PipelineSpec,
+    (spec, inject): (&weir_runtime::pipeline::spec::PipelineSpec, &[String]),
     live: &Arc<Live>,
     retries: &Mutex<Retries>,
     stop: &Mutex<Arc<StopRequest>>,
@@ -418,8 +444,9 @@ fn keep_running(
         }
         let observe = Observe { progress: None, live: Some(live.clone()) };
         let started = Instant::now();
+        let faults = weir_runtime::pipeline::faults::Injection::parse_all(spec, inject).unwrap_or_default();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run(spec, &observe, &[], &request, false)
+            run(spec, &observe, &faults, &request, false)
         }))
         .unwrap_or_else(|payload| {
             let message = weir_runtime::actors::panic_message(&*payload);

@@ -154,6 +154,34 @@ impl fmt::Display for Injection {
     }
 }
 
+impl Injection {
+    /// `--inject` values, each parsed and checked against `spec` (the node exists, has the
+    /// subtask, and can have that fault); every error names the value.
+    pub fn parse_all(
+        spec: &crate::pipeline::spec::PipelineSpec,
+        inject: &[String],
+    ) -> Result<Vec<std::sync::Arc<Injection>>, String> {
+        inject
+            .iter()
+            .map(|text| {
+                let fault = Injection::parse(text).map_err(|e| format!("--inject: {e}"))?;
+                let node =
+                    spec.nodes.iter().find(|n| n.name == fault.node).ok_or_else(|| {
+                        format!("--inject {text}: no node \"{}\" in the pipeline", fault.node)
+                    })?;
+                if fault.subtask >= node.parallelism {
+                    return Err(format!(
+                        "--inject {text}: node \"{}\" has {} subtask(s), numbered from 0",
+                        fault.node, node.parallelism
+                    ));
+                }
+                fault.check_node(&node.kind).map_err(|e| format!("--inject {text}: {e}"))?;
+                Ok(std::sync::Arc::new(fault))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
