@@ -199,6 +199,61 @@ fn a_pipeline_panicking_until_escalation_does_not_disturb_the_other() {
     assert_eq!(code, Some(0), "{stderr}");
 }
 
+/// A window's late records, the buffer queues and the LMDB map are in `/status` and
+/// `/metrics`: a file of four readings, one of them late.
+#[test]
+fn late_records_and_the_logs_map_use_are_reported() {
+    let work = tempfile::tempdir().unwrap();
+    let conf = work.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let own = work.path().join("late");
+    std::fs::create_dir_all(&own).unwrap();
+    std::fs::write(own.join("in.csv"), "s1,0,1.0\ns1,5000,2.0\ns1,10,3.0\ns1,20000,4.0\n").unwrap();
+    let text = format!(
+        r#"data_dir = "{data}"
+map_size_mb = 64
+[sources.src]
+type = "file"
+path = "{input}"
+format = "csv"
+schema = {{ sensor = "string", ts = "int", value = "float" }}
+[transforms.windows]
+type = "window"
+inputs = ["src"]
+key = "sensor"
+time_field = "ts"
+kind = "tumbling"
+size_ms = 1000
+aggregates = ["count"]
+[sinks.out]
+type = "file"
+inputs = ["windows"]
+path = "{out}"
+format = "csv"
+"#,
+        data = own.join("data").display(),
+        input = own.join("in.csv").display(),
+        out = own.join("out.csv").display()
+    );
+    std::fs::write(conf.join("late.toml"), text).unwrap();
+    let agent = Agent::start(&conf);
+    let p = agent.wait_for_pipeline("late", "finished", |p| p["phase"] == "finished");
+    assert_eq!(sorted_lines(&own.join("out.csv")), ["s1,0,1", "s1,20000,1", "s1,5000,1"]);
+    let windows = p["subtasks"].as_array().unwrap().iter().find(|s| s["node"] == "windows").unwrap();
+    assert_eq!(windows["late_records"], 1, "{p}");
+    assert_eq!(p["lmdb_map_bytes"], 64 << 20, "{p}");
+    let used = p["lmdb_used_bytes"].as_u64().unwrap();
+    assert!(used > 0 && used < 64 << 20, "{p}");
+    let metrics = status::get(agent.addr, "/metrics").unwrap();
+    let late = r#"weir_late_records_total{pipeline="late",node="windows",subtask="0"}"#;
+    assert_eq!(sample(&metrics, late), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, r#"weir_lmdb_used_bytes{pipeline="late"}"#), Some(used as f64));
+    let buffered = r#"weir_buffer_queue_bytes{pipeline="late",node="windows",subtask="0"}"#;
+    assert!(sample(&metrics, buffered).is_some(), "{metrics}");
+    let (code, stderr) = agent.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
 #[test]
 fn a_second_pipeline_on_the_same_data_dir_is_refused() {
     let work = tempfile::tempdir().unwrap();

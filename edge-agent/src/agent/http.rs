@@ -165,6 +165,51 @@ impl Collector for Metrics {
         )?;
         family(
             e,
+            ("weir_late_records", "Records a window dropped as late (restored with its snapshots)", None),
+            MetricType::Counter,
+            pipelines.iter().flat_map(|p| {
+                (p.live.subtasks.iter().filter(|s| s.kind == "transform"))
+                    .map(move |s| (subtask(p, s), counter(s.late_records)))
+            }),
+        )?;
+        type SubtaskFigure = fn(&weir_runtime::pipeline::live::SubtaskView) -> u64;
+        let subtask_gauges: [(&str, &str, SubtaskFigure); 2] = [
+            ("weir_buffer_queue_bytes", "Bytes a subtask's buffer queues hold for local recovery", |s| {
+                s.buffer_bytes
+            }),
+            ("weir_snapshot_bytes", "Bytes of a subtask's largest snapshot state in this run", |s| {
+                s.snapshot_bytes
+            }),
+        ];
+        for (name, help, figure) in subtask_gauges {
+            family(
+                e,
+                (name, help, None),
+                MetricType::Gauge,
+                pipelines.iter().flat_map(|p| {
+                    (p.live.subtasks.iter().filter(|s| s.kind != "source"))
+                        .map(move |s| (subtask(p, s), ConstGauge::new(figure(s) as i64)))
+                }),
+            )?;
+        }
+        family(
+            e,
+            (
+                "weir_lmdb_used_bytes",
+                "Bytes of a pipeline's LMDB map in use (its pages' high-water mark)",
+                None,
+            ),
+            MetricType::Gauge,
+            pipelines.iter().map(|p| (pipeline(&p.name), ConstGauge::new(p.live.lmdb_used_bytes as i64))),
+        )?;
+        family(
+            e,
+            ("weir_lmdb_map_size_bytes", "The size of a pipeline's LMDB map (map_size_mb)", None),
+            MetricType::Gauge,
+            pipelines.iter().map(|p| (pipeline(&p.name), ConstGauge::new(p.live.lmdb_map_bytes as i64))),
+        )?;
+        family(
+            e,
             ("weir_checkpoints_completed", "Checkpoints completed", None),
             MetricType::Counter,
             pipelines.iter().map(|p| (pipeline(&p.name), counter(p.live.checkpoints_completed))),

@@ -176,6 +176,11 @@ impl<P: Payload> Outputs<P> {
         self.budget
     }
 
+    /// Bytes the buffer queues hold now (approximately).
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
     /// Number of channels.
     pub fn channels(&self) -> usize {
         self.channels.len()

@@ -26,6 +26,10 @@ pub struct Counters {
     at_snapshot: AtomicU64,
     /// Nanoseconds its operator spent processing batches.
     pub busy_nanos: AtomicU64,
+    /// Records its operator dropped as late (a window's; restored with its snapshot).
+    pub late_records: AtomicU64,
+    /// Bytes its buffer queues hold for local recovery.
+    pub buffered_bytes: AtomicU64,
 }
 
 impl Counters {

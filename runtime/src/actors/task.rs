@@ -552,6 +552,8 @@ impl TaskActor {
                 super::warn_overflow(&self.cx.name, self.driver.outputs().budget());
             }
         }
+        let buffered = self.driver.outputs().buffered() as u64;
+        self.cx.counters.buffered_bytes.store(buffered, crate::sync::atomic::Ordering::Relaxed);
     }
 
     /// Apply one batch (or, with `None`, the end of `input`) to the operator or the sink.
@@ -563,6 +565,10 @@ impl TaskActor {
                 let started = Instant::now();
                 op.process(input, &batch, &mut self.scratch).map_err(|e| e.to_string())?;
                 self.cx.counters.add_busy(started.elapsed().as_nanos() as u64);
+                self.cx
+                    .counters
+                    .late_records
+                    .store(op.late_records(), crate::sync::atomic::Ordering::Relaxed);
             }
             (Some(Payload::Data(batch)), Body::Sink(sink)) => {
                 self.cx.counters.add_in(batch.len());

@@ -315,6 +315,17 @@ struct Dbs {
     outbox: Database<Bytes, Bytes>,
 }
 
+/// How much of its map a log uses: the high-water mark of its pages (LMDB reuses freed pages
+/// below it), updated after every write transaction. Shared by the log's clones; holding it
+/// does not hold the log open.
+#[derive(Debug, Default)]
+pub struct MapUsage {
+    /// Bytes up to the last page used.
+    pub used: std::sync::atomic::AtomicU64,
+    /// The map's size in bytes.
+    pub size: u64,
+}
+
 /// The log of one data directory.
 #[derive(Clone)]
 pub struct Log {
@@ -322,6 +333,8 @@ pub struct Log {
     dbs: Dbs,
     path: PathBuf,
     map_size_mb: usize,
+    usage: std::sync::Arc<MapUsage>,
+    page_size: u64,
     /// Held for as long as any clone of the log lives.
     _lock: std::sync::Arc<dir::DirLock>,
 }
@@ -440,11 +453,15 @@ impl Log {
             // LMDB created its files: make their directory entries durable too.
             dir::sync_dir(dir).map_err(|e| open_err(Box::new(e)))?;
         }
+        let page_size = u64::from(env.stat().page_size);
+        let usage = std::sync::Arc::new(MapUsage { used: Default::default(), size: map_size as u64 });
         Ok(Log {
             env,
             dbs,
             path: dir.to_owned(),
             map_size_mb: map_size >> 20,
+            usage,
+            page_size,
             _lock: std::sync::Arc::new(lock),
         })
     }
@@ -717,7 +734,20 @@ impl Log {
         for op in ops {
             self.apply(&mut wtxn, op)?;
         }
-        wtxn.commit().map_err(&err)
+        wtxn.commit().map_err(&err)?;
+        self.note_usage();
+        Ok(())
+    }
+
+    /// How much of its map the log uses (kept up to date by its writes).
+    pub fn usage(&self) -> std::sync::Arc<MapUsage> {
+        self.note_usage();
+        self.usage.clone()
+    }
+
+    pub(crate) fn note_usage(&self) {
+        let used = (self.env.info().last_page_number as u64 + 1) * self.page_size;
+        self.usage.used.store(used, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -117,6 +117,7 @@ impl Log {
         }
         self.dbs.meta.put(&mut wtxn, &next_at, &encode(&next_at, &next)).map_err(&err)?;
         wtxn.commit().map_err(&err)?;
+        self.note_usage();
         Ok(Appended { written, duplicates, next })
     }
 

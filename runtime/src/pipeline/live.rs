@@ -62,6 +62,13 @@ pub struct SubtaskView {
     pub records_in: u64,
     /// Records sent (a sink: written).
     pub records_out: u64,
+    /// Records its window dropped as late (since the pipeline's state began: restored with
+    /// its snapshots).
+    pub late_records: u64,
+    /// Bytes its buffer queues hold for local recovery now.
+    pub buffer_bytes: u64,
+    /// Bytes of its largest snapshot's operator state in this run.
+    pub snapshot_bytes: u64,
 }
 
 /// An MQTT source subtask's connection and write-ahead log.
@@ -123,6 +130,10 @@ pub struct LiveView {
     pub mqtt: Vec<MqttView>,
     /// Its MQTT sinks.
     pub mqtt_sinks: Vec<OutboxView>,
+    /// Bytes of its data directory's LMDB map in use (the high-water mark of its pages).
+    pub lmdb_used_bytes: u64,
+    /// The size of that map (`map_size_mb`).
+    pub lmdb_map_bytes: u64,
     /// Checkpoints completed since it started.
     pub checkpoints_completed: u64,
     /// Checkpoints aborted since it started.
@@ -157,6 +168,9 @@ struct Inner {
     names: Vec<(String, usize, &'static str)>,
     /// Per participant: records in and out of the attempts that ended.
     totals: Vec<(u64, u64)>,
+    /// Per participant: late records and snapshot bytes as the last attempt that ended left
+    /// them (the late count carries over in snapshots: it is not summed).
+    last_gauges: Vec<(u64, u64)>,
     /// Checkpoint figures of the attempts that ended: completed, aborted, duration sum.
     ended: (u64, u64, u64),
     last: (u64, u64),
@@ -168,6 +182,7 @@ struct Inner {
     error: Option<String>,
     mqtt: Vec<(String, Arc<crate::connectors::mqtt::Wal>)>,
     outboxes: Vec<(String, Arc<crate::connectors::mqtt_sink::Outbox>)>,
+    usage: Option<std::sync::Arc<crate::log::MapUsage>>,
 }
 
 /// A pipeline's live figures, shared by its runner and its readers.
@@ -230,6 +245,9 @@ impl Live {
             total.0 += c.records_in.load(Ordering::Relaxed);
             total.1 += c.records_out.load(Ordering::Relaxed);
         }
+        inner.last_gauges = (attempt.counters.iter())
+            .map(|c| (c.late_records.load(Ordering::Relaxed), c.snapshot_bytes.load(Ordering::Relaxed)))
+            .collect();
         let (completed, aborted, sum) = checkpoint_figures(&attempt.shared);
         inner.ended.0 += completed;
         inner.ended.1 += aborted;
@@ -242,6 +260,11 @@ impl Live {
     /// Its MQTT sources' write-ahead logs, by node.
     pub(crate) fn set_mqtt(&self, wals: Vec<(String, Arc<crate::connectors::mqtt::Wal>)>) {
         self.lock().mqtt = wals;
+    }
+
+    /// The runner opened its log, whose map use this is.
+    pub(crate) fn set_usage(&self, usage: std::sync::Arc<crate::log::MapUsage>) {
+        self.lock().usage = Some(usage);
     }
 
     /// The runner started its MQTT sinks' publishers, whose outboxes these are.
@@ -279,14 +302,23 @@ impl Live {
                 kind,
                 records_in,
                 records_out,
+                late_records: 0,
+                buffer_bytes: 0,
+                snapshot_bytes: 0,
             })
             .collect();
+        for (view, &(late, snapshot)) in subtasks.iter_mut().zip(&inner.last_gauges) {
+            (view.late_records, view.snapshot_bytes) = (late, snapshot);
+        }
         let (mut completed, mut aborted, mut sum) = inner.ended;
         let mut last = inner.last;
         if let Some(attempt) = &inner.attempt {
             for (view, c) in subtasks.iter_mut().zip(&attempt.counters) {
                 view.records_in += c.records_in.load(Ordering::Relaxed);
                 view.records_out += c.records_out.load(Ordering::Relaxed);
+                view.late_records = c.late_records.load(Ordering::Relaxed);
+                view.buffer_bytes = c.buffered_bytes.load(Ordering::Relaxed);
+                view.snapshot_bytes = c.snapshot_bytes.load(Ordering::Relaxed);
             }
             let (c, a, s) = checkpoint_figures(&attempt.shared);
             (completed, aborted, sum) = (completed + c, aborted + a, sum + s);
@@ -331,6 +363,8 @@ impl Live {
             subtasks,
             mqtt,
             mqtt_sinks,
+            lmdb_used_bytes: inner.usage.as_ref().map_or(0, |u| u.used.load(Ordering::Relaxed)),
+            lmdb_map_bytes: inner.usage.as_ref().map_or(0, |u| u.size),
             checkpoints_completed: completed,
             checkpoints_aborted: aborted,
             checkpoint_duration_ms_sum: sum,

@@ -265,6 +265,7 @@ pub fn run(
     let writer = Writer::start(log.clone());
     let connectors = start_connectors(spec, &log, &writer)?;
     if let Some(live) = &observe.live {
+        live.set_usage(log.usage());
         let topology = Plan::new(spec, 1);
         let name = |p: usize| spec.nodes[topology.subtasks[p].node].name.clone();
         let wals = connectors.wals.iter().enumerate().filter_map(|(p, w)| Some((name(p), w.clone()?)));
