@@ -298,12 +298,14 @@ pub fn key_channel(key: &[u8], channels: usize) -> usize {
     (h % channels as u64) as usize
 }
 
-/// Records of one schema, column by column.
+/// Records of one schema, column by column; or, with no records, an event-time floor (a
+/// source's idle tick: event time has reached at least this, though nothing arrived).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
     schema: SchemaRef,
     columns: Vec<Column>,
     len: usize,
+    floor: Option<i64>,
 }
 
 impl Batch {
@@ -328,13 +330,24 @@ impl Batch {
             assert_eq!(field.ty, column.data_type(), "column type of field {}", field.name);
             assert_eq!(column.len(), len, "column length of field {}", field.name);
         }
-        Batch { schema, columns, len }
+        Batch { schema, columns, len, floor: None }
     }
 
     /// An empty batch of `schema` with room for `records` records.
     pub fn with_capacity(schema: SchemaRef, records: usize) -> Batch {
         let columns = schema.fields().iter().map(|f| Column::with_capacity(f.ty, records)).collect();
-        Batch { schema, columns, len: 0 }
+        Batch { schema, columns, len: 0, floor: None }
+    }
+
+    /// No records, only the news that event time has reached `floor` on this stream (a
+    /// source's idle tick): a window may close what ends before it.
+    pub fn floor_only(schema: SchemaRef, floor: i64) -> Batch {
+        Batch { floor: Some(floor), ..Batch::with_capacity(schema, 0) }
+    }
+
+    /// The event-time floor of a [`Batch::floor_only`] batch.
+    pub fn event_time_floor(&self) -> Option<i64> {
+        self.floor
     }
 
     /// The schema.

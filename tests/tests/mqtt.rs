@@ -169,6 +169,24 @@ fn the_source_reconnects_after_the_broker_restarts_and_loses_nothing() {
     assert_eq!(p["mqtt"][0]["received"].as_u64(), Some(READINGS + 1), "{p}");
 }
 
+/// `idle_timeout_ms`: the topic falls silent after readings up to event time 1399, with no
+/// flush; idle ticks in the WAL advance event time with the clock, so the last window closes
+/// and every reading reaches the output, and the agent still stops exact.
+#[test]
+fn an_idle_timeout_closes_the_last_windows_of_a_silent_topic() {
+    const READINGS: u64 = 7_000;
+    let broker = Mosquitto::start();
+    let work = tempfile::tempdir().unwrap();
+    let conf = work.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let idle = "dedup_key = [\"sensor\", \"ts\"]\nidle_timeout_ms = 200\ntime_field = \"ts\"";
+    mqtt_window_config(&conf.join("mqtt-window.toml"), work.path(), &broker.url(), CLIENT, idle, (100, 100));
+    create_session(broker.port, &format!("{CLIENT}-0"), "weir/in/#");
+    publish_all(broker.port, None, messages(0..READINGS));
+    let p = finish(Agent::start(&conf), work.path(), READINGS);
+    assert_eq!(p["mqtt"][0]["received"].as_u64(), Some(READINGS), "ticks are not messages: {p}");
+}
+
 // MQTT out: `examples/mqtt-window.toml` as written (the contract), its rows published from
 // the sink's outbox; consumers de-duplicate by the user properties (pipeline, checkpoint,
 // seq) and then see every window exactly once.

@@ -47,6 +47,8 @@ const SOURCE_TYPES: &[(&str, &[&str])] = &[
             "batch_size",
             "keep_alive_s",
             "max_inflight",
+            "idle_timeout_ms",
+            "time_field",
         ],
     ),
 ];
@@ -362,6 +364,34 @@ fn mqtt_source(table: &Table<'_>) -> Result<MqttSourceSpec, ConfigError> {
             names
         }
     };
+    let idle = match (table.get("idle_timeout_ms"), table.get("time_field")) {
+        (None, None) => None,
+        (Some(timeout), None) => {
+            return Err(timeout.error("idle_timeout_ms needs time_field: the int field of the event time"));
+        }
+        (None, Some(field)) => return Err(field.error("time_field is for idle_timeout_ms, which is not set")),
+        (Some(timeout), Some(field_item)) => {
+            let ms = timeout.int_between(10, 86_400_000)?;
+            let field = field_item.non_empty_str()?.to_owned();
+            if format != PayloadFormat::Json {
+                return Err(timeout.error(
+                    "idle_timeout_ms reads the event time of JSON payloads: it needs format = \"json\"",
+                ));
+            }
+            match fields[..payload_fields].iter().find(|f| f.name == field) {
+                Some(f) if f.ty == DataType::Int => {}
+                Some(_) => {
+                    return Err(field_item.error(format!("time_field \"{field}\" must be an int field")));
+                }
+                None => {
+                    return Err(
+                        field_item.error(format!("time_field: \"{field}\" is not a field of the schema"))
+                    );
+                }
+            }
+            Some((ms, field))
+        }
+    };
     let client_id =
         optional(table, "client_id", |i| i.non_empty_str().map(str::to_owned))?.unwrap_or_default();
     Ok(MqttSourceSpec {
@@ -379,6 +409,7 @@ fn mqtt_source(table: &Table<'_>) -> Result<MqttSourceSpec, ConfigError> {
         batch_size: batch_size(table)?,
         keep_alive_s: optional(table, "keep_alive_s", |i| i.int_between(5, 3600))?.unwrap_or(10),
         max_inflight: optional(table, "max_inflight", |i| i.int_between(1, 65535))?.unwrap_or(1000) as u16,
+        idle,
     })
 }
 

@@ -883,9 +883,9 @@ fn mqtt(extra: &str) -> String {
 
 #[test]
 fn an_mqtt_source_is_read_with_its_extra_fields_and_dedup_key() {
-    let spec =
+    let read =
         spec(&mqtt("topic_field = \"topic\"\narrival_field = \"at\"\ndedup_key = [\"sensor\", \"ts\"]"));
-    let NodeKind::Source(SourceSpec::Mqtt(m)) = &spec.nodes[0].kind else { panic!("{:?}", spec.nodes[0]) };
+    let NodeKind::Source(SourceSpec::Mqtt(m)) = &read.nodes[0].kind else { panic!("{:?}", read.nodes[0]) };
     assert_eq!((m.host.as_str(), m.port), ("broker.local", 1884));
     assert_eq!(m.topics, ["weir/in/#"]);
     let fields: Vec<(&str, DataType)> = m.schema.fields().iter().map(|f| (f.name.as_str(), f.ty)).collect();
@@ -896,6 +896,10 @@ fn an_mqtt_source_is_read_with_its_extra_fields_and_dedup_key() {
     assert_eq!(m.payload_fields, 2);
     assert_eq!(m.dedup_key, ["sensor", "ts"]);
     assert_eq!((m.dedup_retention_ms, m.keep_alive_s, m.max_inflight), (600_000, 10, 1000));
+    assert_eq!(m.idle, None);
+    let idle = spec(&mqtt("idle_timeout_ms = 500\ntime_field = \"ts\""));
+    let NodeKind::Source(SourceSpec::Mqtt(m)) = &idle.nodes[0].kind else { panic!() };
+    assert_eq!(m.idle, Some((500, "ts".to_owned())));
 }
 
 #[test]
@@ -905,6 +909,10 @@ fn mqtt_source_mistakes_are_one_line_each() {
         ("topic_field = \"ts\"", "field \"ts\" is already a field of the record"),
         ("parallelism = 2", "an mqtt source is one client: parallelism must be 1"),
         ("keep_alive_s = 1", "expected an integer from 5 to 3600"),
+        ("idle_timeout_ms = 500", "idle_timeout_ms needs time_field"),
+        ("time_field = \"ts\"", "time_field is for idle_timeout_ms, which is not set"),
+        ("idle_timeout_ms = 500\ntime_field = \"sensor\"", "time_field \"sensor\" must be an int field"),
+        ("idle_timeout_ms = 500\ntime_field = \"nope\"", "time_field: \"nope\" is not a field of the schema"),
     ];
     for (extra, expected) in cases {
         let e = error(&mqtt(extra));

@@ -64,7 +64,7 @@ impl route::Payload for Payload {
     }
 
     fn is_empty(&self) -> bool {
-        matches!(self, Payload::Data(b) if b.is_empty())
+        matches!(self, Payload::Data(b) if b.is_empty() && b.event_time_floor().is_none())
     }
 
     fn bytes(&self) -> usize {
@@ -282,8 +282,9 @@ pub fn warn_overflow(name: &str, budget: usize) {
 }
 
 fn split_by_key(batch: &Batch, field: &str, parts: usize) -> Vec<Option<Batch>> {
-    if parts == 1 {
-        return vec![Some(batch.clone())];
+    // An event-time floor is news for every part.
+    if parts == 1 || batch.event_time_floor().is_some() {
+        return vec![Some(batch.clone()); parts];
     }
     let column = batch.column(field).expect("the config layer checked the key field");
     let targets: Vec<usize> = (0..batch.len())

@@ -85,6 +85,12 @@ pub struct SourceActor {
     hold: Option<std::sync::Arc<crate::connectors::mqtt_sink::Hold>>,
 }
 
+/// What a read counts as for the driver, whose re-read reproduces reads by these counts: its
+/// records, or 1 for an event-time floor (an idle tick), which is read as one item.
+pub(crate) fn items(batch: &crate::batch::Batch) -> usize {
+    if batch.event_time_floor().is_some() { 1 } else { batch.len() }
+}
+
 /// A source's snapshot state: the reader's position, then 1 if `End` was already sent.
 pub fn encode_source_state(position: Vec<u8>, ended: bool) -> Vec<u8> {
     let mut state = position;
@@ -187,7 +193,7 @@ impl SourceActor {
                                 return self.cx.fatal.fail(format!("{}: re-reading: {e}", self.cx.name));
                             }
                         };
-                        let records = batch.as_ref().map_or(0, |b| b.len());
+                        let records = batch.as_ref().map_or(0, items);
                         self.driver().reread_batch(
                             channel,
                             records,
@@ -250,7 +256,7 @@ impl SourceActor {
         };
         match read {
             // Nothing decodable arrived (an unbounded source): read again if there is more.
-            Ok(Some(batch)) if batch.is_empty() => {
+            Ok(Some(batch)) if batch.is_empty() && batch.event_time_floor().is_none() => {
                 if self.reader.ready() {
                     self.producing = true;
                     ctx.notify(Produce);
@@ -258,7 +264,7 @@ impl SourceActor {
             }
             Ok(Some(batch)) => {
                 let n = batch.len();
-                self.driver().read(n, Payload::Data(Arc::new(batch)));
+                self.driver().read(items(&batch), Payload::Data(Arc::new(batch)));
                 self.cx.counters.add_out(n);
                 self.producing = true;
                 ctx.notify(Produce);

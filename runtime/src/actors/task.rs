@@ -559,6 +559,12 @@ impl TaskActor {
     /// Apply one batch (or, with `None`, the end of `input`) to the operator or the sink.
     fn process(&mut self, input: usize, payload: Option<Payload>) -> Result<(), String> {
         match (payload, &mut self.body) {
+            (Some(Payload::Data(batch)), Body::Operator(op)) if batch.event_time_floor().is_some() => {
+                let floor = batch.event_time_floor().expect("matched");
+                if op.advance_event_time(input, floor, &mut self.scratch).map_err(|e| e.to_string())? {
+                    self.scratch.push(crate::batch::Batch::floor_only(op.output_schema(), floor));
+                }
+            }
             (Some(Payload::Data(batch)), Body::Operator(op)) => {
                 self.cx.counters.add_in(batch.len());
                 self.cx.inject(self.cx.counters.records_in());

@@ -140,6 +140,11 @@ impl Drop for Ingest {
 }
 
 #[cfg(not(loom))]
+/// An entry waiting for the next group commit: the message to acknowledge after it (none for
+/// an idle tick), the entry, its dedup key.
+type Pending = (Option<Publish>, WalEntry, Option<Vec<u8>>);
+
+#[cfg(not(loom))]
 /// Messages committed to the WAL in one transaction at most.
 const GROUP: usize = 1024;
 
@@ -177,7 +182,13 @@ fn ingest(spec: &MqttSourceSpec, client_id: String, wal: &Wal, stop: &AtomicBool
     // The request channel carries our acknowledgements: room for a whole in-flight window,
     // so acknowledging never waits for the event loop that sends them.
     let (client, mut connection) = Client::new(options, usize::from(spec.max_inflight) * 2 + 16);
-    let mut pending: Vec<(Publish, WalEntry, Option<Vec<u8>>)> = Vec::new();
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut idle = (spec.idle.clone()).map(|(timeout_ms, field)| Idle {
+        timeout_ms,
+        field,
+        seen: None,
+        last_activity_ms: now_ms(),
+    });
     // Durable messages whose acknowledgement did not fit the request channel yet.
     let mut acks: std::collections::VecDeque<Publish> = std::collections::VecDeque::new();
     let mut backoff = Duration::from_millis(100);
@@ -209,7 +220,10 @@ fn ingest(spec: &MqttSourceSpec, client_id: String, wal: &Wal, stop: &AtomicBool
                     payload: publish.payload.to_vec(),
                 };
                 let dedup = dedup_of(&entry.payload, &spec.dedup_key);
-                pending.push((publish, entry, dedup));
+                if let Some(idle) = &mut idle {
+                    idle.message(&entry.payload, entry.arrival_ms);
+                }
+                pending.push((Some(publish), entry, dedup));
                 if pending.len() >= GROUP {
                     commit(wal, &mut acks, &mut pending);
                 }
@@ -235,7 +249,12 @@ fn ingest(spec: &MqttSourceSpec, client_id: String, wal: &Wal, stop: &AtomicBool
                 backoff =
                     if refused { Duration::from_secs(5) } else { (backoff * 2).min(Duration::from_secs(2)) };
             }
-            Err(RecvTimeoutError::Timeout) => commit(wal, &mut acks, &mut pending),
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(tick) = idle.as_mut().and_then(|i| i.tick(now_ms())) {
+                    pending.push((None, tick, None));
+                }
+                commit(wal, &mut acks, &mut pending)
+            }
             Err(RecvTimeoutError::Disconnected) => break,
         }
         if lock(&wal.failed).is_some() {
@@ -285,11 +304,7 @@ fn send_acks(client: &Client, acks: &mut std::collections::VecDeque<Publish>) {
 #[cfg(not(loom))]
 /// Append `pending` to the WAL (durably), then queue an acknowledgement of each message to
 /// the broker, in arrival order.
-fn commit(
-    wal: &Wal,
-    acks: &mut std::collections::VecDeque<Publish>,
-    pending: &mut Vec<(Publish, WalEntry, Option<Vec<u8>>)>,
-) {
+fn commit(wal: &Wal, acks: &mut std::collections::VecDeque<Publish>, pending: &mut Vec<Pending>) {
     if pending.is_empty() {
         return;
     }
@@ -300,9 +315,10 @@ fn commit(
     match wal.log.wal_append(wal.participant, &entries) {
         Ok(appended) => {
             wal.end.store(appended.next, Ordering::Release);
-            wal.status.received.fetch_add(appended.written as u64, Ordering::Relaxed);
+            let ticks = pending.iter().filter(|(publish, _, _)| publish.is_none()).count();
+            wal.status.received.fetch_add((appended.written - ticks) as u64, Ordering::Relaxed);
             wal.status.duplicates.fetch_add(appended.duplicates as u64, Ordering::Relaxed);
-            acks.extend(pending.drain(..).map(|(publish, _, _)| publish));
+            acks.extend(pending.drain(..).filter_map(|(publish, _, _)| publish));
             wal.wake();
         }
         Err(e) => {
@@ -329,6 +345,61 @@ impl Ingest {
     /// Nothing: see above.
     pub fn start(_: &MqttSourceSpec, _: String, _: Arc<Wal>) -> Ingest {
         Ingest
+    }
+}
+
+/// The topic of an idle tick in the WAL: no MQTT topic holds a NUL character.
+const IDLE_TICK: &str = "\0idle";
+
+/// The event-time floor of an idle tick (none for a message).
+fn idle_floor(entry: &WalEntry) -> Option<i64> {
+    if entry.topic != IDLE_TICK {
+        return None;
+    }
+    Some(i64::from_be_bytes(entry.payload.as_slice().try_into().ok()?))
+}
+
+/// The idle-tick state of an ingest thread: the largest event time seen and when the
+/// latest message arrived; a tick is due after `timeout_ms` without a message or a tick.
+#[cfg(not(loom))]
+struct Idle {
+    timeout_ms: u64,
+    field: String,
+    /// Largest event time seen, and the arrival of the latest message.
+    seen: Option<(i64, u64)>,
+    /// The latest message or tick.
+    last_activity_ms: u64,
+}
+
+#[cfg(not(loom))]
+impl Idle {
+    fn message(&mut self, payload: &[u8], arrival_ms: u64) {
+        self.last_activity_ms = arrival_ms;
+        let ts = serde_json::from_slice::<serde_json::Value>(payload)
+            .ok()
+            .and_then(|v| v.as_object()?.get(&self.field)?.as_i64());
+        let max = match (self.seen, ts) {
+            (Some((max, _)), Some(ts)) => max.max(ts),
+            (Some((max, _)), None) => max,
+            (None, Some(ts)) => ts,
+            (None, None) => return,
+        };
+        self.seen = Some((max, arrival_ms));
+    }
+
+    /// A tick if one is due at `now_ms`.
+    fn tick(&mut self, now_ms: u64) -> Option<WalEntry> {
+        let (max, arrived) = self.seen?;
+        if now_ms.saturating_sub(self.last_activity_ms) < self.timeout_ms {
+            return None;
+        }
+        self.last_activity_ms = now_ms;
+        let floor = max.saturating_add(i64::try_from(now_ms.saturating_sub(arrived)).unwrap_or(i64::MAX));
+        Some(WalEntry {
+            topic: IDLE_TICK.to_owned(),
+            arrival_ms: now_ms,
+            payload: floor.to_be_bytes().to_vec(),
+        })
     }
 }
 
@@ -457,11 +528,24 @@ impl SourceReader for MqttReader {
                 )));
             }
             for (index, entry) in &entries {
+                if let Some(floor) = idle_floor(entry) {
+                    // A tick ends the batch: records before it, then the floor alone.
+                    if batch.is_empty() {
+                        self.position = index + 1;
+                        return Ok(Some(Batch::floor_only(self.spec.schema.clone(), floor)));
+                    }
+                    return Ok(Some(batch));
+                }
                 self.push(*index, entry, &mut batch);
                 self.position = index + 1;
             }
         }
         Ok(Some(batch))
+    }
+
+    /// As reading, counting an idle tick as one item (as the source actor does).
+    fn skip(&mut self, n: usize) -> Result<usize, SourceError> {
+        Ok(self.next_batch(n)?.map_or(0, |b| crate::actors::source::items(&b)))
     }
 
     fn position(&self) -> Vec<u8> {
@@ -533,6 +617,7 @@ mod tests {
             batch_size: 100,
             keep_alive_s: 10,
             max_inflight: 10,
+            idle: None,
         }
     }
 
@@ -574,6 +659,53 @@ mod tests {
             ]
         );
         assert_eq!(bad, 5);
+    }
+
+    /// An idle tick in the WAL ends the batch before it and is read alone as an event-time
+    /// floor, counted as one item; a re-read from the start gives the same batches.
+    #[test]
+    fn an_idle_tick_is_read_as_a_floor_between_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), 1 << 24).unwrap();
+        let writer = Writer::start(log.clone());
+        let message = |s: &str| WalEntry {
+            topic: "t".into(),
+            arrival_ms: 0,
+            payload: format!(r#"{{"sensor": "{s}", "value": 1}}"#).into_bytes(),
+        };
+        let tick =
+            WalEntry { topic: IDLE_TICK.into(), arrival_ms: 0, payload: 2500i64.to_be_bytes().to_vec() };
+        let entries = [message("a"), message("b"), tick, message("c")];
+        log.wal_append(0, &entries.map(|e| (e, None))).unwrap();
+        let wal = Wal::open(&log, &writer, 0, 1000).unwrap();
+        let mut reader = MqttReader::new("m", &spec(PayloadFormat::Json), Some(wal));
+        let reads = |reader: &mut MqttReader| {
+            let mut out = Vec::new();
+            while reader.position < 4 {
+                let b = reader.next_batch(100).unwrap().unwrap();
+                out.push((b.len(), b.event_time_floor(), crate::actors::source::items(&b)));
+            }
+            out
+        };
+        let first = reads(&mut reader);
+        assert_eq!(first, [(2, None, 2), (0, Some(2500), 1), (1, None, 1)]);
+        reader.seek(&0u64.to_be_bytes()).unwrap();
+        assert_eq!(reads(&mut reader), first);
+        reader.seek(&2u64.to_be_bytes()).unwrap();
+        assert_eq!(reader.skip(5).unwrap(), 1, "the tick alone, as one item");
+    }
+
+    #[test]
+    fn idle_ticks_follow_the_largest_event_time_with_the_clock() {
+        let mut idle = Idle { timeout_ms: 100, field: "ts".into(), seen: None, last_activity_ms: 0 };
+        assert!(idle.tick(1_000).is_none(), "no event time seen yet");
+        idle.message(br#"{"ts": 500}"#, 1_000);
+        idle.message(br#"{"ts": 400}"#, 1_050);
+        assert!(idle.tick(1_100).is_none(), "a message 50 ms ago");
+        let tick = idle.tick(1_150).unwrap();
+        assert_eq!(idle_floor(&tick), Some(600), "500 + the 100 ms since the latest message");
+        assert!(idle.tick(1_200).is_none(), "a tick 50 ms ago");
+        assert_eq!(idle.tick(1_250).and_then(|t| idle_floor(&t)), Some(700));
     }
 
     #[test]

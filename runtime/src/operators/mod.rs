@@ -170,6 +170,21 @@ pub trait Operator: Send {
     fn late_records(&self) -> u64 {
         0
     }
+
+    /// Event time on input `input` has reached at least `floor` (a source's idle tick),
+    /// though no record says so. Returns whether the floor holds for the output too (it
+    /// is passed on downstream): true for operators that keep their input's event time
+    /// (filter, map); a window takes it into its watermark, fires what it closes, and does
+    /// not pass it on.
+    fn advance_event_time(
+        &mut self,
+        input: usize,
+        floor: i64,
+        out: &mut Vec<Batch>,
+    ) -> Result<bool, OperatorError> {
+        let _ = (input, floor, out);
+        Ok(true)
+    }
 }
 
 #[cfg(test)]

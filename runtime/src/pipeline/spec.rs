@@ -219,6 +219,10 @@ pub struct MqttSourceSpec {
     /// Messages the broker may send before we acknowledge (ask the broker for as many:
     /// mosquitto's `max_inflight_messages`).
     pub max_inflight: u16,
+    /// `idle_timeout_ms` and `time_field`: after this long without a message, event time
+    /// advances with the clock from the largest `time_field` seen (an idle tick in the WAL),
+    /// so that windows downstream close although the topic is silent.
+    pub idle: Option<(u64, String)>,
 }
 
 /// How an MQTT payload becomes a record.

@@ -162,3 +162,37 @@ mod tests {
         assert_eq!(rows(&out).len(), 1000, "nothing twice");
     }
 }
+
+#[cfg(test)]
+mod floor_tests {
+    use super::super::testutil::*;
+    use crate::operators::Operator;
+    use crate::pipeline::spec::WindowKind;
+
+    /// An event-time floor (a source's idle tick) raises the input's watermark like a record
+    /// of that time would, fires what it closes, and is not passed on; with two inputs the
+    /// other's watermark still holds the windows back.
+    #[test]
+    fn an_event_time_floor_closes_windows_without_a_record() {
+        let mut op = window(&spec(WindowKind::Tumbling { size_ms: 10 }, 5, &["count"]), 2);
+        let mut out = Vec::new();
+        op.process(0, &readings(&[("a", 1, 1.0), ("a", 12, 1.0)]), &mut out).unwrap();
+        op.process(1, &readings(&[("b", 3, 1.0)]), &mut out).unwrap();
+        assert!(rows(&out).is_empty());
+        assert!(!op.advance_event_time(1, 16, &mut out).unwrap(), "a window does not pass it on");
+        assert!(rows(&out).is_empty(), "input 0 is at 12 - 5: [0, 10) stays open");
+        op.advance_event_time(0, 15, &mut out).unwrap();
+        assert_eq!(rows(&out).len(), 2, "both at 10 or more: [0, 10) fires for a and b");
+        op.advance_event_time(0, 25, &mut out).unwrap();
+        op.advance_event_time(1, 14, &mut out).unwrap();
+        assert_eq!(rows(&out).len(), 2, "a floor never lowers a watermark: input 1 stays at 11");
+        op.advance_event_time(1, 30, &mut out).unwrap();
+        assert_eq!(rows(&out).len(), 3, "[10, 20) of a fires");
+        // The floor is state: it survives a snapshot.
+        let mut again = window(&spec(WindowKind::Tumbling { size_ms: 10 }, 5, &["count"]), 2);
+        again.restore(&op.snapshot()).unwrap();
+        let mut late = Vec::new();
+        again.process(0, &readings(&[("a", 19, 1.0)]), &mut late).unwrap();
+        assert_eq!(again.late_records(), 1);
+    }
+}

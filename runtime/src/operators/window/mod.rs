@@ -158,6 +158,19 @@ impl Operator for Window {
         Ok(())
     }
 
+    fn advance_event_time(
+        &mut self,
+        input: usize,
+        floor: i64,
+        out: &mut Vec<Batch>,
+    ) -> Result<bool, OperatorError> {
+        let watermark = &mut self.state.inputs[input];
+        watermark.max_ts = watermark.max_ts.max(floor);
+        let watermark = self.watermark();
+        self.fire(watermark, out);
+        Ok(false)
+    }
+
     fn on_input_end(&mut self, input: usize, out: &mut Vec<Batch>) -> Result<(), OperatorError> {
         assert!(
             input < self.state.inputs.len(),
