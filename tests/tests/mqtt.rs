@@ -363,14 +363,17 @@ fn the_outbox_keeps_output_while_the_sinks_broker_is_down_and_delivers_it_in_ord
     let s = &p["mqtt_sinks"][0];
     assert!(s["disconnects"].as_u64() >= Some(1), "{p}");
     assert_eq!(s["dropped"], 0, "{p}");
-    // Every acknowledged message reached the consumer (duplicates are sends again after the
-    // broker's restart that it had received before).
+    // Every row was acknowledged once at least; what came twice to the consumer was sent
+    // again by the sink (a PUBACK lost with the broker) or by the restarted broker itself
+    // (the consumer's own acknowledgements it had not saved).
+    let acknowledged_now = s["acknowledged"].as_u64().unwrap();
+    assert!(acknowledged_now >= unique.len() as u64, "{p}");
+    assert!(s["published"].as_u64() >= Some(acknowledged_now), "{p}");
     let received = consumer.received().len() as u64;
-    assert_eq!(s["acknowledged"].as_u64(), Some(received), "{p}");
-    assert!(received >= unique.len() as u64 && duplicates as u64 == received - unique.len() as u64);
+    assert_eq!(duplicates as u64, received - unique.len() as u64);
     // The metrics moved and agree with the status.
     assert!(acknowledged(&agent) > first);
-    assert_eq!(acknowledged(&agent) as u64, s["acknowledged"].as_u64().unwrap());
+    assert_eq!(acknowledged(&agent) as u64, acknowledged_now);
     let (code, stderr) = agent.stop();
     assert_eq!(code, Some(0), "{stderr}");
 }
