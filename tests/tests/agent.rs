@@ -24,23 +24,33 @@ fn pipeline(conf: &Path, work: &Path, name: &str, records: u64, rate: Option<u64
     path
 }
 
-/// A pipeline whose run fails: a file source with a reading that is not a number.
-fn failing_pipeline(conf: &Path, work: &Path, name: &str) {
+/// A pipeline `name` reading `input` (CSV, `schema`) through `transforms` (TOML tables whose
+/// last one is `last`) into a CSV file `out.csv`, its files in `work/name`; `top` lines first.
+fn file_pipeline(
+    conf: &Path,
+    work: &Path,
+    name: &str,
+    input: &str,
+    (schema, transforms, last): (&str, &str, &str),
+    top: &str,
+) -> PathBuf {
     let own = work.join(name);
     std::fs::create_dir_all(&own).unwrap();
-    std::fs::write(own.join("in.csv"), "s1,1.5\ns2,not-a-number\n").unwrap();
+    std::fs::write(own.join("in.csv"), input).unwrap();
     let text = format!(
         r#"data_dir = "{data}"
+{top}
 [checkpoint]
 interval_ms = 100
 [sources.src]
 type = "file"
 path = "{input}"
 format = "csv"
-schema = {{ sensor = "string", v = "float" }}
+schema = {schema}
+{transforms}
 [sinks.out]
 type = "file"
-inputs = ["src"]
+inputs = ["{last}"]
 path = "{out}"
 format = "csv"
 "#,
@@ -49,6 +59,13 @@ format = "csv"
         out = own.join("out.csv").display()
     );
     std::fs::write(conf.join(format!("{name}.toml")), text).unwrap();
+    own
+}
+
+/// A pipeline whose run fails: a file source with a reading that is not a number.
+fn failing_pipeline(conf: &Path, work: &Path, name: &str) {
+    let shape = (r#"{ sensor = "string", v = "float" }"#, "", "src");
+    file_pipeline(conf, work, name, "s1,1.5\ns2,not-a-number\n", shape, "");
 }
 
 #[test]
@@ -206,36 +223,17 @@ fn late_records_and_the_logs_map_use_are_reported() {
     let work = tempfile::tempdir().unwrap();
     let conf = work.path().join("conf");
     std::fs::create_dir(&conf).unwrap();
-    let own = work.path().join("late");
-    std::fs::create_dir_all(&own).unwrap();
-    std::fs::write(own.join("in.csv"), "s1,0,1.0\ns1,5000,2.0\ns1,10,3.0\ns1,20000,4.0\n").unwrap();
-    let text = format!(
-        r#"data_dir = "{data}"
-map_size_mb = 64
-[sources.src]
-type = "file"
-path = "{input}"
-format = "csv"
-schema = {{ sensor = "string", ts = "int", value = "float" }}
-[transforms.windows]
+    let window = r#"[transforms.windows]
 type = "window"
 inputs = ["src"]
 key = "sensor"
 time_field = "ts"
 kind = "tumbling"
 size_ms = 1000
-aggregates = ["count"]
-[sinks.out]
-type = "file"
-inputs = ["windows"]
-path = "{out}"
-format = "csv"
-"#,
-        data = own.join("data").display(),
-        input = own.join("in.csv").display(),
-        out = own.join("out.csv").display()
-    );
-    std::fs::write(conf.join("late.toml"), text).unwrap();
+aggregates = ["count"]"#;
+    let shape = (r#"{ sensor = "string", ts = "int", value = "float" }"#, window, "windows");
+    let input = "s1,0,1.0\ns1,5000,2.0\ns1,10,3.0\ns1,20000,4.0\n";
+    let own = file_pipeline(&conf, work.path(), "late", input, shape, "map_size_mb = 64");
     let agent = Agent::start(&conf);
     let p = agent.wait_for_pipeline("late", "finished", |p| p["phase"] == "finished");
     assert_eq!(sorted_lines(&own.join("out.csv")), ["s1,0,1", "s1,20000,1", "s1,5000,1"]);

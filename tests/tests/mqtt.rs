@@ -309,14 +309,10 @@ fn the_mqtt_example_is_exact_downstream_across_kill_9_and_sigterm() {
     assert_eq!(code, Some(0), "{stderr}");
 }
 
-/// (B, F) The sink's broker stops for 10 s while readings keep arriving at the source's: the
-/// outbox keeps the committed output, and once the broker is back delivers all of it, in
-/// commit order, and drains. Meanwhile the metrics move and in the end agree with the
-/// status and the consumer.
-#[test]
-fn the_outbox_keeps_output_while_the_sinks_broker_is_down_and_delivers_it_in_order() {
-    const READINGS: u64 = 10_000;
-    let (source, mut sink) = (Mosquitto::start(), Mosquitto::start());
+/// The example with its sink on a broker of its own, a consumer there, and its agent, once
+/// its source has subscribed: (source's broker, sink's broker, work folder, consumer, agent).
+fn two_brokers() -> (Mosquitto, Mosquitto, tempfile::TempDir, Consumer, Agent) {
+    let (source, sink) = (Mosquitto::start(), Mosquitto::start());
     let work = tempfile::tempdir().unwrap();
     let conf = example_folder(work.path(), true);
     let (url, sink_url) = (source.url(), sink.url());
@@ -326,6 +322,17 @@ fn the_outbox_keeps_output_while_the_sinks_broker_is_down_and_delivers_it_in_ord
     let consumer = Consumer::start(sink.port, "weir/out");
     let agent = Agent::start_with_env(&conf, &env);
     agent.wait_for_pipeline("mqtt-window", "subscribed", |p| p["mqtt"][0]["subscribed"] == true);
+    (source, sink, work, consumer, agent)
+}
+
+/// (B, F) The sink's broker stops for 10 s while readings keep arriving at the source's: the
+/// outbox keeps the committed output, and once the broker is back delivers all of it, in
+/// commit order, and drains. Meanwhile the metrics move and in the end agree with the
+/// status and the consumer.
+#[test]
+fn the_outbox_keeps_output_while_the_sinks_broker_is_down_and_delivers_it_in_order() {
+    const READINGS: u64 = 10_000;
+    let (source, mut sink, _work, consumer, agent) = two_brokers();
     let port = source.port;
     let publisher =
         std::thread::spawn(move || publish_all(port, Some(700), messages(0..READINGS).chain(flush())));
@@ -385,16 +392,7 @@ fn the_outbox_keeps_output_while_the_sinks_broker_is_down_and_delivers_it_in_ord
 fn the_sink_sends_again_what_a_killed_broker_had_not_acknowledged() {
     // Half of them close the first windows (5 000 readings a second of event time).
     const READINGS: u64 = 16_000;
-    let (source, mut sink) = (Mosquitto::start(), Mosquitto::start());
-    let work = tempfile::tempdir().unwrap();
-    let conf = example_folder(work.path(), true);
-    let (url, sink_url) = (source.url(), sink.url());
-    let data = work.path().join("data").display().to_string();
-    let env =
-        [("WEIR_MQTT_URL", url.as_str()), ("WEIR_SINK_URL", sink_url.as_str()), ("WEIR_DATA_DIR", &data)];
-    let consumer = Consumer::start(sink.port, "weir/out");
-    let agent = Agent::start_with_env(&conf, &env);
-    agent.wait_for_pipeline("mqtt-window", "subscribed", |p| p["mqtt"][0]["subscribed"] == true);
+    let (source, mut sink, _work, consumer, agent) = two_brokers();
     sink.signal(libc::SIGSTOP);
     publish_all(source.port, None, messages(0..READINGS / 2));
     // Sent to the stalled broker, never acknowledged.
