@@ -132,6 +132,20 @@ impl Mosquitto {
         }
     }
 
+    /// Have it save its state now (SIGUSR1) and wait until the save is on disk: a `kill -9`
+    /// after this keeps the sessions and subscriptions it has.
+    pub fn save(&self) {
+        let db = self.dir.path().join("mosquitto.db");
+        let _ = std::fs::remove_file(&db);
+        self.signal(libc::SIGUSR1);
+        // mosquitto writes a new file and renames it into place: once there, it is whole.
+        let start = Instant::now();
+        while !db.exists() {
+            assert!(start.elapsed() < Duration::from_secs(30), "mosquitto did not save: {}", self.log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Its persistence folder.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -393,6 +393,9 @@ fn the_sink_sends_again_what_a_killed_broker_had_not_acknowledged() {
     // Half of them close the first windows (5 000 readings a second of event time).
     const READINGS: u64 = 16_000;
     let (source, mut sink, _work, consumer, agent) = two_brokers();
+    // Killed, the sink's broker must not forget the consumer's subscription (the sink may
+    // publish again before the consumer has subscribed again): saved before the kill.
+    sink.save();
     sink.signal(libc::SIGSTOP);
     publish_all(source.port, None, messages(0..READINGS / 2));
     // Sent to the stalled broker, never acknowledged.
