@@ -252,6 +252,44 @@ aggregates = ["count"]"#;
     assert_eq!(code, Some(0), "{stderr}");
 }
 
+/// The systemd side (without systemd as PID 1 here): the agent started with a notify socket
+/// and a watchdog, as systemd starts a `Type=notify` unit with `WatchdogSec`, sends
+/// `READY=1` once its pipeline restored, `STATUS=` naming it and its checkpoint, and
+/// `WATCHDOG=1` while it completes checkpoints. A real datagram socket stands for systemd.
+#[test]
+fn the_agent_notifies_systemd_ready_status_and_watchdog() {
+    let work = tempfile::tempdir().unwrap();
+    let conf = work.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    pipeline(&conf, work.path(), "steady", 1_000_000_000, Some(20_000));
+    let socket_path = work.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let path = socket_path.display().to_string();
+    let agent =
+        Agent::start_with_env(&conf, &[("NOTIFY_SOCKET", path.as_str()), ("WATCHDOG_USEC", "2000000")]);
+    let (mut ready, mut status, mut watchdog) = (false, String::new(), 0);
+    let mut buf = [0u8; 4096];
+    while !(ready && status.contains("checkpoint") && watchdog >= 2) {
+        let n = socket.recv(&mut buf).expect("a notification within 60 s");
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        for line in message.lines() {
+            match line {
+                "READY=1" => ready = true,
+                "WATCHDOG=1" => watchdog += 1,
+                _ => {
+                    if let Some(s) = line.strip_prefix("STATUS=") {
+                        status = s.to_owned();
+                    }
+                }
+            }
+        }
+    }
+    assert!(status.contains("steady"), "{status}");
+    let (code, stderr) = agent.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
 #[test]
 fn a_second_pipeline_on_the_same_data_dir_is_refused() {
     let work = tempfile::tempdir().unwrap();
