@@ -60,6 +60,9 @@ pub struct SinkWriter {
     /// the log's writer thread ([`crate::log::Writer::run`]); a restart flushes the writer
     /// before it opens the output again, so no commit of this one is in flight then.
     output: Arc<Mutex<Output>>,
+    /// An MQTT sink's outbox (also in `output`): its publisher is woken after each commit,
+    /// without taking the output's lock on the actor's thread (a commit may hold it).
+    outbox: Option<Arc<Outbox>>,
 }
 
 /// A sink's output and how far it got.
@@ -101,8 +104,12 @@ impl SinkWriter {
     }
 
     fn new(format: OutputFormat, destination: Destination, committed: CommitRecord) -> SinkWriter {
+        let outbox = match &destination {
+            Destination::Mqtt(outbox) => Some(outbox.clone()),
+            _ => None,
+        };
         let output = Arc::new(Mutex::new(Output { destination, committed }));
-        SinkWriter { format, pending: Vec::new(), output }
+        SinkWriter { format, pending: Vec::new(), output, outbox }
     }
 
     fn write(&mut self, batch: &Batch) {
@@ -736,20 +743,17 @@ impl TaskActor {
     /// an error appending is fatal, as it was on this thread.
     fn commit(&mut self, c: CheckpointId, ctx: &Context<Self>) {
         let Body::Sink(sink) = &self.body else { unreachable!("only sinks commit") };
-        let output = sink.output.clone();
+        let (output, outbox) = (sink.output.clone(), sink.outbox.clone());
         let (done, injected) = self.next_write(ctx, Durable::Commit, c);
         // An outbox's publisher goes on once the commit is durable.
-        let done: Done = match &lock(&output).destination {
-            Destination::Mqtt(outbox) => {
-                let outbox = outbox.clone();
-                Box::new(move |r| {
-                    if r.is_ok() {
-                        outbox.notify();
-                    }
-                    done(r)
-                })
-            }
-            _ => done,
+        let done: Done = match outbox {
+            Some(outbox) => Box::new(move |r| {
+                if r.is_ok() {
+                    outbox.notify();
+                }
+                done(r)
+            }),
+            None => done,
         };
         let (log, participant, epoch) = (self.cx.log.clone(), self.cx.participant, self.driver.epoch());
         let (fatal, name) = (self.cx.fatal.clone(), self.cx.name.clone());
