@@ -11,6 +11,8 @@
 //! - [`failover`]: its failover scopes' part (a standby of the transform, the epoch
 //!   authority, a crashed or hung primary).
 //! - [`props`]: its properties.
+//! - [`replication`]: the replication model (two data agents and a witness; the lease
+//!   register, replication modes, crashes, partitions, lost messages and clock drift).
 //! - [`check`]: runs a checker and turns its result into a [`Report`] with readable traces.
 //! - [`fuzzing`]: the same model driven by arbitrary bytes, for cargo-fuzz and its corpus.
 
@@ -18,8 +20,10 @@ pub mod checkpoint;
 pub mod failover;
 pub mod fuzzing;
 pub mod props;
+pub mod replication;
 
 use std::fmt::Write as _;
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use stateright::{Checker, Expectation, HasDiscoveries, Model};
@@ -109,8 +113,34 @@ pub enum Search {
     FirstViolation,
 }
 
-/// Run the checkpoint model and report every property.
-pub fn check(model: CheckpointModel, search: Search) -> Report {
+/// A model whose paths can be told as numbered steps.
+pub trait Traced: Model + Clone + Send + Sync + 'static
+where
+    Self::State: Hash + Send + Sync + Clone + PartialEq + std::fmt::Debug + 'static,
+    Self::Action: Clone + PartialEq + std::fmt::Debug + Send + Sync + 'static,
+{
+    /// The path as numbered steps.
+    fn trace_path(&self, path: Vec<(Self::State, Option<Self::Action>)>) -> String;
+}
+
+impl Traced for CheckpointModel {
+    fn trace_path(&self, path: Vec<(State, Option<Action>)>) -> String {
+        trace(self, path)
+    }
+}
+
+impl Traced for replication::ReplicationModel {
+    fn trace_path(&self, path: Vec<(replication::State, Option<replication::Action>)>) -> String {
+        self.trace(path)
+    }
+}
+
+/// Run a model's checker and report every property.
+pub fn check<M: Traced>(model: M, search: Search) -> Report
+where
+    M::State: Hash + Send + Sync + Clone + PartialEq + std::fmt::Debug + 'static,
+    M::Action: Clone + PartialEq + std::fmt::Debug + Send + Sync + 'static,
+{
     let start = Instant::now();
     let properties = model.properties();
     let builder = model.clone().checker();
@@ -135,7 +165,7 @@ pub fn check(model: CheckpointModel, search: Search) -> Report {
                 name: p.name,
                 sometimes,
                 holds: found.is_some() == sometimes,
-                trace: found.filter(|_| !sometimes).map(|path| trace(&model, path.clone().into_vec())),
+                trace: found.filter(|_| !sometimes).map(|path| model.trace_path(path.clone().into_vec())),
             }
         })
         .collect();

@@ -63,7 +63,10 @@ fn local_abort_scope_is_exhaustive_and_every_property_holds() {
 /// Unique states of the routing scope (round-robin fan-out into a two-input sink).
 const ROUTING_SCOPE_UNIQUE_STATES: usize = 6_455_405;
 
+/// Nightly since issue 13 (the replication model's checks took its place in the 20-minute
+/// CI budget); `router-not-restored` is still caught in this scope in CI.
 #[test]
+#[ignore = "nightly: 6.5 million states"]
 fn routing_scope_is_exhaustive_and_every_property_holds() {
     assert_eq!(assert_exhaustive_and_all_hold(Scope::routing()), ROUTING_SCOPE_UNIQUE_STATES);
 }
@@ -71,7 +74,10 @@ fn routing_scope_is_exhaustive_and_every_property_holds() {
 /// Unique states of the end-of-input scope (the end as a sequenced item).
 const END_OF_INPUT_SCOPE_UNIQUE_STATES: usize = 3_290_193;
 
+/// Nightly since issue 13 (same reason); `end-not-restored` is still caught in this scope
+/// in CI.
 #[test]
+#[ignore = "nightly: 3.3 million states"]
 fn end_of_input_scope_is_exhaustive_and_every_property_holds() {
     assert_eq!(assert_exhaustive_and_all_hold(Scope::end_of_input()), END_OF_INPUT_SCOPE_UNIQUE_STATES);
 }

@@ -3,6 +3,8 @@
 //! - `weir-model check checkpoint [--scope NAME] [--mutant NAME]`: check every property;
 //!   exit 0 only when all hold. With a mutant, stop at the first violation and print its
 //!   trace.
+//! - `weir-model check replication [--scope sync|sync-drift|async|sync-nightly|async-nightly]
+//!   [--mutant NAME]`: the same for the replication model (two agents and a witness).
 //! - `weir-model explore checkpoint [--mutant NAME] [--address ADDR]`: serve stateright's
 //!   explorer (a web UI to walk the state space by hand).
 
@@ -13,6 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use stateright::Model;
 use weir_protocol::Mutant;
 use weir_protocol_model::checkpoint::{CheckpointModel, Scope};
+use weir_protocol_model::replication::{ReplicationModel, ReplicationScope};
 use weir_protocol_model::{Search, check};
 
 #[derive(Parser)]
@@ -54,6 +57,8 @@ enum Command {
 enum ModelName {
     /// Barrier checkpoints, two-phase sink commit, global rollback, local recovery.
     Checkpoint,
+    /// Two data agents and a witness: the lease register, replication modes, failover.
+    Replication,
 }
 
 #[derive(clap::Args)]
@@ -62,7 +67,8 @@ struct ModelOptions {
     /// commit-before-complete, reset-seq-on-restore, no-dedup, truncate-at-snapshot,
     /// no-determinants, no-restart-gap, router-not-restored, end-not-restored,
     /// end-before-commit; with a failover scope no-epoch-check, promote-unsynced,
-    /// standby-emits, standby-own-order or warm-drops-uncovered.
+    /// standby-emits, standby-own-order or warm-drops-uncovered; with the replication model
+    /// no-grace, takeover-before-expiry, async-reports-sync or partial-manifest.
     #[arg(long, value_name = "NAME")]
     mutant: Option<String>,
     /// Batches each source emits [default: the scope's, 2].
@@ -114,6 +120,16 @@ enum ScopeName {
     /// The failover scope with a warm standby; the primary crashes once, and the standby may
     /// crash once before (CI).
     FailoverWarm,
+    /// Replication: `sync`, one lost message, one partition, one crash (CI).
+    Sync,
+    /// Replication: `sync`, drifting clocks and a partition (CI).
+    SyncDrift,
+    /// Replication: `async`, two checkpoints, one lost message, one crash (CI).
+    Async,
+    /// Replication: `sync`, drifting clocks, a partition and a crash (nightly).
+    SyncNightly,
+    /// Replication: `async` with drifting clocks (nightly).
+    AsyncNightly,
 }
 
 impl ModelOptions {
@@ -131,6 +147,7 @@ impl ModelOptions {
             Some(ScopeName::Overflow) => Scope::overflow(),
             Some(ScopeName::Failover) => Scope::failover(),
             Some(ScopeName::FailoverWarm) => Scope::failover_warm(),
+            Some(_) => Scope::default(),
         };
         Scope {
             batches_per_source: self.batches.unwrap_or(base.batches_per_source),
@@ -143,18 +160,64 @@ impl ModelOptions {
     }
 
     fn model(&self) -> Result<(CheckpointModel, Option<Mutant>)> {
-        let scope = self.scope();
-        let model = CheckpointModel::new(scope);
+        if self.replication_scope().is_some() {
+            bail!("--scope {} is a scope of the replication model", self.scope_name());
+        }
+        let model = CheckpointModel::new(self.scope());
+        Ok(match self.mutant()? {
+            None => (model, None),
+            Some(m) => (model.with_mutant(m), Some(m)),
+        })
+    }
+
+    fn mutant(&self) -> Result<Option<Mutant>> {
         match self.mutant.as_deref() {
-            None => Ok((model, None)),
+            None => Ok(None),
             Some(name) => match Mutant::from_name(name) {
-                Some(m) => Ok((model.with_mutant(m), Some(m))),
+                Some(m) => Ok(Some(m)),
                 None => {
                     let known: Vec<_> = Mutant::ALL.iter().map(|m| m.name()).collect();
                     bail!("unknown mutant \"{name}\" (known: {})", known.join(", "))
                 }
             },
         }
+    }
+
+    fn scope_name(&self) -> String {
+        self.scope.and_then(|s| s.to_possible_value()).map_or("default".into(), |v| v.get_name().to_string())
+    }
+
+    fn replication_scope(&self) -> Option<ReplicationScope> {
+        match self.scope? {
+            ScopeName::Sync => Some(ReplicationScope::sync()),
+            ScopeName::SyncDrift => Some(ReplicationScope::sync_drift()),
+            ScopeName::Async => Some(ReplicationScope::asynchronous()),
+            ScopeName::SyncNightly => Some(ReplicationScope::sync_nightly()),
+            ScopeName::AsyncNightly => Some(ReplicationScope::async_nightly()),
+            _ => None,
+        }
+    }
+
+    /// The replication model of `--scope` (`sync` when none is given).
+    fn replication(&self) -> Result<(ReplicationModel, Option<Mutant>)> {
+        let scope = match (self.scope, self.replication_scope()) {
+            (None, _) => ReplicationScope::sync(),
+            (Some(_), Some(scope)) => scope,
+            (Some(_), None) => bail!("--scope {} is a scope of the checkpoint model", self.scope_name()),
+        };
+        if self.batches.is_some()
+            || self.ticks.is_some()
+            || self.timeouts.is_some()
+            || self.crashes.is_some()
+            || self.local_crashes.is_some()
+        {
+            bail!("--batches, --ticks, --timeouts, --crashes and --local-crashes are the checkpoint model's");
+        }
+        let model = ReplicationModel::new(scope);
+        Ok(match self.mutant()? {
+            None => (model, None),
+            Some(m) => (model.with_mutant(m), Some(m)),
+        })
     }
 }
 
@@ -184,6 +247,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let report = check(model, search);
             print!("{report}");
             Ok(if report.all_hold() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Check { model: ModelName::Replication, options, threads, exhaustive } => {
+            let (model, mutant) = options.replication()?;
+            println!("model: replication {:?}", model.scope);
+            if let Some(m) = mutant {
+                println!("mutant: {}", m.name());
+            }
+            let search = if mutant.is_some() && !exhaustive {
+                Search::FirstViolation
+            } else {
+                Search::Exhaustive { threads }
+            };
+            let report = check(model, search);
+            print!("{report}");
+            Ok(if report.all_hold() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Explore { model: ModelName::Replication, options, address } => {
+            let (model, _) = options.replication()?;
+            println!("serving the explorer of the replication model on http://{address}");
+            model.checker().serve(address.as_str());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Explore { model: ModelName::Checkpoint, options, address } => {
             let (model, _) = options.model()?;

@@ -27,6 +27,10 @@
 //!   re-read for a restarted receiver). The runtime's actors and the model drive both
 //!   (SPEC §11).
 //! - [`storage`]: what a restart reads from durable storage, and its in-memory twin.
+//! - [`lease`]: ownership of a pipeline across agents: the epoch-and-lease register
+//!   (CASPaxos), the holder's self-fence and the candidate's takeover (SPEC §12).
+//! - [`replication`]: shipping completed checkpoints to a peer agent, the replication modes,
+//!   and the replica's restore point (SPEC §12).
 //!
 //! ## A checkpoint, driven by hand
 //!
@@ -82,9 +86,11 @@ pub mod aligner;
 pub mod buffer;
 pub mod coordinator;
 pub mod driver;
+pub mod lease;
 pub mod participant;
 pub mod recovery;
 pub mod replay;
+pub mod replication;
 pub mod route;
 pub mod storage;
 
@@ -164,11 +170,22 @@ pub enum Mutant {
     /// A warm standby drops the input a snapshot covers when the snapshot is shipped, before
     /// it is known durable.
     WarmDropsUncovered,
+    /// A lease holder releases sink commits until its lease ends by its clock, without the
+    /// grace period for clock drift.
+    NoGrace,
+    /// A candidate takes over as soon as it has seen the register's value, without waiting
+    /// for the holder's lease (and the grace period) to run out.
+    TakeoverBeforeExpiry,
+    /// A `sync` pipeline completes a checkpoint before the peer has it durable.
+    AsyncReportsSync,
+    /// A replica takes a checkpoint as its restore point when the manifest arrives, before
+    /// every part has.
+    PartialManifest,
 }
 
 impl Mutant {
     /// Every mutant, in a fixed order.
-    pub const ALL: [Mutant; 16] = [
+    pub const ALL: [Mutant; 20] = [
         Mutant::NoAlignment,
         Mutant::AckBeforeDurable,
         Mutant::CommitBeforeComplete,
@@ -185,6 +202,10 @@ impl Mutant {
         Mutant::StandbyEmits,
         Mutant::StandbyOwnOrder,
         Mutant::WarmDropsUncovered,
+        Mutant::NoGrace,
+        Mutant::TakeoverBeforeExpiry,
+        Mutant::AsyncReportsSync,
+        Mutant::PartialManifest,
     ];
 
     /// The mutant's name on the command line (`weir-model check checkpoint --mutant NAME`).
@@ -206,6 +227,10 @@ impl Mutant {
             Mutant::StandbyEmits => "standby-emits",
             Mutant::StandbyOwnOrder => "standby-own-order",
             Mutant::WarmDropsUncovered => "warm-drops-uncovered",
+            Mutant::NoGrace => "no-grace",
+            Mutant::TakeoverBeforeExpiry => "takeover-before-expiry",
+            Mutant::AsyncReportsSync => "async-reports-sync",
+            Mutant::PartialManifest => "partial-manifest",
         }
     }
 
@@ -219,7 +244,7 @@ impl Mutant {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Mutations {
     #[cfg(feature = "mutants")]
-    bits: u16,
+    bits: u32,
 }
 
 impl Mutations {
@@ -232,7 +257,7 @@ impl Mutations {
     /// These mutations plus `mutant`.
     #[cfg(feature = "mutants")]
     pub fn with(self, mutant: Mutant) -> Mutations {
-        Mutations { bits: self.bits | (1 << mutant as u16) }
+        Mutations { bits: self.bits | (1 << mutant as u32) }
     }
 
     /// Whether `mutant` is switched on.
@@ -240,7 +265,7 @@ impl Mutations {
     pub fn has(self, mutant: Mutant) -> bool {
         #[cfg(feature = "mutants")]
         {
-            self.bits & (1 << mutant as u16) != 0
+            self.bits & (1 << mutant as u32) != 0
         }
         #[cfg(not(feature = "mutants"))]
         {
