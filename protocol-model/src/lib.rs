@@ -119,19 +119,43 @@ where
     Self::State: Hash + Send + Sync + Clone + PartialEq + std::fmt::Debug + 'static,
     Self::Action: Clone + PartialEq + std::fmt::Debug + Send + Sync + 'static,
 {
-    /// The path as numbered steps.
-    fn trace_path(&self, path: Vec<(Self::State, Option<Self::Action>)>) -> String;
+    /// What taking `action` from `state` does, one line per effect (the first says what the
+    /// environment did).
+    fn explain(&self, state: &Self::State, action: &Self::Action) -> Vec<String>;
+
+    /// A path (each state with the action taken from it) as numbered steps.
+    fn trace_path(&self, path: Vec<(Self::State, Option<Self::Action>)>) -> String {
+        let mut out = String::new();
+        let mut n = 0;
+        for (state, action) in path {
+            let Some(action) = action else { continue };
+            n += 1;
+            let mut lines = self.explain(&state, &action).into_iter();
+            let head = lines.next().unwrap_or_else(|| format!("{action:?}"));
+            let _ = writeln!(out, "{n:>3}. {head}");
+            for line in lines {
+                let _ = writeln!(out, "       {line}");
+            }
+        }
+        out
+    }
 }
 
 impl Traced for CheckpointModel {
-    fn trace_path(&self, path: Vec<(State, Option<Action>)>) -> String {
-        trace(self, path)
+    fn explain(&self, state: &State, action: &Action) -> Vec<String> {
+        let mut next = state.clone();
+        let mut log = Log::recording();
+        self.step(&mut next, action, &mut log);
+        log.lines
     }
 }
 
 impl Traced for replication::ReplicationModel {
-    fn trace_path(&self, path: Vec<(replication::State, Option<replication::Action>)>) -> String {
-        self.trace(path)
+    fn explain(&self, state: &replication::State, action: &replication::Action) -> Vec<String> {
+        let mut next = state.clone();
+        let mut lines = Vec::new();
+        self.step(&mut next, action, &mut lines);
+        lines
     }
 }
 
@@ -179,23 +203,8 @@ where
     }
 }
 
-/// A path (each state with the action taken from it) as numbered steps: what the
-/// environment did, then what each node did in response.
+/// A path of the checkpoint model as numbered steps: what the environment did, then what
+/// each node did in response.
 pub fn trace(model: &CheckpointModel, steps: impl IntoIterator<Item = (State, Option<Action>)>) -> String {
-    let mut out = String::new();
-    let mut n = 0;
-    for (state, action) in steps {
-        let Some(action) = action else { continue };
-        n += 1;
-        let mut next = state.clone();
-        let mut log = Log::recording();
-        model.step(&mut next, &action, &mut log);
-        let mut lines = log.lines.into_iter();
-        let head = lines.next().unwrap_or_else(|| format!("{action:?}"));
-        let _ = writeln!(out, "{n:>3}. {head}");
-        for line in lines {
-            let _ = writeln!(out, "       {line}");
-        }
-    }
-    out
+    model.trace_path(steps.into_iter().collect())
 }

@@ -15,7 +15,6 @@
 //! tick consumes a message or a budget).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 
 use stateright::{Model, Property};
 use weir_protocol::lease::{Acceptor, Ballot, Lease, LeaseAction, Member, NodeId, Reply, Request, Timing};
@@ -508,26 +507,6 @@ impl ReplicationModel {
         let mut actions = Vec::new();
         self.actions(state, &mut actions);
         actions.is_empty()
-    }
-
-    /// A path's steps, numbered, with what each did.
-    pub fn trace(&self, path: impl IntoIterator<Item = (State, Option<Action>)>) -> String {
-        let mut out = String::new();
-        let mut n = 0;
-        for (state, action) in path {
-            let Some(action) = action else { continue };
-            n += 1;
-            let mut next = state.clone();
-            let mut lines = Vec::new();
-            self.step(&mut next, &action, &mut lines);
-            let mut lines = lines.into_iter();
-            let head = lines.next().unwrap_or_else(|| format!("{action:?}"));
-            let _ = writeln!(out, "{n:>3}. {head}");
-            for line in lines {
-                let _ = writeln!(out, "       {line}");
-            }
-        }
-        out
     }
 }
 

@@ -16,7 +16,7 @@ use stateright::Model;
 use weir_protocol::Mutant;
 use weir_protocol_model::checkpoint::{CheckpointModel, Scope};
 use weir_protocol_model::replication::{ReplicationModel, ReplicationScope};
-use weir_protocol_model::{Search, check};
+use weir_protocol_model::{Search, Traced, check};
 
 #[derive(Parser)]
 #[command(name = "weir-model", about = "Model-check Weir's protocol core with stateright", version)]
@@ -231,37 +231,34 @@ fn main() -> ExitCode {
     }
 }
 
+/// Check `model` (to the first violation with a mutant, unless `exhaustive`), print the
+/// report, and exit 0 only when every property holds.
+fn check_and_print<M: Traced>(model: M, mutant: Option<Mutant>, threads: usize, exhaustive: bool) -> ExitCode
+where
+    M::State: std::hash::Hash + Send + Sync + Clone + PartialEq + std::fmt::Debug + 'static,
+    M::Action: Clone + PartialEq + std::fmt::Debug + Send + Sync + 'static,
+{
+    if let Some(m) = mutant {
+        println!("mutant: {}", m.name());
+    }
+    let search =
+        if mutant.is_some() && !exhaustive { Search::FirstViolation } else { Search::Exhaustive { threads } };
+    let report = check(model, search);
+    print!("{report}");
+    if report.all_hold() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check { model: ModelName::Checkpoint, options, threads, exhaustive } => {
             let (model, mutant) = options.model()?;
             println!("model: checkpoint {:?}", model.scope);
-            if let Some(m) = mutant {
-                println!("mutant: {}", m.name());
-            }
-            let search = if mutant.is_some() && !exhaustive {
-                Search::FirstViolation
-            } else {
-                Search::Exhaustive { threads }
-            };
-            let report = check(model, search);
-            print!("{report}");
-            Ok(if report.all_hold() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(check_and_print(model, mutant, threads, exhaustive))
         }
         Command::Check { model: ModelName::Replication, options, threads, exhaustive } => {
             let (model, mutant) = options.replication()?;
             println!("model: replication {:?}", model.scope);
-            if let Some(m) = mutant {
-                println!("mutant: {}", m.name());
-            }
-            let search = if mutant.is_some() && !exhaustive {
-                Search::FirstViolation
-            } else {
-                Search::Exhaustive { threads }
-            };
-            let report = check(model, search);
-            print!("{report}");
-            Ok(if report.all_hold() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(check_and_print(model, mutant, threads, exhaustive))
         }
         Command::Explore { model: ModelName::Replication, options, address } => {
             let (model, _) = options.replication()?;
