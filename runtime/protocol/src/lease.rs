@@ -563,6 +563,33 @@ mod tests {
         assert_eq!(b.owner_epoch(), None, "the value changed at 3: wait until 8");
     }
 
+    /// The model's counterexample, replayed on the core: a renewal reaches only the holder's
+    /// own acceptor, the candidate peeks the value it left there, and the retry must not
+    /// propose that value again (else the candidate counts the retry's lease from its peek,
+    /// before the retry began).
+    #[test]
+    fn a_retried_renewal_never_proposes_the_value_a_failed_one_left_behind() {
+        let (mut a, mut b, acc) = cluster();
+        let mut w = acc;
+        let mut b_acc = b.acceptor;
+        a.handle_tick(1);
+        pump(&mut a, &mut [(&mut b_acc, false), (&mut w, false)], 1);
+        let left = a.acceptor.accepted.map(|(_, v)| v);
+        b.handle_tick(1);
+        pump(&mut b, &mut [(&mut a.acceptor.clone(), true), (&mut w, true)], 1);
+        assert_eq!(b.seen, Some((left, 1)), "the candidate saw the failed renewal's value");
+        a.handle_tick(2);
+        pump(&mut a, &mut [(&mut b_acc, true), (&mut w, true)], 2);
+        assert_eq!(a.owner_epoch(), Some(1));
+        assert_ne!(a.held(), left, "the retry proposed the failed renewal's value again");
+        b.acceptor = b_acc;
+        for now in 2..6 {
+            b.handle_tick(now);
+            pump(&mut b, &mut [(&mut a.acceptor.clone(), true), (&mut w, true)], now);
+            assert_eq!(b.owner_epoch(), None, "at {now}: a's lease began at 2; wait until 6");
+        }
+    }
+
     #[test]
     fn a_deposed_holder_steps_down_when_it_sees_the_next_epoch() {
         let (mut a, _, _) = cluster();
