@@ -183,6 +183,11 @@ struct Peek {
 pub struct Member {
     id: NodeId,
     voters: u8,
+    /// Acceptors a phase needs: a majority of `voters`, or 1 after a manual promotion.
+    quorum: u8,
+    /// After a manual promotion: no commit before this local time (the old holder's lease
+    /// has run out by then).
+    fenced_until: u64,
     timing: Timing,
     /// Whether this agent takes over by itself (`failover = "witness"` or three or more
     /// voters); with manual failover it only follows.
@@ -220,6 +225,8 @@ impl Member {
         Member {
             id,
             voters,
+            quorum: voters / 2 + 1,
+            fenced_until: 0,
             timing,
             automatic,
             acceptor,
@@ -283,7 +290,34 @@ impl Member {
     pub fn can_commit(&self, now: u64) -> bool {
         let Some((_, start, _)) = self.held else { return false };
         let grace = if self.mutations.has(Mutant::NoGrace) { 0 } else { self.timing.grace };
-        now + grace < start + self.timing.lease
+        now + grace < start + self.timing.lease && now >= self.fenced_until
+    }
+
+    /// `weir promote`: a person asserts that the other voters are gone (manual failover, or
+    /// a cluster that lost its majority) and accepts that this agent's replica is what
+    /// survives. It records the next epoch on its own acceptor under a ballot above every one
+    /// it has seen, so that this acceptor refuses the old holder's renewals from now on, and
+    /// from then on decides alone (a quorum of one: the others must be re-seeded and added
+    /// back by a person). It releases commits only after `lease + grace` from now: a holder
+    /// that is alive but cut off cannot renew without this acceptor, so its lease has run
+    /// out by then. Returns the new epoch.
+    pub fn promote(&mut self, now: u64) -> u64 {
+        let current = self.acceptor.accepted.map_or(0, |(_, v)| v.epoch);
+        let epoch = self.known_epoch().max(current) + 1;
+        self.round_seen = self.round_seen.max(self.acceptor.promised.round) + 1;
+        let ballot = Ballot { round: self.round_seen, node: self.id };
+        let value = Lease { epoch, holder: self.id, version: self.stamp(0), solo: true };
+        self.acceptor = Acceptor::with_value(ballot, value);
+        self.quorum = 1;
+        self.fenced_until = now + self.timing.lease + self.timing.grace;
+        self.round = None;
+        self.peek = None;
+        self.held = Some((value, now, ballot));
+        self.fast = true;
+        self.want_solo = true;
+        self.seen = Some((Some(value), now));
+        self.actions.push_back(LeaseAction::Acquired { epoch });
+        epoch
     }
 
     /// The periodic step (every heartbeat interval): renew a lease, or watch the register
@@ -348,7 +382,7 @@ impl Member {
                 }
                 peek.votes |= 1 << from;
                 peek.best = peek.best.max(accepted);
-                if peek.votes.count_ones() as u8 > self.voters / 2 {
+                if peek.votes.count_ones() as u8 >= self.quorum {
                     let best = peek.best.map(|(_, v)| v);
                     self.peek = None;
                     self.observe(best, now);
@@ -369,7 +403,7 @@ impl Member {
                 let Phase::Prepare { best } = &mut round.phase else { return };
                 round.votes |= 1 << from;
                 *best = (*best).max(accepted);
-                if round.votes.count_ones() as u8 > self.voters / 2 {
+                if round.votes.count_ones() as u8 >= self.quorum {
                     let current = best.map(|(_, v)| v);
                     self.decide(current, now);
                 }
@@ -381,7 +415,7 @@ impl Member {
                 }
                 let Phase::Accept(value) = round.phase else { return };
                 round.votes |= 1 << from;
-                if round.votes.count_ones() as u8 > self.voters / 2 {
+                if round.votes.count_ones() as u8 >= self.quorum {
                     let start = round.start;
                     let acquired = matches!(round.change, Change::Acquire { .. });
                     self.round = None;
@@ -588,6 +622,42 @@ mod tests {
             pump(&mut b, &mut [(&mut a.acceptor.clone(), true), (&mut w, true)], now);
             assert_eq!(b.owner_epoch(), None, "at {now}: a's lease began at 2; wait until 6");
         }
+    }
+
+    /// Two voters, manual failover: the holder is cut off; the survivor is promoted by a
+    /// person, commits only once the old lease has run out, and the old holder, which can no
+    /// longer renew, fences itself and then steps down when it reaches the survivor.
+    #[test]
+    fn a_promoted_survivor_waits_out_the_old_lease_and_the_old_holder_steps_down() {
+        let ballot = Ballot { round: 0, node: 0 };
+        let acc = Acceptor::with_value(ballot, first());
+        let mut a = Member::new(0, 2, TIMING, false, acc).holding(first(), 0, ballot);
+        let mut b = Member::new(1, 2, TIMING, false, acc);
+        b.handle_tick(0);
+        assert_eq!(b.poll_action(), None, "manual failover: a survivor does nothing by itself");
+        assert_eq!(b.promote(1), 2);
+        assert_eq!(b.poll_action(), Some(LeaseAction::Acquired { epoch: 2 }));
+        for now in 1..6 {
+            assert!(!b.can_commit(now), "at {now}: the old holder's lease may still run");
+        }
+        // Cut off, a cannot renew (it needs b's acceptor too): its lease runs out.
+        a.handle_tick(1);
+        let mut unreachable = acc;
+        pump(&mut a, &mut [(&mut unreachable, false)], 1);
+        assert!(!a.can_commit(3));
+        // b renews alone (a quorum of one) and commits once the wait is over.
+        b.handle_tick(2);
+        b.handle_tick(3);
+        b.handle_tick(4);
+        b.handle_tick(5);
+        assert!(b.can_commit(6) && b.owner_epoch() == Some(2));
+        // a reaches b again: refused, then sees epoch 2 and steps down.
+        a.handle_tick(2);
+        pump(&mut a, &mut [(&mut b.acceptor, true)], 2);
+        a.handle_tick(3);
+        pump(&mut a, &mut [(&mut b.acceptor, true)], 3);
+        assert_eq!(a.owner_epoch(), None);
+        assert_eq!(a.known_epoch(), 2);
     }
 
     #[test]
