@@ -40,23 +40,49 @@ impl Agent {
     }
 
     /// [`Agent::start`] with environment variables `env` and more arguments `args`.
+    ///
+    /// The port is free when picked, but another process may take it before the agent binds
+    /// it (an outgoing connection's ephemeral port): an agent that exits before it answers
+    /// is started again on another port, three times at most; its stderr is in the panic.
     pub fn start_with(conf: &Path, env: &[(&str, &str)], args: &[&str]) -> Agent {
-        let addr = free_addr();
-        let stderr = tempfile::NamedTempFile::new().expect("a file for stderr");
-        let child = Command::new(weir_bin())
-            .envs(env.iter().copied())
-            .args(["agent", "--config-dir"])
-            .arg(conf)
-            .arg("--http")
-            .arg(addr.to_string())
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(stderr.reopen().expect("stderr file"))
-            .spawn()
-            .expect("weir agent starts");
-        let agent = Agent { child, addr, stderr };
-        agent.wait_for("the HTTP endpoint", |_| true);
-        agent
+        for _ in 0..3 {
+            let addr = free_addr();
+            let stderr = tempfile::NamedTempFile::new().expect("a file for stderr");
+            let child = Command::new(weir_bin())
+                .envs(env.iter().copied())
+                .args(["agent", "--config-dir"])
+                .arg(conf)
+                .arg("--http")
+                .arg(addr.to_string())
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(stderr.reopen().expect("stderr file"))
+                .spawn()
+                .expect("weir agent starts");
+            let mut agent = Agent { child, addr, stderr };
+            let start = Instant::now();
+            loop {
+                if agent.status().is_some() {
+                    return agent;
+                }
+                if let Some(code) = agent.child.try_wait().expect("the agent's exit status") {
+                    let stderr = agent.stderr();
+                    assert!(
+                        stderr.contains("in use"),
+                        "the agent exited ({code}) before its endpoint answered: {stderr}"
+                    );
+                    eprintln!("agent: {addr} was taken before the agent bound it; another port");
+                    break;
+                }
+                assert!(
+                    start.elapsed() < PATIENCE,
+                    "waited {PATIENCE:?} for the HTTP endpoint: {}",
+                    agent.stderr()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("three free ports were taken before the agent could bind them")
     }
 
     /// Its process id.
