@@ -194,8 +194,10 @@ impl ReplicaLog {
         let before = self.restore;
         while let Some(next) = self.pending.values().find_map(|p| {
             let m = p.manifest?;
-            let whole =
-                self.mutations.has(Mutant::PartialManifest) || p.parts.len() as u64 == u64::from(m.parts);
+            // Only parts the manifest names count: a stray index from the network cannot
+            // make up for a missing one.
+            let whole = self.mutations.has(Mutant::PartialManifest)
+                || p.parts.range(..m.parts).count() as u64 == u64::from(m.parts);
             (whole && m.prev == self.chain && m.checkpoint > self.restore).then_some(m)
         }) {
             self.restore = next.checkpoint;
@@ -256,6 +258,7 @@ mod tests {
         assert_eq!(r.handle_manifest(ms[0]), None);
         assert_eq!(r.handle_part(CheckpointId(1), 1), None);
         assert_eq!(r.handle_part(CheckpointId(1), 1), None, "a duplicate part is not a second part");
+        assert_eq!(r.handle_part(CheckpointId(1), 7), None, "a part the manifest does not name is not one");
         assert_eq!(r.handle_part(CheckpointId(1), 0), Some(CheckpointId(2)));
         assert_eq!(r.chain(), ms[1].chain());
         assert_eq!(r.handle_part(CheckpointId(1), 0), None);
