@@ -130,6 +130,20 @@ fn main() -> ExitCode {
     // default hook would print a backtrace for each. Keep one line, with the location.
     std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
     match cli.command {
+        Command::Validate { config, .. } if config.file_name().is_some_and(|n| n == config::node::FILE) => {
+            let dir = config.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            match config::node::load(dir) {
+                Ok(Some(node)) => {
+                    let voters = node.voters().join(", ");
+                    println!("{}: ok (agent {}, voters {voters})", config.display(), node.name);
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => {
+                    fail(2, format!("config: cannot read {}: No such file or directory", config.display()))
+                }
+                Err(e) => fail(2, e),
+            }
+        }
         Command::Validate { config, data_dir, explain } => match config::load(&config, data_dir.as_deref()) {
             Ok(spec) => {
                 println!("{}: ok ({} nodes)", config.display(), spec.nodes.len());
@@ -168,6 +182,17 @@ fn main() -> ExitCode {
                 Ok(spec) => spec,
                 Err(e) => return fail(2, e),
             };
+            if spec.replication.is_some() {
+                // weir run holds no ownership: beside an agent that owns the pipeline, both
+                // would write its sinks.
+                return fail(
+                    2,
+                    format!(
+                        "config: {}: a pipeline with [replication] runs under `weir agent` only (weir run would write its sinks without owning it)",
+                        config.display()
+                    ),
+                );
+            }
             let faults = match Injection::parse_all(&spec, &inject) {
                 Ok(faults) => faults,
                 Err(e) => return fail(2, e),

@@ -43,6 +43,7 @@ fn pipeline(dir: &std::path::Path, key: Option<&str>, parallelism: usize) -> Pip
         },
         supervision: SupervisionSpec::default(),
         standby: Default::default(),
+        replication: None,
         nodes: vec![
             node("readings", &[], 1, NodeKind::Source(readings)),
             node("windows", &["readings"], parallelism, NodeKind::Transform(window)),

@@ -173,6 +173,10 @@ pub fn run_agent(options: &Options) -> anyhow::Result<()> {
     if !dir.is_dir() {
         anyhow::bail!("--config-dir {}: not a folder", dir.display());
     }
+    // A bad node.toml stops the agent before anything runs: its peers and identity are wrong.
+    if let Some(node) = config::node::load(dir)? {
+        tracing::info!("agent {} (voters {})", node.name, node.voters().join(", "));
+    }
     let agent = Arc::new(Agent {
         started: Some(Instant::now()),
         config_dir: dir.clone(),
@@ -293,6 +297,10 @@ fn scan(dir: &Path) -> Result<BTreeMap<String, (PathBuf, Vec<u8>)>, String> {
         if path.extension().is_none_or(|e| e != "toml") || !path.is_file() {
             continue;
         }
+        // The agent's own settings, not a pipeline.
+        if path.file_name().is_some_and(|n| n == config::node::FILE) {
+            continue;
+        }
         let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
             tracing::warn!("{}: the file name is not UTF-8; skipped", path.display());
             continue;
@@ -371,6 +379,11 @@ impl Managed {
         // per run).
         let loaded = loaded.and_then(|(spec, data_dir)| {
             weir_runtime::pipeline::faults::Injection::parse_all(&spec, &inject)?;
+            if spec.replication.is_some() {
+                // Running it here without ownership and shipping would let two agents write
+                // its sinks: refused until the agent drives the register (docs/architecture.md).
+                return Err("[replication]: the agent does not run replicated pipelines yet (ownership and shipping are being built); remove [replication] to run it on this host alone".to_owned());
+            }
             Ok((spec, data_dir))
         });
         let stall_after = loaded.as_ref().ok().and_then(|(spec, _)| {

@@ -69,6 +69,11 @@ impl<'a> Table<'a> {
         &self.path
     }
 
+    /// The line that opens the table.
+    pub(super) fn line(&self) -> usize {
+        self.line
+    }
+
     /// An error about the table as a whole, at its opening line.
     pub(super) fn error(&self, message: impl Into<String>) -> ConfigError {
         ConfigError::at(&self.path, message, self.line)

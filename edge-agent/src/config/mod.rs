@@ -28,6 +28,7 @@ mod doc;
 mod graph;
 mod host;
 mod interpolate;
+pub mod node;
 mod nodes;
 mod operator;
 #[cfg(test)]
@@ -38,10 +39,11 @@ use std::path::{Path, PathBuf};
 
 use toml::de::DeTable;
 use weir_runtime::pipeline::spec::{
-    AutoKeyOperator, CheckpointMode, CheckpointSpec, NodeKind, PipelineSpec, RecoveryStrategy,
-    RestartStrategy, StandbySpec, SupervisionSpec, TransformSpec, WindowKind,
+    AutoKeyOperator, CheckpointMode, CheckpointSpec, Failover, NodeKind, PipelineSpec, RecoveryStrategy,
+    ReplicationSpec, RestartStrategy, StandbySpec, SupervisionSpec, TransformSpec, WindowKind,
 };
 use weir_runtime::protocol::driver::Mode;
+use weir_runtime::protocol::replication::ReplicationMode;
 
 use self::doc::{Doc, Item, Table};
 use self::nodes::Section;
@@ -50,8 +52,20 @@ const DEFAULT_DATA_DIR: &str = "data";
 const DEFAULT_MAP_SIZE_MB: u64 = 1024;
 const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1000;
 const DEFAULT_CHECKPOINT_TIMEOUT_MS: u64 = 60_000;
-const TOP_LEVEL_KEYS: &[&str] =
-    &["data_dir", "map_size_mb", "checkpoint", "supervision", "recovery", "sources", "transforms", "sinks"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "data_dir",
+    "map_size_mb",
+    "checkpoint",
+    "supervision",
+    "recovery",
+    "replication",
+    "sources",
+    "transforms",
+    "sinks",
+];
+const REPLICATION_KEYS: &[&str] = &["mode", "max_lag", "failover"];
+/// `[replication] max_lag` unless set: checkpoints an `async` peer may lack.
+const DEFAULT_MAX_LAG: u64 = 10;
 const CHECKPOINT_KEYS: &[&str] = &["interval_ms", "mode", "timeout_ms"];
 const SUPERVISION_KEYS: &[&str] =
     &["strategy", "max_restarts", "within_ms", "backoff_initial_ms", "backoff_max_ms"];
@@ -81,12 +95,20 @@ pub enum ConfigError {
     /// A problem with a value given by a command-line flag, such as `--data-dir`.
     #[error("{flag}: {message}")]
     Flag { flag: &'static str, message: String },
+    /// A problem in another file than the one being read (the agent's `node.toml`).
+    #[error("config: {}: {}", path.display(), error.to_string().trim_start_matches("config: "))]
+    InFile { path: PathBuf, error: Box<ConfigError> },
 }
 
 impl ConfigError {
     /// A problem with the key at dotted `path` (empty for the document root), on `line`.
     fn at(path: &str, message: impl Into<String>, line: usize) -> ConfigError {
         ConfigError::Key { path: path.to_owned(), message: message.into(), line, hint: None }
+    }
+
+    /// `error`, found in the file at `path`.
+    fn in_file(path: &Path, error: ConfigError) -> ConfigError {
+        ConfigError::InFile { path: path.to_owned(), error: Box::new(error) }
     }
 
     /// Adds `did you mean "hint"?` to a [`ConfigError::Key`].
@@ -148,7 +170,119 @@ pub fn load(path: &Path, data_dir_override: Option<&Path>) -> Result<PipelineSpe
         sites.data_dir = DataDirFrom::Flag;
     }
     host::check(&spec, &sites)?;
+    if let Some(sites) = &sites.replication {
+        let node = node::load(&base_dir)?;
+        spec.replication =
+            Some(replication_against(spec.replication.take(), sites, node.as_ref(), &base_dir)?);
+    }
     Ok(spec)
+}
+
+/// `[replication]` checked against the agent's `node.toml` beside the pipeline: there are
+/// peers to replicate to, and automatic failover has a majority to decide with (two voters
+/// cannot tell a dead peer from a cut link, so each would take over: split brain). An unset
+/// `failover` is automatic when it can be (`"witness"` with a witness, `"auto"` with three or
+/// more data agents), else `"manual"`.
+fn replication_against(
+    parsed: Option<ReplicationSpec>,
+    sites: &ReplicationSites,
+    node: Option<&node::NodeConfig>,
+    dir: &Path,
+) -> Result<ReplicationSpec, ConfigError> {
+    let mut spec = parsed.expect("a [replication] table was read");
+    let Some(node) = node else {
+        return Err(ConfigError::at(
+            "replication",
+            format!(
+                "needs the agent's settings in {} (name, listen, cert, key and [peers.NAME])",
+                dir.join(node::FILE).display()
+            ),
+            sites.table,
+        ));
+    };
+    let voters = node.voters();
+    let count = voters.len();
+    if node.data_peers().next().is_none() {
+        let message = format!("node.toml names no data peer to replicate to (voters: {})", voters.join(", "));
+        return Err(ConfigError::at("replication", message, sites.table));
+    }
+    let majority = count >= 3;
+    match sites.failover {
+        None => {
+            spec.failover = match (majority, node.has_witness()) {
+                (true, true) => Failover::Witness,
+                (true, false) => Failover::Auto,
+                (false, _) => Failover::Manual,
+            }
+        }
+        Some(line) if spec.failover.automatic() && !majority => {
+            let name = if spec.failover == Failover::Witness { "witness" } else { "auto" };
+            return Err(ConfigError::at(
+                "replication.failover",
+                format!(
+                    "failover = \"{name}\" needs three voters, node.toml has {count} ({}): two agents cannot tell a dead peer from a cut link and both would take over; add a witness ([peers.NAME] role = \"witness\", run by `weir witness`) or use failover = \"manual\"",
+                    voters.join(", ")
+                ),
+                line,
+            ));
+        }
+        Some(line) if spec.failover == Failover::Witness && !node.has_witness() => {
+            return Err(ConfigError::at(
+                "replication.failover",
+                "failover = \"witness\" but node.toml has no peer with role = \"witness\" (use \"auto\" among three or more data agents)",
+                line,
+            ));
+        }
+        Some(_) => {}
+    }
+    Ok(spec)
+}
+
+/// Where `[replication]` and its `failover` were written.
+#[derive(Debug)]
+struct ReplicationSites {
+    table: usize,
+    failover: Option<usize>,
+}
+
+/// `[replication]`, before `node.toml` is read: `failover` is `Manual` unless set.
+fn replication(table: &Table<'_>) -> Result<(ReplicationSpec, ReplicationSites), ConfigError> {
+    table.deny_unknown_keys(REPLICATION_KEYS)?;
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Async,
+        Received,
+        Sync,
+    }
+    let kind = match table.get("mode") {
+        Some(item) => {
+            item.choice(&[("async", Kind::Async), ("received", Kind::Received), ("sync", Kind::Sync)])?
+        }
+        None => Kind::Sync,
+    };
+    let max_lag = match table.get("max_lag") {
+        Some(item) if kind != Kind::Async => {
+            return Err(item.error("max_lag applies to mode = \"async\" only (received and sync never lag)"));
+        }
+        Some(item) => item.int_between(1, 1_000_000)?,
+        None => DEFAULT_MAX_LAG,
+    };
+    let mode = match kind {
+        Kind::Async => ReplicationMode::Async { max_lag },
+        Kind::Received => ReplicationMode::Received,
+        Kind::Sync => ReplicationMode::Sync,
+    };
+    let failover_item = table.get("failover");
+    let failover = match &failover_item {
+        Some(item) => item.choice(&[
+            ("manual", Failover::Manual),
+            ("witness", Failover::Witness),
+            ("auto", Failover::Auto),
+        ])?,
+        None => Failover::Manual,
+    };
+    let sites = ReplicationSites { table: table.line(), failover: failover_item.map(|i| i.line()) };
+    Ok((ReplicationSpec { mode, failover }, sites))
 }
 
 /// Validates config `text` as if read from a file in `base_dir`, looking variables up with
@@ -183,6 +317,8 @@ struct Sites {
     /// For each file source and file sink: its name, the dotted path of its `path` key and the
     /// line of the value.
     paths: Vec<(String, String, usize)>,
+    /// `[replication]`, if the pipeline has it.
+    replication: Option<ReplicationSites>,
 }
 
 /// [`parse`], also returning where the values [`host::check`] looks at were written.
@@ -222,6 +358,13 @@ fn read(
         Some(item) => supervision(&item.table()?)?,
         None => SupervisionSpec::default(),
     };
+    let (replication, replication_sites) = match root.get("replication") {
+        Some(item) => {
+            let (spec, sites) = replication(&item.table()?)?;
+            (Some(spec), Some(sites))
+        }
+        None => (None, None),
+    };
     let mut standby = StandbySpec::default();
     let mut key_operator = None;
     if let Some(item) = root.get("recovery") {
@@ -259,11 +402,16 @@ fn read(
         .filter(|d| d.has_path())
         .map(|d| (d.name.clone(), format!("{}.path", d.item.path()), d.item.line_of("path")))
         .collect();
-    let sites = Sites { data_dir: data_dir_from, map_size_mb: map_size_item.map(|i| i.line()), paths };
+    let sites = Sites {
+        data_dir: data_dir_from,
+        map_size_mb: map_size_item.map(|i| i.line()),
+        paths,
+        replication: replication_sites,
+    };
 
     (standby.nodes, standby.auto) = standbys(key_operator, &drafts)?;
     let nodes = graph::assemble(drafts)?;
-    Ok((PipelineSpec { data_dir, map_size, checkpoint, supervision, nodes, standby }, sites))
+    Ok((PipelineSpec { data_dir, map_size, checkpoint, supervision, nodes, standby, replication }, sites))
 }
 
 /// `[supervision]`.

@@ -61,6 +61,7 @@ fn the_sensor_window_config_becomes_its_spec() {
         },
         supervision: SupervisionSpec::default(),
         standby: Default::default(),
+        replication: None,
         nodes: vec![
             NodeSpec {
                 name: "readings".into(),

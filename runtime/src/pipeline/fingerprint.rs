@@ -211,6 +211,7 @@ mod tests {
             },
             supervision: SupervisionSpec::default(),
             standby: Default::default(),
+            replication: None,
             nodes: vec![
                 node(
                     "readings",

@@ -224,6 +224,7 @@ mod tests {
             },
             supervision: SupervisionSpec::default(),
             standby: Default::default(),
+            replication: None,
             nodes,
         }
     }

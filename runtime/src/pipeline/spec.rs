@@ -21,6 +21,36 @@ pub struct PipelineSpec {
     pub nodes: Vec<NodeSpec>,
     /// Which transforms a standby protects, and how (SPEC §11.8).
     pub standby: StandbySpec,
+    /// `[replication]`: the pipeline is owned by one agent of several at a time and its
+    /// completed checkpoints are shipped to the others (SPEC §12). None: this host alone.
+    pub replication: Option<ReplicationSpec>,
+}
+
+/// `[replication]`, resolved against the agent's `node.toml`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicationSpec {
+    /// When a checkpoint completes, relative to the peer.
+    pub mode: crate::protocol::replication::ReplicationMode,
+    /// Who decides that another agent takes the pipeline over.
+    pub failover: Failover,
+}
+
+/// `[replication] failover`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failover {
+    /// Only a person, with `weir promote PIPELINE` (the default with two voters).
+    Manual,
+    /// Automatic, with two data agents and a data-less witness as the third voter.
+    Witness,
+    /// Automatic, among three or more data agents.
+    Auto,
+}
+
+impl Failover {
+    /// Whether a surviving agent takes over without a person.
+    pub fn automatic(self) -> bool {
+        !matches!(self, Failover::Manual)
+    }
 }
 
 /// `[recovery] key_operator`, `progress_timeout_ms`, `acceptable_lag_batches` and
