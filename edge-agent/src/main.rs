@@ -87,6 +87,23 @@ enum Command {
         #[arg(long, value_name = "PIPELINE=FAULT", value_parser = pipeline_fault)]
         inject: Vec<(String, String)>,
     },
+    /// Make a self-signed certificate and key for agent NAME (NAME.crt, NAME.key), for the
+    /// peer links of node.toml: give NAME.crt to every peer (`[peers.NAME] cert`), keep
+    /// NAME.key on NAME's box.
+    Cert {
+        /// The agent's name, as node.toml's `name` has it.
+        name: String,
+        /// Where to write the two files.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+    },
+    /// Run a witness: the third voter for two data agents' pipelines (it keeps only their
+    /// ownership registers, no data), as set in DIR/node.toml.
+    Witness {
+        /// The folder holding node.toml.
+        #[arg(long, value_name = "DIR")]
+        config_dir: PathBuf,
+    },
     /// Print a running agent's status.
     Status {
         /// The agent's HTTP address.
@@ -162,6 +179,17 @@ fn main() -> ExitCode {
                 Err(e) => fail(1, causes(&e)),
             }
         }
+        Command::Cert { name, out } => match agent::witness::cert(&name, &out) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(2, e),
+        },
+        Command::Witness { config_dir } => match agent::witness::run(&config_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(1, causes(&e)),
+        },
         Command::Status { http, json } => match agent::status::fetch(http) {
             Ok(status) if json => {
                 println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());

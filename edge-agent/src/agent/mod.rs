@@ -14,6 +14,7 @@
 pub mod http;
 pub mod status;
 mod systemd;
+pub mod witness;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -5,6 +5,7 @@
 //! listen = "127.0.0.1:7401"        # where peers connect to it
 //! cert = "certs/a.crt"             # its certificate and key (`weir cert a`)
 //! key = "certs/a.key"
+//! data_dir = "data"                # the agent's own state: its register acceptor
 //!
 //! [peers.b]
 //! address = "127.0.0.1:7402"
@@ -28,7 +29,7 @@ use super::{ConfigError, interpolate, nodes};
 /// The reserved file name in a config folder.
 pub const FILE: &str = "node.toml";
 
-const NODE_KEYS: &[&str] = &["name", "listen", "cert", "key", "peers"];
+const NODE_KEYS: &[&str] = &["name", "listen", "cert", "key", "data_dir", "peers"];
 const PEER_KEYS: &[&str] = &["address", "cert", "role"];
 
 /// An agent's settings.
@@ -42,6 +43,9 @@ pub struct NodeConfig {
     pub cert: PathBuf,
     /// Its private key (PEM).
     pub key: PathBuf,
+    /// Where it keeps its own state (the ownership register's acceptor), apart from any
+    /// pipeline's data directory.
+    pub data_dir: PathBuf,
     /// The other agents, in file order.
     pub peers: Vec<Peer>,
 }
@@ -139,6 +143,10 @@ pub fn parse(
     })?;
     let cert = nodes::resolve(base_dir, root.require("cert")?.non_empty_str()?);
     let key = nodes::resolve(base_dir, root.require("key")?.non_empty_str()?);
+    let data_dir = nodes::resolve(
+        base_dir,
+        root.get("data_dir").map(|i| i.non_empty_str()).transpose()?.unwrap_or("data"),
+    );
     let mut peers: Vec<Peer> = Vec::new();
     if let Some(item) = root.get("peers") {
         for entry in item.table()?.items() {
@@ -177,7 +185,7 @@ pub fn parse(
     if peers.len() > 63 {
         return Err(ConfigError::Pipeline { message: "peers: at most 63 peers".to_owned() });
     }
-    Ok(NodeConfig { name, listen, cert, key, peers })
+    Ok(NodeConfig { name, listen, cert, key, data_dir, peers })
 }
 
 /// An agent's name: what certificates, log lines and `weir status` call it.

@@ -1,0 +1,93 @@
+//! An agent's durable register acceptors, one per replicated pipeline, in an LMDB
+//! environment of their own (`<node data_dir>/register`). An acceptor's new state is committed
+//! (LMDB's commit is durable) before its reply leaves: a promise or an acceptance forgotten in
+//! a power cut would let two proposers both win (SPEC §12.1).
+
+use std::path::{Path, PathBuf};
+
+use heed::types::{Bytes, Str};
+use heed::{Database, Env, EnvOpenOptions};
+use weir_runtime::protocol::lease;
+
+use super::wire;
+
+/// The acceptors' store.
+#[derive(Clone)]
+pub struct RegisterStore {
+    env: Env,
+    acceptors: Database<Str, Bytes>,
+    path: PathBuf,
+}
+
+/// A store that cannot be opened, read or written; the agent stops answering for the
+/// register rather than answer from memory.
+#[derive(Debug, thiserror::Error)]
+#[error("register store {}: {message}", path.display())]
+pub struct StoreError {
+    path: PathBuf,
+    message: String,
+}
+
+impl RegisterStore {
+    /// Opens (or creates) the store under `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<RegisterStore, StoreError> {
+        let path = data_dir.join("register");
+        let error = |message: String| StoreError { path: path.clone(), message };
+        std::fs::create_dir_all(&path).map_err(|e| error(format!("cannot create it: {e}")))?;
+        // SAFETY (heed's `open` is unsafe): the environment is opened once per process (the
+        // agent holds one store) and never by another process while this one runs: the
+        // agent's config folder and its data dir belong to one agent.
+        #[allow(unsafe_code)]
+        let env = unsafe { EnvOpenOptions::new().map_size(16 << 20).max_dbs(1).open(&path) }
+            .map_err(|e| error(format!("cannot open it: {e}")))?;
+        let mut txn = env.write_txn().map_err(|e| error(e.to_string()))?;
+        let acceptors = env.create_database(&mut txn, Some("acceptors")).map_err(|e| error(e.to_string()))?;
+        txn.commit().map_err(|e| error(e.to_string()))?;
+        Ok(RegisterStore { env, acceptors, path })
+    }
+
+    fn error(&self, message: impl std::fmt::Display) -> StoreError {
+        StoreError { path: self.path.clone(), message: message.to_string() }
+    }
+
+    /// `pipeline`'s acceptor as stored (the default, nothing promised, if none is).
+    pub fn acceptor(&self, pipeline: &str) -> Result<lease::Acceptor, StoreError> {
+        let txn = self.env.read_txn().map_err(|e| self.error(e))?;
+        self.read(&txn, pipeline)
+    }
+
+    fn read(&self, txn: &heed::RoTxn<'_>, pipeline: &str) -> Result<lease::Acceptor, StoreError> {
+        match self.acceptors.get(txn, pipeline).map_err(|e| self.error(e))? {
+            None => Ok(lease::Acceptor::default()),
+            Some(bytes) => {
+                let stored: wire::Acceptor = postcard::from_bytes(bytes).map_err(|e| {
+                    self.error(format!("pipeline {pipeline}'s acceptor does not decode: {e}"))
+                })?;
+                Ok(stored.into())
+            }
+        }
+    }
+
+    /// Handles a request to `pipeline`'s acceptor; its new state is durable when this returns.
+    pub fn handle(&self, pipeline: &str, request: lease::Request) -> Result<lease::Reply, StoreError> {
+        let mut txn = self.env.write_txn().map_err(|e| self.error(e))?;
+        let mut acceptor = self.read(&txn, pipeline)?;
+        let before = acceptor;
+        let reply = acceptor.handle(request);
+        if acceptor != before {
+            let bytes = postcard::to_stdvec(&wire::Acceptor::from(acceptor)).map_err(|e| self.error(e))?;
+            self.acceptors.put(&mut txn, pipeline, &bytes).map_err(|e| self.error(e))?;
+            txn.commit().map_err(|e| self.error(e))?;
+        }
+        Ok(reply)
+    }
+
+    /// Replaces `pipeline`'s acceptor (a data agent's own, which its [`lease::Member`]
+    /// changes in place: a promise to itself, or `weir promote`).
+    pub fn put(&self, pipeline: &str, acceptor: lease::Acceptor) -> Result<(), StoreError> {
+        let mut txn = self.env.write_txn().map_err(|e| self.error(e))?;
+        let bytes = postcard::to_stdvec(&wire::Acceptor::from(acceptor)).map_err(|e| self.error(e))?;
+        self.acceptors.put(&mut txn, pipeline, &bytes).map_err(|e| self.error(e))?;
+        txn.commit().map_err(|e| self.error(e))
+    }
+}
