@@ -358,7 +358,7 @@ fn run_pipeline(
         }) as ProgressFn
     });
     let stop = stop_on_signals()?;
-    let outcome = match run(spec, &Observe { progress, live: None }, faults, &stop, fresh) {
+    let outcome = match run(spec, &Observe { progress, live: None, tap: None }, faults, &stop, fresh) {
         Ok(outcome) => outcome,
         Err(RunError::Escalated { message, report: partial }) => {
             if let Some(path) = &report {

@@ -456,7 +456,7 @@ fn keep_running(
             live.set_phase(Phase::Stopped);
             return;
         }
-        let observe = Observe { progress: None, live: Some(live.clone()) };
+        let observe = Observe { progress: None, live: Some(live.clone()), tap: None };
         let started = Instant::now();
         let faults = weir_runtime::pipeline::faults::Injection::parse_all(spec, inject).unwrap_or_default();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -757,7 +757,14 @@ impl TaskActor {
         };
         let (log, participant, epoch) = (self.cx.log.clone(), self.cx.participant, self.driver.epoch());
         let (fatal, name) = (self.cx.fatal.clone(), self.cx.name.clone());
+        let tap = self.cx.writer.tap();
         let job: Job = Box::new(move || {
+            // The owner's self-fence (replication): nothing becomes visible once its lease is
+            // about to run out; as a crash before the append.
+            if let Some(Err(e)) = tap.map(|tap| tap.may_release()) {
+                done(Err(Arc::new(crate::log::LogError::Replication(e))));
+                return None;
+            }
             let appended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 lock(&output).append(&log, participant, c, epoch)
             }));

@@ -35,6 +35,7 @@ use crate::protocol::{CheckpointId, ParticipantId};
 
 pub mod dir;
 pub mod outbox;
+pub mod ship;
 pub mod wal;
 mod writer;
 pub use writer::{Job, Writer};
@@ -153,6 +154,10 @@ pub enum LogError {
     /// A write failed because a test or chaos drill said so (`--inject write-error:...`).
     #[error("log: injected write error ({0})")]
     Injected(String),
+    /// The writes are durable here, but replication refused them: the peer did not have
+    /// them in time, or this agent no longer owns the pipeline ([`ship::Tap`]).
+    #[error("replication: {0}")]
+    Replication(String),
 }
 
 impl LogError {
@@ -184,14 +189,16 @@ pub struct CommitRecord {
     pub file_len: u64,
 }
 
-/// One write, applied by the writer thread.
-#[derive(Debug)]
+/// One write, applied by the writer thread. Also what a replica receives ([`ship`]): the
+/// same records, applied by the same code to its copy of the log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum WriteOp {
     /// Store a snapshot.
     Snapshot {
         /// Participant.
         participant: ParticipantId,
         /// Checkpoint.
+        #[serde(with = "ship::checkpoint")]
         checkpoint: CheckpointId,
         /// The snapshot.
         record: SnapshotRecord,
@@ -201,6 +208,7 @@ pub enum WriteOp {
         /// Participant.
         participant: ParticipantId,
         /// Checkpoint.
+        #[serde(with = "ship::checkpoint")]
         checkpoint: CheckpointId,
         /// Encoded output.
         bytes: Vec<u8>,
@@ -213,7 +221,7 @@ pub enum WriteOp {
         record: CommitRecord,
     },
     /// Record a checkpoint as complete.
-    Completion(CheckpointId),
+    Completion(#[serde(with = "ship::checkpoint")] CheckpointId),
     /// Record the epoch granted to a subtask's slot (before it is granted: S11).
     Grant {
         /// Participant.
@@ -236,6 +244,7 @@ pub enum WriteOp {
         /// Participant.
         participant: ParticipantId,
         /// Checkpoint.
+        #[serde(with = "ship::checkpoint")]
         checkpoint: CheckpointId,
         /// The output.
         chunk: outbox::OutboxChunk,
@@ -252,6 +261,7 @@ pub enum WriteOp {
         /// Participant.
         participant: ParticipantId,
         /// Keep this one and newer.
+        #[serde(with = "ship::checkpoint")]
         checkpoint: CheckpointId,
     },
 }

@@ -26,16 +26,35 @@ const MAX_BATCH: usize = 256;
 #[derive(Clone)]
 pub struct Writer {
     queue: Queue<WriteOp, Result<(), std::sync::Arc<LogError>>>,
+    tap: Option<std::sync::Arc<dyn super::ship::Tap>>,
 }
 
 impl Writer {
     /// Start the writer thread for `log`.
     pub fn start(log: Log) -> Writer {
+        Writer::start_tapped(log, None)
+    }
+
+    /// Start the writer thread for `log`, telling `tap` of every batch it commits before
+    /// the batch's callbacks run ([`super::ship`]: replication to another agent).
+    pub fn start_tapped(log: Log, tap: Option<std::sync::Arc<dyn super::ship::Tap>>) -> Writer {
         // The thread runs until every `Writer` is dropped; nobody waits for it.
+        let batch_tap = tap.clone();
         let (queue, _thread) = Queue::start("weir-log-writer", move |ops: &[Vec<WriteOp>]| {
-            log.transaction(ops.iter().flatten()).map_err(std::sync::Arc::new)
+            log.transaction(ops.iter().flatten()).map_err(std::sync::Arc::new)?;
+            match &batch_tap {
+                Some(tap) => {
+                    tap.committed(&log, ops).map_err(|e| std::sync::Arc::new(LogError::Replication(e)))
+                }
+                None => Ok(()),
+            }
         });
-        Writer { queue }
+        Writer { queue, tap }
+    }
+
+    /// The replication tap, if the log is shipped to another agent.
+    pub fn tap(&self) -> Option<std::sync::Arc<dyn super::ship::Tap>> {
+        self.tap.clone()
     }
 
     /// Wait until every write queued before this call has been applied (or failed).

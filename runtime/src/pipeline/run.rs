@@ -157,6 +157,10 @@ pub struct Observe {
     pub progress: Option<ProgressFn>,
     /// Kept up to date by the run.
     pub live: Option<Arc<Live>>,
+    /// Told of every batch the log's writer commits, and asked before every sink releases
+    /// output: replication to another agent and the owner's self-fence
+    /// ([`crate::log::ship`]).
+    pub tap: Option<Arc<dyn crate::log::ship::Tap>>,
 }
 
 fn reader(spec: &SourceSpec, share: Share, wal: Option<&Arc<Wal>>) -> Box<dyn SourceReader> {
@@ -245,6 +249,23 @@ struct Attempt {
     estimates: Vec<crate::pipeline::keyop::Estimate>,
 }
 
+/// Before the first run of a pipeline whose log was shipped from another agent (a
+/// takeover, SPEC §12.2): its file sinks continue their own output files here, from their
+/// current length, instead of expecting the old owner's lengths. Returns how many it rebased.
+pub fn adopt(spec: &PipelineSpec) -> Result<usize, RunError> {
+    let log = Log::open(&spec.data_dir, spec.map_size)?;
+    let plan = Plan::new(spec, 1);
+    let files: Vec<(usize, &std::path::Path)> = plan
+        .sinks
+        .iter()
+        .filter_map(|&p| match &spec.nodes[plan.subtasks[p].node].kind {
+            NodeKind::Sink(crate::pipeline::spec::SinkSpec::File { path, .. }) => Some((p, path.as_path())),
+            _ => None,
+        })
+        .collect();
+    Ok(log.rebase_file_sinks(&files)?)
+}
+
 /// Run `spec` until its sources are exhausted and all output is committed, or until `stop`
 /// is requested. A panic in operator code restarts the pipeline from the last completed
 /// checkpoint (a global rollback inside this process), within the restart intensity of
@@ -262,7 +283,7 @@ pub fn run(
     let started = Instant::now();
     let log = Log::open_with(&spec.data_dir, spec.map_size, fresh)?;
     log.claim(&fingerprint::settings(spec))?;
-    let writer = Writer::start(log.clone());
+    let writer = Writer::start_tapped(log.clone(), observe.tap.clone());
     let connectors = start_connectors(spec, &log, &writer)?;
     if let Some(live) = &observe.live {
         live.set_usage(log.usage());
