@@ -75,9 +75,10 @@ enum Command {
         /// The folder of pipeline configs.
         #[arg(long, value_name = "DIR")]
         config_dir: PathBuf,
-        /// Where to serve /metrics, /healthz, /readyz and /status.
-        #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_HTTP)]
-        http: std::net::SocketAddr,
+        /// Where to serve /metrics, /healthz, /readyz and /status (default: node.toml's
+        /// `http`, else 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR:PORT")]
+        http: Option<std::net::SocketAddr>,
         /// How long SIGTERM waits for the pipelines' final checkpoints before exiting anyway
         /// (the logs survive; each pipeline resumes from its last completed checkpoint).
         #[arg(long, value_name = "SECONDS", default_value_t = 30)]
@@ -173,6 +174,15 @@ fn main() -> ExitCode {
         },
         Command::Agent { config_dir, http, stop_timeout, inject } => {
             let stop_timeout = Duration::from_secs(stop_timeout);
+            let http = match http {
+                Some(http) => http,
+                None => match config::node::load(&config_dir) {
+                    Ok(node) => node
+                        .and_then(|n| n.http)
+                        .unwrap_or_else(|| DEFAULT_HTTP.parse().expect("a valid address")),
+                    Err(e) => return fail(2, e),
+                },
+            };
             let options = agent::Options { config_dir, http, stop_timeout, inject };
             match agent::run_agent(&options) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -92,6 +92,8 @@ pub struct Agent {
     pub config_dir: PathBuf,
     /// `--inject`: faults by pipeline.
     pub inject: Vec<(String, String)>,
+    /// The peer service, when the config folder has a `node.toml` (replicated pipelines).
+    pub peers: Option<Arc<crate::peer::service::Service>>,
 }
 
 /// A pipeline's status, as `/status` serves it.
@@ -175,13 +177,22 @@ pub fn run_agent(options: &Options) -> anyhow::Result<()> {
         anyhow::bail!("--config-dir {}: not a folder", dir.display());
     }
     // A bad node.toml stops the agent before anything runs: its peers and identity are wrong.
-    if let Some(node) = config::node::load(dir)? {
-        tracing::info!("agent {} (voters {})", node.name, node.voters().join(", "));
-    }
+    let peers = match config::node::load(dir)? {
+        Some(node) => {
+            tracing::info!("agent {} (voters {})", node.name, node.voters().join(", "));
+            let node_file = dir.join(config::node::FILE);
+            let me = crate::peer::link::Identity::load(&node)
+                .with_context(|| format!("{}", node_file.display()))?;
+            let store = crate::peer::store::RegisterStore::open(&node.data_dir)?;
+            Some(crate::peer::service::Service::start(node, me, store)?)
+        }
+        None => None,
+    };
     let agent = Arc::new(Agent {
         started: Some(Instant::now()),
         config_dir: dir.clone(),
         inject: options.inject.clone(),
+        peers,
         ..Agent::default()
     });
     let signals = signals()?;
@@ -346,7 +357,7 @@ fn reconcile(agent: &Agent, dir: &Path) {
         }
         let inject: Vec<String> =
             agent.inject.iter().filter(|(p, _)| *p == name).map(|(_, fault)| fault.clone()).collect();
-        let m = Managed::start(name.clone(), path, contents, &pipelines, inject);
+        let m = Managed::start(name.clone(), path, contents, &pipelines, inject, agent.peers.as_ref());
         pipelines.insert(name, m);
     }
 }
@@ -359,6 +370,7 @@ impl Managed {
         contents: Vec<u8>,
         others: &BTreeMap<String, Managed>,
         inject: Vec<String>,
+        peers: Option<&Arc<crate::peer::service::Service>>,
     ) -> Managed {
         let live = Arc::new(Live::default());
         let retries = Arc::new(Mutex::new(Retries::default()));
@@ -380,14 +392,35 @@ impl Managed {
         // per run).
         let loaded = loaded.and_then(|(spec, data_dir)| {
             weir_runtime::pipeline::faults::Injection::parse_all(&spec, &inject)?;
-            if spec.replication.is_some() {
-                // Running it here without ownership and shipping would let two agents write
-                // its sinks: refused until the agent drives the register (docs/architecture.md).
-                return Err("[replication]: the agent does not run replicated pipelines yet (ownership and shipping are being built); remove [replication] to run it on this host alone".to_owned());
-            }
             Ok((spec, data_dir))
         });
-        let stall_after = loaded.as_ref().ok().and_then(|(spec, _)| {
+        // A replicated pipeline runs only while the ownership register says this agent owns it.
+        let loaded = loaded.and_then(|(spec, data_dir)| {
+            let replicated = match (&spec.replication, peers) {
+                (None, _) => None,
+                (Some(_), None) => return Err("[replication] needs the agent's node.toml, read when the agent starts: restart the agent".to_owned()),
+                (Some(_), Some(service)) => {
+                    let node = service.node();
+                    let me = node.id();
+                    let data_peers = node.data_peers().filter_map(|p| node.number(&p.name)).collect();
+                    let first = crate::peer::service::first_data_agent(node);
+                    let r = crate::peer::replicated::Replicated::new(
+                        &name,
+                        &spec,
+                        me,
+                        data_peers,
+                        first,
+                        service.store().clone(),
+                        service.clock,
+                        service.outbound(),
+                    )?;
+                    service.register(r.clone());
+                    Some(r)
+                }
+            };
+            Ok((spec, data_dir, replicated))
+        });
+        let stall_after = loaded.as_ref().ok().and_then(|(spec, _, _)| {
             let interval = spec.checkpoint.interval_ms?;
             Some(Duration::from_millis(2 * interval + spec.checkpoint.timeout_ms))
         });
@@ -398,11 +431,11 @@ impl Managed {
                 live.fail(message);
                 (None, None)
             }
-            Ok((spec, data_dir)) => {
+            Ok((spec, data_dir, replicated)) => {
                 let shared = (name.clone(), live.clone(), retries.clone(), stop.clone(), quit.clone());
                 let thread = std::thread::Builder::new().name(format!("pipeline {name}")).spawn(move || {
                     let (name, live, retries, stop, quit) = shared;
-                    keep_running(&name, (&spec, &inject), &live, &retries, &stop, &quit);
+                    keep_running(&name, (&spec, &inject), &live, &retries, &stop, &quit, replicated.as_ref());
                 });
                 match thread {
                     Ok(thread) => (Some(thread), Some(data_dir)),
@@ -446,6 +479,7 @@ fn keep_running(
     retries: &Mutex<Retries>,
     stop: &Mutex<Arc<StopRequest>>,
     quit: &StopRequest,
+    replicated: Option<&Arc<crate::peer::replicated::Replicated>>,
 ) {
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -456,7 +490,24 @@ fn keep_running(
             live.set_phase(Phase::Stopped);
             return;
         }
-        let observe = Observe { progress: None, live: Some(live.clone()), tap: None };
+        let mut tap = None;
+        if let Some(r) = replicated {
+            if r.owner().is_none() {
+                live.set_phase(Phase::Replica);
+            }
+            let Some(epoch) = r.wait_owner(quit) else { continue };
+            live.set_phase(Phase::Starting);
+            if let Err(e) = r.prepare_run(spec) {
+                eprintln!("weir: {name}: cannot take it over: {e}");
+                live.fail(e);
+                if quit.wait(backoff) {
+                    return;
+                }
+                continue;
+            }
+            tap = Some(r.tap(epoch));
+        }
+        let observe = Observe { progress: None, live: Some(live.clone()), tap };
         let started = Instant::now();
         let faults = weir_runtime::pipeline::faults::Injection::parse_all(spec, inject).unwrap_or_default();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -479,6 +530,10 @@ fn keep_running(
                     }
                 }
                 return;
+            }
+            Err(_) if replicated.is_some_and(|r| r.owner().is_none()) => {
+                // Deposed: another agent owns it now; this one becomes its replica.
+                continue;
             }
             Err(e) => {
                 let message = e.to_string();

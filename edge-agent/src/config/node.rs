@@ -3,6 +3,7 @@
 //! ```toml
 //! name = "a"                       # this agent, as its peers name it
 //! listen = "127.0.0.1:7401"        # where peers connect to it
+//! http = "127.0.0.1:9465"          # `weir agent`'s HTTP endpoint unless --http says otherwise
 //! cert = "certs/a.crt"             # its certificate and key (`weir cert a`)
 //! key = "certs/a.key"
 //! data_dir = "data"                # the agent's own state: its register acceptor
@@ -29,7 +30,7 @@ use super::{ConfigError, interpolate, nodes};
 /// The reserved file name in a config folder.
 pub const FILE: &str = "node.toml";
 
-const NODE_KEYS: &[&str] = &["name", "listen", "cert", "key", "data_dir", "peers"];
+const NODE_KEYS: &[&str] = &["name", "listen", "http", "cert", "key", "data_dir", "peers"];
 const PEER_KEYS: &[&str] = &["address", "cert", "role"];
 
 /// An agent's settings.
@@ -39,6 +40,8 @@ pub struct NodeConfig {
     pub name: String,
     /// Where it accepts peer links.
     pub listen: SocketAddr,
+    /// Where `weir agent` serves its HTTP endpoint, unless `--http` says otherwise.
+    pub http: Option<SocketAddr>,
     /// Its certificate (PEM).
     pub cert: PathBuf,
     /// Its private key (PEM).
@@ -141,6 +144,15 @@ pub fn parse(
             listen_item.found()
         ))
     })?;
+    let http = match root.get("http") {
+        Some(item) => Some(item.non_empty_str()?.parse::<SocketAddr>().map_err(|_| {
+            item.error(format!(
+                "expected an address and port such as \"127.0.0.1:9464\", found {}",
+                item.found()
+            ))
+        })?),
+        None => None,
+    };
     let cert = nodes::resolve(base_dir, root.require("cert")?.non_empty_str()?);
     let key = nodes::resolve(base_dir, root.require("key")?.non_empty_str()?);
     let data_dir = nodes::resolve(
@@ -185,7 +197,7 @@ pub fn parse(
     if peers.len() > 63 {
         return Err(ConfigError::Pipeline { message: "peers: at most 63 peers".to_owned() });
     }
-    Ok(NodeConfig { name, listen, cert, key, data_dir, peers })
+    Ok(NodeConfig { name, listen, http, cert, key, data_dir, peers })
 }
 
 /// An agent's name: what certificates, log lines and `weir status` call it.

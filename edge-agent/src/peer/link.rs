@@ -239,6 +239,7 @@ mod tests {
         NodeConfig {
             name: name.to_owned(),
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            http: None,
             cert: certs.join(format!("{name}.crt")),
             key: certs.join(format!("{name}.key")),
             data_dir: certs.join(format!("{name}-data")),

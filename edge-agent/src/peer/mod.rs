@@ -7,6 +7,8 @@
 //! checkpoint shipping on bulk links).
 
 pub mod link;
+pub mod replicated;
+pub mod service;
 pub mod store;
 pub mod tls;
 pub mod wire;

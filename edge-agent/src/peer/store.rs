@@ -52,18 +52,25 @@ impl RegisterStore {
 
     /// `pipeline`'s acceptor as stored (the default, nothing promised, if none is).
     pub fn acceptor(&self, pipeline: &str) -> Result<lease::Acceptor, StoreError> {
+        Ok(self.member(pipeline)?.0)
+    }
+
+    /// `pipeline`'s acceptor and the highest version its agent proposed
+    /// ([`lease::Member::attempted`]).
+    pub fn member(&self, pipeline: &str) -> Result<(lease::Acceptor, u64), StoreError> {
         let txn = self.env.read_txn().map_err(|e| self.error(e))?;
         self.read(&txn, pipeline)
     }
 
-    fn read(&self, txn: &heed::RoTxn<'_>, pipeline: &str) -> Result<lease::Acceptor, StoreError> {
+    fn read(&self, txn: &heed::RoTxn<'_>, pipeline: &str) -> Result<(lease::Acceptor, u64), StoreError> {
         match self.acceptors.get(txn, pipeline).map_err(|e| self.error(e))? {
-            None => Ok(lease::Acceptor::default()),
+            None => Ok((lease::Acceptor::default(), 0)),
             Some(bytes) => {
-                let stored: wire::Acceptor = postcard::from_bytes(bytes).map_err(|e| {
-                    self.error(format!("pipeline {pipeline}'s acceptor does not decode: {e}"))
-                })?;
-                Ok(stored.into())
+                let (stored, attempted): (wire::Acceptor, u64) =
+                    postcard::from_bytes(bytes).map_err(|e| {
+                        self.error(format!("pipeline {pipeline}'s acceptor does not decode: {e}"))
+                    })?;
+                Ok((stored.into(), attempted))
             }
         }
     }
@@ -71,22 +78,24 @@ impl RegisterStore {
     /// Handles a request to `pipeline`'s acceptor; its new state is durable when this returns.
     pub fn handle(&self, pipeline: &str, request: lease::Request) -> Result<lease::Reply, StoreError> {
         let mut txn = self.env.write_txn().map_err(|e| self.error(e))?;
-        let mut acceptor = self.read(&txn, pipeline)?;
+        let (mut acceptor, attempted) = self.read(&txn, pipeline)?;
         let before = acceptor;
         let reply = acceptor.handle(request);
         if acceptor != before {
-            let bytes = postcard::to_stdvec(&wire::Acceptor::from(acceptor)).map_err(|e| self.error(e))?;
+            let bytes = postcard::to_stdvec(&(wire::Acceptor::from(acceptor), attempted))
+                .map_err(|e| self.error(e))?;
             self.acceptors.put(&mut txn, pipeline, &bytes).map_err(|e| self.error(e))?;
             txn.commit().map_err(|e| self.error(e))?;
         }
         Ok(reply)
     }
 
-    /// Replaces `pipeline`'s acceptor (a data agent's own, which its [`lease::Member`]
-    /// changes in place: a promise to itself, or `weir promote`).
-    pub fn put(&self, pipeline: &str, acceptor: lease::Acceptor) -> Result<(), StoreError> {
+    /// Replaces `pipeline`'s acceptor and `attempted` (a data agent's own, which its
+    /// [`lease::Member`] changes in place: a promise to itself, or `weir promote`).
+    pub fn put(&self, pipeline: &str, acceptor: lease::Acceptor, attempted: u64) -> Result<(), StoreError> {
         let mut txn = self.env.write_txn().map_err(|e| self.error(e))?;
-        let bytes = postcard::to_stdvec(&wire::Acceptor::from(acceptor)).map_err(|e| self.error(e))?;
+        let bytes =
+            postcard::to_stdvec(&(wire::Acceptor::from(acceptor), attempted)).map_err(|e| self.error(e))?;
         self.acceptors.put(&mut txn, pipeline, &bytes).map_err(|e| self.error(e))?;
         txn.commit().map_err(|e| self.error(e))
     }

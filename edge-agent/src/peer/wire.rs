@@ -115,6 +115,31 @@ pub enum Control {
     Registered { pipeline: String, reply: Reply },
 }
 
+/// The largest frame on a bulk link: a seed chunk, or one committed batch of the log (a
+/// large operator snapshot is one write).
+pub const MAX_BULK_FRAME: u32 = 1 << 28;
+/// Seeds travel in chunks of this size, so that acknowledgements are not stuck behind one
+/// frame of the whole log.
+pub const SEED_CHUNK: usize = 1 << 20;
+
+/// A message on a bulk link: the owner's shipping to a replica, and the replica's
+/// acknowledgements.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Bulk {
+    /// The first message: the owner ships `pipeline` under `epoch`.
+    Start { pipeline: String, epoch: u64 },
+    /// A piece of a compacted copy of the owner's log.
+    Seed { bytes: Vec<u8> },
+    /// The copy is whole: install it.
+    SeedEnd,
+    /// A committed batch of the log ([`weir_runtime::log::ship::encode_batch`]).
+    Batch { bytes: Vec<u8> },
+    /// The replica's latest completed checkpoint, received (and if `durable`, on its disk).
+    Ack { checkpoint: u64, durable: bool },
+    /// The replica refuses the owner (an older epoch than it knows): the link closes.
+    Refused { reason: String },
+}
+
 /// [`lease::Ballot`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ballot {

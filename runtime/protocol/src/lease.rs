@@ -192,6 +192,9 @@ pub struct Member {
     /// Whether this agent takes over by itself (`failover = "witness"` or three or more
     /// voters); with manual failover it only follows.
     automatic: bool,
+    /// Whether it may take a register nobody ever held (with manual failover, one agent is
+    /// named to start the pipeline; with automatic failover every candidate may).
+    first: bool,
     /// The agent's own acceptor.
     pub acceptor: Acceptor,
     /// The highest round seen in any ballot.
@@ -229,6 +232,7 @@ impl Member {
             fenced_until: 0,
             timing,
             automatic,
+            first: automatic,
             acceptor,
             round_seen: acceptor.promised.round,
             round: None,
@@ -248,6 +252,13 @@ impl Member {
     pub fn holding(mut self, lease: Lease, start: u64, ballot: Ballot) -> Member {
         self.held = Some((lease, start, ballot));
         self.fast = true;
+        self
+    }
+
+    /// With manual failover: this agent is the one that starts the pipeline, taking epoch 1
+    /// of a register nobody ever held (and nothing else without `weir promote`).
+    pub fn first_owner(mut self) -> Member {
+        self.first = true;
         self
     }
 
@@ -349,14 +360,17 @@ impl Member {
             }
             return;
         }
-        if !self.automatic {
+        if !self.automatic && !self.first {
             return;
         }
         match self.seen {
             // A solo holder has no replica in step: taking over from it would lose what it
             // completed alone. That needs a person (`weir promote`).
             Some((Some(value), _)) if value.solo => self.begin_peek(now),
-            Some((value, since)) if self.expired(since, now) || value.is_none() => {
+            // Nobody ever held it: a candidate takes epoch 1 at once (the first owner of a
+            // new cluster; with manual failover only the agent named first may).
+            Some((None, _)) => self.begin(Change::Acquire { expected: None }, now),
+            Some((value, since)) if self.automatic && self.expired(since, now) => {
                 self.begin(Change::Acquire { expected: value }, now)
             }
             _ => self.begin_peek(now),
@@ -675,5 +689,33 @@ mod tests {
         assert_eq!(a.owner_epoch(), None);
         assert_eq!(a.poll_action(), None);
         assert!(!a.can_commit(2));
+    }
+
+    #[test]
+    fn with_manual_failover_only_the_first_owner_takes_an_empty_register_and_nobody_takes_over() {
+        let mut w = Acceptor::default();
+        let mut a = Member::new(0, 3, TIMING, false, Acceptor::default()).first_owner();
+        let mut b = Member::new(1, 3, TIMING, false, Acceptor::default());
+        for now in 0..20 {
+            b.handle_tick(now);
+            let mut a_acc = a.acceptor;
+            pump(&mut b, &mut [(&mut a_acc, true), (&mut w, true)], now);
+            a.acceptor = a_acc;
+            assert_eq!(b.owner_epoch(), None, "b never starts it, at {now}");
+        }
+        a.handle_tick(20);
+        let mut b_acc = b.acceptor;
+        pump(&mut a, &mut [(&mut b_acc, true), (&mut w, true)], 20);
+        a.handle_tick(21);
+        pump(&mut a, &mut [(&mut b_acc, true), (&mut w, true)], 21);
+        assert_eq!(a.owner_epoch(), Some(1));
+        b.acceptor = b_acc;
+        // a is gone: b watches, and never takes over by itself.
+        for now in 22..60 {
+            b.handle_tick(now);
+            let mut a_acc = a.acceptor;
+            pump(&mut b, &mut [(&mut a_acc, true), (&mut w, true)], now);
+            assert_eq!(b.owner_epoch(), None, "manual: no takeover at {now}");
+        }
     }
 }

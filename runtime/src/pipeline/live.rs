@@ -32,6 +32,9 @@ pub enum Phase {
     Stopped,
     /// It failed (the error says why).
     Failed,
+    /// Replicated, and another agent owns it: this one keeps a copy of its log up to date
+    /// and takes over when the ownership register says so.
+    Replica,
 }
 
 impl Phase {
@@ -39,6 +42,7 @@ impl Phase {
     pub fn name(self) -> &'static str {
         match self {
             Phase::Starting => "starting",
+            Phase::Replica => "replica",
             Phase::Running => "running",
             Phase::Restarting => "restarting",
             Phase::Stopping => "stopping",

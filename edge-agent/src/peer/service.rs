@@ -1,0 +1,373 @@
+//! A data agent's peer service: one thread with a tokio runtime that keeps the links to the
+//! other agents and carries the replicated pipelines' messages.
+//!
+//! - It listens on `node.toml`'s `listen`: a control link from a peer carries that peer's
+//!   register requests to this agent's acceptors (and their replies back); a bulk link
+//!   carries an owner's shipping to this agent's replica (and acknowledgements back).
+//! - It keeps a control link to every peer for this agent's own requests, connecting again
+//!   every half second while one is down.
+//! - Every [`TICK`] it steps every replicated pipeline's register member.
+//! - While this agent owns a pipeline, it keeps a bulk link to every data peer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use super::link::{self, Identity, Link, Tcp, Transport};
+use super::replicated::Replicated;
+use super::store::RegisterStore;
+use super::wire::{self, Bulk, Channel, Control};
+use crate::config::node::{NodeConfig, Peer, Role};
+
+/// How often the register members step.
+pub const TICK: Duration = Duration::from_millis(100);
+/// How long to wait before connecting again to a peer that is down.
+const RECONNECT: Duration = Duration::from_millis(500);
+
+/// The peer service's shared state.
+pub struct Service {
+    node: NodeConfig,
+    me: Identity,
+    store: RegisterStore,
+    /// Where register requests to each voter go (by voter number; none for this agent).
+    outbound: Vec<Option<UnboundedSender<Control>>>,
+    pipelines: Mutex<BTreeMap<String, Arc<Replicated>>>,
+    /// (pipeline, peer number) with a bulk link being kept.
+    shipping: Mutex<BTreeSet<(String, u8)>>,
+    /// When the agent started: the clock of every lease.
+    pub clock: std::time::Instant,
+}
+
+impl Service {
+    /// Starts the service's thread; fails if its listening address cannot be bound.
+    pub fn start(node: NodeConfig, me: Identity, store: RegisterStore) -> anyhow::Result<Arc<Service>> {
+        let voters = node.voters().len();
+        let mut outbound = vec![None; voters];
+        let mut inbound = Vec::new();
+        for peer in &node.peers {
+            let (tx, rx) = unbounded_channel();
+            let number = node.number(&peer.name).expect("a peer is a voter") as usize;
+            outbound[number] = Some(tx);
+            inbound.push((peer.clone(), rx));
+        }
+        let service = Arc::new(Service {
+            node,
+            me,
+            store,
+            outbound,
+            pipelines: Mutex::default(),
+            shipping: Mutex::default(),
+            clock: std::time::Instant::now(),
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let listener = {
+            let std_listener = std::net::TcpListener::bind(service.node.listen).map_err(|e| {
+                anyhow::anyhow!("cannot listen on {} (node.toml listen): {e}", service.node.listen)
+            })?;
+            std_listener.set_nonblocking(true)?;
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(std_listener)?
+        };
+        let running = service.clone();
+        std::thread::Builder::new().name("weir-peers".into()).spawn(move || {
+            runtime.block_on(async move {
+                tokio::spawn(listen(running.clone(), listener));
+                for (peer, rx) in inbound {
+                    tokio::spawn(control(running.clone(), peer, rx));
+                }
+                let mut ticks = tokio::time::interval(TICK);
+                loop {
+                    ticks.tick().await;
+                    running.tick();
+                }
+            })
+        })?;
+        Ok(service)
+    }
+
+    /// The node's settings.
+    pub fn node(&self) -> &NodeConfig {
+        &self.node
+    }
+
+    /// The store of this agent's acceptors.
+    pub fn store(&self) -> &RegisterStore {
+        &self.store
+    }
+
+    /// Where register requests go, by voter number.
+    pub fn outbound(&self) -> Vec<Option<UnboundedSender<Control>>> {
+        self.outbound.clone()
+    }
+
+    /// Adds (or replaces) a replicated pipeline.
+    pub fn register(&self, pipeline: Arc<Replicated>) {
+        lock(&self.pipelines).insert(pipeline.name.clone(), pipeline);
+    }
+
+    /// Removes a pipeline (its config was removed or changed).
+    pub fn unregister(&self, name: &str) {
+        lock(&self.pipelines).remove(name);
+    }
+
+    fn pipeline(&self, name: &str) -> Option<Arc<Replicated>> {
+        lock(&self.pipelines).get(name).cloned()
+    }
+
+    /// Steps every member, and starts shipping links for the pipelines this agent owns.
+    fn tick(self: &Arc<Self>) {
+        let pipelines: Vec<Arc<Replicated>> = lock(&self.pipelines).values().cloned().collect();
+        for r in pipelines {
+            r.tick();
+            let Some(epoch) = r.owner() else { continue };
+            for &number in &r.data_peers {
+                let key = (r.name.clone(), number);
+                if !lock(&self.shipping).insert(key.clone()) {
+                    continue;
+                }
+                let peer = self.peer(number).clone();
+                tokio::spawn(ship(self.clone(), r.clone(), epoch, peer, key));
+            }
+        }
+    }
+
+    fn peer(&self, number: u8) -> &Peer {
+        let name = self.node.voters()[number as usize].to_owned();
+        self.node.peers.iter().find(|p| p.name == name).expect("a voter other than this agent is a peer")
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn listen(service: Arc<Service>, listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((stream, from)) = <Tcp as Transport>::accept(&listener).await else { continue };
+        let service = service.clone();
+        tokio::spawn(async move {
+            match link::accept(stream, from, &service.me).await {
+                Ok(link) if link.channel == Channel::Control => {
+                    let peer = link.peer.clone();
+                    if let Err(e) = answer(&service, link).await {
+                        tracing::info!("{peer}: control link down: {e}");
+                    }
+                }
+                Ok(link) => {
+                    let peer = link.peer.clone();
+                    if let Err(e) = replicate(&service, link).await {
+                        tracing::info!("{peer}: bulk link down: {e}");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    eprintln!("weir: {e}");
+                }
+            }
+        });
+    }
+}
+
+/// Answers a peer's register requests.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    service: &Service,
+    mut link: Link<S>,
+) -> anyhow::Result<()> {
+    let (mut inbound, mut outbound) = (Vec::new(), Vec::new());
+    loop {
+        let message: Control =
+            wire::read_frame(&mut link.stream, wire::MAX_CONTROL_FRAME, &mut inbound).await?;
+        let Control::Register { pipeline, request } = message else {
+            anyhow::bail!("a reply on a link that carries requests");
+        };
+        let reply = match service.pipeline(&pipeline) {
+            Some(r) => r.on_request(request),
+            // Not run here (yet): its acceptor is kept all the same.
+            None => service.store.handle(&pipeline, request.into()).ok().map(Into::into),
+        };
+        let Some(reply) = reply else { continue };
+        wire::write_frame(&mut link.stream, &Control::Registered { pipeline, reply }, &mut outbound).await?;
+    }
+}
+
+/// Keeps a control link to `peer`, sending this agent's requests and handing back replies.
+async fn control(service: Arc<Service>, peer: Peer, mut requests: UnboundedReceiver<Control>) {
+    let number = service.node.number(&peer.name).expect("a peer is a voter");
+    let mut complained = false;
+    loop {
+        let link = match link::connect(&Tcp, &service.me, &peer, Channel::Control).await {
+            Ok(link) => link,
+            Err(e) => {
+                if !complained {
+                    tracing::info!("{e} (connecting again every {} ms)", RECONNECT.as_millis());
+                    complained = true;
+                }
+                tokio::time::sleep(RECONNECT).await;
+                continue;
+            }
+        };
+        tracing::info!("{}: control link up", peer.name);
+        complained = false;
+        // Requests queued while the link was down are stale: their rounds are over.
+        while requests.try_recv().is_ok() {}
+        let (mut reader, mut writer) = tokio::io::split(link.stream);
+        let replies = {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                loop {
+                    let message: Control =
+                        match wire::read_frame(&mut reader, wire::MAX_CONTROL_FRAME, &mut buffer).await {
+                            Ok(message) => message,
+                            Err(_) => return,
+                        };
+                    if let Control::Registered { pipeline, reply } = message
+                        && let Some(r) = service.pipeline(&pipeline)
+                    {
+                        r.on_reply(number, reply);
+                    }
+                }
+            })
+        };
+        let mut buffer = Vec::new();
+        loop {
+            tokio::select! {
+                request = requests.recv() => {
+                    let Some(request) = request else { return };
+                    if wire::write_frame(&mut writer, &request, &mut buffer).await.is_err() {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep(RECONNECT), if replies.is_finished() => break,
+            }
+        }
+        replies.abort();
+        tracing::info!("{}: control link down", peer.name);
+        tokio::time::sleep(RECONNECT).await;
+    }
+}
+
+/// Keeps a bulk link to data peer `peer` while this agent owns `r` under `epoch`: a seed,
+/// then every committed batch; acknowledgements back.
+async fn ship(service: Arc<Service>, r: Arc<Replicated>, epoch: u64, peer: Peer, key: (String, u8)) {
+    let outcome = async {
+        let link = link::connect(&Tcp, &service.me, &peer, Channel::Bulk).await?;
+        let (mut reader, mut writer) = tokio::io::split(link.stream);
+        let mut buffer = Vec::new();
+        wire::write_frame(&mut writer, &Bulk::Start { pipeline: r.name.clone(), epoch }, &mut buffer).await?;
+        let (tx, mut rx) = unbounded_channel();
+        let Some(session) = r.open_session(epoch, tx) else { return Ok(()) };
+        tracing::info!("{}: shipping to {} (epoch {epoch})", r.name, peer.name);
+        let acks = {
+            let r = r.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                loop {
+                    match wire::read_frame(&mut reader, wire::MAX_CONTROL_FRAME, &mut buffer).await {
+                        Ok(Bulk::Ack { checkpoint, durable }) => r.on_ack(checkpoint, durable),
+                        Ok(Bulk::Refused { reason }) => return reason,
+                        Ok(_) => return "an unexpected message".to_owned(),
+                        Err(e) => return e.to_string(),
+                    }
+                }
+            })
+        };
+        let result: anyhow::Result<()> = async {
+            loop {
+                tokio::select! {
+                    message = rx.recv() => {
+                        let Some(message) = message else { return Ok(()) };
+                        wire::write_frame(&mut writer, &message, &mut buffer).await?;
+                    }
+                    _ = tokio::time::sleep(RECONNECT), if acks.is_finished() || r.owner() != Some(epoch) => {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        .await;
+        r.close_session(session);
+        if acks.is_finished() {
+            if let Ok(reason) = acks.await {
+                tracing::info!("{}: {} stopped taking the shipping: {reason}", r.name, peer.name);
+            }
+        } else {
+            acks.abort();
+        }
+        result
+    }
+    .await;
+    if let Err(e) = outcome {
+        tracing::info!("{}: shipping to {}: {e}", r.name, peer.name);
+        tokio::time::sleep(RECONNECT).await;
+    }
+    lock(&service.shipping).remove(&key);
+}
+
+/// Applies what an owner ships to this agent's replica, acknowledging as it goes.
+async fn replicate<S: AsyncRead + AsyncWrite + Unpin>(
+    service: &Service,
+    mut link: Link<S>,
+) -> anyhow::Result<()> {
+    let mut buffer = Vec::new();
+    let mut out = Vec::new();
+    let Bulk::Start { pipeline, epoch } =
+        wire::read_frame(&mut link.stream, wire::MAX_BULK_FRAME, &mut buffer).await?
+    else {
+        anyhow::bail!("a bulk link that does not start with Start");
+    };
+    let Some(r) = service.pipeline(&pipeline) else {
+        let reason = format!("no pipeline {pipeline} here");
+        wire::write_frame(&mut link.stream, &Bulk::Refused { reason: reason.clone() }, &mut out).await?;
+        anyhow::bail!("{reason}");
+    };
+    if let Err(reason) = r.replica_start(epoch) {
+        wire::write_frame(&mut link.stream, &Bulk::Refused { reason: reason.clone() }, &mut out).await?;
+        anyhow::bail!("{reason}");
+    }
+    tracing::info!("{pipeline}: replica of {} (epoch {epoch})", link.peer);
+    let mut seed = Vec::new();
+    loop {
+        let message: Bulk = wire::read_frame(&mut link.stream, wire::MAX_BULK_FRAME, &mut buffer).await?;
+        let applied = match message {
+            Bulk::Seed { bytes } => {
+                seed.extend_from_slice(&bytes);
+                continue;
+            }
+            Bulk::SeedEnd => {
+                let (r, bytes) = (r.clone(), std::mem::take(&mut seed));
+                tokio::task::spawn_blocking(move || r.install_seed(&bytes)).await?
+            }
+            Bulk::Batch { bytes } => {
+                let r = r.clone();
+                tokio::task::spawn_blocking(move || r.apply(&bytes)).await?
+            }
+            other => anyhow::bail!("unexpected {other:?}"),
+        };
+        match applied {
+            Ok(checkpoint) => {
+                wire::write_frame(&mut link.stream, &Bulk::Ack { checkpoint, durable: true }, &mut out)
+                    .await?;
+            }
+            Err(reason) => {
+                let _ =
+                    wire::write_frame(&mut link.stream, &Bulk::Refused { reason: reason.clone() }, &mut out)
+                        .await;
+                anyhow::bail!("{pipeline}: {reason}");
+            }
+        }
+    }
+}
+
+/// Whether this agent is the one to start a pipeline with manual failover: the first data
+/// agent by name.
+pub fn first_data_agent(node: &NodeConfig) -> bool {
+    let mut data: Vec<&str> =
+        node.peers.iter().filter(|p| p.role == Role::Data).map(|p| p.name.as_str()).collect();
+    data.push(&node.name);
+    data.sort_unstable();
+    data.first() == Some(&node.name.as_str())
+}
