@@ -345,6 +345,9 @@ fn reconcile(agent: &Agent, dir: &Path) {
         .collect();
     for name in gone {
         let mut m = pipelines.remove(&name).expect("listed");
+        if let Some(peers) = &agent.peers {
+            peers.unregister(&name);
+        }
         tracing::info!("{name}: {} changed or was removed; stopping it", m.config.display());
         m.request_stop("SIGHUP");
         if let Some(thread) = m.thread.take() {

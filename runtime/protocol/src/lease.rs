@@ -459,8 +459,11 @@ impl Member {
                 holder: self.id,
                 version: self.stamp(0),
                 // The holder it replaces may have completed checkpoints it never shipped
-                // (async) or may come back on its own history: it is re-seeded first.
-                solo: true,
+                // (async) or may come back on its own history: it is re-seeded first. The
+                // first owner of a register nobody held replaces nobody: nothing is
+                // completed yet, and it completes nothing its peer lacks unless the register
+                // says solo, so a candidate may take over from it.
+                solo: current.is_some(),
             }),
             _ => None,
         };
