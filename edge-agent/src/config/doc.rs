@@ -23,6 +23,15 @@ impl Doc {
         Doc { line_starts }
     }
 
+    /// `text` (the text this was made of) parsed as TOML; invalid TOML is an error at its
+    /// line.
+    pub(super) fn parse<'t>(&self, text: &'t str) -> Result<Spanned<DeTable<'t>>, ConfigError> {
+        DeTable::parse(text).map_err(|error| ConfigError::Line {
+            line: error.span().map_or(1, |span| self.line(span.start)),
+            message: format!("invalid TOML: {}", error.message().replace('\n', " ")),
+        })
+    }
+
     /// The 1-based line holding byte `offset`.
     pub(super) fn line(&self, offset: usize) -> usize {
         match self.line_starts.binary_search(&offset) {

@@ -37,7 +37,6 @@ mod tests;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use toml::de::DeTable;
 use weir_runtime::pipeline::spec::{
     AutoKeyOperator, CheckpointMode, CheckpointSpec, Failover, NodeKind, PipelineSpec, RecoveryStrategy,
     ReplicationSpec, RestartStrategy, StandbySpec, SupervisionSpec, TransformSpec, WindowKind,
@@ -343,10 +342,7 @@ fn read(
 ) -> Result<(PipelineSpec, Sites), ConfigError> {
     let text = interpolate::interpolate(text, env)?;
     let doc = Doc::new(&text);
-    let parsed = DeTable::parse(&text).map_err(|error| ConfigError::Line {
-        line: error.span().map_or(1, |span| doc.line(span.start)),
-        message: format!("invalid TOML: {}", error.message().replace('\n', " ")),
-    })?;
+    let parsed = doc.parse(&text)?;
     let root = Table::root(&doc, parsed.get_ref());
     root.deny_unknown_keys(TOP_LEVEL_KEYS)?;
 

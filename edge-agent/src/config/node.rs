@@ -22,8 +22,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use toml::de::DeTable;
-
 use super::doc::{Doc, Table};
 use super::{ConfigError, interpolate, nodes};
 
@@ -129,10 +127,7 @@ pub fn parse(
 ) -> Result<NodeConfig, ConfigError> {
     let text = interpolate::interpolate(text, env)?;
     let doc = Doc::new(&text);
-    let parsed = DeTable::parse(&text).map_err(|error| ConfigError::Line {
-        line: error.span().map_or(1, |span| doc.line(span.start)),
-        message: format!("invalid TOML: {}", error.message().replace('\n', " ")),
-    })?;
+    let parsed = doc.parse(&text)?;
     let root = Table::root(&doc, parsed.get_ref());
     root.deny_unknown_keys(NODE_KEYS)?;
     let name_item = root.require("name")?;

@@ -171,26 +171,19 @@ async fn listen(service: Arc<Service>, listener: tokio::net::TcpListener) {
     }
 }
 
-/// Answers a peer's register requests.
-async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
-    service: &Service,
-    mut link: Link<S>,
-) -> anyhow::Result<()> {
-    let (mut inbound, mut outbound) = (Vec::new(), Vec::new());
-    loop {
-        let message: Control =
-            wire::read_frame(&mut link.stream, wire::MAX_CONTROL_FRAME, &mut inbound).await?;
-        let Control::Register { pipeline, request } = message else {
-            anyhow::bail!("a reply on a link that carries requests");
-        };
-        let reply = match service.pipeline(&pipeline) {
+/// Answers a peer's register requests: a pipeline run here by its member's acceptor, any
+/// other (not run here yet) by the store, as a witness would.
+async fn answer<S>(service: &Service, link: Link<S>) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    super::witness::answer(link, |pipeline, request| async move {
+        match service.pipeline(&pipeline) {
             Some(r) => r.on_request(request),
-            // Not run here (yet): its acceptor is kept all the same.
-            None => service.store.handle(&pipeline, request.into()).ok().map(Into::into),
-        };
-        let Some(reply) = reply else { continue };
-        wire::write_frame(&mut link.stream, &Control::Registered { pipeline, reply }, &mut outbound).await?;
-    }
+            None => super::witness::from_store(&service.store, pipeline, request).await,
+        }
+    })
+    .await
 }
 
 /// Keeps a control link to `peer`, sending this agent's requests and handing back replies.

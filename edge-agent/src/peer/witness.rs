@@ -37,7 +37,7 @@ pub async fn serve<T: Transport>(
                 Ok(link) if link.channel == Channel::Control => {
                     let peer = link.peer.clone();
                     tracing::info!("{peer}: control link up");
-                    if let Err(e) = answer(link, &store).await {
+                    if let Err(e) = answer(link, |p, r| from_store(&store, p, r)).await {
                         tracing::info!("{peer}: control link down: {e}");
                     }
                 }
@@ -53,10 +53,13 @@ pub async fn serve<T: Transport>(
     }
 }
 
-/// Answers one agent's register requests, each made durable before its reply is sent.
-pub async fn answer<S>(mut link: Link<S>, store: &RegisterStore) -> anyhow::Result<()>
+/// Answers one agent's register requests with `answer` (none: no reply, the acceptor's
+/// state could not be made durable), each reply sent only once `answer` returned it.
+pub async fn answer<S, F, A>(mut link: Link<S>, answer: A) -> anyhow::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    A: Fn(String, wire::Request) -> F,
+    F: std::future::Future<Output = Option<wire::Reply>> + Send,
 {
     let (mut inbound, mut outbound) = (Vec::new(), Vec::new());
     loop {
@@ -65,13 +68,25 @@ where
         let Control::Register { pipeline, request } = message else {
             anyhow::bail!("a reply on a link that carries requests");
         };
-        let request = request.into();
-        let reply = {
-            let store = store.clone();
-            let pipeline = pipeline.clone();
-            tokio::task::spawn_blocking(move || store.handle(&pipeline, request)).await??
-        };
-        let reply = Control::Registered { pipeline, reply: reply.into() };
-        wire::write_frame(&mut link.stream, &reply, &mut outbound).await?;
+        let Some(reply) = answer(pipeline.clone(), request).await else { continue };
+        wire::write_frame(&mut link.stream, &Control::Registered { pipeline, reply }, &mut outbound).await?;
+    }
+}
+
+/// The witness's answer: `store`'s acceptor for the pipeline, durable before the reply.
+pub async fn from_store(
+    store: &RegisterStore,
+    pipeline: String,
+    request: wire::Request,
+) -> Option<wire::Reply> {
+    let store = store.clone();
+    let handled = tokio::task::spawn_blocking(move || store.handle(&pipeline, request.into())).await;
+    match handled {
+        Ok(Ok(reply)) => Some(reply.into()),
+        Ok(Err(e)) => {
+            tracing::error!("{e}");
+            None
+        }
+        Err(_) => None,
     }
 }
