@@ -293,7 +293,7 @@ impl Replicated {
     pub fn on_ack(&self, checkpoint: u64, durable: bool) {
         let mut st = self.lock();
         st.shipper.on_ack(Ack { checkpoint: CheckpointId(checkpoint), durable });
-        if st.shipper.durable() >= st.completed {
+        if st.shipper.lag(st.completed) == 0 {
             // The peer is in step again: the owner no longer runs alone.
             st.member.set_solo(false);
         }
