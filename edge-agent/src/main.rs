@@ -105,6 +105,17 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         config_dir: PathBuf,
     },
+    /// Make this agent the owner of replicated PIPELINE, whose owner is gone: with
+    /// `failover = "manual"` (the default with two agents) nothing takes over until a person
+    /// runs this on the survivor. Refused while the owner is seen renewing its lease. From
+    /// then on this agent decides alone: a returning agent follows it (re-seeded).
+    Promote {
+        /// The pipeline's name (its config file's stem).
+        pipeline: String,
+        /// The agent's HTTP address (its node.toml `http`); only loopback is accepted.
+        #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_HTTP)]
+        http: std::net::SocketAddr,
+    },
     /// Print a running agent's status.
     Status {
         /// The agent's HTTP address.
@@ -200,6 +211,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(1, causes(&e)),
         },
+        Command::Promote { pipeline, http } => {
+            match agent::status::request(http, "POST", &format!("/promote/{pipeline}")) {
+                Ok(answer) => {
+                    print!("{answer}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, format!("promote {pipeline}: {}", causes(&e))),
+            }
+        }
         Command::Status { http, json } => match agent::status::fetch(http) {
             Ok(status) if json => {
                 println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());

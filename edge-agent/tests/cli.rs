@@ -45,7 +45,7 @@ fn a_missing_argument_is_one_line() {
     );
     assert_one_line(
         &weir(&[]),
-        "missing subcommand: expected run, validate, agent, cert, witness, status or top; see weir --help",
+        "missing subcommand: expected run, validate, agent, cert, witness, promote, status or top; see weir --help",
     );
 }
 

@@ -110,7 +110,7 @@ impl Tap for ChannelTap {
             ship::encode_batch(ops, &mut bytes);
             to.send(Shipped::Batch(bytes)).unwrap();
         }
-        let completed = ship::completions(ops).count() as u64;
+        let completed = ship::completions(ops.iter().flatten()).count() as u64;
         if self.completions.fetch_add(completed, Ordering::SeqCst) + completed >= self.dies_after {
             // The batch that reaches the limit is shipped, and the owner dies before it hears
             // that it is durable: its sinks never commit it.

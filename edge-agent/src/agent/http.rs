@@ -2,7 +2,8 @@
 //! (OpenMetrics text, which Prometheus reads; names prefixed `weir_`, labels pipeline, node
 //! and subtask, never a key), `GET /healthz` (the agent answers), `GET /readyz` (every
 //! pipeline restored and running, or finished) and `GET /status` (JSON, what `weir status`
-//! prints). One thread serves it; every answer is a copy of the pipelines' live figures made
+//! prints), and `POST /promote/NAME` (`weir promote`, taken only from loopback: this agent
+//! takes over replicated pipeline NAME). One thread serves it; every answer is a copy of the pipelines' live figures made
 //! under short locks, so a scrape never waits for a pipeline.
 
 use std::fmt::Write as _;
@@ -21,6 +22,7 @@ use tiny_http::{Header, Method, Response, Server};
 use weir_runtime::pipeline::live::Phase;
 
 use super::{Agent, AgentStatus};
+use crate::peer::replicated::ReplicationStatus;
 
 /// Serve `agent` on `addr` from a thread of its own.
 pub fn serve(addr: SocketAddr, agent: Arc<Agent>) -> anyhow::Result<JoinHandle<()>> {
@@ -31,7 +33,9 @@ pub fn serve(addr: SocketAddr, agent: Arc<Agent>) -> anyhow::Result<JoinHandle<(
         .name("http".into())
         .spawn(move || {
             for request in server.incoming_requests() {
-                let (status, content_type, body) = answer(request.method(), request.url(), &agent, &registry);
+                let local = request.remote_addr().is_some_and(|a| a.ip().is_loopback());
+                let (status, content_type, body) =
+                    answer(request.method(), request.url(), local, &agent, &registry);
                 let header = Header::from_bytes("Content-Type", content_type).expect("a valid header");
                 let response = Response::from_string(body).with_status_code(status).with_header(header);
                 if let Err(e) = request.respond(response) {
@@ -47,11 +51,31 @@ const JSON: &str = "application/json";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Status code, content type and body for one request.
-fn answer(method: &Method, url: &str, agent: &Agent, registry: &Registry) -> (u16, &'static str, String) {
+/// `local`: the request comes from this machine (only such may change anything).
+fn answer(
+    method: &Method,
+    url: &str,
+    local: bool,
+    agent: &Agent,
+    registry: &Registry,
+) -> (u16, &'static str, String) {
+    let path = url.split('?').next().unwrap_or_default();
+    if let Some(name) = path.strip_prefix("/promote/") {
+        return match (method, local) {
+            (Method::Post, true) => match agent.promote(name) {
+                Ok(epoch) => (200, TEXT, format!("{name}: this agent owns it now (epoch {epoch})\n")),
+                Err(e) => (409, TEXT, format!("{e}\n")),
+            },
+            (Method::Post, false) => {
+                (403, TEXT, "promote is taken only from this machine (loopback)\n".into())
+            }
+            _ => (405, TEXT, "promote: only POST\n".into()),
+        };
+    }
     if *method != Method::Get && *method != Method::Head {
         return (405, TEXT, "only GET\n".into());
     }
-    match url.split('?').next().unwrap_or_default() {
+    match path {
         "/healthz" => (200, TEXT, "ok\n".into()),
         "/readyz" => match agent.ready() {
             Ok(()) => (200, TEXT, "ready\n".into()),
@@ -68,7 +92,7 @@ fn answer(method: &Method, url: &str, agent: &Agent, registry: &Registry) -> (u1
                 Err(e) => (500, TEXT, format!("encoding the metrics: {e}\n")),
             }
         }
-        "/" => (200, TEXT, "weir agent: /metrics /healthz /readyz /status\n".into()),
+        "/" => (200, TEXT, "weir agent: /metrics /healthz /readyz /status (POST /promote/NAME)\n".into()),
         other => {
             let mut body = String::new();
             let _ = writeln!(body, "no {other}: try /metrics /healthz /readyz /status");
@@ -122,6 +146,7 @@ impl Collector for Metrics {
         )?)?;
         let phases = [
             Phase::Starting,
+            Phase::Replica,
             Phase::Running,
             Phase::Restarting,
             Phase::Stopping,
@@ -208,6 +233,33 @@ impl Collector for Metrics {
             MetricType::Gauge,
             pipelines.iter().map(|p| (pipeline(&p.name), ConstGauge::new(p.live.lmdb_map_bytes as i64))),
         )?;
+        let replicated: Vec<(&str, &ReplicationStatus)> =
+            pipelines.iter().filter_map(|p| Some((p.name.as_str(), p.replication.as_ref()?))).collect();
+        type ReplicationFigure = fn(&ReplicationStatus) -> u64;
+        let replication_gauges: [(&str, &str, ReplicationFigure); 4] = [
+            ("weir_replication_epoch", "The latest ownership epoch this agent knows of", |r| r.epoch),
+            ("weir_replication_owner", "1 if this agent owns the replicated pipeline", |r| {
+                u64::from(r.role == "owner")
+            }),
+            (
+                "weir_replication_lag_checkpoints",
+                "Owner: checkpoints completed here and not yet durable on a data peer",
+                |r| r.lag_checkpoints.unwrap_or(0),
+            ),
+            (
+                "weir_replication_lag_bytes",
+                "Owner: bytes of log records committed here and not yet durable on a data peer",
+                |r| r.lag_bytes.unwrap_or(0),
+            ),
+        ];
+        for (name, help, figure) in replication_gauges {
+            family(
+                e,
+                (name, help, None),
+                MetricType::Gauge,
+                replicated.iter().map(|(p, r)| (pipeline(p), ConstGauge::new(figure(r) as i64))),
+            )?;
+        }
         family(
             e,
             ("weir_checkpoints_completed", "Checkpoints completed", None),

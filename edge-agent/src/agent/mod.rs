@@ -107,6 +107,9 @@ pub struct PipelineStatus {
     pub data_dir: Option<String>,
     /// Failed starts.
     pub retries: Retries,
+    /// `[replication]`: this agent's role, the epoch, the lag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<crate::peer::replicated::ReplicationStatus>,
     /// Its live figures.
     #[serde(flatten)]
     pub live: LiveView,
@@ -140,10 +143,27 @@ impl Agent {
                     config: m.config.display().to_string(),
                     data_dir: m.data_dir.as_ref().map(|d| d.display().to_string()),
                     retries: lock(&m.retries).clone(),
+                    replication: self.peers.as_ref().and_then(|s| s.pipeline(&m.name)).map(|r| r.status()),
                     live: m.live.view(),
                 })
                 .collect(),
         }
+    }
+
+    /// `weir promote NAME`: this agent takes the replicated pipeline `name` over (its
+    /// owner is gone and failover is manual, or the voters lost their majority). The new
+    /// epoch.
+    pub fn promote(&self, name: &str) -> Result<u64, String> {
+        let Some(service) = &self.peers else {
+            return Err(format!(
+                "this agent has no node.toml in {}: nothing here is replicated",
+                self.config_dir.display()
+            ));
+        };
+        let Some(pipeline) = service.pipeline(name) else {
+            return Err(format!("no replicated pipeline {name} runs on this agent"));
+        };
+        pipeline.promote()
     }
 
     /// Whether every pipeline has restored its state and runs (or has finished).
@@ -403,20 +423,7 @@ impl Managed {
                 (None, _) => None,
                 (Some(_), None) => return Err("[replication] needs the agent's node.toml, read when the agent starts: restart the agent".to_owned()),
                 (Some(_), Some(service)) => {
-                    let node = service.node();
-                    let me = node.id();
-                    let data_peers = node.data_peers().filter_map(|p| node.number(&p.name)).collect();
-                    let first = crate::peer::service::first_data_agent(node);
-                    let r = crate::peer::replicated::Replicated::new(
-                        &name,
-                        &spec,
-                        me,
-                        data_peers,
-                        first,
-                        service.store().clone(),
-                        service.clock,
-                        service.outbound(),
-                    )?;
+                    let r = crate::peer::replicated::Replicated::new(&name, &spec, service)?;
                     service.register(r.clone());
                     Some(r)
                 }

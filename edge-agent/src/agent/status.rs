@@ -11,19 +11,32 @@ use serde_json::Value;
 
 /// `GET path` from the agent at `addr`: the body of a 200 answer.
 pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    request(addr, "GET", path)
+}
+
+/// `method path` to the agent at `addr`: the body of a 200 answer (any other is an error
+/// carrying the agent's one-line reason).
+pub fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<String> {
     let timeout = Duration::from_secs(5);
     let mut stream = TcpStream::connect_timeout(&addr, timeout).with_context(|| {
         format!("no agent answers on {addr} (is `weir agent` running, with this --http?)")
     })?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).with_context(|| format!("reading the answer from {addr}"))?;
     let text = String::from_utf8(raw).with_context(|| format!("{addr}{path}: the answer is not UTF-8"))?;
     let (head, body) =
         text.split_once("\r\n\r\n").with_context(|| format!("{addr}{path}: not an HTTP answer"))?;
     let status = head.split_whitespace().nth(1).unwrap_or_default();
+    if status == "409" {
+        // The agent refused (promote): its reason is the message.
+        anyhow::bail!("{}", body.trim());
+    }
     if status != "200" {
         anyhow::bail!("{addr}{path}: HTTP {status}: {}", body.trim());
     }
@@ -100,7 +113,7 @@ pub fn render(status: &Value, previous: Option<(&Value, f64)>) -> String {
                     None => error.to_owned(),
                 }
             }
-            _ => String::new(),
+            _ => replication_note(p),
         };
         let rate = previous.map_or(String::new(), |(before, seconds)| {
             let earlier = (before.get("pipelines").and_then(Value::as_array).into_iter().flatten())
@@ -114,6 +127,29 @@ pub fn render(status: &Value, previous: Option<(&Value, f64)>) -> String {
         ));
     }
     out
+}
+
+/// A replicated pipeline's role, epoch and lag, for the NOTE column.
+fn replication_note(p: &Value) -> String {
+    let Some(r) = p.get("replication") else { return String::new() };
+    let text = |key: &str| r.get(key).and_then(Value::as_str).unwrap_or("?").to_owned();
+    let (mode, epoch) = (text("mode"), u(r, "epoch"));
+    let solo = if r.get("solo").and_then(Value::as_bool) == Some(true) { ", solo" } else { "" };
+    match text("role").as_str() {
+        "owner" => format!(
+            "owner, epoch {epoch}, {mode}{solo}, lag {} checkpoints / {} bytes, {} peers",
+            u(r, "lag_checkpoints"),
+            u(r, "lag_bytes"),
+            u(r, "peers_connected")
+        ),
+        "replica" if epoch == 0 => format!("replica ({mode}), nobody owns it yet"),
+        "replica" => format!(
+            "replica of {} (epoch {epoch}{solo}), checkpoint {} applied",
+            text("owner"),
+            u(r, "applied")
+        ),
+        _ => format!("stopped: {}", text("error")),
+    }
 }
 
 /// `weir top`: the status, refreshed every `every` until interrupted.

@@ -24,9 +24,10 @@ use weir_runtime::log::{Log, WriteOp};
 use weir_runtime::pipeline::run::StopRequest;
 use weir_runtime::pipeline::spec::{PipelineSpec, ReplicationSpec};
 use weir_runtime::protocol::CheckpointId;
-use weir_runtime::protocol::lease::{self, LeaseAction, Member, Timing};
+use weir_runtime::protocol::lease::{self, LeaseAction, Member, PromoteRefused, Timing};
 use weir_runtime::protocol::replication::{Ack, Shipper};
 
+use super::service::Service;
 use super::store::RegisterStore;
 use super::wire::{self, Bulk, Control};
 
@@ -52,6 +53,8 @@ pub struct Replicated {
     pub me: u8,
     /// Voter numbers of the data agents other than this one.
     pub data_peers: Vec<u8>,
+    /// The voters' names, by number.
+    voters: Vec<String>,
     /// Where register requests to each voter go (by number; none for this agent).
     outbound: Vec<Option<UnboundedSender<Control>>>,
     state: Mutex<State>,
@@ -69,6 +72,15 @@ struct State {
     next_session: u64,
     /// The latest checkpoint completed here as owner.
     completed: CheckpointId,
+    /// Bytes of log records committed here as owner (shipping's measure of lag).
+    committed_bytes: u64,
+    /// The most in-step data peer's acknowledged mark of `committed_bytes`.
+    acked_bytes: u64,
+    /// As a replica: the latest checkpoint applied here (complete in its copy).
+    applied: u64,
+    /// As a replica: the latest checkpoint received (`received` mode acknowledges it
+    /// before applying).
+    received: u64,
     /// As a replica: the copy of the log being applied to.
     replica: Option<Log>,
     /// The register's store failed: this agent stops answering and proposing.
@@ -79,27 +91,25 @@ struct State {
 struct Session {
     id: u64,
     seeded: bool,
+    /// `committed_bytes` after each message sent and not yet acknowledged as durable.
+    marks: std::collections::VecDeque<u64>,
     to: UnboundedSender<Bulk>,
 }
 
 impl Replicated {
-    /// The pipeline `name` as voter `me` of `voters` (by name, sorted), its acceptor read from
-    /// `store`; `first`: with manual failover, whether this agent starts the pipeline.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        name: &str,
-        spec: &PipelineSpec,
-        me: u8,
-        data_peers: Vec<u8>,
-        first: bool,
-        store: RegisterStore,
-        clock: Instant,
-        outbound: Vec<Option<UnboundedSender<Control>>>,
-    ) -> Result<Arc<Replicated>, String> {
+    /// The pipeline `name` (config `spec`) on the agent whose peer service is `service`:
+    /// its acceptor read from the service's store.
+    pub fn new(name: &str, spec: &PipelineSpec, service: &Service) -> Result<Arc<Replicated>, String> {
+        let node = service.node();
+        let me = node.id();
+        let data_peers = node.data_peers().filter_map(|p| node.number(&p.name)).collect();
+        let first = super::service::first_data_agent(node);
+        let (store, clock, outbound) = (service.store().clone(), service.clock, service.outbound());
+        let voters = node.voters().into_iter().map(str::to_owned).collect();
         let replication = spec.replication.ok_or("not a replicated pipeline")?;
         let (acceptor, attempted) = store.member(name).map_err(|e| e.to_string())?;
-        let voters = outbound.len() as u8;
-        let mut member = Member::new(me, voters, TIMING, replication.failover.automatic(), acceptor);
+        let mut member =
+            Member::new(me, outbound.len() as u8, TIMING, replication.failover.automatic(), acceptor);
         member.attempted = attempted;
         if first && !replication.failover.automatic() {
             member = member.first_owner();
@@ -113,6 +123,7 @@ impl Replicated {
             clock,
             me,
             data_peers,
+            voters,
             outbound,
             state: Mutex::new(State {
                 member,
@@ -122,6 +133,10 @@ impl Replicated {
                 sessions: Vec::new(),
                 next_session: 0,
                 completed: CheckpointId(0),
+                committed_bytes: 0,
+                acked_bytes: 0,
+                applied: 0,
+                received: 0,
                 replica: None,
                 broken: None,
             }),
@@ -212,6 +227,7 @@ impl Replicated {
                     st.owner = Some(epoch);
                     st.shipper = Shipper::new(self.spec.mode, CheckpointId(0));
                     st.sessions.clear();
+                    (st.committed_bytes, st.acked_bytes) = (0, 0);
                     self.changed.notify_all();
                 }
                 LeaseAction::Deposed { epoch } => {
@@ -222,6 +238,37 @@ impl Replicated {
                 }
             }
         }
+    }
+
+    /// `weir promote`: this agent takes the pipeline over from a holder a person knows is
+    /// gone, under the next epoch, and from then on decides alone ([`Member::promote`]).
+    /// Refused while this agent owns it or sees the holder renew its lease. The new epoch.
+    pub fn promote(&self) -> Result<u64, String> {
+        let mut st = self.lock();
+        if let Some(broken) = &st.broken {
+            return Err(broken.clone());
+        }
+        let now = self.now();
+        st.member.may_promote(now).map_err(|refused| match refused {
+            PromoteRefused::Owner { epoch } => format!("this agent owns {} already (epoch {epoch})", self.name),
+            PromoteRefused::Alive { epoch, holder, since } => format!(
+                "{}'s owner ({}, epoch {epoch}) renewed its lease {since} ms ago: it is alive; stop it first, \
+                 or wait {} ms after it stops",
+                self.name,
+                self.voter_name(holder),
+                TIMING.lease + TIMING.grace
+            ),
+        })?;
+        let epoch = st.member.promote(now);
+        self.after_step(&mut st);
+        match &st.broken {
+            Some(broken) => Err(broken.clone()),
+            None => Ok(epoch),
+        }
+    }
+
+    fn voter_name(&self, number: u8) -> String {
+        self.voters.get(number as usize).cloned().unwrap_or_else(|| format!("voter {number}"))
     }
 
     /// The epoch this agent owns the pipeline under, if it does.
@@ -280,7 +327,7 @@ impl Replicated {
         }
         st.next_session += 1;
         let id = st.next_session;
-        st.sessions.push(Session { id, seeded: false, to });
+        st.sessions.push(Session { id, seeded: false, marks: Default::default(), to });
         Some(id)
     }
 
@@ -289,10 +336,15 @@ impl Replicated {
         self.lock().sessions.retain(|s| s.id != id);
     }
 
-    /// A peer acknowledged `checkpoint`.
-    pub fn on_ack(&self, checkpoint: u64, durable: bool) {
+    /// The peer of session `session` acknowledged `checkpoint` (`durable`: on its disk, one
+    /// such per message sent; else only received).
+    pub fn on_ack(&self, session: u64, checkpoint: u64, durable: bool) {
         let mut st = self.lock();
         st.shipper.on_ack(Ack { checkpoint: CheckpointId(checkpoint), durable });
+        if durable {
+            let mark = st.sessions.iter_mut().find(|s| s.id == session).and_then(|s| s.marks.pop_front());
+            st.acked_bytes = st.acked_bytes.max(mark.unwrap_or(0));
+        }
         if st.shipper.lag(st.completed) == 0 {
             // The peer is in step again: the owner no longer runs alone.
             st.member.set_solo(false);
@@ -327,22 +379,85 @@ impl Replicated {
         let log = Log::open(&self.data_dir, self.map_size).map_err(|e| e.to_string())?;
         let completed = log.completed().map_err(|e| e.to_string())?.map_or(0, |c| c.0);
         st.replica = Some(log);
+        (st.applied, st.received) = (completed, completed);
         Ok(completed)
     }
 
-    /// Applies a shipped batch to the replica's copy; the checkpoint it holds complete.
-    pub fn apply(&self, batch: &[u8]) -> Result<u64, String> {
-        let st = self.lock();
-        let log = st.replica.as_ref().ok_or("a batch before a seed")?;
+    /// A shipped batch arrived: its records, and the latest checkpoint received complete.
+    pub fn receive(&self, batch: &[u8]) -> Result<(Vec<WriteOp>, u64), String> {
         let ops: Vec<WriteOp> = ship::decode_batch(batch)?;
-        log.apply_shipped(&ops).map_err(|e| e.to_string())?;
-        Ok(log.completed().map_err(|e| e.to_string())?.map_or(0, |c| c.0))
+        let mut st = self.lock();
+        st.received = ship::completions(&ops).map(|c| c.0).fold(st.received, u64::max);
+        Ok((ops, st.received))
+    }
+
+    /// Applies a received batch to the replica's copy; the checkpoint it holds complete.
+    pub fn apply(&self, ops: &[WriteOp]) -> Result<u64, String> {
+        let mut st = self.lock();
+        let log = st.replica.as_ref().ok_or("a batch before a seed")?;
+        log.apply_shipped(ops).map_err(|e| e.to_string())?;
+        let applied = log.completed().map_err(|e| e.to_string())?.map_or(0, |c| c.0);
+        st.applied = applied;
+        Ok(applied)
+    }
+
+    /// What `/status` and `weir status` show of the replication.
+    pub fn status(&self) -> ReplicationStatus {
+        let st = self.lock();
+        let known = st.member.known_lease();
+        let owning = st.owner.is_some();
+        ReplicationStatus {
+            mode: self.spec.mode.name(),
+            failover: self.spec.failover.name(),
+            role: if st.broken.is_some() {
+                "stopped"
+            } else if owning {
+                "owner"
+            } else {
+                "replica"
+            },
+            epoch: known.map_or(0, |l| l.epoch),
+            owner: known.map(|l| self.voter_name(l.holder)),
+            solo: known.is_some_and(|l| l.solo),
+            lag_checkpoints: owning.then(|| st.shipper.lag(st.completed)),
+            lag_bytes: owning.then(|| st.committed_bytes.saturating_sub(st.acked_bytes)),
+            peers_connected: st.sessions.iter().filter(|s| s.seeded).count(),
+            applied: (!owning).then_some(st.applied),
+            error: st.broken.clone(),
+        }
     }
 
     /// The mode.
     pub fn spec(&self) -> ReplicationSpec {
         self.spec
     }
+}
+
+/// A replicated pipeline's side of `/status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReplicationStatus {
+    /// `sync`, `received` or `async`.
+    pub mode: &'static str,
+    /// `manual`, `witness` or `auto`.
+    pub failover: &'static str,
+    /// `owner` (runs it), `replica` (keeps a copy) or `stopped` (its register store failed).
+    pub role: &'static str,
+    /// The latest ownership epoch this agent knows of (0: nobody owned it yet).
+    pub epoch: u64,
+    /// The agent that owns it under that epoch.
+    pub owner: Option<String>,
+    /// Whether the register records the owner as running without a replica in step.
+    pub solo: bool,
+    /// Owner: checkpoints completed here and not yet durable on a data peer.
+    pub lag_checkpoints: Option<u64>,
+    /// Owner: bytes of log records committed here and not yet durable on a data peer.
+    pub lag_bytes: Option<u64>,
+    /// Owner: data peers being shipped to.
+    pub peers_connected: usize,
+    /// Replica: the latest checkpoint complete in its copy.
+    pub applied: Option<u64>,
+    /// Why it stopped taking part, if it did.
+    pub error: Option<String>,
 }
 
 /// The owner's tap on its log's writer.
@@ -382,10 +497,14 @@ impl Tap for OwnerTap {
         let mut batch = Vec::new();
         ship::encode_batch(ops, &mut batch);
         let mut st = r.lock();
+        st.committed_bytes += batch.len() as u64;
+        let mark = st.committed_bytes;
         for session in &mut st.sessions {
             if session.seeded {
                 let _ = session.to.send(Bulk::Batch { bytes: batch.clone() });
+                session.marks.push_back(mark);
             } else if let Some(seed) = &seed {
+                session.marks.push_back(mark);
                 // The copy holds this batch already.
                 for chunk in seed.chunks(wire::SEED_CHUNK) {
                     let _ = session.to.send(Bulk::Seed { bytes: chunk.to_vec() });
@@ -394,8 +513,7 @@ impl Tap for OwnerTap {
                 session.seeded = true;
             }
         }
-        for c in ship::completions(ops) {
-            st.completed = st.completed.max(c);
+        for c in ship::completions(ops.iter().flatten()) {
             let waiting = Instant::now();
             loop {
                 if st.owner != Some(self.epoch) {
@@ -403,6 +521,7 @@ impl Tap for OwnerTap {
                 }
                 let solo = st.member.held().is_some_and(|l| l.solo);
                 if st.shipper.may_complete(c, solo) {
+                    st.completed = st.completed.max(c);
                     break;
                 }
                 if waiting.elapsed() > Duration::from_millis(TIMING.lease) {

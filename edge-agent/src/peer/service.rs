@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+use weir_runtime::protocol::replication::ReplicationMode;
+
 use super::link::{self, Identity, Link, Tcp, Transport};
 use super::replicated::Replicated;
 use super::store::RegisterStore;
@@ -113,7 +115,8 @@ impl Service {
         lock(&self.pipelines).remove(name);
     }
 
-    fn pipeline(&self, name: &str) -> Option<Arc<Replicated>> {
+    /// The replicated pipeline `name`, if it runs here.
+    pub fn pipeline(&self, name: &str) -> Option<Arc<Replicated>> {
         lock(&self.pipelines).get(name).cloned()
     }
 
@@ -260,7 +263,7 @@ async fn ship(service: Arc<Service>, r: Arc<Replicated>, epoch: u64, peer: Peer,
                 let mut buffer = Vec::new();
                 loop {
                     match wire::read_frame(&mut reader, wire::MAX_CONTROL_FRAME, &mut buffer).await {
-                        Ok(Bulk::Ack { checkpoint, durable }) => r.on_ack(checkpoint, durable),
+                        Ok(Bulk::Ack { checkpoint, durable }) => r.on_ack(session, checkpoint, durable),
                         Ok(Bulk::Refused { reason }) => return reason,
                         Ok(_) => return "an unexpected message".to_owned(),
                         Err(e) => return e.to_string(),
@@ -334,10 +337,19 @@ async fn replicate<S: AsyncRead + AsyncWrite + Unpin>(
                 let (r, bytes) = (r.clone(), std::mem::take(&mut seed));
                 tokio::task::spawn_blocking(move || r.install_seed(&bytes)).await?
             }
-            Bulk::Batch { bytes } => {
-                let r = r.clone();
-                tokio::task::spawn_blocking(move || r.apply(&bytes)).await?
-            }
+            Bulk::Batch { bytes } => match r.receive(&bytes) {
+                Ok((ops, received)) => {
+                    if r.spec().mode == ReplicationMode::Received {
+                        // `received`: the owner may complete once it is here, before it is
+                        // on disk.
+                        let ack = Bulk::Ack { checkpoint: received, durable: false };
+                        wire::write_frame(&mut link.stream, &ack, &mut out).await?;
+                    }
+                    let r = r.clone();
+                    tokio::task::spawn_blocking(move || r.apply(&ops)).await?
+                }
+                Err(reason) => Err(reason),
+            },
             other => anyhow::bail!("unexpected {other:?}"),
         };
         match applied {

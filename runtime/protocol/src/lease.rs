@@ -177,6 +177,15 @@ struct Peek {
     votes: u32,
 }
 
+/// Why [`Member::may_promote`] refuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PromoteRefused {
+    /// This agent owns the pipeline already, under `epoch`.
+    Owner { epoch: u64 },
+    /// Voter `holder` renewed its lease of `epoch` `since` ms ago: it is alive.
+    Alive { epoch: u64, holder: NodeId, since: u64 },
+}
+
 /// One voting data agent's side of the register for one pipeline: proposer, lease holder
 /// and candidate. A witness runs only an [`Acceptor`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -290,6 +299,12 @@ impl Member {
         self.held.map(|(lease, _, _)| lease.epoch)
     }
 
+    /// The register's value as this agent knows it: its own lease, or the latest seen.
+    pub fn known_lease(&self) -> Option<Lease> {
+        let seen = self.seen.and_then(|(v, _)| v);
+        self.held().into_iter().chain(seen).max_by_key(|l| (l.epoch, l.version))
+    }
+
     /// The highest epoch this agent knows of.
     pub fn known_epoch(&self) -> u64 {
         let seen = self.seen.and_then(|(v, _)| v).map_or(0, |l| l.epoch);
@@ -302,6 +317,23 @@ impl Member {
         let Some((_, start, _)) = self.held else { return false };
         let grace = if self.mutations.has(Mutant::NoGrace) { 0 } else { self.timing.grace };
         now + grace < start + self.timing.lease && now >= self.fenced_until
+    }
+
+    /// Whether `weir promote` may go ahead at local time `now`: not while this agent owns
+    /// the pipeline, nor while it sees another holder's lease change within the last
+    /// `lease + grace` (that holder is alive and reaches a majority: stop it first).
+    pub fn may_promote(&self, now: u64) -> Result<(), PromoteRefused> {
+        if let Some(epoch) = self.owner_epoch() {
+            return Err(PromoteRefused::Owner { epoch });
+        }
+        match self.seen {
+            Some((Some(value), since))
+                if value.holder != self.id && now < since + self.timing.lease + self.timing.grace =>
+            {
+                Err(PromoteRefused::Alive { epoch: value.epoch, holder: value.holder, since: now - since })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// `weir promote`: a person asserts that the other voters are gone (manual failover, or
@@ -361,6 +393,9 @@ impl Member {
             return;
         }
         if !self.automatic && !self.first {
+            // Manual failover: it only watches (so that `weir promote` can tell a live
+            // holder from a silent one).
+            self.begin_peek(now);
             return;
         }
         match self.seen {
@@ -651,7 +686,11 @@ mod tests {
         let mut a = Member::new(0, 2, TIMING, false, acc).holding(first(), 0, ballot);
         let mut b = Member::new(1, 2, TIMING, false, acc);
         b.handle_tick(0);
-        assert_eq!(b.poll_action(), None, "manual failover: a survivor does nothing by itself");
+        assert!(
+            std::iter::from_fn(|| b.poll_action()).all(|a| matches!(a, LeaseAction::Send { .. })),
+            "manual failover: a survivor only watches"
+        );
+        assert_eq!(b.may_promote(1), Ok(()), "it never saw a renew: a person's call");
         assert_eq!(b.promote(1), 2);
         assert_eq!(b.poll_action(), Some(LeaseAction::Acquired { epoch: 2 }));
         for now in 1..6 {
@@ -675,6 +714,33 @@ mod tests {
         pump(&mut a, &mut [(&mut b.acceptor, true)], 3);
         assert_eq!(a.owner_epoch(), None);
         assert_eq!(a.known_epoch(), 2);
+    }
+
+    /// `weir promote` is refused while the holder is seen renewing, and once it has been
+    /// silent for `lease + grace` it goes ahead.
+    #[test]
+    fn promote_is_refused_while_the_holder_is_seen_alive() {
+        let ballot = Ballot { round: 0, node: 0 };
+        let acc = Acceptor::with_value(ballot, first());
+        let mut a = Member::new(0, 2, TIMING, false, acc).holding(first(), 0, ballot);
+        let mut b = Member::new(1, 2, TIMING, false, acc);
+        for now in 1..4 {
+            a.handle_tick(now);
+            let mut b_acc = b.acceptor;
+            pump(&mut a, &mut [(&mut b_acc, true)], now);
+            b.acceptor = b_acc;
+            b.handle_tick(now);
+            pump(&mut b, &mut [(&mut a.acceptor, true)], now);
+            assert!(matches!(b.may_promote(now), Err(PromoteRefused::Alive { epoch: 1, holder: 0, .. })));
+        }
+        assert_eq!(a.may_promote(3), Err(PromoteRefused::Owner { epoch: 1 }));
+        // a is gone from 3 on: b's peeks find no majority; the value it saw last stands.
+        for now in 4..8 {
+            b.handle_tick(now);
+            pump(&mut b, &mut [(&mut a.acceptor, false)], now);
+            assert!(b.may_promote(now).is_err(), "at {now}: a renewed at 3; wait until 8");
+        }
+        assert_eq!(b.may_promote(8), Ok(()));
     }
 
     #[test]

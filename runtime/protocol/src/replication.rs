@@ -33,6 +33,17 @@ pub enum ReplicationMode {
     Sync,
 }
 
+impl ReplicationMode {
+    /// As the config writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReplicationMode::Async { .. } => "async",
+            ReplicationMode::Received => "received",
+            ReplicationMode::Sync => "sync",
+        }
+    }
+}
+
 /// A peer's cumulative acknowledgement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ack {

@@ -66,8 +66,10 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<WriteOp>, String> {
 }
 
 /// The completions a batch writes.
-pub fn completions(ops: &[Vec<WriteOp>]) -> impl Iterator<Item = crate::protocol::CheckpointId> + '_ {
-    ops.iter().flatten().filter_map(|op| match op {
+pub fn completions<'a>(
+    ops: impl IntoIterator<Item = &'a WriteOp> + 'a,
+) -> impl Iterator<Item = crate::protocol::CheckpointId> + 'a {
+    ops.into_iter().filter_map(|op| match op {
         WriteOp::Completion(c) => Some(*c),
         _ => None,
     })

@@ -51,6 +51,15 @@ impl Failover {
     pub fn automatic(self) -> bool {
         !matches!(self, Failover::Manual)
     }
+
+    /// As the config writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Failover::Manual => "manual",
+            Failover::Witness => "witness",
+            Failover::Auto => "auto",
+        }
+    }
 }
 
 /// `[recovery] key_operator`, `progress_timeout_ms`, `acceptable_lag_batches` and
