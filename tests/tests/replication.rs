@@ -325,3 +325,181 @@ fn in_async_mode_the_loss_after_kill_9_is_at_most_the_unshipped_checkpoints() {
     );
     assert_union_is_the_reference(&root, records);
 }
+
+/// A TCP relay in front of one agent's peer port, for one direction of one pair: cutting it
+/// drops its connections and refuses new ones (a partition, on loopback).
+struct Relay {
+    from: &'static str,
+    to: &'static str,
+    addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn start(from: &'static str, to: &'static str, target: std::net::SocketAddr) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (is_cut, streams) = (cut.clone(), live.clone());
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { continue };
+                if is_cut.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let Ok(outbound) = std::net::TcpStream::connect(target) else { continue };
+                let mut all = streams.lock().unwrap();
+                all.push(inbound.try_clone().unwrap());
+                all.push(outbound.try_clone().unwrap());
+                drop(all);
+                if is_cut.load(Ordering::SeqCst) {
+                    let _ = inbound.shutdown(std::net::Shutdown::Both);
+                    let _ = outbound.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                for (mut r, mut w) in
+                    [(inbound.try_clone().unwrap(), outbound.try_clone().unwrap()), (outbound, inbound)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut r, &mut w);
+                        let _ = w.shutdown(std::net::Shutdown::Both);
+                        let _ = r.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { from, to, addr, cut, live }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+        if cut {
+            for stream in self.live.lock().unwrap().drain(..) {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// The `listen` address in `conf`'s node.toml.
+fn listen_of(conf: &Path) -> std::net::SocketAddr {
+    let text = std::fs::read_to_string(conf.join("node.toml")).unwrap();
+    let line = text.lines().find(|l| l.starts_with("listen = ")).unwrap();
+    line["listen = ".len()..].trim_matches('"').parse().unwrap()
+}
+
+/// Points `[peers.to]` in `from`'s node.toml at `addr`.
+fn route_peer(root: &Path, from: &str, to: &str, addr: std::net::SocketAddr) {
+    let path = root.join(from).join("node.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut section = String::new();
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with('[') {
+            section = line.to_owned();
+        }
+        if section == format!("[peers.{to}]") && line.starts_with("address = ") {
+            out.push_str(&format!("address = \"{addr}\"\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+/// A partition that cuts the owner off from the other data agent and the witness, while
+/// both keep the MQTT broker: the owner stops releasing output before its lease runs out, the
+/// other takes over under the next epoch, and the consumer, de-duplicating by (pipeline,
+/// epoch, checkpoint, seq), never has output of two epochs for one (checkpoint, seq): every
+/// window exactly once. (The file sinks' union is the reference too.)
+#[test]
+fn a_partition_of_the_owner_never_gives_two_epochs_output_for_one_message() {
+    use weir_tests::mosquitto::{Consumer, Mosquitto};
+    let records = 600_000;
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let dir = tempfile::tempdir().unwrap();
+    let with_mqtt = |text: &str| {
+        format!(
+            "{text}\n[sinks.published]\ntype = \"mqtt\"\ninputs = [\"windows\"]\nurl = \"{url}\"\ntopic = \"weir/out\"\nformat = \"json\"\n"
+        )
+    };
+    let root = cluster_folder(dir.path(), &with_mqtt, true);
+    let listens: Vec<(&str, std::net::SocketAddr)> =
+        ["a", "b", "w"].iter().map(|n| (*n, listen_of(&root.join(n)))).collect();
+    let target = |name: &str| listens.iter().find(|(n, _)| *n == name).unwrap().1;
+    let relays: Vec<Relay> = [("a", "b"), ("a", "w"), ("b", "a"), ("b", "w")]
+        .iter()
+        .map(|&(f, t)| Relay::start(f, t, target(t)))
+        .collect();
+    for relay in &relays {
+        route_peer(&root, relay.from, relay.to, relay.addr);
+    }
+    let consumer = Consumer::start(broker.port, "weir/out");
+    let env = [("WEIR_RECORDS", records.to_string()), ("WEIR_RATE", "100000".to_owned())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _witness = Witness::start(&root.join("w"));
+    let a = Agent::start_with_env(&root.join("a"), &env);
+    let b = Agent::start_with_env(&root.join("b"), &env);
+    let (owner, name, survivor) = loop {
+        if phase(&a) == "running" {
+            break (&a, "a", &b);
+        }
+        if phase(&b) == "running" {
+            break (&b, "b", &a);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // Some output is out (committed and published) before the partition.
+    owner.wait_for_pipeline(PIPELINE, "two checkpoints", |p| p["last_checkpoint"].as_u64() >= Some(2));
+    assert!(!consumer.received().is_empty() || owner.pipeline(PIPELINE).is_some());
+    for relay in relays.iter().filter(|r| r.from == name || r.to == name) {
+        relay.set_cut(true);
+    }
+    let done = survivor.wait_for_pipeline(PIPELINE, "the other side finishing", |p| p["phase"] == "finished");
+    assert_eq!(done["replication"]["epoch"], 2, "{done}");
+    assert!(survivor.stderr().contains("this agent owns it now (epoch 2)"), "{}", survivor.stderr());
+    // The old owner, cut off, stops: it no longer owns the pipeline.
+    owner.wait_for_pipeline(PIPELINE, "the old owner stepping down", |p| p["replication"]["role"] != "owner");
+
+    // Every window once at the consumer.
+    let expected = reference_lines(records).len();
+    let key = |r: &weir_tests::mosquitto::Received| (r.pipeline.clone(), r.epoch, r.checkpoint, r.seq);
+    survivor.wait_for("every window at the consumer", |_| {
+        let mut keys: Vec<_> = consumer.received().iter().map(key).collect();
+        keys.sort();
+        keys.dedup();
+        keys.len() >= expected
+    });
+    let received = consumer.received();
+    let mut unique = std::collections::BTreeMap::new();
+    for r in &received {
+        unique.entry(key(r)).or_insert_with(|| r.payload.clone());
+    }
+    let mut epochs = std::collections::BTreeMap::<(u64, u64), std::collections::BTreeSet<u64>>::new();
+    for (pipeline, epoch, checkpoint, seq) in unique.keys() {
+        assert_eq!(pipeline, "sensor-window/published/0");
+        epochs.entry((*checkpoint, *seq)).or_default().insert(*epoch);
+    }
+    let doubled: Vec<_> = epochs.iter().filter(|(_, e)| e.len() > 1).take(5).collect();
+    assert!(doubled.is_empty(), "output of two epochs for one (checkpoint, seq): {doubled:?}");
+    let mut payloads: Vec<&String> = unique.values().collect();
+    payloads.sort();
+    let before = payloads.len();
+    payloads.dedup();
+    assert_eq!(payloads.len(), before, "a window under two keys");
+    assert_eq!(unique.len(), expected, "every window once after de-duplication");
+    let by_epoch = |e: u64| unique.keys().filter(|k| k.1 == e).count();
+    eprintln!(
+        "partition: {} messages received, {} after de-duplication ({} of epoch 1, {} of epoch 2)",
+        received.len(),
+        unique.len(),
+        by_epoch(1),
+        by_epoch(2)
+    );
+    assert_union_is_the_reference(&root, records);
+}

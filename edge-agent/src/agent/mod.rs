@@ -180,6 +180,24 @@ impl Agent {
     }
 }
 
+/// A replicated pipeline's MQTT sinks: every agent publishes under the same stream
+/// (`PIPELINE/NODE`, the consumer's de-duplication key), each with a client id of its own:
+/// `weir-AGENT-PIPELINE-NODE`, or the configured `client_id` with `-AGENT` appended (two
+/// agents with one id would take the broker's session from each other in a partition).
+fn mqtt_identities(spec: &mut weir_runtime::pipeline::spec::PipelineSpec, pipeline: &str, agent: &str) {
+    use weir_runtime::pipeline::spec::{NodeKind, SinkSpec};
+    for node in &mut spec.nodes {
+        if let NodeKind::Sink(SinkSpec::Mqtt(m)) = &mut node.kind {
+            m.stream = format!("{pipeline}/{}", node.name);
+            m.client_id = if m.client_id.is_empty() {
+                format!("weir-{agent}-{pipeline}-{}", node.name)
+            } else {
+                format!("{}-{agent}", m.client_id)
+            };
+        }
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -418,12 +436,13 @@ impl Managed {
             Ok((spec, data_dir))
         });
         // A replicated pipeline runs only while the ownership register says this agent owns it.
-        let loaded = loaded.and_then(|(spec, data_dir)| {
+        let loaded = loaded.and_then(|(mut spec, data_dir)| {
             let replicated = match (&spec.replication, peers) {
                 (None, _) => None,
                 (Some(_), None) => return Err("[replication] needs the agent's node.toml, read when the agent starts: restart the agent".to_owned()),
                 (Some(_), Some(service)) => {
                     let r = crate::peer::replicated::Replicated::new(&name, &spec, service)?;
+                    mqtt_identities(&mut spec, &name, &service.node().name);
                     service.register(r.clone());
                     Some(r)
                 }

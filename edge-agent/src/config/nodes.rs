@@ -467,6 +467,7 @@ fn mqtt_sink(table: &Table<'_>) -> Result<MqttSinkSpec, ConfigError> {
         port,
         topic,
         client_id,
+        stream: String::new(),
         format,
         keep_alive_s: optional(table, "keep_alive_s", |i| i.int_between(5, 3600))?.unwrap_or(10),
         max_inflight: optional(table, "max_inflight", |i| i.int_between(1, 65535))?.unwrap_or(100) as u16,

@@ -539,6 +539,10 @@ impl Tap for OwnerTap {
         Ok(())
     }
 
+    fn owner_epoch(&self) -> Option<u64> {
+        Some(self.epoch)
+    }
+
     fn may_release(&self) -> Result<(), String> {
         let st = self.r.lock();
         if st.owner == Some(self.epoch) && st.member.can_commit(self.r.now()) {

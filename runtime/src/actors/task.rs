@@ -134,7 +134,16 @@ impl Output {
         let bytes: usize = staged.iter().map(|(_, b)| b.len()).sum();
         let mut ops = Vec::new();
         match &mut self.destination {
-            Destination::Mqtt(outbox) => ops = outbox.commit_ops(staged, epoch)?,
+            Destination::Mqtt(outbox) => {
+                // A replicated pipeline's output carries the ownership epoch of the run that
+                // started its checkpoint, whichever agent commits it; else the sink's epoch.
+                let mut stamped = Vec::with_capacity(staged.len());
+                for (checkpoint, messages) in staged {
+                    let owner = log.owner_epoch(checkpoint).map_err(|e| e.to_string())?;
+                    stamped.push((checkpoint, owner.unwrap_or(u64::from(epoch)), messages));
+                }
+                ops = outbox.commit_ops(stamped)?
+            }
             Destination::File { path, file } => {
                 let io = |e: std::io::Error| format!("writing {}: {e}", path.display());
                 file.set_len(self.committed.file_len).map_err(io)?;

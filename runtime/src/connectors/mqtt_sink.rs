@@ -137,8 +137,11 @@ impl Outbox {
             name: name.to_owned(),
             limit: spec.max_outbox_bytes,
             on_full: spec.on_full,
-            max_message: (spec.max_packet_size as usize)
-                .saturating_sub(PUBLISH_OVERHEAD + spec.topic.len() + spec.client_id.len()),
+            max_message: (spec.max_packet_size as usize).saturating_sub(
+                PUBLISH_OVERHEAD
+                    + spec.topic.len()
+                    + if spec.stream.is_empty() { spec.client_id.len() } else { spec.stream.len() + 21 },
+            ),
             state: Mutex::new(OutboxState {
                 chunks: index.into_iter().map(|c| (c.checkpoint, c)).collect(),
                 delivered,
@@ -174,21 +177,17 @@ impl Outbox {
         state.chunks.values().next().map_or(0, |c| now_ms().saturating_sub(c.committed_ms))
     }
 
-    /// The writes that put the staged output `staged` (checkpoint, lines) of a commit by
-    /// a sink in `epoch` into the outbox: run by the commit, on the log's writer thread,
+    /// The writes that put the staged output `staged` (checkpoint, its epoch stamp, lines) of
+    /// a commit into the outbox: run by the commit, on the log's writer thread,
     /// and applied with its commit record. At the limit, `on_full` decides: backpressure
     /// puts it (and the sources wait), `drop_oldest` also writes the delivery position past
     /// the oldest chunks, `reject_new` leaves it out. A message larger than
     /// `max_packet_size` allows is an error: the broker would refuse it.
-    pub fn commit_ops(
-        &self,
-        staged: Vec<(CheckpointId, Vec<u8>)>,
-        epoch: u32,
-    ) -> Result<Vec<WriteOp>, String> {
+    pub fn commit_ops(&self, staged: Vec<(CheckpointId, u64, Vec<u8>)>) -> Result<Vec<WriteOp>, String> {
         let mut ops = Vec::new();
         let mut state = lock(&self.state);
         let committed_ms = now_ms();
-        for (c, messages) in staged {
+        for (c, epoch, messages) in staged {
             if messages.is_empty() {
                 continue;
             }
@@ -340,15 +339,21 @@ mod publisher {
     }
 
     impl Publisher {
-        /// Connect as `client_id` and keep delivering what `outbox` releases.
-        pub fn start(spec: &MqttSinkSpec, client_id: String, outbox: Arc<Outbox>) -> Publisher {
+        /// Connect as `client_id` and keep delivering what `outbox` releases, each message
+        /// with `stream` as its `pipeline` property.
+        pub fn start(
+            spec: &MqttSinkSpec,
+            client_id: String,
+            stream: String,
+            outbox: Arc<Outbox>,
+        ) -> Publisher {
             let stop = std::sync::Arc::new(StdAtomicBool::new(false));
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             *outbox.notify.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
             let (spec, flag, ob) = (spec.clone(), stop.clone(), outbox.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("mqtt {client_id}"))
-                .spawn(move || publish(&spec, &client_id, &ob, &flag, &rx))
+                .spawn(move || publish(&spec, (&client_id, &stream), &ob, &flag, &rx))
                 .expect("spawning the MQTT publisher thread");
             Publisher { stop, outbox, thread: Some(thread) }
         }
@@ -367,7 +372,7 @@ mod publisher {
     /// A chunk being sent.
     struct Loaded {
         checkpoint: u64,
-        epoch: u32,
+        epoch: u64,
         data: Bytes,
         ranges: Vec<Range<usize>>,
     }
@@ -387,7 +392,7 @@ mod publisher {
 
     fn publish(
         spec: &MqttSinkSpec,
-        client_id: &str,
+        (client_id, stream): (&str, &str),
         outbox: &Arc<Outbox>,
         stop: &StdAtomicBool,
         notify: &std::sync::mpsc::Receiver<()>,
@@ -396,7 +401,7 @@ mod publisher {
         // The furthest position sent so far: what is sent again below it is a resend.
         let mut sent_high = outbox.delivered();
         loop {
-            let mut session = Session::new(spec, client_id, outbox, &mut sent_high);
+            let mut session = Session::new(spec, (client_id, stream), outbox, &mut sent_high);
             let end = session.run(stop, notify);
             let connected = session.connected;
             drop(session);
@@ -424,7 +429,7 @@ mod publisher {
     struct Session<'a> {
         spec: &'a MqttSinkSpec,
         name: &'a str,
-        client_id: &'a str,
+        stream: &'a str,
         outbox: &'a Arc<Outbox>,
         client: Client,
         connection: Connection,
@@ -444,7 +449,7 @@ mod publisher {
     impl<'a> Session<'a> {
         fn new(
             spec: &'a MqttSinkSpec,
-            client_id: &'a str,
+            (client_id, stream): (&'a str, &'a str),
             outbox: &'a Arc<Outbox>,
             sent_high: &'a mut Delivered,
         ) -> Session<'a> {
@@ -459,7 +464,7 @@ mod publisher {
             Session {
                 spec,
                 name: &outbox.name,
-                client_id,
+                stream,
                 outbox,
                 client,
                 connection,
@@ -526,7 +531,7 @@ mod publisher {
                 let payload = chunk.data.slice(chunk.ranges[index].clone());
                 let properties = PublishProperties {
                     user_properties: vec![
-                        ("pipeline".into(), self.client_id.to_owned()),
+                        ("pipeline".into(), self.stream.to_owned()),
                         ("epoch".into(), chunk.epoch.to_string()),
                         ("checkpoint".into(), chunk.checkpoint.to_string()),
                         ("seq".into(), index.to_string()),
@@ -727,6 +732,7 @@ mod tests {
             port: 1,
             topic: "t".into(),
             client_id: "c".into(),
+            stream: String::new(),
             format: OutputFormat { encoding: FileFormat::JsonLines, float_precision: None },
             keep_alive_s: 10,
             max_inflight: 10,
@@ -749,7 +755,7 @@ mod tests {
     }
 
     fn commit(log: &Log, outbox: &Outbox, c: u64) {
-        let ops = outbox.commit_ops(vec![(CheckpointId(c), b"{\"a\":1}\n{}\n".to_vec())], 3).unwrap();
+        let ops = outbox.commit_ops(vec![(CheckpointId(c), 3, b"{\"a\":1}\n{}\n".to_vec())]).unwrap();
         log.write_now(&ops).unwrap();
     }
 
@@ -821,7 +827,7 @@ mod tests {
     fn a_row_larger_than_the_packet_allows_is_an_error() {
         let (_dir, _log, _hold, outbox) = outbox(1 << 20, OnFull::Backpressure);
         let row = [vec![b'x'; 2000], b"\n".to_vec()].concat();
-        let e = outbox.commit_ops(vec![(CheckpointId(1), row)], 0).unwrap_err();
+        let e = outbox.commit_ops(vec![(CheckpointId(1), 0, row)]).unwrap_err();
         assert!(e.contains("a row of 2000 bytes is too large for max_packet_size"), "{e}");
     }
 }

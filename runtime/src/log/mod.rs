@@ -57,6 +57,11 @@ fn grant_key(p: ParticipantId) -> Vec<u8> {
     [KEY_GRANT, &participant_key(p)[..]].concat()
 }
 const KEY_PIPELINE: &[u8] = b"pipeline";
+const KEY_OWNER: &[u8] = b"owner/";
+
+fn owner_key(from: CheckpointId) -> Vec<u8> {
+    [KEY_OWNER, &from.0.to_be_bytes()[..]].concat()
+}
 
 /// The format version written before every value (2: with a CRC-32C).
 pub const FORMAT_VERSION: u8 = 2;
@@ -264,6 +269,16 @@ pub enum WriteOp {
         #[serde(with = "ship::checkpoint")]
         checkpoint: CheckpointId,
     },
+    /// A replicated pipeline's run owns it under `epoch` from checkpoint `from` on (written
+    /// when the run starts; shipped with the rest, so that every agent stamps a checkpoint's
+    /// MQTT output with the same epoch: [`Log::owner_epoch`]).
+    Owner {
+        /// The first checkpoint the run may start.
+        #[serde(with = "ship::checkpoint")]
+        from: CheckpointId,
+        /// The ownership epoch.
+        epoch: u64,
+    },
 }
 
 impl WriteOp {
@@ -279,6 +294,7 @@ impl WriteOp {
             | WriteOp::Commit { .. }
             | WriteOp::Completion(_)
             | WriteOp::Grant { .. }
+            | WriteOp::Owner { .. }
             | WriteOp::WalTruncate { .. }
             | WriteOp::DropSnapshotsBelow { .. } => 16,
         }
@@ -296,6 +312,7 @@ impl WriteOp {
             WriteOp::Commit { participant, .. } => (SINKS, participant_key(*participant).to_vec()),
             WriteOp::Completion(_) => (META, KEY_COMPLETION.to_vec()),
             WriteOp::Grant { participant, .. } => (META, grant_key(*participant)),
+            WriteOp::Owner { from, .. } => (META, owner_key(*from)),
             WriteOp::DropSnapshotsBelow { participant, checkpoint } => {
                 (SNAPSHOTS, checkpoint_key(*participant, *checkpoint).to_vec())
             }
@@ -723,6 +740,24 @@ impl Log {
                 self.outbox_put(wtxn, *participant, *checkpoint, chunk)
             }
             WriteOp::OutboxDeliver { participant, to } => self.outbox_deliver(wtxn, *participant, *to),
+            WriteOp::Owner { from, epoch } => {
+                let key = owner_key(*from);
+                self.dbs.meta.put(wtxn, &key, &encode(&key, epoch)).map_err(self.lmdb(META, &key))
+            }
+        }
+    }
+
+    /// The ownership epoch of the run that started checkpoint `c` of a replicated pipeline
+    /// (the latest [`WriteOp::Owner`] at or below it); none if no run wrote one.
+    pub fn owner_epoch(&self, c: CheckpointId) -> Result<Option<u64>, LogError> {
+        let key = owner_key(c);
+        let rtxn = self.env.read_txn().map_err(self.lmdb(META, &key))?;
+        let lo = owner_key(CheckpointId(0));
+        let range = (Bound::Included(&lo[..]), Bound::Included(&key[..]));
+        let mut found = self.dbs.meta.rev_range(&rtxn, &range).map_err(self.lmdb(META, &key))?;
+        match found.next().transpose().map_err(self.lmdb(META, &key))? {
+            Some((at, bytes)) => Ok(Some(decode::<u64>(META, at, bytes)?)),
+            None => Ok(None),
         }
     }
 
@@ -840,6 +875,25 @@ mod tests {
         .unwrap();
         assert!(log.read_staged(1, CheckpointId(0), C2).unwrap().is_empty());
         assert_eq!(log.read_commit(1).unwrap(), Some(CommitRecord { through: 1, file_len: 2 }));
+    }
+
+    /// Each checkpoint's ownership epoch is the latest recorded at or below it, other meta
+    /// keys (the completion, grants) notwithstanding.
+    #[test]
+    fn a_checkpoints_owner_epoch_is_the_run_that_started_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), 16 << 20).unwrap();
+        assert_eq!(log.owner_epoch(CheckpointId(3)).unwrap(), None);
+        log.write_now(&[
+            WriteOp::Owner { from: CheckpointId(1), epoch: 1 },
+            WriteOp::Completion(CheckpointId(5)),
+            WriteOp::Grant { participant: 0, epoch: 9 },
+            WriteOp::Owner { from: CheckpointId(6), epoch: 3 },
+        ])
+        .unwrap();
+        let epochs: Vec<Option<u64>> =
+            [0, 1, 5, 6, 300].map(|c| log.owner_epoch(CheckpointId(c)).unwrap()).into();
+        assert_eq!(epochs, [None, Some(1), Some(1), Some(3), Some(3)]);
     }
 
     #[test]

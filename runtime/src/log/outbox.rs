@@ -28,9 +28,12 @@ fn acked_key(p: ParticipantId) -> Vec<u8> {
 /// The output one checkpoint's commit released.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxChunk {
-    /// The epoch of the sink that committed it: a consumer's de-duplication key with the
-    /// checkpoint and the message's place in the chunk.
-    pub epoch: u32,
+    /// Its epoch, a consumer's de-duplication key with the checkpoint and the message's
+    /// place in the chunk: for a replicated pipeline the ownership epoch of the run that
+    /// started its checkpoint ([`crate::log::Log::owner_epoch`]), the same on every agent
+    /// that commits it; else the epoch of the sink that committed it. (Widened from `u32`:
+    /// postcard writes both as the same varint.)
+    pub epoch: u64,
     /// When it was committed, milliseconds since the Unix epoch (the outbox's age).
     pub committed_ms: u64,
     /// The messages, each ending with a line break.

@@ -36,6 +36,12 @@ pub trait Tap: Send + Sync {
     fn may_release(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// The ownership epoch the run writes under, for a replicated pipeline's owner: recorded
+    /// in the log when the run starts ([`WriteOp::Owner`]).
+    fn owner_epoch(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// `CheckpointId` as a plain number on the wire (the protocol core has no serde).

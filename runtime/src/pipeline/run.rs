@@ -225,7 +225,9 @@ fn start_connectors(spec: &PipelineSpec, log: &Log, writer: &Writer) -> Result<C
                 } else {
                     m.client_id.clone()
                 };
-                connectors._publishers.push(Publisher::start(m, client_id, outbox.clone()));
+                let stream =
+                    if m.stream.is_empty() { client_id.clone() } else { format!("{}/{}", m.stream, s.index) };
+                connectors._publishers.push(Publisher::start(m, client_id, stream, outbox.clone()));
                 connectors.outboxes[p] = Some(outbox);
             }
             _ => {}
@@ -266,6 +268,27 @@ pub fn adopt(spec: &PipelineSpec) -> Result<usize, RunError> {
     Ok(log.rebase_file_sinks(&files)?)
 }
 
+/// Record, through the (tapped) writer, that the checkpoints from the next one on are the
+/// run's under ownership `epoch` (none if the log says so already).
+fn record_owner(log: &Log, writer: &Writer, epoch: u64) -> Result<(), RunError> {
+    let from = CheckpointId(log.completed()?.map_or(0, |c| c.0) + 1);
+    if log.owner_epoch(from)? == Some(epoch) {
+        return Ok(());
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    writer.submit(
+        vec![crate::log::WriteOp::Owner { from, epoch }],
+        Box::new(move |result| {
+            let _ = tx.send(result);
+        }),
+    );
+    match rx.recv() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(RunError::Failed(format!("recording ownership epoch {epoch}: {e}"))),
+        Err(_) => Err(RunError::Log(LogError::WriterGone)),
+    }
+}
+
 /// Run `spec` until its sources are exhausted and all output is committed, or until `stop`
 /// is requested. A panic in operator code restarts the pipeline from the last completed
 /// checkpoint (a global rollback inside this process), within the restart intensity of
@@ -284,6 +307,9 @@ pub fn run(
     let log = Log::open_with(&spec.data_dir, spec.map_size, fresh)?;
     log.claim(&fingerprint::settings(spec))?;
     let writer = Writer::start_tapped(log.clone(), observe.tap.clone());
+    if let Some(epoch) = observe.tap.as_ref().and_then(|tap| tap.owner_epoch()) {
+        record_owner(&log, &writer, epoch)?;
+    }
     let connectors = start_connectors(spec, &log, &writer)?;
     if let Some(live) = &observe.live {
         live.set_usage(log.usage());
@@ -350,6 +376,13 @@ pub fn run(
             if attempt.stopped_at.is_some() {
                 report.stopped = stop.reason();
                 report.stopped_at = attempt.stopped_at;
+            }
+            if attempt.stopped_at.is_none() {
+                // Finished: every committed row is in an outbox; wait until the broker has
+                // them all (or a stop), so that "finished" means delivered.
+                for outbox in connectors.outboxes.iter().flatten() {
+                    while outbox.chunks() > 0 && !stop.wait(Duration::from_millis(20)) {}
+                }
             }
             let phase = if attempt.stopped_at.is_some() { Phase::Stopped } else { Phase::Finished };
             observe.live.iter().for_each(|live| live.set_phase(phase));

@@ -439,9 +439,13 @@ pub struct MqttSinkSpec {
     pub port: u16,
     /// The topic every message goes to.
     pub topic: String,
-    /// The client id; empty: derived from the node and the data directory. Also the
-    /// `pipeline` user property of every message.
+    /// The client id; empty: derived from the node and the data directory.
     pub client_id: String,
+    /// The `pipeline` user property of every message, the subtask's index appended; empty:
+    /// the client id. A replicated pipeline's agents each connect with a client id of their
+    /// own and set the same stream here (`PIPELINE/NODE`), so that a consumer's
+    /// de-duplication key is the same whichever agent published a message.
+    pub stream: String,
     /// How a row is written (JSON).
     pub format: OutputFormat,
     /// The broker's keep-alive, in seconds.
