@@ -572,7 +572,7 @@ impl Model for ReplicationModel {
             if !state.up[i] || agent.owner.is_none() {
                 continue;
             }
-            let solo = agent.member.held().is_some_and(|l| l.solo);
+            let solo = agent.member.solo();
             if agent.taken == agent.completed && agent.taken < self.scope.checkpoints {
                 actions.push(Action::Take(n));
             }

@@ -385,3 +385,45 @@ impl Drop for Consumer {
         }
     }
 }
+
+/// Sensors of the test readings.
+pub const SENSORS: u64 = 50;
+
+/// Reading `i`: sensor, event time (4 ms apart per 20 readings: several 1 s windows), value.
+pub fn reading(i: u64) -> (u64, i64, f64) {
+    (i % SENSORS, (i / 5) as i64, ((i * 7919 + 13) % 10007) as f64 / 100.0)
+}
+
+/// Reading `i` as a JSON payload.
+pub fn payload(i: u64) -> Vec<u8> {
+    let (sensor, ts, value) = reading(i);
+    format!(r#"{{"sensor": "s{sensor:04}", "ts": {ts}, "value": {value}}}"#).into_bytes()
+}
+
+/// Readings `range` as messages, one topic per sensor.
+pub fn messages(range: std::ops::Range<u64>) -> impl Iterator<Item = (String, Vec<u8>)> {
+    range.map(|i| (format!("weir/in/s{:04}", i % SENSORS), payload(i)))
+}
+
+/// The last message: its event time closes every window before it (its own stays open).
+pub fn flush() -> std::iter::Once<(String, Vec<u8>)> {
+    std::iter::once((
+        "weir/in/flush".to_owned(),
+        br#"{"sensor": "flush", "ts": 100000000, "value": 0}"#.to_vec(),
+    ))
+}
+
+/// Output lines equal to `expected` but for the last digit of sums and means, which depend
+/// on the order of additions: keys, counts, minima and maxima exactly, sums and means within
+/// 0.002.
+pub fn assert_same_windows(output: &[String], expected: &[String]) {
+    assert_eq!(output.len(), expected.len(), "windows");
+    for (o, e) in output.iter().zip(expected) {
+        let (o, e): (Vec<&str>, Vec<&str>) = (o.split(',').collect(), e.split(',').collect());
+        assert_eq!((o[0], o[1], o[2], o[4], o[5]), (e[0], e[1], e[2], e[4], e[5]), "{o:?} vs {e:?}");
+        for i in [3, 6] {
+            let (a, b): (f64, f64) = (o[i].parse().unwrap(), e[i].parse().unwrap());
+            assert!((a - b).abs() <= 0.002, "{o:?} vs {e:?}");
+        }
+    }
+}

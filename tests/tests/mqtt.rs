@@ -9,22 +9,13 @@
 use std::path::Path;
 
 use weir_tests::agent::{Agent, source_out};
-use weir_tests::mosquitto::{Mosquitto, create_session, mqtt_window_config, publish_all};
+use weir_tests::mosquitto::{
+    Mosquitto, assert_same_windows, create_session, flush, messages, mqtt_window_config, publish_all, reading,
+};
 use weir_tests::reference_of;
 
-const SENSORS: u64 = 50;
 /// The client id in the config; the source's session is this plus `-0` (its subtask).
 const CLIENT: &str = "weir-test-source";
-
-/// Reading `i`: sensor, event time (4 ms apart per 20 readings: several 1 s windows), value.
-fn reading(i: u64) -> (u64, i64, f64) {
-    (i % SENSORS, (i / 5) as i64, ((i * 7919 + 13) % 10007) as f64 / 100.0)
-}
-
-fn payload(i: u64) -> Vec<u8> {
-    let (sensor, ts, value) = reading(i);
-    format!(r#"{{"sensor": "s{sensor:04}", "ts": {ts}, "value": {value}}}"#).into_bytes()
-}
 
 fn config(conf: &Path, work: &Path, url: &str, out_of_order_ms: u64) {
     let dedup = "dedup_key = [\"sensor\", \"ts\"]";
@@ -43,19 +34,6 @@ fn setup(out_of_order_ms: u64) -> (Mosquitto, tempfile::TempDir, std::path::Path
     (broker, work, conf)
 }
 
-/// Readings `range` as messages, one topic per sensor.
-fn messages(range: std::ops::Range<u64>) -> impl Iterator<Item = (String, Vec<u8>)> {
-    range.map(|i| (format!("weir/in/s{:04}", i % SENSORS), payload(i)))
-}
-
-/// The last message: its event time closes every window before it (its own stays open).
-fn flush() -> std::iter::Once<(String, Vec<u8>)> {
-    std::iter::once((
-        "weir/in/flush".to_owned(),
-        br#"{"sensor": "flush", "ts": 100000000, "value": 0}"#.to_vec(),
-    ))
-}
-
 /// Wait until the output has the windows of readings `0..readings`, stop the agent (exit 0),
 /// check them; the pipeline's status before the stop.
 fn finish(agent: Agent, work: &Path, readings: u64) -> serde_json::Value {
@@ -67,21 +45,6 @@ fn finish(agent: Agent, work: &Path, readings: u64) -> serde_json::Value {
     assert_eq!(code, Some(0), "{stderr}");
     assert_same_windows(&weir_tests::sorted_lines(&out), &expected);
     p
-}
-
-/// Output lines equal to `expected` but for the last digit of sums and means, which depend
-/// on the order of additions: keys, counts, minima and maxima exactly, sums and means within
-/// 0.002.
-fn assert_same_windows(output: &[String], expected: &[String]) {
-    assert_eq!(output.len(), expected.len(), "windows");
-    for (o, e) in output.iter().zip(expected) {
-        let (o, e): (Vec<&str>, Vec<&str>) = (o.split(',').collect(), e.split(',').collect());
-        assert_eq!((o[0], o[1], o[2], o[4], o[5]), (e[0], e[1], e[2], e[4], e[5]), "{o:?} vs {e:?}");
-        for i in [3, 6] {
-            let (a, b): (f64, f64) = (o[i].parse().unwrap(), e[i].parse().unwrap());
-            assert!((a - b).abs() <= 0.002, "{o:?} vs {e:?}");
-        }
-    }
 }
 
 /// A small deterministic generator for the kill points (xorshift).

@@ -411,6 +411,20 @@ fn route_peer(root: &Path, from: &str, to: &str, addr: std::net::SocketAddr) {
     std::fs::write(path, out).unwrap();
 }
 
+/// A relay for every link a data agent opens (to the other and to the witness), the
+/// agents' node.toml pointed at them.
+fn relay_every_link(root: &Path) -> Vec<Relay> {
+    let listens: Vec<(&str, std::net::SocketAddr)> =
+        ["a", "b", "w"].iter().map(|n| (*n, listen_of(&root.join(n)))).collect();
+    let target = |name: &str| listens.iter().find(|(n, _)| *n == name).unwrap().1;
+    let links = [("a", "b"), ("a", "w"), ("b", "a"), ("b", "w")];
+    let relays: Vec<Relay> = links.iter().map(|&(f, t)| Relay::start(f, t, target(t))).collect();
+    for relay in &relays {
+        route_peer(root, relay.from, relay.to, relay.addr);
+    }
+    relays
+}
+
 /// A partition that cuts the owner off from the other data agent and the witness, while
 /// both keep the MQTT broker: the owner stops releasing output before its lease runs out, the
 /// other takes over under the next epoch, and the consumer, de-duplicating by (pipeline,
@@ -429,16 +443,7 @@ fn a_partition_of_the_owner_never_gives_two_epochs_output_for_one_message() {
         )
     };
     let root = cluster_folder(dir.path(), &with_mqtt, true);
-    let listens: Vec<(&str, std::net::SocketAddr)> =
-        ["a", "b", "w"].iter().map(|n| (*n, listen_of(&root.join(n)))).collect();
-    let target = |name: &str| listens.iter().find(|(n, _)| *n == name).unwrap().1;
-    let relays: Vec<Relay> = [("a", "b"), ("a", "w"), ("b", "a"), ("b", "w")]
-        .iter()
-        .map(|&(f, t)| Relay::start(f, t, target(t)))
-        .collect();
-    for relay in &relays {
-        route_peer(&root, relay.from, relay.to, relay.addr);
-    }
+    let relays = relay_every_link(&root);
     let consumer = Consumer::start(broker.port, "weir/out");
     let env = [("WEIR_RECORDS", records.to_string()), ("WEIR_RATE", "100000".to_owned())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -502,4 +507,83 @@ fn a_partition_of_the_owner_never_gives_two_epochs_output_for_one_message() {
         by_epoch(2)
     );
     assert_union_is_the_reference(&root, records);
+}
+
+/// An MQTT source, replicated in `sync` mode: its write-ahead log goes through the log's
+/// writer and is shipped, and the broker is acknowledged only once the other data agent has
+/// the entries on disk. Both agents subscribe in one broker session. While readings arrive,
+/// the owner's link to the other data agent is cut (it still reaches the witness, so it
+/// keeps its lease) for half a second, in which an owner that acknowledged on its own write
+/// would take in readings the other never gets; then it is killed (`kill -9`). The other
+/// takes over, and every reading is in the union of both agents' output exactly once (the
+/// source's `dedup_key` recognises what the broker sends again).
+#[test]
+fn a_replicated_mqtt_source_loses_and_doubles_nothing_across_kill_9_of_the_owner() {
+    use weir_tests::mosquitto::{
+        Mosquitto, assert_same_windows, create_session, flush, messages, mqtt_window_config, publish_all,
+        reading,
+    };
+    const READINGS: u64 = 20_000;
+    const JOB: &str = "mqtt-window";
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let root = cluster_folder(dir.path(), &|text| text.to_owned(), true);
+    for agent in ["a", "b"] {
+        let conf = root.join(agent);
+        std::fs::remove_file(conf.join("sensor-window.toml")).unwrap();
+        let config = conf.join(format!("{JOB}.toml"));
+        let dedup = "dedup_key = [\"sensor\", \"ts\"]";
+        mqtt_window_config(&config, &conf, &broker.url(), "weir-ha-source", dedup, (100, 100));
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str("\n[replication]\nmode = \"sync\"\nfailover = \"witness\"\n");
+        std::fs::write(&config, text).unwrap();
+    }
+    // The source's session exists before anything is published: the broker keeps it all.
+    create_session(broker.port, "weir-ha-source-0", "weir/in/#");
+    let relays = relay_every_link(&root);
+    let _witness = Witness::start(&root.join("w"));
+    let a = Agent::start(&root.join("a"));
+    let b = Agent::start(&root.join("b"));
+    let job_phase = |agent: &Agent| {
+        agent.pipeline(JOB).map(|p| p["phase"].as_str().unwrap_or_default().to_owned()).unwrap_or_default()
+    };
+    let port = broker.port;
+    let publisher =
+        std::thread::spawn(move || publish_all(port, Some(5_000), messages(0..READINGS).chain(flush())));
+    let (owner, name, survivor, survivor_dir) = loop {
+        if job_phase(&a) == "running" {
+            break (a, "a", b, root.join("b"));
+        }
+        if job_phase(&b) == "running" {
+            break (b, "b", a, root.join("a"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    owner.wait_for_pipeline(JOB, "a third of the readings", |p| {
+        weir_tests::agent::source_out(p) >= READINGS / 3 && p["last_checkpoint"].as_u64() >= Some(2)
+    });
+    relays.iter().filter(|r| r.from == name && r.to != "w").for_each(|r| r.set_cut(true));
+    // (The wait is the scenario: readings keep arriving while the peer cannot have them.)
+    std::thread::sleep(Duration::from_millis(500));
+    owner.kill_9();
+    let expected = weir_tests::reference_of((0..READINGS).map(reading));
+    let union = || {
+        let mut lines: Vec<String> =
+            ["a", "b"].iter().flat_map(|n| sorted_lines(&root.join(n).join("windows.csv"))).collect();
+        lines.sort();
+        lines.dedup();
+        lines
+    };
+    survivor.wait_for("every window in the union of the outputs", |_| union().len() >= expected.len());
+    publisher.join().unwrap();
+    let p = survivor.pipeline(JOB).unwrap();
+    assert_eq!(p["replication"]["role"], "owner", "{p}");
+    assert!(file_len(&survivor_dir.join("windows.csv")) > 0);
+    for name in ["a", "b"] {
+        let lines = sorted_lines(&root.join(name).join("windows.csv"));
+        let mut unique = lines.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), lines.len(), "{name}'s output has a line twice");
+    }
+    assert_same_windows(&union(), &expected);
 }

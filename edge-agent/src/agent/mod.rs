@@ -184,9 +184,18 @@ impl Agent {
 /// (`PIPELINE/NODE`, the consumer's de-duplication key), each with a client id of its own:
 /// `weir-AGENT-PIPELINE-NODE`, or the configured `client_id` with `-AGENT` appended (two
 /// agents with one id would take the broker's session from each other in a partition).
+///
+/// Its MQTT sources, the other way round: every agent subscribes in the same broker session
+/// (`weir-PIPELINE-NODE` unless configured), so that what the broker keeps for it while the
+/// owner is away goes to whichever agent owns it next.
 fn mqtt_identities(spec: &mut weir_runtime::pipeline::spec::PipelineSpec, pipeline: &str, agent: &str) {
-    use weir_runtime::pipeline::spec::{NodeKind, SinkSpec};
+    use weir_runtime::pipeline::spec::{NodeKind, SinkSpec, SourceSpec};
     for node in &mut spec.nodes {
+        if let NodeKind::Source(SourceSpec::Mqtt(m)) = &mut node.kind
+            && m.client_id.is_empty()
+        {
+            m.client_id = format!("weir-{pipeline}-{}", node.name);
+        }
         if let NodeKind::Sink(SinkSpec::Mqtt(m)) = &mut node.kind {
             m.stream = format!("{pipeline}/{}", node.name);
             m.client_id = if m.client_id.is_empty() {

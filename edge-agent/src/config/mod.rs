@@ -172,7 +172,7 @@ pub fn load(path: &Path, data_dir_override: Option<&Path>) -> Result<PipelineSpe
     if let Some(sites) = &sites.replication {
         let node = node::load(&base_dir)?;
         spec.replication =
-            Some(replication_against(spec.replication.take(), &spec.nodes, sites, node.as_ref(), &base_dir)?);
+            Some(replication_against(spec.replication.take(), sites, node.as_ref(), &base_dir)?);
     }
     Ok(spec)
 }
@@ -184,25 +184,11 @@ pub fn load(path: &Path, data_dir_override: Option<&Path>) -> Result<PipelineSpe
 /// more data agents), else `"manual"`.
 fn replication_against(
     parsed: Option<ReplicationSpec>,
-    pipeline_nodes: &[weir_runtime::pipeline::spec::NodeSpec],
     sites: &ReplicationSites,
     node: Option<&node::NodeConfig>,
     dir: &Path,
 ) -> Result<ReplicationSpec, ConfigError> {
     let mut spec = parsed.expect("a [replication] table was read");
-    if let Some(node) = pipeline_nodes
-        .iter()
-        .find(|n| matches!(n.kind, NodeKind::Source(weir_runtime::pipeline::spec::SourceSpec::Mqtt(_))))
-    {
-        return Err(ConfigError::at(
-            "replication",
-            format!(
-                "sources.{}: an MQTT source's write-ahead log is not shipped to peers yet; replicate pipelines with generator or file sources",
-                node.name
-            ),
-            sites.table,
-        ));
-    }
     let Some(node) = node else {
         return Err(ConfigError::at(
             "replication",

@@ -470,72 +470,104 @@ impl OwnerTap {
     fn deposed(&self) -> String {
         format!("this agent no longer owns {} (epoch {} is over)", self.r.name, self.epoch)
     }
+
+    /// Seeds every link not seeded yet with a compacted copy of `log`, taken here on the
+    /// writer thread (so it holds exactly the batches committed so far) outside the lock
+    /// (the register goes on meanwhile).
+    fn seed<'a>(&'a self, log: &Log, st: MutexGuard<'a, State>) -> Result<MutexGuard<'a, State>, String> {
+        if st.sessions.iter().all(|s| s.seeded) {
+            return Ok(st);
+        }
+        drop(st);
+        let file = self.r.data_dir.with_extension("seed");
+        let copied = log.copy_compacted(&file).map_err(|e| e.to_string());
+        let bytes = copied.and_then(|_| std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display())));
+        let _ = std::fs::remove_file(&file);
+        let seed = bytes?;
+        let mut st = self.r.lock();
+        let mark = st.committed_bytes;
+        for session in st.sessions.iter_mut().filter(|s| !s.seeded) {
+            for chunk in seed.chunks(wire::SEED_CHUNK) {
+                let _ = session.to.send(Bulk::Seed { bytes: chunk.to_vec() });
+            }
+            let _ = session.to.send(Bulk::SeedEnd);
+            session.marks.push_back(mark);
+            session.seeded = true;
+        }
+        Ok(st)
+    }
+
+    /// Waits until `ready(state, alone)` holds, while this agent owns the pipeline under its
+    /// epoch; `alone`: it may go on without the peer. After a whole lease of waiting it
+    /// records in the register that it goes on alone (`solo`: from then on nobody takes over
+    /// automatically). A solo owner with a peer connected still waits for it, up to a lease
+    /// each time, so that a peer slower than the owner catches up and the owner stops
+    /// running alone ([`Replicated::on_ack`] clears `solo` once the peer is in step).
+    ///
+    /// On the writer thread (`log` given), a link that comes up meanwhile is seeded at once:
+    /// no other batch commits while this one waits, and the peer it waits for may be that
+    /// link's.
+    fn wait<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        log: Option<&Log>,
+        ready: impl Fn(&State, bool) -> bool,
+    ) -> Result<MutexGuard<'a, State>, String> {
+        let waiting = Instant::now();
+        loop {
+            if let Some(log) = log {
+                st = self.seed(log, st)?;
+            }
+            if st.owner != Some(self.epoch) {
+                return Err(self.deposed());
+            }
+            let solo = st.member.solo();
+            let peer = st.sessions.iter().any(|s| s.seeded);
+            let alone = solo && (!peer || waiting.elapsed() > Duration::from_millis(TIMING.lease));
+            if ready(&st, alone) {
+                return Ok(st);
+            }
+            if waiting.elapsed() > Duration::from_millis(TIMING.lease) {
+                st.member.set_solo(true);
+            }
+            st = self
+                .r
+                .changed
+                .wait_timeout(st, Duration::from_millis(50))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
 }
 
 impl Tap for OwnerTap {
     fn committed(&self, log: &Log, ops: &[Vec<WriteOp>]) -> Result<(), String> {
-        let r = &self.r;
-        let seeding = {
-            let st = r.lock();
-            if st.owner != Some(self.epoch) {
-                return Err(self.deposed());
-            }
-            st.sessions.iter().any(|s| !s.seeded)
-        };
-        // The copy is taken outside the lock (the register goes on meanwhile), here on the
-        // writer thread: no batch commits while it is made.
-        let seed = if seeding {
-            let file = r.data_dir.with_extension("seed");
-            let copied = log.copy_compacted(&file).map_err(|e| e.to_string());
-            let bytes =
-                copied.and_then(|_| std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display())));
-            let _ = std::fs::remove_file(&file);
-            Some(bytes?)
-        } else {
-            None
-        };
         let mut batch = Vec::new();
         ship::encode_batch(ops, &mut batch);
-        let mut st = r.lock();
+        let mut st = self.r.lock();
+        if st.owner != Some(self.epoch) {
+            return Err(self.deposed());
+        }
         st.committed_bytes += batch.len() as u64;
         let mark = st.committed_bytes;
-        for session in &mut st.sessions {
-            if session.seeded {
-                let _ = session.to.send(Bulk::Batch { bytes: batch.clone() });
-                session.marks.push_back(mark);
-            } else if let Some(seed) = &seed {
-                session.marks.push_back(mark);
-                // The copy holds this batch already.
-                for chunk in seed.chunks(wire::SEED_CHUNK) {
-                    let _ = session.to.send(Bulk::Seed { bytes: chunk.to_vec() });
-                }
-                let _ = session.to.send(Bulk::SeedEnd);
-                session.seeded = true;
-            }
+        for session in st.sessions.iter_mut().filter(|s| s.seeded) {
+            let _ = session.to.send(Bulk::Batch { bytes: batch.clone() });
+            session.marks.push_back(mark);
         }
+        // A link that came up since is seeded with a copy that holds this batch already.
+        st = self.seed(log, st)?;
         for c in ship::completions(ops.iter().flatten()) {
-            let waiting = Instant::now();
-            loop {
-                if st.owner != Some(self.epoch) {
-                    return Err(self.deposed());
-                }
-                let solo = st.member.held().is_some_and(|l| l.solo);
-                if st.shipper.may_complete(c, solo) {
-                    st.completed = st.completed.max(c);
-                    break;
-                }
-                if waiting.elapsed() > Duration::from_millis(TIMING.lease) {
-                    // No peer has it after a whole lease: record in the register that this
-                    // owner goes on alone (from then on nobody takes over automatically).
-                    st.member.set_solo(true);
-                }
-                st = r
-                    .changed
-                    .wait_timeout(st, Duration::from_millis(50))
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .0;
-            }
+            st = self.wait(st, Some(log), |st, solo| st.shipper.may_complete(c, solo))?;
+            st.completed = st.completed.max(c);
         }
+        Ok(())
+    }
+
+    fn input_durable(&self) -> Result<(), String> {
+        let st = self.r.lock();
+        let target = st.committed_bytes;
+        let ready = |st: &State, solo| !st.shipper.input_waits_for_peer(solo) || st.acked_bytes >= target;
+        drop(self.wait(st, None, ready)?);
         Ok(())
     }
 

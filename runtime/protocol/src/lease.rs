@@ -294,6 +294,15 @@ impl Member {
         self.want_solo = solo;
     }
 
+    /// Whether the owner may act without a replica in step now: the register records it
+    /// solo, and it has not asked to leave solo since. Once the shell reports the peer in
+    /// step again (`set_solo(false)`) the owner waits for the peer at once, before the
+    /// renewal that records it: acting alone until then would complete checkpoints the peer
+    /// lacks while the register says the peer is in step, and a takeover would lose them.
+    pub fn solo(&self) -> bool {
+        self.held().is_some_and(|l| l.solo) && self.want_solo
+    }
+
     /// The epoch this agent owns the pipeline under, if it does.
     pub fn owner_epoch(&self) -> Option<u64> {
         self.held.map(|(lease, _, _)| lease.epoch)
@@ -741,6 +750,26 @@ mod tests {
             assert!(b.may_promote(now).is_err(), "at {now}: a renewed at 3; wait until 8");
         }
         assert_eq!(b.may_promote(8), Ok(()));
+    }
+
+    /// An owner that asked to leave solo acts as in step at once, before the renewal that
+    /// records it (found by the replicated MQTT source's end-to-end test: completing alone
+    /// until then left checkpoints the register said the peer had).
+    #[test]
+    fn leaving_solo_takes_effect_before_the_renewal_records_it() {
+        let solo = Lease { solo: true, ..first() };
+        let ballot = Ballot { round: 0, node: 0 };
+        let mut a =
+            Member::new(0, 3, TIMING, true, Acceptor::with_value(ballot, solo)).holding(solo, 0, ballot);
+        a.set_solo(true);
+        assert!(a.solo());
+        a.set_solo(false);
+        assert!(a.held().is_some_and(|l| l.solo), "the register still says solo");
+        assert!(!a.solo(), "but the owner no longer acts alone");
+        let mut b = Member::new(1, 3, TIMING, true, Acceptor::default());
+        assert!(!b.solo(), "no lease, nothing to act on");
+        b.set_solo(true);
+        assert!(!b.solo());
     }
 
     #[test]

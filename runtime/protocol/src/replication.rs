@@ -107,6 +107,15 @@ impl Shipper {
         }
     }
 
+    /// Whether input written to the owner's log (a source's WAL) must be durable at the peer
+    /// before its sender is told it arrived: in `sync` and `received` mode, unless the owner
+    /// runs solo. (`received` waits for durability too: a receipt is acknowledged per
+    /// checkpoint, not per batch.) In `async` mode the sender is answered at once, and input
+    /// not yet shipped is part of the bounded loss.
+    pub fn input_waits_for_peer(&self, solo: bool) -> bool {
+        !solo && !matches!(self.mode, ReplicationMode::Async { .. })
+    }
+
     /// Checkpoints completed here and not yet durable at the peer (ids, so an upper bound
     /// when some ids were aborted).
     pub fn lag(&self, last_completed: CheckpointId) -> u64 {

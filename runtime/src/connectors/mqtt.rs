@@ -312,7 +312,11 @@ fn commit(wal: &Wal, acks: &mut std::collections::VecDeque<Publish>, pending: &m
         .iter_mut()
         .map(|(_, entry, dedup)| (std::mem::replace(entry, empty_entry()), dedup.take()))
         .collect();
-    match wal.log.wal_append(wal.participant, &entries) {
+    let appended = match wal.writer.tap() {
+        None => wal.log.wal_append(wal.participant, &entries).map_err(|e| e.to_string()),
+        Some(tap) => shipped_append(wal, entries, &*tap),
+    };
+    match appended {
         Ok(appended) => {
             wal.end.store(appended.next, Ordering::Release);
             let ticks = pending.iter().filter(|(publish, _, _)| publish.is_none()).count();
@@ -328,6 +332,31 @@ fn commit(wal: &Wal, acks: &mut std::collections::VecDeque<Publish>, pending: &m
             wal.wake();
         }
     }
+}
+
+#[cfg(not(loom))]
+/// A replicated pipeline's append: through the log's writer (whose tap ships it), and once
+/// the mode says the input is safe at the peer ([`crate::log::ship::Tap::input_durable`]).
+fn shipped_append(
+    wal: &Wal,
+    entries: Vec<(WalEntry, Option<Vec<u8>>)>,
+    tap: &dyn crate::log::ship::Tap,
+) -> Result<crate::log::wal::Appended, String> {
+    let (before, count) = (wal.end.load(Ordering::Acquire), entries.len());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let append = crate::log::WriteOp::WalAppend { participant: wal.participant, entries };
+    wal.writer.submit(
+        vec![append],
+        Box::new(move |result| {
+            let _ = tx.send(result.map_err(|e| e.to_string()));
+        }),
+    );
+    rx.recv().map_err(|_| "the log's writer stopped".to_owned())??;
+    tap.input_durable()?;
+    // Only this thread appends to this WAL: what it grew by is what was written.
+    let next = wal.log.wal_next(wal.participant).map_err(|e| e.to_string())?;
+    let written = (next - before) as usize;
+    Ok(crate::log::wal::Appended { written, duplicates: count - written, next })
 }
 
 #[cfg(not(loom))]

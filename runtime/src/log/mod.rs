@@ -279,6 +279,14 @@ pub enum WriteOp {
         /// The ownership epoch.
         epoch: u64,
     },
+    /// Append a source's arrivals to its WAL, as [`Log::wal_append`] does: the ingest of a
+    /// replicated pipeline writes through the writer so that its WAL is shipped too.
+    WalAppend {
+        /// Participant.
+        participant: ParticipantId,
+        /// The entries, each with its dedup key if it has one.
+        entries: Vec<(wal::WalEntry, Option<Vec<u8>>)>,
+    },
 }
 
 impl WriteOp {
@@ -290,6 +298,7 @@ impl WriteOp {
             }
             WriteOp::Stage { bytes, .. } => bytes.len(),
             WriteOp::OutboxPut { chunk, .. } => chunk.messages.len(),
+            WriteOp::WalAppend { entries, .. } => entries.iter().map(|(e, _)| e.payload.len() + 32).sum(),
             WriteOp::OutboxDeliver { .. }
             | WriteOp::Commit { .. }
             | WriteOp::Completion(_)
@@ -313,6 +322,7 @@ impl WriteOp {
             WriteOp::Completion(_) => (META, KEY_COMPLETION.to_vec()),
             WriteOp::Grant { participant, .. } => (META, grant_key(*participant)),
             WriteOp::Owner { from, .. } => (META, owner_key(*from)),
+            WriteOp::WalAppend { participant, .. } => (wal::WAL, participant_key(*participant).to_vec()),
             WriteOp::DropSnapshotsBelow { participant, checkpoint } => {
                 (SNAPSHOTS, checkpoint_key(*participant, *checkpoint).to_vec())
             }
@@ -743,6 +753,9 @@ impl Log {
             WriteOp::Owner { from, epoch } => {
                 let key = owner_key(*from);
                 self.dbs.meta.put(wtxn, &key, &encode(&key, epoch)).map_err(self.lmdb(META, &key))
+            }
+            WriteOp::WalAppend { participant, entries } => {
+                self.wal_append_in(wtxn, *participant, entries).map(|_| ())
             }
         }
     }

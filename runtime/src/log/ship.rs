@@ -42,6 +42,14 @@ pub trait Tap: Send + Sync {
     fn owner_epoch(&self) -> Option<u64> {
         None
     }
+
+    /// Wait until every batch committed so far is where the replication mode needs it
+    /// before input may be acknowledged to its sender (an MQTT source's PUBACK for what it
+    /// wrote to its WAL): an owner that died right after would otherwise lose input its
+    /// sender will not send again. An `Err` if this agent no longer owns the pipeline.
+    fn input_durable(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// `CheckpointId` as a plain number on the wire (the protocol core has no serde).

@@ -94,7 +94,23 @@ impl Log {
         let next_at = next_key(p);
         let err = self.lmdb(WAL, &next_at);
         let mut wtxn = self.env.write_txn().map_err(&err)?;
-        let mut next: u64 = match self.dbs.meta.get(&wtxn, &next_at).map_err(&err)? {
+        let appended = self.wal_append_in(&mut wtxn, p, entries)?;
+        wtxn.commit().map_err(&err)?;
+        self.note_usage();
+        Ok(appended)
+    }
+
+    /// [`Log::wal_append`] inside the transaction `wtxn` (a [`super::WriteOp::WalAppend`]
+    /// applied by the writer, or on a replica).
+    pub(super) fn wal_append_in(
+        &self,
+        wtxn: &mut heed::RwTxn,
+        p: ParticipantId,
+        entries: &[(WalEntry, Option<Vec<u8>>)],
+    ) -> Result<Appended, LogError> {
+        let next_at = next_key(p);
+        let err = self.lmdb(WAL, &next_at);
+        let mut next: u64 = match self.dbs.meta.get(wtxn, &next_at).map_err(&err)? {
             Some(bytes) => decode(META, &next_at, bytes)?,
             None => 0,
         };
@@ -102,22 +118,20 @@ impl Log {
         for (entry, dedup) in entries {
             if let Some(dedup) = dedup {
                 let k = dedup_key(p, dedup);
-                if self.dbs.wal_keys.get(&wtxn, &k).map_err(self.lmdb(WAL_KEYS, &k))?.is_some() {
+                if self.dbs.wal_keys.get(wtxn, &k).map_err(self.lmdb(WAL_KEYS, &k))?.is_some() {
                     duplicates += 1;
                     continue;
                 }
-                self.dbs.wal_keys.put(&mut wtxn, &k, &encode(&k, &next)).map_err(self.lmdb(WAL_KEYS, &k))?;
+                self.dbs.wal_keys.put(wtxn, &k, &encode(&k, &next)).map_err(self.lmdb(WAL_KEYS, &k))?;
                 let a = age_key(p, entry.arrival_ms, next);
-                self.dbs.wal_ages.put(&mut wtxn, &a, &encode(&a, dedup)).map_err(self.lmdb(WAL_AGES, &a))?;
+                self.dbs.wal_ages.put(wtxn, &a, &encode(&a, dedup)).map_err(self.lmdb(WAL_AGES, &a))?;
             }
             let k = entry_key(p, next);
-            self.dbs.wal.put(&mut wtxn, &k, &encode(&k, entry)).map_err(self.lmdb(WAL, &k))?;
+            self.dbs.wal.put(wtxn, &k, &encode(&k, entry)).map_err(self.lmdb(WAL, &k))?;
             next += 1;
             written += 1;
         }
-        self.dbs.meta.put(&mut wtxn, &next_at, &encode(&next_at, &next)).map_err(&err)?;
-        wtxn.commit().map_err(&err)?;
-        self.note_usage();
+        self.dbs.meta.put(wtxn, &next_at, &encode(&next_at, &next)).map_err(&err)?;
         Ok(Appended { written, duplicates, next })
     }
 
