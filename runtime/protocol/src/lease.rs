@@ -596,6 +596,14 @@ mod tests {
         (a, bm, acc)
     }
 
+    /// Two voters with manual failover, `a` holding epoch 1; and the acceptors' value.
+    fn manual_pair() -> (Member, Member, Acceptor) {
+        let ballot = Ballot { round: 0, node: 0 };
+        let acc = Acceptor::with_value(ballot, first());
+        let a = Member::new(0, 2, TIMING, false, acc).holding(first(), 0, ballot);
+        (a, Member::new(1, 2, TIMING, false, acc), acc)
+    }
+
     /// Deliver every send of `m` to the acceptors in `to` (others lost); replies go back.
     fn pump(m: &mut Member, others: &mut [(&mut Acceptor, bool)], now: u64) {
         while let Some(action) = m.poll_action() {
@@ -690,10 +698,7 @@ mod tests {
     /// longer renew, fences itself and then steps down when it reaches the survivor.
     #[test]
     fn a_promoted_survivor_waits_out_the_old_lease_and_the_old_holder_steps_down() {
-        let ballot = Ballot { round: 0, node: 0 };
-        let acc = Acceptor::with_value(ballot, first());
-        let mut a = Member::new(0, 2, TIMING, false, acc).holding(first(), 0, ballot);
-        let mut b = Member::new(1, 2, TIMING, false, acc);
+        let (mut a, mut b, acc) = manual_pair();
         b.handle_tick(0);
         assert!(
             std::iter::from_fn(|| b.poll_action()).all(|a| matches!(a, LeaseAction::Send { .. })),
@@ -729,10 +734,7 @@ mod tests {
     /// silent for `lease + grace` it goes ahead.
     #[test]
     fn promote_is_refused_while_the_holder_is_seen_alive() {
-        let ballot = Ballot { round: 0, node: 0 };
-        let acc = Acceptor::with_value(ballot, first());
-        let mut a = Member::new(0, 2, TIMING, false, acc).holding(first(), 0, ballot);
-        let mut b = Member::new(1, 2, TIMING, false, acc);
+        let (mut a, mut b, _) = manual_pair();
         for now in 1..4 {
             a.handle_tick(now);
             let mut b_acc = b.acceptor;
