@@ -308,7 +308,7 @@ pub struct Publisher;
 #[cfg(loom)]
 impl Publisher {
     /// Nothing: see above.
-    pub fn start(_: &MqttSinkSpec, _: String, _: Arc<Outbox>) -> Publisher {
+    pub fn start(_: &MqttSinkSpec, _: String, _: String, _: Arc<Outbox>) -> Publisher {
         Publisher
     }
 }
