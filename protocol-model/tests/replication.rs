@@ -16,8 +16,8 @@ fn assert_exhaustive_and_all_hold(scope: ReplicationScope) -> usize {
     report.unique_states
 }
 
-const SYNC_SCOPE_UNIQUE_STATES: usize = 3_902_303;
-const SYNC_DRIFT_SCOPE_UNIQUE_STATES: usize = 3_234_215;
+const SYNC_SCOPE_UNIQUE_STATES: usize = 3_859_192;
+const SYNC_DRIFT_SCOPE_UNIQUE_STATES: usize = 3_207_606;
 const ASYNC_SCOPE_UNIQUE_STATES: usize = 2_388_089;
 
 #[test]

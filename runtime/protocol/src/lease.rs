@@ -408,6 +408,14 @@ impl Member {
             return;
         }
         match self.seen {
+            // A solo holder that restarted (it holds nothing now) takes its own lease back
+            // once it expired: it has everything it completed alone, on its own disk.
+            // Found by the simulation: it used to wait for a person like everyone else.
+            Some((Some(value), since))
+                if value.solo && value.holder == self.id && self.expired(since, now) =>
+            {
+                self.begin(Change::Acquire { expected: Some(value) }, now)
+            }
             // A solo holder has no replica in step: taking over from it would lose what it
             // completed alone. That needs a person (`weir promote`).
             Some((Some(value), _)) if value.solo => self.begin_peek(now),
@@ -537,7 +545,13 @@ impl Member {
                 _ => {}
             }
         }
-        if self.seen.is_none_or(|(seen, _)| seen != value) {
+        // Only a newer value restarts the wait. A renewal accepted by a minority only (its
+        // other messages lost) is newer than the majority's value, and peeks that reach
+        // different majorities then alternate between the two: restarting the wait at each
+        // change kept a candidate waiting for ever (found by the simulation). Values only
+        // grow (every proposal a fresh version, a takeover a higher epoch), and any later
+        // renewal that succeeded is on every majority, so it is seen as newer still.
+        if self.seen.is_none_or(|(seen, _)| value > seen) {
             self.seen = Some((value, now));
         }
     }
@@ -647,6 +661,39 @@ mod tests {
         assert_eq!(b.owner_epoch(), Some(2));
         assert_eq!(b.poll_action(), None);
         assert_eq!(w.accepted.map(|(_, v)| v), Some(Lease { epoch: 2, holder: 1, version: 1, solo: true }));
+    }
+
+    #[test]
+    fn a_solo_holder_that_restarted_takes_its_own_lease_back_and_nobody_else_does() {
+        let solo = Lease { solo: true, ..first() };
+        let ballot = Ballot { round: 0, node: 0 };
+        let acc = Acceptor::with_value(ballot, solo);
+        // `a` held it alone, then restarted: it holds nothing, its acceptor is on disk.
+        let mut a = Member::new(0, 3, TIMING, true, acc);
+        let mut b = Member::new(1, 3, TIMING, true, acc);
+        let (mut a_acc, mut b_acc, mut w) = (acc, acc, acc);
+        for now in 0..=5 {
+            b.handle_tick(now);
+            pump(&mut b, &mut [(&mut a_acc, true), (&mut w, true)], now);
+            assert_eq!(b.owner_epoch(), None, "b never takes over from a solo holder (at {now})");
+            a.handle_tick(now);
+            pump(&mut a, &mut [(&mut b_acc, true), (&mut w, true)], now);
+            assert_eq!(a.owner_epoch(), (now == 5).then_some(2), "a waits lease + grace (at {now})");
+        }
+        assert!(w.accepted.is_some_and(|(_, v)| v.holder == 0 && v.epoch == 2 && v.solo));
+    }
+
+    #[test]
+    fn an_older_value_from_another_majority_does_not_restart_the_wait() {
+        let (_, mut b, _) = cluster();
+        let v8 = first();
+        let v9 = Lease { version: 1, ..first() };
+        b.observe(Some(v9), 0);
+        b.observe(Some(v8), 1);
+        assert_eq!(b.seen, Some((Some(v9), 0)), "v8 is older: the wait goes on from 0");
+        let v10 = Lease { version: 2, ..first() };
+        b.observe(Some(v10), 2);
+        assert_eq!(b.seen, Some((Some(v10), 2)), "a newer value restarts it");
     }
 
     #[test]
