@@ -16,7 +16,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 use weir_runtime::log::ship::{self, Tap};
@@ -27,6 +27,7 @@ use weir_runtime::protocol::CheckpointId;
 use weir_runtime::protocol::lease::{self, LeaseAction, Member, PromoteRefused, Timing};
 use weir_runtime::protocol::replication::{Ack, Shipper};
 
+use super::Clock;
 use super::service::Service;
 use super::store::RegisterStore;
 use super::wire::{self, Bulk, Control};
@@ -48,7 +49,7 @@ pub struct Replicated {
     data_dir: PathBuf,
     map_size: usize,
     store: RegisterStore,
-    clock: Instant,
+    clock: Clock,
     /// This agent's voter number.
     pub me: u8,
     /// Voter numbers of the data agents other than this one.
@@ -100,13 +101,25 @@ impl Replicated {
     /// The pipeline `name` (config `spec`) on the agent whose peer service is `service`:
     /// its acceptor read from the service's store.
     pub fn new(name: &str, spec: &PipelineSpec, service: &Service) -> Result<Arc<Replicated>, String> {
+        let replication = spec.replication.ok_or("not a replicated pipeline")?;
+        Replicated::open(name, replication, &spec.data_dir, spec.map_size, service)
+    }
+
+    /// The same from its parts: the pipeline's `[replication]`, its data directory and map
+    /// size.
+    pub fn open(
+        name: &str,
+        replication: ReplicationSpec,
+        data_dir: &std::path::Path,
+        map_size: usize,
+        service: &Service,
+    ) -> Result<Arc<Replicated>, String> {
         let node = service.node();
         let me = node.id();
         let data_peers = node.data_peers().filter_map(|p| node.number(&p.name)).collect();
         let first = super::service::first_data_agent(node);
-        let (store, clock, outbound) = (service.store().clone(), service.clock, service.outbound());
+        let (store, clock, outbound) = (service.store().clone(), service.clock.clone(), service.outbound());
         let voters = node.voters().into_iter().map(str::to_owned).collect();
-        let replication = spec.replication.ok_or("not a replicated pipeline")?;
         let (acceptor, attempted) = store.member(name).map_err(|e| e.to_string())?;
         let mut member =
             Member::new(me, outbound.len() as u8, TIMING, replication.failover.automatic(), acceptor);
@@ -117,8 +130,8 @@ impl Replicated {
         Ok(Arc::new(Replicated {
             name: name.to_owned(),
             spec: replication,
-            data_dir: spec.data_dir.clone(),
-            map_size: spec.map_size,
+            data_dir: data_dir.to_owned(),
+            map_size,
             store,
             clock,
             me,
@@ -145,7 +158,7 @@ impl Replicated {
     }
 
     fn now(&self) -> u64 {
-        self.clock.elapsed().as_millis() as u64
+        self.clock.now()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -302,8 +315,7 @@ impl Replicated {
     /// Before a run as owner: the replica's copy is closed, and if it was shipped from
     /// another agent, adopted (its file sinks continue this agent's own files).
     pub fn prepare_run(&self, spec: &PipelineSpec) -> Result<(), String> {
-        let mut st = self.lock();
-        drop(st.replica.take());
+        self.close_replica();
         let mark = self.data_dir.join(SHIPPED_MARK);
         if mark.exists() {
             let rebased = weir_runtime::pipeline::run::adopt(spec).map_err(|e| e.to_string())?;
@@ -313,9 +325,20 @@ impl Replicated {
         Ok(())
     }
 
+    /// Closes the replica's copy of the log (a run as owner is about to open it).
+    pub fn close_replica(&self) {
+        drop(self.lock().replica.take());
+    }
+
     /// The tap for a run as owner under `epoch`.
     pub fn tap(self: &Arc<Self>, epoch: u64) -> Arc<dyn Tap> {
-        Arc::new(OwnerTap { r: self.clone(), epoch })
+        Arc::new(self.owner_tap(epoch))
+    }
+
+    /// The same tap, for a caller that drives its steps itself without blocking (the
+    /// simulation: [`OwnerTap::ship`], [`OwnerTap::try_complete`]).
+    pub fn owner_tap(self: &Arc<Self>, epoch: u64) -> OwnerTap {
+        OwnerTap { r: self.clone(), epoch }
     }
 
     /// A bulk link to a data peer is up: ship to it (from a seed) while this agent owns the
@@ -461,7 +484,7 @@ pub struct ReplicationStatus {
 }
 
 /// The owner's tap on its log's writer.
-struct OwnerTap {
+pub struct OwnerTap {
     r: Arc<Replicated>,
     epoch: u64,
 }
@@ -497,51 +520,10 @@ impl OwnerTap {
         Ok(st)
     }
 
-    /// Waits until `ready(state, alone)` holds, while this agent owns the pipeline under its
-    /// epoch; `alone`: it may go on without the peer. After a whole lease of waiting it
-    /// records in the register that it goes on alone (`solo`: from then on nobody takes over
-    /// automatically). A solo owner with a peer connected still waits for it, up to a lease
-    /// each time, so that a peer slower than the owner catches up and the owner stops
-    /// running alone ([`Replicated::on_ack`] clears `solo` once the peer is in step).
-    ///
-    /// On the writer thread (`log` given), a link that comes up meanwhile is seeded at once:
-    /// no other batch commits while this one waits, and the peer it waits for may be that
-    /// link's.
-    fn wait<'a>(
-        &'a self,
-        mut st: MutexGuard<'a, State>,
-        log: Option<&Log>,
-        ready: impl Fn(&State, bool) -> bool,
-    ) -> Result<MutexGuard<'a, State>, String> {
-        let waiting = Instant::now();
-        loop {
-            if let Some(log) = log {
-                st = self.seed(log, st)?;
-            }
-            if st.owner != Some(self.epoch) {
-                return Err(self.deposed());
-            }
-            let solo = st.member.solo();
-            let peer = st.sessions.iter().any(|s| s.seeded);
-            let alone = solo && (!peer || waiting.elapsed() > Duration::from_millis(TIMING.lease));
-            if ready(&st, alone) {
-                return Ok(st);
-            }
-            if waiting.elapsed() > Duration::from_millis(TIMING.lease) {
-                st.member.set_solo(true);
-            }
-            st = self
-                .r
-                .changed
-                .wait_timeout(st, Duration::from_millis(50))
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-        }
-    }
-}
-
-impl Tap for OwnerTap {
-    fn committed(&self, log: &Log, ops: &[Vec<WriteOp>]) -> Result<(), String> {
+    /// A batch committed locally to `log`: it goes to every seeded link, and a link not
+    /// seeded yet gets a copy that holds it. The checkpoints it completes, which
+    /// [`OwnerTap::try_complete`] then gates.
+    pub fn ship(&self, log: &Log, ops: &[Vec<WriteOp>]) -> Result<Vec<CheckpointId>, String> {
         let mut batch = Vec::new();
         ship::encode_batch(ops, &mut batch);
         let mut st = self.r.lock();
@@ -555,9 +537,87 @@ impl Tap for OwnerTap {
             session.marks.push_back(mark);
         }
         // A link that came up since is seeded with a copy that holds this batch already.
-        st = self.seed(log, st)?;
-        for c in ship::completions(ops.iter().flatten()) {
-            st = self.wait(st, Some(log), |st, solo| st.shipper.may_complete(c, solo))?;
+        drop(self.seed(log, st)?);
+        Ok(ship::completions(ops.iter().flatten()).collect())
+    }
+
+    /// Whether checkpoint `c`'s completion may be reported now, waiting since `since` (the
+    /// agent's clock): one step of the wait that [`Tap::committed`] blocks in. Once it may,
+    /// it counts as completed here.
+    pub fn try_complete(&self, log: &Log, c: CheckpointId, since: u64) -> Result<bool, String> {
+        let st = self.r.lock();
+        let (mut st, ready) = self.poll(st, Some(log), since, |st, solo| st.shipper.may_complete(c, solo))?;
+        if ready {
+            st.completed = st.completed.max(c);
+        }
+        Ok(ready)
+    }
+
+    /// One look at `ready(state, alone)` for a wait that began at `since`, while this agent
+    /// owns the pipeline under its epoch; `alone`: it may go on without the peer. After a
+    /// whole lease of waiting it records in the register that it goes on alone (`solo`: from
+    /// then on nobody takes over automatically). A solo owner with a peer connected still
+    /// waits for it, up to a lease each time, so that a peer slower than the owner catches
+    /// up and the owner stops running alone ([`Replicated::on_ack`] clears `solo` once the
+    /// peer is in step).
+    ///
+    /// On the writer thread (`log` given), a link that came up meanwhile is seeded first: no
+    /// other batch commits while this one waits, and the peer it waits for may be that
+    /// link's.
+    fn poll<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        log: Option<&Log>,
+        since: u64,
+        ready: impl Fn(&State, bool) -> bool,
+    ) -> Result<(MutexGuard<'a, State>, bool), String> {
+        if let Some(log) = log {
+            st = self.seed(log, st)?;
+        }
+        if st.owner != Some(self.epoch) {
+            return Err(self.deposed());
+        }
+        let waited = self.r.now().saturating_sub(since);
+        let solo = st.member.solo();
+        let peer = st.sessions.iter().any(|s| s.seeded);
+        let alone = solo && (!peer || waited > TIMING.lease);
+        if ready(&st, alone) {
+            return Ok((st, true));
+        }
+        if waited > TIMING.lease {
+            st.member.set_solo(true);
+        }
+        Ok((st, false))
+    }
+
+    /// Blocks until [`OwnerTap::poll`] says `ready`.
+    fn wait<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        log: Option<&Log>,
+        ready: impl Fn(&State, bool) -> bool,
+    ) -> Result<MutexGuard<'a, State>, String> {
+        let since = self.r.now();
+        loop {
+            let done;
+            (st, done) = self.poll(st, log, since, &ready)?;
+            if done {
+                return Ok(st);
+            }
+            st = self
+                .r
+                .changed
+                .wait_timeout(st, Duration::from_millis(50))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+impl Tap for OwnerTap {
+    fn committed(&self, log: &Log, ops: &[Vec<WriteOp>]) -> Result<(), String> {
+        for c in self.ship(log, ops)? {
+            let mut st = self.wait(self.r.lock(), Some(log), |st, solo| st.shipper.may_complete(c, solo))?;
             st.completed = st.completed.max(c);
         }
         Ok(())

@@ -18,6 +18,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use weir_runtime::protocol::replication::ReplicationMode;
 
+use super::Clock;
 use super::link::{self, Identity, Link, Tcp, Transport};
 use super::replicated::Replicated;
 use super::store::RegisterStore;
@@ -28,6 +29,63 @@ use crate::config::node::{NodeConfig, Peer, Role};
 pub const TICK: Duration = Duration::from_millis(100);
 /// How long to wait before connecting again to a peer that is down.
 const RECONNECT: Duration = Duration::from_millis(500);
+/// A control link whose requests go unanswered this long is taken for dead and made again.
+/// A peer that lost power sends no reset: without this, requests would go into a connection
+/// that TCP only gives up on after its retransmissions time out (many minutes), and the
+/// register would lose that voter meanwhile. Found by the simulation (its partitions drop
+/// segments for good).
+const CONTROL_SILENCE: Duration = Duration::from_secs(2);
+/// The same for a bulk link whose shipped batches go unacknowledged (until then a `sync`
+/// owner waits for it: each completion up to a lease, then alone)...
+const BULK_SILENCE: Duration = Duration::from_secs(4);
+/// ...and while a seed whose receipt the peer acknowledged is being installed (a whole copy
+/// of the log, written and synced).
+const SEED_SILENCE: Duration = Duration::from_secs(60);
+
+/// Messages sent on a link that expect an answer, and since when the oldest of them (or the
+/// latest answer) waits: [`Silence::dead`] once that is longer than the link's limit.
+#[derive(Default)]
+struct Silence {
+    pending: u64,
+    since: Option<tokio::time::Instant>,
+    /// A seed is the oldest message waiting (answered first: a link starts with it).
+    seeding: bool,
+    /// ...and its receipt was acknowledged: it is being installed.
+    seed_received: bool,
+}
+
+impl Silence {
+    fn sent(&mut self) {
+        self.pending += 1;
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+    }
+
+    fn sent_seed(&mut self) {
+        self.seeding = self.pending == 0;
+        self.sent();
+    }
+
+    fn answered(&mut self) {
+        self.pending = self.pending.saturating_sub(1);
+        (self.seeding, self.seed_received) = (false, false);
+        self.since = (self.pending > 0).then(tokio::time::Instant::now);
+    }
+
+    /// A receipt (not yet durable): for a seed, the peer is alive and installing it.
+    fn received(&mut self) {
+        if self.seeding && !self.seed_received {
+            self.seed_received = true;
+            self.since = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// Not every answer came, and none for `limit` (`seed_limit` while a seed whose receipt
+    /// was acknowledged is being installed).
+    fn dead(&self, limit: Duration, seed_limit: Duration) -> bool {
+        let limit = if self.seed_received { seed_limit } else { limit };
+        self.since.is_some_and(|since| since.elapsed() > limit)
+    }
+}
 
 /// The peer service's shared state.
 pub struct Service {
@@ -39,31 +97,19 @@ pub struct Service {
     pipelines: Mutex<BTreeMap<String, Arc<Replicated>>>,
     /// (pipeline, peer number) with a bulk link being kept.
     shipping: Mutex<BTreeSet<(String, u8)>>,
-    /// When the agent started: the clock of every lease.
-    pub clock: std::time::Instant,
+    /// The control links' request queues, until [`Service::run`] takes them.
+    inbound: Mutex<Vec<(Peer, UnboundedReceiver<Control>)>>,
+    /// Writes to a replica's copy run on the calling task rather than on tokio's blocking
+    /// threads (the simulation: one thread, deterministic).
+    inline_disk: bool,
+    /// The clock of every lease.
+    pub clock: Clock,
 }
 
 impl Service {
     /// Starts the service's thread; fails if its listening address cannot be bound.
     pub fn start(node: NodeConfig, me: Identity, store: RegisterStore) -> anyhow::Result<Arc<Service>> {
-        let voters = node.voters().len();
-        let mut outbound = vec![None; voters];
-        let mut inbound = Vec::new();
-        for peer in &node.peers {
-            let (tx, rx) = unbounded_channel();
-            let number = node.number(&peer.name).expect("a peer is a voter") as usize;
-            outbound[number] = Some(tx);
-            inbound.push((peer.clone(), rx));
-        }
-        let service = Arc::new(Service {
-            node,
-            me,
-            store,
-            outbound,
-            pipelines: Mutex::default(),
-            shipping: Mutex::default(),
-            clock: std::time::Instant::now(),
-        });
+        let service = Service::new(node, me, store, Clock::monotonic(), false);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let listener = {
             let std_listener = std::net::TcpListener::bind(service.node.listen).map_err(|e| {
@@ -74,20 +120,59 @@ impl Service {
             tokio::net::TcpListener::from_std(std_listener)?
         };
         let running = service.clone();
-        std::thread::Builder::new().name("weir-peers".into()).spawn(move || {
-            runtime.block_on(async move {
-                tokio::spawn(listen(running.clone(), listener));
-                for (peer, rx) in inbound {
-                    tokio::spawn(control(running.clone(), peer, rx));
-                }
-                let mut ticks = tokio::time::interval(TICK);
-                loop {
-                    ticks.tick().await;
-                    running.tick();
-                }
-            })
-        })?;
+        std::thread::Builder::new()
+            .name("weir-peers".into())
+            .spawn(move || runtime.block_on(running.run(Tcp, listener)))?;
         Ok(service)
+    }
+
+    /// The service, not running yet ([`Service::run`]); `inline_disk`: see the field.
+    pub fn new(
+        node: NodeConfig,
+        me: Identity,
+        store: RegisterStore,
+        clock: Clock,
+        inline_disk: bool,
+    ) -> Arc<Service> {
+        let voters = node.voters().len();
+        let mut outbound = vec![None; voters];
+        let mut inbound = Vec::new();
+        for peer in &node.peers {
+            let (tx, rx) = unbounded_channel();
+            let number = node.number(&peer.name).expect("a peer is a voter") as usize;
+            outbound[number] = Some(tx);
+            inbound.push((peer.clone(), rx));
+        }
+        Arc::new(Service {
+            node,
+            me,
+            store,
+            outbound,
+            pipelines: Mutex::default(),
+            shipping: Mutex::default(),
+            inbound: Mutex::new(inbound),
+            inline_disk,
+            clock,
+        })
+    }
+
+    /// Runs the service on the current tokio runtime: accepts links on `listener`, keeps
+    /// control links to the peers, steps the members every [`TICK`]. Never returns.
+    pub async fn run<T: Transport>(self: Arc<Self>, transport: T, listener: T::Listener) {
+        tokio::spawn(listen::<T>(self.clone(), listener));
+        for (peer, rx) in std::mem::take(&mut *lock(&self.inbound)) {
+            tokio::spawn(control(self.clone(), transport.clone(), peer, rx));
+        }
+        let mut ticks = tokio::time::interval(TICK);
+        loop {
+            ticks.tick().await;
+            self.tick(&transport);
+        }
+    }
+
+    /// Runs `work` (a write to a replica's copy) off the async task, unless `inline_disk`.
+    async fn disk<R: Send + 'static>(&self, work: impl FnOnce() -> R + Send + 'static) -> anyhow::Result<R> {
+        if self.inline_disk { Ok(work()) } else { Ok(tokio::task::spawn_blocking(work).await?) }
     }
 
     /// The node's settings.
@@ -121,7 +206,7 @@ impl Service {
     }
 
     /// Steps every member, and starts shipping links for the pipelines this agent owns.
-    fn tick(self: &Arc<Self>) {
+    fn tick<T: Transport>(self: &Arc<Self>, transport: &T) {
         let pipelines: Vec<Arc<Replicated>> = lock(&self.pipelines).values().cloned().collect();
         for r in pipelines {
             r.tick();
@@ -132,7 +217,7 @@ impl Service {
                     continue;
                 }
                 let peer = self.peer(number).clone();
-                tokio::spawn(ship(self.clone(), r.clone(), epoch, peer, key));
+                tokio::spawn(ship(self.clone(), transport.clone(), r.clone(), epoch, peer, key));
             }
         }
     }
@@ -147,9 +232,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-async fn listen(service: Arc<Service>, listener: tokio::net::TcpListener) {
+async fn listen<T: Transport>(service: Arc<Service>, listener: T::Listener) {
     loop {
-        let Ok((stream, from)) = <Tcp as Transport>::accept(&listener).await else { continue };
+        let Ok((stream, from)) = T::accept(&listener).await else { continue };
         let service = service.clone();
         tokio::spawn(async move {
             match link::accept(stream, from, &service.me).await {
@@ -190,11 +275,16 @@ where
 }
 
 /// Keeps a control link to `peer`, sending this agent's requests and handing back replies.
-async fn control(service: Arc<Service>, peer: Peer, mut requests: UnboundedReceiver<Control>) {
+async fn control<T: Transport>(
+    service: Arc<Service>,
+    transport: T,
+    peer: Peer,
+    mut requests: UnboundedReceiver<Control>,
+) {
     let number = service.node.number(&peer.name).expect("a peer is a voter");
     let mut complained = false;
     loop {
-        let link = match link::connect(&Tcp, &service.me, &peer, Channel::Control).await {
+        let link = match link::connect(&transport, &service.me, &peer, Channel::Control).await {
             Ok(link) => link,
             Err(e) => {
                 if !complained {
@@ -210,8 +300,9 @@ async fn control(service: Arc<Service>, peer: Peer, mut requests: UnboundedRecei
         // Requests queued while the link was down are stale: their rounds are over.
         while requests.try_recv().is_ok() {}
         let (mut reader, mut writer) = tokio::io::split(link.stream);
+        let silence = Arc::new(Mutex::new(Silence::default()));
         let replies = {
-            let service = service.clone();
+            let (service, silence) = (service.clone(), silence.clone());
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
                 loop {
@@ -220,6 +311,7 @@ async fn control(service: Arc<Service>, peer: Peer, mut requests: UnboundedRecei
                             Ok(message) => message,
                             Err(_) => return,
                         };
+                    lock(&silence).answered();
                     if let Control::Registered { pipeline, reply } = message
                         && let Some(r) = service.pipeline(&pipeline)
                     {
@@ -230,14 +322,21 @@ async fn control(service: Arc<Service>, peer: Peer, mut requests: UnboundedRecei
         };
         let mut buffer = Vec::new();
         loop {
+            if lock(&silence).dead(CONTROL_SILENCE, CONTROL_SILENCE) {
+                tracing::info!("{}: no reply for {} s", peer.name, CONTROL_SILENCE.as_secs());
+                break;
+            }
             tokio::select! {
                 request = requests.recv() => {
                     let Some(request) = request else { return };
                     if wire::write_frame(&mut writer, &request, &mut buffer).await.is_err() {
                         break;
                     }
+                    lock(&silence).sent();
                 }
                 _ = tokio::time::sleep(RECONNECT), if replies.is_finished() => break,
+                // Looks at the silence again.
+                _ = tokio::time::sleep(RECONNECT) => {}
             }
         }
         replies.abort();
@@ -248,22 +347,37 @@ async fn control(service: Arc<Service>, peer: Peer, mut requests: UnboundedRecei
 
 /// Keeps a bulk link to data peer `peer` while this agent owns `r` under `epoch`: a seed,
 /// then every committed batch; acknowledgements back.
-async fn ship(service: Arc<Service>, r: Arc<Replicated>, epoch: u64, peer: Peer, key: (String, u8)) {
+async fn ship<T: Transport>(
+    service: Arc<Service>,
+    transport: T,
+    r: Arc<Replicated>,
+    epoch: u64,
+    peer: Peer,
+    key: (String, u8),
+) {
     let outcome = async {
-        let link = link::connect(&Tcp, &service.me, &peer, Channel::Bulk).await?;
+        let link = link::connect(&transport, &service.me, &peer, Channel::Bulk).await?;
         let (mut reader, mut writer) = tokio::io::split(link.stream);
         let mut buffer = Vec::new();
         wire::write_frame(&mut writer, &Bulk::Start { pipeline: r.name.clone(), epoch }, &mut buffer).await?;
         let (tx, mut rx) = unbounded_channel();
         let Some(session) = r.open_session(epoch, tx) else { return Ok(()) };
         tracing::info!("{}: shipping to {} (epoch {epoch})", r.name, peer.name);
+        let silence = Arc::new(Mutex::new(Silence::default()));
         let acks = {
-            let r = r.clone();
+            let (r, silence) = (r.clone(), silence.clone());
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
                 loop {
                     match wire::read_frame(&mut reader, wire::MAX_CONTROL_FRAME, &mut buffer).await {
-                        Ok(Bulk::Ack { checkpoint, durable }) => r.on_ack(session, checkpoint, durable),
+                        Ok(Bulk::Ack { checkpoint, durable }) => {
+                            if durable {
+                                lock(&silence).answered();
+                            } else {
+                                lock(&silence).received();
+                            }
+                            r.on_ack(session, checkpoint, durable)
+                        }
                         Ok(Bulk::Refused { reason }) => return reason,
                         Ok(_) => return "an unexpected message".to_owned(),
                         Err(e) => return e.to_string(),
@@ -273,14 +387,25 @@ async fn ship(service: Arc<Service>, r: Arc<Replicated>, epoch: u64, peer: Peer,
         };
         let result: anyhow::Result<()> = async {
             loop {
+                if lock(&silence).dead(BULK_SILENCE, SEED_SILENCE) {
+                    anyhow::bail!("no acknowledgement for {} s", BULK_SILENCE.as_secs());
+                }
                 tokio::select! {
                     message = rx.recv() => {
                         let Some(message) = message else { return Ok(()) };
                         wire::write_frame(&mut writer, &message, &mut buffer).await?;
+                        // One durable acknowledgement per batch, and one for a whole seed.
+                        match message {
+                            Bulk::Batch { .. } => lock(&silence).sent(),
+                            Bulk::SeedEnd => lock(&silence).sent_seed(),
+                            _ => {}
+                        }
                     }
                     _ = tokio::time::sleep(RECONNECT), if acks.is_finished() || r.owner() != Some(epoch) => {
                         return Ok(());
                     }
+                    // Looks at the silence again.
+                    _ = tokio::time::sleep(RECONNECT) => {}
                 }
             }
         }
@@ -334,8 +459,12 @@ async fn replicate<S: AsyncRead + AsyncWrite + Unpin>(
                 continue;
             }
             Bulk::SeedEnd => {
+                // Its receipt first (no checkpoint yet): installing a large seed takes a
+                // while, and the owner must not take that silence for a dead link.
+                wire::write_frame(&mut link.stream, &Bulk::Ack { checkpoint: 0, durable: false }, &mut out)
+                    .await?;
                 let (r, bytes) = (r.clone(), std::mem::take(&mut seed));
-                tokio::task::spawn_blocking(move || r.install_seed(&bytes)).await?
+                service.disk(move || r.install_seed(&bytes)).await?
             }
             Bulk::Batch { bytes } => match r.receive(&bytes) {
                 Ok((ops, received)) => {
@@ -346,7 +475,7 @@ async fn replicate<S: AsyncRead + AsyncWrite + Unpin>(
                         wire::write_frame(&mut link.stream, &ack, &mut out).await?;
                     }
                     let r = r.clone();
-                    tokio::task::spawn_blocking(move || r.apply(&ops)).await?
+                    service.disk(move || r.apply(&ops)).await?
                 }
                 Err(reason) => Err(reason),
             },

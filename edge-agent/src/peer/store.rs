@@ -4,6 +4,8 @@
 //! a power cut would let two proposers both win (SPEC §12.1).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use heed::types::{Bytes, Str};
 use heed::{Database, Env, EnvOpenOptions};
@@ -17,6 +19,8 @@ pub struct RegisterStore {
     env: Env,
     acceptors: Database<Str, Bytes>,
     path: PathBuf,
+    /// Writes still to fail: the simulation's disk write errors (always 0 in the agent).
+    failing: Arc<AtomicU32>,
 }
 
 /// A store that cannot be opened, read or written; the agent stops answering for the
@@ -43,7 +47,20 @@ impl RegisterStore {
         let mut txn = env.write_txn().map_err(|e| error(e.to_string()))?;
         let acceptors = env.create_database(&mut txn, Some("acceptors")).map_err(|e| error(e.to_string()))?;
         txn.commit().map_err(|e| error(e.to_string()))?;
-        Ok(RegisterStore { env, acceptors, path })
+        Ok(RegisterStore { env, acceptors, path, failing: Arc::default() })
+    }
+
+    /// Makes the next `writes` writes fail as a disk's would (for the simulation).
+    pub fn fail_writes(&self, writes: u32) {
+        self.failing.store(writes, Ordering::SeqCst);
+    }
+
+    /// An injected write error, if one is due.
+    fn injected(&self) -> Result<(), StoreError> {
+        match self.failing.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+            Ok(_) => Err(self.error("write failed (an injected disk error)")),
+            Err(_) => Ok(()),
+        }
     }
 
     fn error(&self, message: impl std::fmt::Display) -> StoreError {
@@ -82,6 +99,7 @@ impl RegisterStore {
         let before = acceptor;
         let reply = acceptor.handle(request);
         if acceptor != before {
+            self.injected()?;
             let bytes = postcard::to_stdvec(&(wire::Acceptor::from(acceptor), attempted))
                 .map_err(|e| self.error(e))?;
             self.acceptors.put(&mut txn, pipeline, &bytes).map_err(|e| self.error(e))?;
@@ -93,6 +111,7 @@ impl RegisterStore {
     /// Replaces `pipeline`'s acceptor and `attempted` (a data agent's own, which its
     /// [`lease::Member`] changes in place: a promise to itself, or `weir promote`).
     pub fn put(&self, pipeline: &str, acceptor: lease::Acceptor, attempted: u64) -> Result<(), StoreError> {
+        self.injected()?;
         let mut txn = self.env.write_txn().map_err(|e| self.error(e))?;
         let bytes =
             postcard::to_stdvec(&(wire::Acceptor::from(acceptor), attempted)).map_err(|e| self.error(e))?;
