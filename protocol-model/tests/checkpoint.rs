@@ -51,11 +51,13 @@ fn local_nightly_scope_is_exhaustive_and_every_property_holds() {
 }
 
 /// Local recovery with a checkpoint timeout, so that aborts are logged and replayed: the
-/// scope that found the bug of `regression_a_restarted_sink_stages_its_output_once` below,
-/// so it runs in CI although it takes about two minutes.
+/// scope that found the bug of `regression_a_restarted_sink_stages_its_output_once` below.
+/// Nightly since the simulation of whole agents joined CI (issue 13: the 20-minute budget);
+/// that bug's path is replayed in CI by the regression test.
 const LOCAL_ABORT_SCOPE_UNIQUE_STATES: usize = 5_975_941;
 
 #[test]
+#[ignore = "nightly: 6 million states, about two minutes"]
 fn local_abort_scope_is_exhaustive_and_every_property_holds() {
     assert_eq!(assert_exhaustive_and_all_hold(Scope::local_abort()), LOCAL_ABORT_SCOPE_UNIQUE_STATES);
 }
