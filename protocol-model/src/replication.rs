@@ -50,6 +50,9 @@ pub struct ReplicationScope {
     pub partitions: u8,
     /// Box crashes (for good).
     pub crashes: u8,
+    /// Whether a solo owner whose peer caught up leaves solo (`LeaveSolo`): in the scopes
+    /// made for it, and the nightly ones (it doubles the others' state spaces).
+    pub leave_solo: bool,
 }
 
 impl ReplicationScope {
@@ -65,6 +68,7 @@ impl ReplicationScope {
             losses: 1,
             partitions: 1,
             crashes: 1,
+            leave_solo: false,
         }
     }
 
@@ -73,6 +77,21 @@ impl ReplicationScope {
     /// clock slow and the candidate's fast: the scope of the `no-grace` mutant.
     pub fn sync_drift() -> ReplicationScope {
         ReplicationScope { drift: 1, losses: 0, crashes: 0, ..ReplicationScope::sync() }
+    }
+
+    /// `sync`, two checkpoints, one lost message, no partition or crash: the owner's peer
+    /// timeout fires (it goes solo), the peer catches up (it leaves solo), and it goes on
+    /// (CI). The scope of the `solo-until-renewal` mutant.
+    pub fn sync_solo() -> ReplicationScope {
+        ReplicationScope {
+            checkpoints: 2,
+            ticks: 6,
+            losses: 1,
+            partitions: 0,
+            crashes: 0,
+            leave_solo: true,
+            ..ReplicationScope::sync()
+        }
     }
 
     /// `async` with `max_lag` 1: two checkpoints, one lost message, one crash (CI).
@@ -87,12 +106,12 @@ impl ReplicationScope {
 
     /// `sync` with drifting clocks, a partition and a crash together (nightly: a minute).
     pub fn sync_nightly() -> ReplicationScope {
-        ReplicationScope { drift: 1, losses: 0, ..ReplicationScope::sync() }
+        ReplicationScope { drift: 1, losses: 0, leave_solo: true, ..ReplicationScope::sync() }
     }
 
     /// `async` with drifting clocks (nightly).
     pub fn async_nightly() -> ReplicationScope {
-        ReplicationScope { drift: 1, losses: 0, ..ReplicationScope::asynchronous() }
+        ReplicationScope { drift: 1, losses: 0, leave_solo: true, ..ReplicationScope::asynchronous() }
     }
 }
 
@@ -213,6 +232,9 @@ pub enum Action {
     Commit(NodeId),
     /// The owner's peer timeout fired: it asks the register to record it as solo.
     GoSolo(NodeId),
+    /// The peer of a solo owner acknowledged everything it completed: the owner asks to
+    /// leave solo (the shell's `Replicated::on_ack`).
+    LeaveSolo(NodeId),
 }
 
 /// The model.
@@ -431,6 +453,10 @@ impl ReplicationModel {
                 state.agents[n as usize].member.set_solo(true);
                 log.push(format!("{}'s peer timeout: its next renewal records it solo", NAMES[n as usize]));
             }
+            Action::LeaveSolo(n) => {
+                state.agents[n as usize].member.set_solo(false);
+                log.push(format!("{}'s peer is in step: it leaves solo", NAMES[n as usize]));
+            }
         }
     }
 
@@ -584,6 +610,14 @@ impl Model for ReplicationModel {
             }
             if !solo && agent.taken > agent.shipper.durable().0 && agent.member.held().is_some() {
                 actions.push(Action::GoSolo(n));
+            }
+            if self.scope.leave_solo && solo && agent.shipper.lag(CheckpointId(agent.completed)) == 0 {
+                // Only when it changes the member (the mutant's `solo()` stays true).
+                let mut left = agent.member.clone();
+                left.set_solo(false);
+                if left != agent.member {
+                    actions.push(Action::LeaveSolo(n));
+                }
             }
         }
         if state.crashes > 0 {

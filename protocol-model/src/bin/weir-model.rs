@@ -3,7 +3,7 @@
 //! - `weir-model check checkpoint [--scope NAME] [--mutant NAME]`: check every property;
 //!   exit 0 only when all hold. With a mutant, stop at the first violation and print its
 //!   trace.
-//! - `weir-model check replication [--scope sync|sync-drift|async|sync-nightly|async-nightly]
+//! - `weir-model check replication [--scope sync|sync-drift|sync-solo|async|sync-nightly|async-nightly]
 //!   [--mutant NAME]`: the same for the replication model (two agents and a witness).
 //! - `weir-model explore checkpoint [--mutant NAME] [--address ADDR]`: serve stateright's
 //!   explorer (a web UI to walk the state space by hand).
@@ -124,6 +124,8 @@ enum ScopeName {
     Sync,
     /// Replication: `sync`, drifting clocks and a partition (CI).
     SyncDrift,
+    /// Replication: `sync`, two checkpoints, the owner going solo and leaving it (CI).
+    SyncSolo,
     /// Replication: `async`, two checkpoints, one lost message, one crash (CI).
     Async,
     /// Replication: `sync`, drifting clocks, a partition and a crash (nightly).
@@ -191,6 +193,7 @@ impl ModelOptions {
         match self.scope? {
             ScopeName::Sync => Some(ReplicationScope::sync()),
             ScopeName::SyncDrift => Some(ReplicationScope::sync_drift()),
+            ScopeName::SyncSolo => Some(ReplicationScope::sync_solo()),
             ScopeName::Async => Some(ReplicationScope::asynchronous()),
             ScopeName::SyncNightly => Some(ReplicationScope::sync_nightly()),
             ScopeName::AsyncNightly => Some(ReplicationScope::async_nightly()),

@@ -221,6 +221,13 @@ pub struct Member {
     seen: Option<(Option<Lease>, u64)>,
     /// What the holder's next renewal writes as `solo`.
     want_solo: bool,
+    /// It proposed a value that is not solo since the last solo value it held was decided:
+    /// that value may have been chosen even if its round looked lost (replies lost), so the
+    /// register may say "in step" whatever `held` says. It does not act alone until a
+    /// renewal records solo again. Found by the replication model (`sync-solo`): a peer
+    /// timeout firing again while a renewal that left solo was in flight let the owner
+    /// complete a checkpoint alone, and the renewal then recorded "in step".
+    proposed_in_step: bool,
     /// The highest version this agent has proposed: every value it proposes carries a
     /// higher one, so no two rounds ever propose the same value (durable with the acceptor).
     /// Without it, a renewal retried after a failed one proposes the value the failed one
@@ -250,6 +257,7 @@ impl Member {
             fast: false,
             seen: None,
             want_solo: false,
+            proposed_in_step: false,
             attempted: 0,
             actions: VecDeque::new(),
             mutations: Mutations::NONE,
@@ -300,7 +308,11 @@ impl Member {
     /// renewal that records it: acting alone until then would complete checkpoints the peer
     /// lacks while the register says the peer is in step, and a takeover would lose them.
     pub fn solo(&self) -> bool {
-        self.held().is_some_and(|l| l.solo) && self.want_solo
+        let held = self.held().is_some_and(|l| l.solo);
+        if self.mutations.has(Mutant::SoloUntilRenewal) {
+            return held;
+        }
+        held && self.want_solo && !self.proposed_in_step
     }
 
     /// The epoch this agent owns the pipeline under, if it does.
@@ -367,6 +379,7 @@ impl Member {
         self.held = Some((value, now, ballot));
         self.fast = true;
         self.want_solo = true;
+        self.proposed_in_step = false;
         self.seen = Some((Some(value), now));
         self.actions.push_back(LeaseAction::Acquired { epoch });
         epoch
@@ -388,6 +401,7 @@ impl Member {
                 // version under it directly (CASPaxos's one-round-trip renewal; a proposer
                 // that prepared a higher ballot makes every such accept fail).
                 let next = Lease { version: self.stamp(lease.version), solo: self.want_solo, ..lease };
+                self.proposed_in_step |= !next.solo;
                 self.round = Some(Round {
                     ballot,
                     change: Change::Renew(lease),
@@ -488,6 +502,9 @@ impl Member {
                     self.held = Some((value, start, ballot));
                     self.fast = true;
                     self.seen = Some((Some(value), now));
+                    if value.solo {
+                        self.proposed_in_step = false;
+                    }
                     if acquired {
                         // Solo until the shell reports a peer in step (`set_solo(false)`).
                         self.want_solo = value.solo;
@@ -525,6 +542,7 @@ impl Member {
             return;
         };
         let Some(round) = &mut self.round else { return };
+        self.proposed_in_step |= !next.solo;
         round.phase = Phase::Accept(next);
         round.votes = 0;
         let ballot = round.ballot;

@@ -181,11 +181,14 @@ pub enum Mutant {
     /// A replica takes a checkpoint as its restore point when the manifest arrives, before
     /// every part has.
     PartialManifest,
+    /// An owner acts alone whenever the last value it holds says solo: also after it asked
+    /// to leave solo, or proposed a value that is not solo, until a renewal records it.
+    SoloUntilRenewal,
 }
 
 impl Mutant {
     /// Every mutant, in a fixed order.
-    pub const ALL: [Mutant; 20] = [
+    pub const ALL: [Mutant; 21] = [
         Mutant::NoAlignment,
         Mutant::AckBeforeDurable,
         Mutant::CommitBeforeComplete,
@@ -206,6 +209,7 @@ impl Mutant {
         Mutant::TakeoverBeforeExpiry,
         Mutant::AsyncReportsSync,
         Mutant::PartialManifest,
+        Mutant::SoloUntilRenewal,
     ];
 
     /// The mutant's name on the command line (`weir-model check checkpoint --mutant NAME`).
@@ -231,6 +235,7 @@ impl Mutant {
             Mutant::TakeoverBeforeExpiry => "takeover-before-expiry",
             Mutant::AsyncReportsSync => "async-reports-sync",
             Mutant::PartialManifest => "partial-manifest",
+            Mutant::SoloUntilRenewal => "solo-until-renewal",
         }
     }
 
