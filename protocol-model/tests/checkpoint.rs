@@ -24,7 +24,10 @@ fn assert_exhaustive_and_all_hold(scope: Scope) -> usize {
     report.unique_states
 }
 
+/// Nightly since session 13 (the 20-minute CI budget: about 5 minutes of the checkpoint
+/// model's CI time on two cores); its four mutants are still caught in it in CI.
 #[test]
+#[ignore = "nightly: 2.9 million states, minutes on two cores"]
 fn default_scope_is_exhaustive_and_every_property_holds() {
     assert_eq!(assert_exhaustive_and_all_hold(Scope::default()), DEFAULT_SCOPE_UNIQUE_STATES);
 }
@@ -272,7 +275,11 @@ const FAILOVER_WARM_SCOPE_UNIQUE_STATES: usize = 1_035_960;
 /// The transform's primary crashes or hangs at any step; the authority fences the sink and
 /// the coordinator, the standby catches up and is promoted, the sink reconnects, and every
 /// property holds, S11 to S15 and L3 (failover completes) included; N2 and N3 are witnessed.
+///
+/// Nightly since session 13 (the 20-minute CI budget); its four mutants are still caught in
+/// it in CI, and the warm scope (the same failover with a warm standby) runs in CI.
 #[test]
+#[ignore = "nightly: 1.8 million states, about two minutes on two cores"]
 fn failover_scope_is_exhaustive_and_every_property_holds() {
     assert_eq!(assert_exhaustive_and_all_hold(Scope::failover()), FAILOVER_SCOPE_UNIQUE_STATES);
 }

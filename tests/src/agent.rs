@@ -13,8 +13,27 @@ use crate::weir_bin;
 /// How long a condition may take before a test gives up: a hang, not a slow machine.
 pub const PATIENCE: Duration = Duration::from_secs(120);
 
-/// A free loopback port (bound, then released for the agent).
+/// A free loopback port (bound, then released for the agent), below the kernel's range of
+/// ephemeral ports: a port picked from that range may be taken before the agent binds it by
+/// any outgoing connection, even by a connection to that very port (a TCP self-connect
+/// while an agent that will listen there is down: agents keep reconnecting to their peers).
+/// The replication test's async case failed once that way in a clean clone.
 pub fn free_addr() -> std::net::SocketAddr {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    // Ports 10000..low, from a start that differs between test processes.
+    let span = low.saturating_sub(10_000).max(1);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span.min(2000) {
+        let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 10_000 + (start + offset.wrapping_mul(97)) % span;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            return listener.local_addr().expect("its address");
+        }
+    }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
     listener.local_addr().expect("its address")
 }

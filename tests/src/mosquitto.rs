@@ -51,7 +51,7 @@ pub struct Mosquitto {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+    crate::agent::free_addr().port()
 }
 
 impl Mosquitto {
