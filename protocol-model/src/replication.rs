@@ -62,7 +62,7 @@ impl ReplicationScope {
         ReplicationScope {
             mode: ReplicationMode::Sync,
             ticks: 6,
-            timing: Timing { lease: 3, grace: 1, renew_after: 1 },
+            timing: Timing { lease: 3, grace: 1, renew_after: 1, round_timeout: 1 },
             drift: 0,
             checkpoints: 1,
             losses: 1,

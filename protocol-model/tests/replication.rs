@@ -16,8 +16,8 @@ fn assert_exhaustive_and_all_hold(scope: ReplicationScope) -> usize {
     report.unique_states
 }
 
-const SYNC_SCOPE_UNIQUE_STATES: usize = 3_880_804;
-const SYNC_DRIFT_SCOPE_UNIQUE_STATES: usize = 3_237_593;
+const SYNC_SCOPE_UNIQUE_STATES: usize = 3_946_076;
+const SYNC_DRIFT_SCOPE_UNIQUE_STATES: usize = 3_050_846;
 const ASYNC_SCOPE_UNIQUE_STATES: usize = 2_388_240;
 const SYNC_SOLO_SCOPE_UNIQUE_STATES: usize = 492_807;
 

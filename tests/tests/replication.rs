@@ -466,8 +466,13 @@ fn a_partition_of_the_owner_never_gives_two_epochs_output_for_one_message() {
         relay.set_cut(true);
     }
     let done = survivor.wait_for_pipeline(PIPELINE, "the other side finishing", |p| p["phase"] == "finished");
-    assert_eq!(done["replication"]["epoch"], 2, "{done}");
-    assert!(survivor.stderr().contains("this agent owns it now (epoch 2)"), "{}", survivor.stderr());
+    // Epoch 2, or a later one of its own if it lost its lease on the way (a loaded machine's
+    // slow disks) and took it back: either way the consumer must see each message once.
+    let epoch = done["replication"]["epoch"].as_u64().unwrap_or(0);
+    let other = if name == "a" { "b" } else { "a" };
+    assert!(epoch >= 2 && done["replication"]["owner"] == other, "{done}");
+    let took = format!("this agent owns it now (epoch {epoch})");
+    assert!(survivor.stderr().contains(&took), "{}", survivor.stderr());
     // The old owner, cut off, stops: it no longer owns the pipeline.
     owner.wait_for_pipeline(PIPELINE, "the old owner stepping down", |p| p["replication"]["role"] != "owner");
 
@@ -498,13 +503,14 @@ fn a_partition_of_the_owner_never_gives_two_epochs_output_for_one_message() {
     payloads.dedup();
     assert_eq!(payloads.len(), before, "a window under two keys");
     assert_eq!(unique.len(), expected, "every window once after de-duplication");
-    let by_epoch = |e: u64| unique.keys().filter(|k| k.1 == e).count();
+    let mut by_epoch = std::collections::BTreeMap::<u64, usize>::new();
+    for k in unique.keys() {
+        *by_epoch.entry(k.1).or_default() += 1;
+    }
     eprintln!(
-        "partition: {} messages received, {} after de-duplication ({} of epoch 1, {} of epoch 2)",
+        "partition: {} messages received, {} after de-duplication (by epoch: {by_epoch:?})",
         received.len(),
-        unique.len(),
-        by_epoch(1),
-        by_epoch(2)
+        unique.len()
     );
     assert_union_is_the_reference(&root, records);
 }

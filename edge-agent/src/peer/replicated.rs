@@ -35,7 +35,7 @@ use super::wire::{self, Bulk, Control};
 /// The lease, in milliseconds of the agent's monotonic clock: an owner that stops renewing
 /// is replaced after `lease + grace` (2.5 s), and stops releasing output `grace` before its
 /// lease ends.
-pub const TIMING: Timing = Timing { lease: 2000, grace: 500, renew_after: 500 };
+pub const TIMING: Timing = Timing { lease: 2000, grace: 500, renew_after: 500, round_timeout: 400 };
 
 /// A file in the pipeline's data directory while it holds a copy shipped from another agent
 /// (its file sinks' commit records describe the other agent's files until adopted).

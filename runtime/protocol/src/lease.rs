@@ -129,6 +129,9 @@ pub struct Timing {
     pub grace: u64,
     /// Renew once this much of the lease has passed.
     pub renew_after: u64,
+    /// A round or peek still open this long lost a message (or its replies are held up by a
+    /// slow disk): the next tick abandons it and starts afresh.
+    pub round_timeout: u64,
 }
 
 /// What the agent should do for the register.
@@ -175,6 +178,8 @@ struct Round {
 struct Peek {
     best: Option<(Ballot, Lease)>,
     votes: u32,
+    /// Local time at the peek's start.
+    start: u64,
 }
 
 /// Why [`Member::may_promote`] refuses.
@@ -388,14 +393,25 @@ impl Member {
     /// The periodic step (every heartbeat interval): renew a lease, or watch the register
     /// and take over once the value has stood still for `lease + grace`.
     pub fn handle_tick(&mut self, now: u64) {
-        // A round or peek still open from the last tick lost a message: start afresh (its
-        // replies carry an old ballot and are ignored).
-        self.round = None;
-        self.peek = None;
+        // A round or peek open for `round_timeout` lost a message: start afresh (its
+        // replies carry an old ballot and are ignored). One still younger goes on: a round
+        // needs two durable writes at a majority, and abandoning it at every tick (100 ms)
+        // meant that an owner whose acceptors' disks were slow for a moment lost its lease
+        // and took it back under a new epoch (a loaded CI machine showed it).
+        let timeout = self.timing.round_timeout;
+        if self.round.is_some_and(|r| now >= r.start + timeout) {
+            self.round = None;
+        }
+        if self.peek.is_some_and(|p| now >= p.start + timeout) {
+            self.peek = None;
+        }
+        let open = self.round.is_some() || self.peek.is_some();
         if let Some((lease, start, ballot)) = self.held {
             if now >= start + self.timing.lease {
                 // Renewals failed for a whole lease: the value may have moved on.
                 self.depose(lease.epoch);
+            } else if open {
+                // The renewal under way decides.
             } else if now >= start + self.timing.renew_after && self.fast {
                 // The holder's ballot is still the highest it knows of: accept the next
                 // version under it directly (CASPaxos's one-round-trip renewal; a proposer
@@ -413,6 +429,9 @@ impl Member {
             } else if now >= start + self.timing.renew_after {
                 self.begin(Change::Renew(lease), now);
             }
+            return;
+        }
+        if open {
             return;
         }
         if !self.automatic && !self.first {
@@ -596,7 +615,7 @@ impl Member {
     }
 
     fn begin_peek(&mut self, now: u64) {
-        self.peek = Some(Peek { best: None, votes: 0 });
+        self.peek = Some(Peek { best: None, votes: 0, start: now });
         self.broadcast(Request::Peek, now);
     }
 
@@ -614,7 +633,7 @@ impl Member {
 mod tests {
     use super::*;
 
-    const TIMING: Timing = Timing { lease: 4, grace: 1, renew_after: 1 };
+    const TIMING: Timing = Timing { lease: 4, grace: 1, renew_after: 1, round_timeout: 1 };
 
     fn first() -> Lease {
         Lease { epoch: 1, holder: 0, version: 0, solo: false }
@@ -660,6 +679,34 @@ mod tests {
         pump(&mut a, &mut [(&mut acc, true), (&mut w, false)], 1);
         assert_eq!(a.held.map(|(l, s, _)| (l.version, s)), Some((1, 1)));
         assert!(a.can_commit(3));
+    }
+
+    /// A renewal whose replies come later than the next tick (a slow disk at the acceptors)
+    /// still renews the lease, as long as they come within `round_timeout`; abandoned at
+    /// every tick, the holder lost its lease to slow disks and took it back under a new epoch.
+    #[test]
+    fn a_renewal_slower_than_a_tick_still_renews() {
+        let slow = Timing { round_timeout: 3, ..TIMING };
+        let b0 = Ballot { round: 0, node: 0 };
+        let mut w = Acceptor::with_value(b0, first());
+        let mut a = Member::new(0, 3, slow, true, w).holding(first(), 0, b0);
+        a.handle_tick(1);
+        // The accept for the witness is held up for two ticks.
+        let mut sends = Vec::new();
+        while let Some(action) = a.poll_action() {
+            sends.push(action);
+        }
+        a.handle_tick(2);
+        a.handle_tick(3);
+        assert_eq!(a.poll_action(), None, "no second round while the first is open");
+        for action in sends {
+            if let LeaseAction::Send { to: 2, request } = action {
+                let reply = w.handle(request);
+                a.handle_reply(2, reply, 3);
+            }
+        }
+        assert_eq!(a.held.map(|(l, s, _)| (l.epoch, l.version, s)), Some((1, 1, 1)));
+        assert!(a.can_commit(3), "the lease runs from 1, the renewal's start");
     }
 
     #[test]
