@@ -3,7 +3,7 @@
 //! which are `std` normally and `loom` under `--cfg loom`, so loom tests can explore their
 //! interleavings. The loom tests are the `loom_*` tests of the modules that own the shared
 //! structures; `.ci/run` runs them with
-//! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=3 cargo test -p weir-runtime --lib --release loom_`.
+//! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=3 cargo test -p weir-runtime --lib --profile loom loom_`.
 //!
 //! `Arc` is `std`'s in both builds: it only shares a structure (whose own synchronization
 //! goes through the types below, which loom does see), and the actor contexts, the
