@@ -285,8 +285,10 @@ fn failover_scope_is_exhaustive_and_every_property_holds() {
 }
 
 /// The same with a warm standby: it installs completed checkpoints' snapshots and applies
-/// the input since then only when it takes over.
+/// the input since then only when it takes over. Nightly since session 14 (a minute of CI's
+/// 20); its mutant `warm-drops-uncovered` is still caught in it in CI.
 #[test]
+#[ignore = "nightly: 1.0 million states, a minute on two cores"]
 fn failover_warm_scope_is_exhaustive_and_every_property_holds() {
     assert_eq!(assert_exhaustive_and_all_hold(Scope::failover_warm()), FAILOVER_WARM_SCOPE_UNIQUE_STATES);
 }
