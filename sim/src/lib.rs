@@ -84,6 +84,9 @@ pub struct Outcome {
 /// The shared record of one run (all hosts run on this thread).
 #[derive(Default)]
 struct Record {
+    /// The run's scratch folder, written `<scratch>` in the trace: a seed's trace is the
+    /// same wherever it runs.
+    root: String,
     trace: Vec<String>,
     released: BTreeMap<u64, (u64, u64)>,
     holders: BTreeMap<u64, String>,
@@ -94,7 +97,9 @@ type Shared = Rc<RefCell<Record>>;
 
 fn note(record: &Shared, line: String) {
     let at = turmoil::sim_elapsed().unwrap_or_default().as_millis();
-    record.borrow_mut().trace.push(format!("{at:>6} ms {line}"));
+    let mut rec = record.borrow_mut();
+    let line = line.replace(&rec.root, "<scratch>");
+    rec.trace.push(format!("{at:>6} ms {line}"));
 }
 
 /// The failure-free output of checkpoint `c`: the sum of every input up to it.
@@ -343,6 +348,7 @@ fn release(agent: &Agent, log: &Log, tap: &impl Tap, c: u64, record: &Shared) ->
 pub fn run(seed: u64, phases: Phases) -> Result<Outcome, String> {
     let root = scratch().map_err(|e| format!("seed {seed}: scratch dir: {e}"))?;
     let record: Shared = Rc::default();
+    record.borrow_mut().root = root.path().display().to_string();
     let mut rng = Rng(seed);
     let mut sim = turmoil::Builder::new()
         .simulation_duration(phases.faults + phases.calm + Duration::from_secs(5))
@@ -373,7 +379,7 @@ pub fn run(seed: u64, phases: Phases) -> Result<Outcome, String> {
             let (node, store) = (node.clone(), store.clone());
             async move {
                 let me = Identity::load(&node)?;
-                witness::serve(Net, &node, me, store).await?;
+                witness::serve(Net, &node, me, store, true).await?;
                 Ok(())
             }
         });

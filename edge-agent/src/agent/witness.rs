@@ -27,5 +27,5 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     let store = RegisterStore::open(&node.data_dir)?;
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(witness::serve(Tcp, &node, me, store))
+    runtime.block_on(witness::serve(Tcp, &node, me, store, false))
 }

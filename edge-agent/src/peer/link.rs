@@ -281,7 +281,7 @@ mod tests {
                 let (me, store) = (me.clone(), store.clone());
                 tokio::spawn(async move {
                     if let Ok(link) = accept(stream, from, &me).await {
-                        let _ = witness::answer(link, |p, r| witness::from_store(&store, p, r)).await;
+                        let _ = witness::answer(link, |p, r| witness::from_store(&store, p, r, false)).await;
                     }
                 });
             }

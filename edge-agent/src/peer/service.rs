@@ -268,7 +268,7 @@ where
     super::witness::answer(link, |pipeline, request| async move {
         match service.pipeline(&pipeline) {
             Some(r) => r.on_request(request),
-            None => super::witness::from_store(&service.store, pipeline, request).await,
+            None => super::witness::from_store(&service.store, pipeline, request, service.inline_disk).await,
         }
     })
     .await
@@ -326,7 +326,10 @@ async fn control<T: Transport>(
                 tracing::info!("{}: no reply for {} s", peer.name, CONTROL_SILENCE.as_secs());
                 break;
             }
+            // Biased: the branches in this order, not at random (the simulation replays a
+            // seed exactly; a random pick between the two timers made runs differ).
             tokio::select! {
+                biased;
                 request = requests.recv() => {
                     let Some(request) = request else { return };
                     if wire::write_frame(&mut writer, &request, &mut buffer).await.is_err() {
@@ -390,7 +393,9 @@ async fn ship<T: Transport>(
                 if lock(&silence).dead(BULK_SILENCE, SEED_SILENCE) {
                     anyhow::bail!("no acknowledgement for {} s", BULK_SILENCE.as_secs());
                 }
+                // Biased, as on the control link.
                 tokio::select! {
+                    biased;
                     message = rx.recv() => {
                         let Some(message) = message else { return Ok(()) };
                         wire::write_frame(&mut writer, &message, &mut buffer).await?;

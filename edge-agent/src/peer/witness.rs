@@ -9,12 +9,15 @@ use super::store::RegisterStore;
 use super::wire::{self, Channel, Control};
 use crate::config::node::NodeConfig;
 
-/// Serves register requests on `node.listen` until the transport fails.
+/// Serves register requests on `node.listen` until the transport fails. `inline_disk`: the
+/// store is written on the async task instead of a blocking thread (the seeded simulation,
+/// whose runs must not depend on when a real thread finishes).
 pub async fn serve<T: Transport>(
     transport: T,
     node: &NodeConfig,
     me: Identity,
     store: RegisterStore,
+    inline_disk: bool,
 ) -> anyhow::Result<()> {
     let listener = transport
         .bind(node.listen)
@@ -37,7 +40,7 @@ pub async fn serve<T: Transport>(
                 Ok(link) if link.channel == Channel::Control => {
                     let peer = link.peer.clone();
                     tracing::info!("{peer}: control link up");
-                    if let Err(e) = answer(link, |p, r| from_store(&store, p, r)).await {
+                    if let Err(e) = answer(link, |p, r| from_store(&store, p, r, inline_disk)).await {
                         tracing::info!("{peer}: control link down: {e}");
                     }
                 }
@@ -73,14 +76,20 @@ where
     }
 }
 
-/// The witness's answer: `store`'s acceptor for the pipeline, durable before the reply.
+/// The witness's answer: `store`'s acceptor for the pipeline, durable before the reply;
+/// written on a blocking thread unless `inline_disk`.
 pub async fn from_store(
     store: &RegisterStore,
     pipeline: String,
     request: wire::Request,
+    inline_disk: bool,
 ) -> Option<wire::Reply> {
-    let store = store.clone();
-    let handled = tokio::task::spawn_blocking(move || store.handle(&pipeline, request.into())).await;
+    let handled = if inline_disk {
+        Ok(store.handle(&pipeline, request.into()))
+    } else {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.handle(&pipeline, request.into())).await
+    };
     match handled {
         Ok(Ok(reply)) => Some(reply.into()),
         Ok(Err(e)) => {
