@@ -57,7 +57,7 @@ pub struct ReplicationScope {
 
 impl ReplicationScope {
     /// `sync`; lease 3 ticks, grace 1, renewal every tick; 6 ticks; one checkpoint; one lost
-    /// message, one partition, one crash; exact clocks (CI).
+    /// message, one partition, one crash; exact clocks (nightly since session 14).
     pub fn sync() -> ReplicationScope {
         ReplicationScope {
             mode: ReplicationMode::Sync,

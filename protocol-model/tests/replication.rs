@@ -21,7 +21,11 @@ const SYNC_DRIFT_SCOPE_UNIQUE_STATES: usize = 3_050_846;
 const ASYNC_SCOPE_UNIQUE_STATES: usize = 2_388_240;
 const SYNC_SOLO_SCOPE_UNIQUE_STATES: usize = 492_807;
 
+/// Nightly since session 14 (half a minute of CI's 20): `sync-nightly` (drift, a partition
+/// and a crash) and the CI scopes `async` (a loss and a crash), `sync-solo` (a loss) and
+/// `sync-drift` (a partition) cover its parts; its mutants are caught in CI.
 #[test]
+#[ignore = "nightly: 3.9 million states, half a minute on two cores"]
 fn sync_scope_is_exhaustive_and_every_property_holds() {
     assert_eq!(assert_exhaustive_and_all_hold(ReplicationScope::sync()), SYNC_SCOPE_UNIQUE_STATES);
 }
