@@ -14,6 +14,16 @@ pub mod tls;
 pub mod wire;
 pub mod witness;
 
+/// Runs `work` (a disk write) on tokio's blocking threads, or on the calling task when
+/// `inline` (the seeded simulation: one thread, so a run does not depend on when a real
+/// thread finishes).
+pub(crate) async fn on_disk<R: Send + 'static>(
+    inline: bool,
+    work: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, tokio::task::JoinError> {
+    if inline { Ok(work()) } else { tokio::task::spawn_blocking(work).await }
+}
+
 /// An agent's monotonic clock, in milliseconds since the agent started: every lease is timed
 /// on it. The agent's is [`Clock::monotonic`]; the simulation gives each agent a simulated
 /// one that runs at its own rate (clock drift).

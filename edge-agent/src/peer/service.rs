@@ -172,7 +172,7 @@ impl Service {
 
     /// Runs `work` (a write to a replica's copy) off the async task, unless `inline_disk`.
     async fn disk<R: Send + 'static>(&self, work: impl FnOnce() -> R + Send + 'static) -> anyhow::Result<R> {
-        if self.inline_disk { Ok(work()) } else { Ok(tokio::task::spawn_blocking(work).await?) }
+        Ok(super::on_disk(self.inline_disk, work).await?)
     }
 
     /// The node's settings.

@@ -84,12 +84,8 @@ pub async fn from_store(
     request: wire::Request,
     inline_disk: bool,
 ) -> Option<wire::Reply> {
-    let handled = if inline_disk {
-        Ok(store.handle(&pipeline, request.into()))
-    } else {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.handle(&pipeline, request.into())).await
-    };
+    let store = store.clone();
+    let handled = super::on_disk(inline_disk, move || store.handle(&pipeline, request.into())).await;
     match handled {
         Ok(Ok(reply)) => Some(reply.into()),
         Ok(Err(e)) => {
